@@ -35,7 +35,7 @@ def render_path(path: Sequence[PathSegment]) -> str:
     return out or "<root>"
 
 
-class InvalidObject(ValueError):  # noqa: N818 - reads better at call sites than InvalidObjectError
+class InvalidObject(ValueError):
     """Raised only at the edges (CLI, adapters) to carry a collection of :class:`FieldError`."""
 
     def __init__(self, errors: Sequence[FieldError]) -> None:

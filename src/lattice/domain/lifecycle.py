@@ -40,13 +40,13 @@ class Event(enum.StrEnum):
 
 class Effect(enum.StrEnum):
     APPLY_CAPI = "ApplyCapi"
-    ISSUE_BOOTSTRAP_TOKEN = "IssueBootstrapToken"
+    ISSUE_BOOTSTRAP_TOKEN = "IssueBootstrapToken"  # noqa: S105 - an effect name
     SEND_BOOTSTRAP = "SendBootstrap"
     START_PIVOT = "StartPivot"
     UNPAUSE_SOURCE = "UnpauseSource"
     DELETE_SOURCE_CAPI = "DeleteSourceCapi"
     DELETE_CAPI = "DeleteCapi"
-    REVOKE_BOOTSTRAP_TOKEN = "RevokeBootstrapToken"
+    REVOKE_BOOTSTRAP_TOKEN = "RevokeBootstrapToken"  # noqa: S105 - an effect name
     REMOVE_FINALIZER = "RemoveFinalizer"
     RECORD_FAILURE = "RecordFailure"
 

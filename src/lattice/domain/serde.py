@@ -107,12 +107,24 @@ def _is_attrs_class(cls: object) -> bool:
     return isinstance(cls, type) and attrs.has(cls)
 
 
+def _renames(cls: type) -> dict[str, Any]:
+    return {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(cls)}
+
+
+def _is_homogeneous_tuple(cls: Any) -> bool:
+    origin: Any = get_origin(cls)
+    return origin is tuple and len(get_args(cls)) == 2
+
+
+def _is_tuple(cls: Any) -> bool:
+    origin: Any = get_origin(cls)
+    return origin is tuple
+
+
 def _compact_unstructure(converter: cattrs.Converter, cls: type) -> Callable[[Any], Any]:
     attrs.resolve_types(cls)
-    fn = make_dict_unstructure_fn(
-        cls,
-        converter,
-        **{a.name: override(rename=wire_name(a.name)) for a in attrs.fields(cls)},
+    fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
+        cls, converter, **_renames(cls)
     )
 
     def unstructure(obj: Any) -> Any:
@@ -144,28 +156,26 @@ def make_converter() -> cattrs.Converter:
         for index, item in enumerate(value):
             try:
                 items.append(converter.structure(item, item_type))
-            except Exception as exc:  # noqa: BLE001 - regrouped with the item's index below
+            except Exception as exc:
                 exc.__notes__ = [*getattr(exc, "__notes__", []), f"@ index {index}"]
                 errors.append(_IndexedError(index, exc))
         if errors:
             raise IterableValidationError("While structuring a list", errors, cls)
         return tuple(items)
 
-    converter.register_structure_hook_func(
-        lambda cls: get_origin(cls) is tuple and len(get_args(cls)) == 2, _tuple_hook
-    )
+    converter.register_structure_hook_func(_is_homogeneous_tuple, _tuple_hook)
     converter.register_unstructure_hook_func(
-        lambda cls: get_origin(cls) is tuple, lambda value: [converter.unstructure(v) for v in value]
+        _is_tuple, lambda value: [converter.unstructure(v) for v in value]
     )
 
     def structure_factory(cls: type) -> Callable[[Any, type], Any]:
         attrs.resolve_types(cls)
-        fn = make_dict_structure_fn(
+        fn: Callable[[Any, type], Any] = make_dict_structure_fn(
             cls,
             converter,
             _cattrs_forbid_extra_keys=cls not in _LENIENT,
             _cattrs_detailed_validation=True,
-            **{a.name: override(rename=wire_name(a.name)) for a in attrs.fields(cls)},
+            **_renames(cls),
         )
 
         def structure(value: Any, target: type) -> Any:
@@ -196,7 +206,7 @@ def structure(data: object, cls: type[T], path: tuple[PathSegment, ...] = ()) ->
     """Structure ``data`` into ``cls``; on failure return every error with its wire path."""
     try:
         return _CONVERTER.structure(data, cls)
-    except Exception as exc:  # noqa: BLE001 - every structuring error becomes a FieldError
+    except Exception as exc:
         return collect_errors(exc, path, cls)
 
 

@@ -121,7 +121,9 @@ def _provider_errors(provider: models.ProviderSpec, path: tuple[PathSegment, ...
     yield from _provider_block_errors(provider, path)
 
 
-def _provider_block_errors(provider: models.ProviderSpec, path: tuple[PathSegment, ...]) -> Iterator[FieldError]:
+def _provider_block_errors(
+    provider: models.ProviderSpec, path: tuple[PathSegment, ...]
+) -> Iterator[FieldError]:
     blocks = {
         models.ProviderType.DOCKER: provider.docker,
         models.ProviderType.AWS: provider.aws,
@@ -152,13 +154,17 @@ def _provider_block_errors(provider: models.ProviderSpec, path: tuple[PathSegmen
         yield from _azure_errors(chosen, bpath)
 
 
-def _non_empty(values: Iterable[tuple[str, str | None]], path: tuple[PathSegment, ...]) -> Iterator[FieldError]:
+def _non_empty(
+    values: Iterable[tuple[str, str | None]], path: tuple[PathSegment, ...]
+) -> Iterator[FieldError]:
     for name, value in values:
         if value is not None and not value.strip():
             yield FieldError((*path, name), "must not be empty")
 
 
-def _credentials_errors(ref: models.CredentialsRef | None, path: tuple[PathSegment, ...]) -> Iterator[FieldError]:
+def _credentials_errors(
+    ref: models.CredentialsRef | None, path: tuple[PathSegment, ...]
+) -> Iterator[FieldError]:
     if ref is None:
         return
     if not DNS1123_SUBDOMAIN.match(ref.name) or len(ref.name) > 253:

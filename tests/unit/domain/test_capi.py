@@ -102,7 +102,8 @@ def test_registration_only_for_children_with_a_cell() -> None:
     assert "files" not in root
     script = with_parent["postKubeadmCommands"][0]
     assert "https://172.18.255.1:8443/api/clusters/register" in script
-    assert "--cacert" in script and "prime256v1" in script
+    assert "--cacert" in script
+    assert "prime256v1" in script
     assert {f["contentFrom"]["secret"]["name"] for f in with_parent["files"]} == {
         "prod-us-west-lattice-registration"
     }

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.domain.lifecycle import Effect, Event, Rejected, Transition, TRANSITIONS, transition
+from lattice.domain.lifecycle import TRANSITIONS, Effect, Event, Rejected, Transition, transition
 from lattice.domain.models import Phase
 
 HAPPY_PATH = [
