@@ -167,9 +167,7 @@ def new_ca(
     return CertificateAuthority(cert=cert, key=ca_key)
 
 
-def _sans(
-    dns_names: Sequence[str], ip_addresses: Sequence[str | IPAddress]
-) -> list[x509.GeneralName]:
+def _sans(dns_names: Sequence[str], ip_addresses: Sequence[str | IPAddress]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     names.extend(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses)
     return names
@@ -221,9 +219,7 @@ def _leaf(
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                _check_public_key(ca.cert.public_key())
-            ),
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(_check_public_key(ca.cert.public_key())),
             critical=False,
         )
     )
@@ -288,9 +284,7 @@ def sign_csr(
         requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         requested = x509.SubjectAlternativeName([])
-    dns: Sequence[str] = (
-        requested.get_values_for_type(x509.DNSName) if dns_names is None else dns_names
-    )
+    dns: Sequence[str] = requested.get_values_for_type(x509.DNSName) if dns_names is None else dns_names
     ips: Sequence[str | IPAddress] = (
         [
             ip
@@ -321,9 +315,7 @@ def new_csr(
     ip_addresses: Sequence[str | IPAddress] = (),
 ) -> x509.CertificateSigningRequest:
     """A certificate signing request for ``key``, self-signed with ECDSA SHA-256."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        _name(common_name, organizations)
-    )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, organizations))
     sans = _sans(dns_names, ip_addresses)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
