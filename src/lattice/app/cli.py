@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # One line per command module; each module owns its flags and its help text.
 COMMAND_MODULES: tuple[str, ...] = (
     "lattice.app.cmd_compile",
+    "lattice.app.cmd_operator",
 )
 
 

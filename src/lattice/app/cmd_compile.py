@@ -91,9 +91,7 @@ def run_compile(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
         for document in loaded:
             result = _parse(document)
             if isinstance(result, list):
-                problems.extend(
-                    Located(filename, yamlio.line_of(document, e.path), e) for e in result
-                )
+                problems.extend(Located(filename, yamlio.line_of(document, e.path), e) for e in result)
             else:
                 clusters.append(SourcedCluster(filename, document, result))
 
@@ -106,9 +104,7 @@ def run_compile(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
     for item in clusters:
         context = resolve_context(item.valid, [c.valid for c in clusters], cell_host)
         if isinstance(context, FieldError):
-            problems.append(
-                Located(item.filename, yamlio.line_of(item.document, context.path), context)
-            )
+            problems.append(Located(item.filename, yamlio.line_of(item.document, context.path), context))
         else:
             contexts[item.valid.name] = context
 
@@ -198,13 +194,10 @@ def resolve_context(
         if other.name == cell_ref and parent_config is not None:
             return capi.CompileContext(parent=capi.ParentEndpoint.of(parent_config))
         if other.name == cell_ref:
-            return FieldError(
-                ("spec", "cellRef"), f"{cell_ref!r} is not a cell: it has no spec.parentConfig"
-            )
+            return FieldError(("spec", "cellRef"), f"{cell_ref!r} is not a cell: it has no spec.parentConfig")
     if cell_host is not None:
         return capi.CompileContext(parent=cell_host)
     return FieldError(
         ("spec", "cellRef"),
         f"cell {cell_ref!r} is not among the input documents; add it or pass --cell-host",
     )
-

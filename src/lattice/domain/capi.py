@@ -264,9 +264,7 @@ def _labels(name: str) -> dict[str, str]:
 def _cluster_network(networking: models.NetworkingSpec | None) -> dict[str, Any]:
     pods = list(networking.pods) if networking and networking.pods else [models.DEFAULT_POD_CIDR]
     services = (
-        list(networking.services)
-        if networking and networking.services
-        else [models.DEFAULT_SERVICE_CIDR]
+        list(networking.services) if networking and networking.services else [models.DEFAULT_SERVICE_CIDR]
     )
     return {"pods": {"cidrBlocks": pods}, "services": {"cidrBlocks": services}}
 
@@ -338,7 +336,7 @@ def registration_script(cluster_name: str, parent: ParentEndpoint) -> str:
             "  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \\",
             '    -keyout "$dir/agent.key" -out "$dir/agent.csr" -subj "/CN=$cluster" 2>/dev/null',
             "fi",
-            "csr=$(awk '{printf \"%s\\\\n\", $0}' \"$dir/agent.csr\")",
+            'csr=$(awk \'{printf "%s\\\\n", $0}\' "$dir/agent.csr")',
             'printf \'{"clusterName":"%s","csr":"%s"}\' "$cluster" "$csr" > "$dir/register.json"',
             "delay=2",
             "attempt=1",
@@ -353,7 +351,7 @@ def registration_script(cluster_name: str, parent: ParentEndpoint) -> str:
             '  echo "lattice: registration attempt $attempt failed; retrying in ${delay}s" >&2',
             '  sleep "$delay"',
             "  attempt=$((attempt + 1))",
-            f"  delay=$((delay * 2)); if [ \"$delay\" -gt {REGISTRATION_MAX_DELAY_S} ]; then "
+            f'  delay=$((delay * 2)); if [ "$delay" -gt {REGISTRATION_MAX_DELAY_S} ]; then '
             f"delay={REGISTRATION_MAX_DELAY_S}; fi",
             "done",
             'kubectl apply --server-side --field-manager=lattice-bootstrap -f "$dir/agent.yaml"',

@@ -46,8 +46,7 @@ _RULES: dict[type, list[dict[str, str]]] = {
     models.LatticeClusterSpec: [
         {
             "rule": "has(self.cellRef) || has(self.parentConfig)",
-            "message": "set cellRef (the cell that provisions this cluster) or parentConfig "
-            "(a root cell)",
+            "message": "set cellRef (the cell that provisions this cluster) or parentConfig (a root cell)",
         },
         {
             "rule": "has(self.cellRef) == has(oldSelf.cellRef) && "
@@ -83,9 +82,11 @@ def schema_for(cls: type) -> SchemaDict:
         if "description" in meta:
             prop["description"] = meta["description"]
         for key, value in meta.get("schema", {}).items():
-            target = prop["items"] if key in ("minLength", "maxLength", "pattern") and prop.get(
-                "type"
-            ) == "array" else prop
+            target = (
+                prop["items"]
+                if key in ("minLength", "maxLength", "pattern") and prop.get("type") == "array"
+                else prop
+            )
             target[key] = value
         default = field.default
         if isinstance(default, enum.Enum):

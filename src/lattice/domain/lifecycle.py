@@ -75,9 +75,7 @@ _TABLE: Mapping[tuple[Phase, Event], Transition] = {
     ),
     # A spec change while provisioning: re-apply (workers 2 → 3 updates the MachineDeployment).
     (Phase.PROVISIONING, Event.SPEC_ACCEPTED): Transition(Phase.PROVISIONING, (Effect.APPLY_CAPI,)),
-    (Phase.BOOTSTRAPPING, Event.SPEC_ACCEPTED): Transition(
-        Phase.BOOTSTRAPPING, (Effect.APPLY_CAPI,)
-    ),
+    (Phase.BOOTSTRAPPING, Event.SPEC_ACCEPTED): Transition(Phase.BOOTSTRAPPING, (Effect.APPLY_CAPI,)),
     (Phase.READY, Event.SPEC_ACCEPTED): Transition(Phase.READY, (Effect.APPLY_CAPI,)),
     # After the pivot the stream is optional (health only); a reconnect changes nothing.
     (Phase.READY, Event.AGENT_CONNECTED): Transition(Phase.READY, ()),
@@ -85,17 +83,11 @@ _TABLE: Mapping[tuple[Phase, Event], Transition] = {
         Phase.BOOTSTRAPPING, (Effect.REVOKE_BOOTSTRAP_TOKEN, Effect.SEND_BOOTSTRAP)
     ),
     # An agent that reconnects mid-bootstrap gets the (idempotent) bootstrap again.
-    (Phase.BOOTSTRAPPING, Event.AGENT_CONNECTED): Transition(
-        Phase.BOOTSTRAPPING, (Effect.SEND_BOOTSTRAP,)
-    ),
-    (Phase.BOOTSTRAPPING, Event.BOOTSTRAP_COMPLETED): Transition(
-        Phase.PIVOTING, (Effect.START_PIVOT,)
-    ),
+    (Phase.BOOTSTRAPPING, Event.AGENT_CONNECTED): Transition(Phase.BOOTSTRAPPING, (Effect.SEND_BOOTSTRAP,)),
+    (Phase.BOOTSTRAPPING, Event.BOOTSTRAP_COMPLETED): Transition(Phase.PIVOTING, (Effect.START_PIVOT,)),
     # Reconnect during a pivot: the pivot is idempotent, so it is simply resumed.
     (Phase.PIVOTING, Event.AGENT_CONNECTED): Transition(Phase.PIVOTING, (Effect.START_PIVOT,)),
-    (Phase.PIVOTING, Event.PIVOT_SUCCEEDED): Transition(
-        Phase.READY, (Effect.DELETE_SOURCE_CAPI,)
-    ),
+    (Phase.PIVOTING, Event.PIVOT_SUCCEEDED): Transition(Phase.READY, (Effect.DELETE_SOURCE_CAPI,)),
     (Phase.PIVOTING, Event.PIVOT_FAILED): Transition(
         Phase.PIVOTING, (Effect.UNPAUSE_SOURCE, Effect.START_PIVOT)
     ),
@@ -110,16 +102,12 @@ _TABLE: Mapping[tuple[Phase, Event], Transition] = {
 def _with_generic_rules() -> dict[tuple[Phase, Event], Transition]:
     table = dict(_TABLE)
     for phase in _LIVE:
-        table.setdefault(
-            (phase, Event.SPEC_REJECTED), Transition(Phase.FAILED, (Effect.RECORD_FAILURE,))
-        )
+        table.setdefault((phase, Event.SPEC_REJECTED), Transition(Phase.FAILED, (Effect.RECORD_FAILURE,)))
         table.setdefault(
             (phase, Event.PROVISIONING_FAILED), Transition(Phase.FAILED, (Effect.RECORD_FAILURE,))
         )
     table.setdefault((Phase.FAILED, Event.SPEC_REJECTED), Transition(Phase.FAILED, ()))
-    table.setdefault(
-        (Phase.READY, Event.SPEC_REJECTED), Transition(Phase.READY, (Effect.RECORD_FAILURE,))
-    )
+    table.setdefault((Phase.READY, Event.SPEC_REJECTED), Transition(Phase.READY, (Effect.RECORD_FAILURE,)))
     for phase in Phase:
         if phase is Phase.DELETING:
             continue

@@ -99,8 +99,7 @@ class KubernetesSpec:
         pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$",
     )
     cert_sans: tuple[str, ...] = describe(
-        "Extra Subject Alternative Names (DNS names or IP addresses) for the API server "
-        "certificate.",
+        "Extra Subject Alternative Names (DNS names or IP addresses) for the API server certificate.",
         default=(),
         maxItems=64,
     )
@@ -115,8 +114,7 @@ class CredentialsRef:
         maxLength=253,
     )
     namespace: str | None = describe(
-        "Namespace of the credentials object (gcp, azure); defaults to the cluster's CAPI "
-        "namespace.",
+        "Namespace of the credentials object (gcp, azure); defaults to the cluster's CAPI namespace.",
         default=None,
         maxLength=63,
     )
@@ -155,8 +153,7 @@ class AwsProvider:
         "Existing subnets in vpcId for the machines and load balancer.", default=()
     )
     credentials_ref: CredentialsRef | None = describe(
-        "AWSClusterStaticIdentity holding the credentials; when unset CAPA's controller identity "
-        "is used.",
+        "AWSClusterStaticIdentity holding the credentials; when unset CAPA's controller identity is used.",
         default=None,
     )
 
@@ -168,15 +165,11 @@ class GcpProvider:
     control_plane_machine_type: str = describe(
         "Compute Engine machine type of control-plane machines, e.g. n2-standard-4.", minLength=1
     )
-    worker_machine_type: str = describe(
-        "Compute Engine machine type of worker machines.", minLength=1
-    )
+    worker_machine_type: str = describe("Compute Engine machine type of worker machines.", minLength=1)
     network: str | None = describe(
         "Existing VPC network name; when unset CAPG creates one.", default=None, minLength=1
     )
-    subnet: str | None = describe(
-        "Existing subnetwork for the machines.", default=None, minLength=1
-    )
+    subnet: str | None = describe("Existing subnetwork for the machines.", default=None, minLength=1)
     image: str | None = describe(
         "Machine image (full self link); when unset CAPG's default image is used.",
         default=None,
@@ -217,9 +210,7 @@ class AzureProvider:
 
 @frozen
 class ProviderSpec:
-    type: ProviderType = describe(
-        "Infrastructure provider. Immutable: a cluster cannot move between clouds."
-    )
+    type: ProviderType = describe("Infrastructure provider. Immutable: a cluster cannot move between clouds.")
     kubernetes: KubernetesSpec = describe("Kubernetes version and API server certificate names.")
     docker: DockerProvider | None = describe(
         "Settings for type docker (CAPD; development and tests).", default=None
@@ -252,12 +243,8 @@ class AddressPool:
 
 @frozen
 class NetworkingSpec:
-    default: AddressPool | None = describe(
-        "The default Cilium LB-IPAM address pool.", default=None
-    )
-    pods: tuple[str, ...] = describe(
-        f"Pod CIDR blocks; default {DEFAULT_POD_CIDR}.", default=(), maxItems=2
-    )
+    default: AddressPool | None = describe("The default Cilium LB-IPAM address pool.", default=None)
+    pods: tuple[str, ...] = describe(f"Pod CIDR blocks; default {DEFAULT_POD_CIDR}.", default=(), maxItems=2)
     services: tuple[str, ...] = describe(
         f"Service CIDR blocks; default {DEFAULT_SERVICE_CIDR}.", default=(), maxItems=2
     )
@@ -298,8 +285,7 @@ class ParentConfig:
 class DiscoverySpec:
     enabled: bool = describe("Announce this cluster's services to its parent.", default=False)
     base_domain: str | None = describe(
-        "DNS zone for cross-cluster names: <service>.<env>.<cluster>.<baseDomain>. Required when "
-        "enabled.",
+        "DNS zone for cross-cluster names: <service>.<env>.<cluster>.<baseDomain>. Required when enabled.",
         default=None,
         maxLength=253,
     )
@@ -329,9 +315,7 @@ class LatticeClusterSpec:
         "and provisions clusters whose cellRef names it.",
         default=None,
     )
-    discovery: DiscoverySpec | None = describe(
-        "Cross-cluster service discovery.", default=None
-    )
+    discovery: DiscoverySpec | None = describe("Cross-cluster service discovery.", default=None)
 
 
 # --------------------------------------------------------------------------- status
@@ -345,9 +329,7 @@ class Condition:
     status: ConditionStatus = describe("Status of the condition: True, False or Unknown.")
     reason: str = describe("Programmatic reason in CamelCase.", minLength=1, maxLength=1024)
     message: str = describe("Human-readable message.", maxLength=32768)
-    last_transition_time: str = describe(
-        "Last time the status changed (RFC 3339).", format="date-time"
-    )
+    last_transition_time: str = describe("Last time the status changed (RFC 3339).", format="date-time")
     observed_generation: int | None = describe(
         "Generation the condition was set for.", default=None, minimum=0
     )
@@ -379,9 +361,7 @@ class LatticeClusterStatus:
         "Generation of the spec last reconciled successfully.", default=None, minimum=0
     )
     conditions: tuple[Condition, ...] = describe("Current conditions.", default=())
-    capi_namespace: str | None = describe(
-        "Namespace of the cluster's Cluster API objects.", default=None
-    )
+    capi_namespace: str | None = describe("Namespace of the cluster's Cluster API objects.", default=None)
     pivot: PivotStatus | None = describe("Pivot progress.", default=None)
     agent: AgentStatus | None = describe("The cluster's agent, as seen by its cell.", default=None)
 

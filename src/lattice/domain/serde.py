@@ -123,9 +123,7 @@ def _is_tuple(cls: Any) -> bool:
 
 def _compact_unstructure(converter: cattrs.Converter, cls: type) -> Callable[[Any], Any]:
     attrs.resolve_types(cls)
-    fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
-        cls, converter, **_renames(cls)
-    )
+    fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, converter, **_renames(cls))
 
     def unstructure(obj: Any) -> Any:
         out = fn(obj)

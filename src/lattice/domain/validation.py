@@ -31,9 +31,7 @@ FIPS_SSH_KEY_TYPES = ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ssh-rsa")
 # The CAPI namespace is "capi-<name>" and must itself be a DNS-1123 label (<= 63).
 MAX_CLUSTER_NAME = 63 - len(models.capi_namespace(""))
 
-ProviderSettings = (
-    models.DockerProvider | models.AwsProvider | models.GcpProvider | models.AzureProvider
-)
+ProviderSettings = models.DockerProvider | models.AwsProvider | models.GcpProvider | models.AzureProvider
 
 
 @frozen

@@ -102,9 +102,7 @@ def test_invalid_input_reports_file_line_field_and_reason(
         ("- 1\n", "a LatticeCluster must be an object"),
     ],
 )
-def test_unusable_input(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
-) -> None:
+def test_unusable_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
     path = tmp_path / "in.yaml"
     path.write_text(text)
     rc, _, err = _run(["compile", str(path)], capsys)

@@ -80,7 +80,9 @@ def test_enum_errors_list_the_allowed_values() -> None:
         pytest.param(lambda d: d.pop("spec"), "spec", "required field is missing", id="no-spec"),
         pytest.param(lambda d: d.pop("metadata"), "metadata", "required field is missing", id="no-meta"),
         pytest.param(
-            lambda d: d.update(apiVersion="v1"), "apiVersion", "must be lattice.dev/v1alpha1, got 'v1'",
+            lambda d: d.update(apiVersion="v1"),
+            "apiVersion",
+            "must be lattice.dev/v1alpha1, got 'v1'",
             id="api-version",
         ),
         pytest.param(

@@ -1,0 +1,257 @@
+"""KubeApi over kr8s: raw REST calls through kr8s's authenticated session.
+
+kr8s handles kubeconfig parsing, client certificates and TLS; this adapter uses its
+``call_api`` for plain REST so that server-side apply, status subresources, dry-run and
+bookmark-enabled watches are exactly what the API server documents. It is the only module that
+imports kr8s or httpx for Kubernetes, and it translates their errors into ``lattice.ports.kube``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import kr8s
+import kr8s.asyncio
+from attrs import frozen
+
+from lattice.ports import kube
+from lattice.ports.kube import Obj, ResourceRef
+
+REQUEST_TIMEOUT_S = 30.0
+
+
+@frozen
+class ResourceInfo:
+    plural: str
+    namespaced: bool
+
+
+class Kr8sKube:
+    """A :class:`lattice.ports.kube.KubeApi` for one API server."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+        self._resources: dict[tuple[str, str], ResourceInfo] = {}
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None) -> Kr8sKube:
+        try:
+            api = await kr8s.asyncio.api(kubeconfig=kubeconfig)
+        except (httpx.HTTPError, kr8s.ServerError, OSError) as exc:
+            where = kubeconfig or "the in-cluster service account"
+            raise kube.Unavailable(f"cannot reach the API server of {where}: {exc}") from exc
+        return cls(api)
+
+    # ------------------------------------------------------------------ discovery
+
+    async def resource(self, api_version: str, kind: str) -> ResourceInfo:
+        key = (api_version, kind)
+        if key not in self._resources:
+            await self._discover(api_version)
+        if key not in self._resources:
+            # A CRD may have been installed since the last discovery: look once more.
+            await self._discover(api_version)
+        try:
+            return self._resources[key]
+        except KeyError:
+            raise kube.NotFound(f"the server does not serve {kind} in {api_version}") from None
+
+    async def _discover(self, api_version: str) -> None:
+        base = "/api" if api_version == "v1" else "/apis"
+        try:
+            body = await self._request("GET", f"{base}/{api_version}")
+        except kube.NotFound:
+            return
+        for resource in body.get("resources", []):
+            if "/" in resource["name"]:
+                continue
+            self._resources[(api_version, resource["kind"])] = ResourceInfo(
+                plural=resource["name"], namespaced=bool(resource["namespaced"])
+            )
+
+    async def _path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+        info = await self.resource(api_version, kind)
+        base = "/api" if api_version == "v1" else "/apis"
+        parts = [base, api_version]
+        if info.namespaced and namespace:
+            parts += ["namespaces", namespace]
+        parts.append(info.plural)
+        if name is not None:
+            parts.append(name)
+        return "/".join(parts)
+
+    # ------------------------------------------------------------------ requests
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        try:
+            base, url = _split(path)
+            async with self._api.call_api(
+                method,
+                version="",
+                base=base,
+                url=url,
+                params=params,
+                content=body,
+                headers={"Content-Type": content_type},
+                timeout=REQUEST_TIMEOUT_S,
+            ) as response:
+                result: Obj = response.json() if response.content else {}
+                return result
+        except kr8s.ServerError as exc:
+            raise _translate(exc) from exc
+        except (httpx.HTTPError, OSError, kr8s.APITimeoutError) as exc:
+            raise kube.Unavailable(f"{method} {path}: {exc or type(exc).__name__}") from exc
+
+    async def get(self, ref: ResourceRef) -> Obj:
+        path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        return await self._request("GET", path)
+
+    async def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+    ) -> kube.ListResult:
+        path = await self._path(api_version, kind, namespace)
+        params = {"labelSelector": label_selector} if label_selector else {}
+        items: list[Obj] = []
+        while True:
+            body = await self._request("GET", path, params={**params, "limit": "500"})
+            for item in body.get("items", []):
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+                items.append(item)
+            cont = body.get("metadata", {}).get("continue")
+            if not cont:
+                break
+            params["continue"] = cont
+        return kube.ListResult(items, body.get("metadata", {}).get("resourceVersion", ""))
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        resource_version: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[kube.WatchEvent]:
+        path = await self._path(api_version, kind, namespace)
+        params = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            params["labelSelector"] = label_selector
+        base, url = _split(path)
+        try:
+            async with self._api.call_api(
+                "GET",
+                version="",
+                base=base,
+                url=url,
+                params=params,
+                stream=True,
+                timeout=httpx.Timeout(REQUEST_TIMEOUT_S, read=timeout_seconds + 30),
+            ) as response:
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object", {})
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            raise kube.Gone(obj.get("message", "resourceVersion too old"))
+                        raise kube.Unavailable(f"watch error: {obj.get('message', obj)}")
+                    yield kube.WatchEvent(event["type"], obj)
+        except kr8s.ServerError as exc:
+            raise _translate(exc) from exc
+        except (httpx.HTTPError, OSError, kr8s.APITimeoutError) as exc:
+            raise kube.Unavailable(f"watch {kind}: {exc or type(exc).__name__}") from exc
+
+    async def apply(self, obj: Obj, field_manager: str, *, dry_run: bool = False) -> Obj:
+        ref = ResourceRef.of(obj)
+        path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        params = {"fieldManager": field_manager, "force": "true"}
+        if dry_run:
+            params["dryRun"] = "All"
+        return await self._request(
+            "PATCH",
+            path,
+            params=params,
+            body=json.dumps(obj).encode(),
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def apply_status(self, obj: Obj, field_manager: str) -> Obj:
+        ref = ResourceRef.of(obj)
+        path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        return await self._request(
+            "PATCH",
+            f"{path}/status",
+            params={"fieldManager": field_manager, "force": "true"},
+            body=json.dumps(obj).encode(),
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def create(self, obj: Obj) -> Obj:
+        ref = ResourceRef.of(obj)
+        path = await self._path(ref.api_version, ref.kind, ref.namespace)
+        return await self._request("POST", path, body=json.dumps(obj).encode())
+
+    async def replace(self, obj: Obj) -> Obj:
+        ref = ResourceRef.of(obj)
+        path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        return await self._request("PUT", path, body=json.dumps(obj).encode())
+
+    async def merge_patch(self, ref: ResourceRef, patch: Obj) -> Obj:
+        path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        return await self._request(
+            "PATCH", path, body=json.dumps(patch).encode(), content_type="application/merge-patch+json"
+        )
+
+    async def delete(self, ref: ResourceRef) -> None:
+        path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+        try:
+            await self._request("DELETE", path, body=body.encode())
+        except kube.NotFound:
+            return
+
+
+def _split(path: str) -> tuple[str, str]:
+    """``/apis/g/v1/x`` → (``/apis``, ``g/v1/x``): kr8s joins base and url with one slash."""
+    root, _, rest = path.lstrip("/").partition("/")
+    return f"/{root}", rest
+
+
+def _translate(exc: kr8s.ServerError) -> kube.KubeError:
+    response = getattr(exc, "response", None)
+    code = response.status_code if response is not None else 0
+    status = getattr(exc, "status", None)
+    message = (status.get("message") if isinstance(status, dict) else None) or str(exc)
+    if code == 404:
+        return kube.NotFound(message)
+    if code == 409:
+        return kube.Conflict(message)
+    if code == 410:
+        return kube.Gone(message)
+    if code in (400, 422):
+        return kube.Invalid(message)
+    if code >= 500 or code == 429:
+        return kube.Unavailable(message)
+    return kube.KubeError(f"HTTP {code}: {message}")

@@ -1,0 +1,103 @@
+"""``lattice operator`` (run the controller) and ``lattice deploy-manifests`` (install it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from lattice.app import logs, yamlio
+from lattice.app.operator.leader import LeaseConfig
+from lattice.app.operator.process import OperatorSettings, default_identity, run_operator
+from lattice.domain import capi, deploy, reconcile
+
+
+def _endpoint(value: str) -> capi.ParentEndpoint:
+    """HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]"""
+    host, *ports = value.split(":") if value.count(":") <= 2 else (value,)
+    try:
+        numbers = [int(p) for p in ports]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: ports must be numbers") from None
+    if not host or any(not 1 <= n <= 65535 for n in numbers):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]")
+    fields: dict[str, Any] = {"host": host}
+    if numbers:
+        fields["bootstrap_port"] = numbers[0]
+    if len(numbers) > 1:
+        fields["grpc_port"] = numbers[1]
+    return capi.ParentEndpoint(**fields)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("operator", help="run the LatticeCluster operator")
+    parser.add_argument("--kubeconfig", help="kubeconfig of the cluster to manage (default: in-cluster)")
+    parser.add_argument("--cluster-name", help="name of the LatticeCluster this operator runs in")
+    parser.add_argument(
+        "--cell-endpoint",
+        type=_endpoint,
+        metavar="HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]",
+        help="this cell's endpoint, compiled into its children's registration call",
+    )
+    parser.add_argument(
+        "--parent-endpoint",
+        type=_endpoint,
+        metavar="HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]",
+        help="where this cluster itself registered (keeps its own control plane spec stable)",
+    )
+    parser.add_argument("--identity", default=None, help="leader-election identity (default: host + random)")
+    parser.add_argument(
+        "--no-leader-elect", action="store_true", help="run without a Lease (one replica only)"
+    )
+    parser.add_argument("--lease-namespace", default="lattice-system")
+    parser.add_argument("--lease-duration", type=int, default=15, help="seconds")
+    parser.add_argument("--health-host", default="127.0.0.1")
+    parser.add_argument("--health-port", type=int, default=8081, help="0 picks a free port")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--resync", type=float, default=300.0, help="seconds between full resyncs")
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(func=run)
+
+    manifests = subparsers.add_parser(
+        "deploy-manifests", help="print the namespace, RBAC and Deployment that install the operator"
+    )
+    manifests.add_argument("--image", default="ghcr.io/lattice-dev/lattice:0.1.0")
+    manifests.add_argument("--cluster-name")
+    manifests.add_argument("--replicas", type=int, default=2)
+    manifests.set_defaults(func=run_manifests)
+
+
+def run_manifests(args: argparse.Namespace) -> int:
+    sys.stdout.write(
+        yamlio.dump_all(
+            deploy.operator_manifests(args.image, cluster_name=args.cluster_name, replicas=args.replicas)
+        )
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    duration = args.lease_duration
+    settings = OperatorSettings(
+        kubeconfig=args.kubeconfig,
+        context=reconcile.OperatorContext(
+            self_name=args.cluster_name,
+            cell_endpoint=args.cell_endpoint,
+            self_parent=args.parent_endpoint,
+        ),
+        identity=args.identity or default_identity(),
+        leader_elect=not args.no_leader_elect,
+        lease=LeaseConfig(
+            namespace=args.lease_namespace,
+            lease_duration_s=duration,
+            renew_deadline_s=duration * 2 / 3,
+            retry_period_s=max(0.2, duration / 7.5),
+        ),
+        health_host=args.health_host,
+        health_port=args.health_port,
+        workers=args.workers,
+        resync_s=args.resync,
+    )
+    return asyncio.run(run_operator(settings))

@@ -1,0 +1,1 @@
+"""The LatticeCluster operator: informers, work queue, reconciler, leader election."""

@@ -1,0 +1,303 @@
+"""The LatticeCluster controller: observe (informer caches) → plan (pure) → apply → status.
+
+No exception escapes a reconcile: a failure is written into the LatticeCluster's conditions, an
+Event is recorded, and the key is retried with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from attrs import frozen
+
+from lattice.app.operator.informer import Informer
+from lattice.app.operator.metrics import OperatorMetrics
+from lattice.app.operator.workqueue import WorkQueue
+from lattice.domain import capi, conditions, models, reconcile
+from lattice.ports import kube
+from lattice.ports.clock import Clock
+from lattice.ports.kube import KubeApi, Obj, ResourceRef
+
+log = logging.getLogger("lattice.operator")
+
+# Every kind the compiler emits, per API version; kinds the server does not serve are skipped.
+CAPI_KINDS: tuple[tuple[str, str], ...] = (
+    (f"{capi.CLUSTER_API}/v1beta2", "Cluster"),
+    (f"{capi.CLUSTER_API}/v1beta2", "MachineDeployment"),
+    (f"{capi.CONTROLPLANE_API}/v1beta2", "KubeadmControlPlane"),
+    (f"{capi.BOOTSTRAP_API}/v1beta2", "KubeadmConfigTemplate"),
+    *(
+        (f"{capi.INFRA_API}/{version}", f"{capi.INFRA_KIND_PREFIX[provider]}{suffix}")
+        for provider, version in capi.INFRA_VERSIONS.items()
+        for suffix in ("Cluster", "MachineTemplate")
+    ),
+)
+MANAGED_SELECTOR = f"{capi.LABEL_MANAGED_BY}=lattice"
+EVENT_NAMESPACE = "default"
+
+
+@frozen
+class ControllerConfig:
+    workers: int = 4
+    resync_s: float = 300.0
+    identity: str = "lattice-operator"
+
+
+class ClusterController:
+    def __init__(
+        self,
+        api: KubeApi,
+        context: reconcile.OperatorContext,
+        clock: Clock,
+        *,
+        random: Callable[[], float],
+        metrics: OperatorMetrics | None = None,
+        config: ControllerConfig | None = None,
+    ) -> None:
+        self.api = api
+        self.context = context
+        self.clock = clock
+        self.metrics = metrics or OperatorMetrics()
+        self.config = config or ControllerConfig()
+        self.queue: WorkQueue[str] = WorkQueue(random=random)
+        self.clusters = Informer(api, models.API_VERSION, models.KIND, handler=self._on_cluster)
+        self.capi: list[Informer] = []
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = asyncio.Event()
+        self.reconciled: dict[str, float] = {}  # name → monotonic time of last successful apply
+
+    # ------------------------------------------------------------------ wiring
+
+    async def start_informers(self) -> list[asyncio.Task[None]]:
+        served: list[Informer] = []
+        for api_version, kind in CAPI_KINDS:
+            if await self._serves(api_version, kind):
+                served.append(
+                    Informer(
+                        self.api,
+                        api_version,
+                        kind,
+                        label_selector=MANAGED_SELECTOR,
+                        handler=self._on_capi,
+                    )
+                )
+        self.capi = served
+        return [asyncio.create_task(i.run()) for i in (self.clusters, *self.capi)]
+
+    async def _serves(self, api_version: str, kind: str) -> bool:
+        resource = getattr(self.api, "resource", None)
+        if resource is None:
+            return True
+        backoff = 0.2
+        while True:
+            try:
+                await resource(api_version, kind)
+            except kube.NotFound:
+                return False
+            except kube.KubeError as exc:
+                log.warning("discovery failed; retrying", extra={"kind": kind, "error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+            else:
+                return True
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(i.synced.wait() for i in (self.clusters, *self.capi)))
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in (self.clusters, *self.capi))
+
+    def _on_cluster(self, _event: str, obj: Obj) -> None:
+        self.queue.add(obj["metadata"]["name"])
+        self.metrics.queue_depth.set(len(self.queue))
+
+    def _on_capi(self, _event: str, obj: Obj) -> None:
+        owner = obj.get("metadata", {}).get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER)
+        if owner:
+            self.queue.add(owner)
+            self.metrics.queue_depth.set(len(self.queue))
+
+    async def run_workers(self) -> None:
+        """Process keys until :meth:`stop`; then let in-flight reconciles finish."""
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.config.workers)]
+        resync = asyncio.create_task(self._resync())
+        try:
+            await self._stopping.wait()
+            # Graceful: no new keys start; in-flight reconciles finish their writes. The caller
+            # bounds this with its grace period and cancels (abandons) what is still running.
+            await self._idle.wait()
+        finally:
+            resync.cancel()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(resync, *workers, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.queue.shutdown()
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_s)
+            for obj in self.clusters.items():
+                self.queue.add(obj["metadata"]["name"])
+
+    async def _worker(self) -> None:
+        while True:
+            name = await self.queue.get()
+            if self._stopping.is_set():
+                self.queue.done(name)
+                return
+            self._active += 1
+            self._idle.clear()
+            try:
+                await self.reconcile_key(name)
+            finally:
+                self._active -= 1
+                if not self._active:
+                    self._idle.set()
+                self.queue.done(name)
+                self.metrics.queue_depth.set(len(self.queue))
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile_key(self, name: str) -> None:
+        started = time.perf_counter()
+        result = "success"
+        try:
+            requeue = await self._reconcile(name)
+        except Exception as exc:
+            result = "error"
+            self.metrics.errors.labels(reason=type(exc).__name__).inc()
+            delay = self.queue.add_rate_limited(name)
+            log.warning(
+                "reconcile failed; will retry",
+                extra={"cluster": name, "error": str(exc), "retry_in_s": round(delay, 3)},
+                exc_info=not isinstance(exc, kube.KubeError),
+            )
+        else:
+            self.queue.forget(name)
+            if requeue is not None:
+                self.queue.add_after(name, requeue)
+        finally:
+            self.metrics.reconciles.labels(result=result).inc()
+            self.metrics.duration.observe(time.perf_counter() - started)
+
+    def _capi_objects(self, name: str) -> list[Obj] | None:
+        if not all(i.synced.is_set() for i in self.capi):
+            return None
+        namespace = models.capi_namespace(name)
+        out: list[Obj] = []
+        for informer in self.capi:
+            for obj in informer.items():
+                meta = obj["metadata"]
+                if meta.get("namespace") == namespace and (
+                    meta.get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER) == name
+                ):
+                    out.append(obj)
+        return out
+
+    async def _reconcile(self, name: str) -> float | None:
+        raw = self.clusters.get(None, name)
+        if raw is None:
+            return None
+        plan = reconcile.plan_cluster(raw, self._capi_objects(name), self.context, self.clock.now())
+        if plan.ignored:
+            return None
+        if not plan.writes and not plan.events:
+            return plan.requeue_after
+        log.info(
+            "reconciling",
+            extra={
+                "cluster": name,
+                "apply": len(plan.apply),
+                "delete": len(plan.delete),
+                "status": plan.status is not None,
+                "phase": (plan.status or raw.get("status") or {}).get("phase"),
+            },
+        )
+        ref = ResourceRef(models.API_VERSION, models.KIND, name)
+        if plan.finalizers is not None:
+            patch = {
+                "metadata": {
+                    "finalizers": list(plan.finalizers),
+                    "resourceVersion": raw["metadata"]["resourceVersion"],
+                }
+            }
+            updated = await self.api.merge_patch(ref, patch)
+            self.clusters.update(updated)
+            if plan.requeue_after == 0.0:
+                return 0.0
+        try:
+            for obj in plan.apply:
+                stored = await self.api.apply(obj, reconcile.FIELD_MANAGER)
+                self._remember(stored)
+            for key in plan.delete:
+                await self.api.delete(ResourceRef(key.api_version, key.kind, key.name, key.namespace))
+        except kube.KubeError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            status = reconcile.status_after_failure(raw, plan, error, self.clock.now())
+            await self._write_status(raw, status)
+            await self._event(raw, reconcile.EventSpec("Warning", "ApplyFailed", error))
+            raise
+        if plan.status is not None:
+            await self._write_status(raw, plan.status)
+        for event in plan.events:
+            await self._event(raw, event)
+        if plan.apply:
+            self.reconciled[name] = time.monotonic()
+        return plan.requeue_after
+
+    def _remember(self, stored: Obj) -> None:
+        for informer in self.capi:
+            if (informer.api_version, informer.kind) == (stored.get("apiVersion"), stored.get("kind")):
+                informer.update(stored)
+
+    async def _write_status(self, raw: Obj, status: Obj) -> None:
+        body = {
+            "apiVersion": models.API_VERSION,
+            "kind": models.KIND,
+            "metadata": {"name": raw["metadata"]["name"]},
+            "status": status,
+        }
+        with contextlib.suppress(kube.NotFound):
+            stored = await self.api.apply_status(body, reconcile.FIELD_MANAGER)
+            self.clusters.update(stored)
+
+    async def _event(self, raw: Obj, event: reconcile.EventSpec) -> None:
+        now = conditions.rfc3339(self.clock.now())
+        meta = raw["metadata"]
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": EVENT_NAMESPACE},
+            "involvedObject": {
+                "apiVersion": models.API_VERSION,
+                "kind": models.KIND,
+                "name": meta["name"],
+                "uid": meta.get("uid", ""),
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": reconcile.FIELD_MANAGER},
+            "reportingComponent": "lattice.dev/operator",
+            "reportingInstance": self.config.identity,
+        }
+        try:
+            await self.api.create(body)
+        except kube.KubeError as exc:  # events are best-effort
+            log.warning("could not record event", extra={"cluster": meta["name"], "error": str(exc)})

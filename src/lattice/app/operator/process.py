@@ -1,0 +1,171 @@
+"""``lattice operator``: one process = informers + work queue + leader election + HTTP probes.
+
+Shutdown on SIGTERM/SIGINT: stop taking keys, let in-flight reconciles finish (bounded by the
+grace period), release the Lease so a standby takes over at once, stop the probe server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import attrs
+import uvicorn
+from attrs import frozen
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from lattice.adapters.clock import SystemClock
+from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.app.operator.controller import ClusterController, ControllerConfig
+from lattice.app.operator.leader import LeaderElector, LeaseConfig
+from lattice.app.operator.metrics import OperatorMetrics
+from lattice.domain import reconcile
+from lattice.ports import kube
+
+log = logging.getLogger("lattice.operator")
+
+
+@frozen
+class OperatorSettings:
+    kubeconfig: str | None
+    context: reconcile.OperatorContext
+    identity: str
+    leader_elect: bool = True
+    lease: LeaseConfig = attrs.field(factory=LeaseConfig)
+    health_host: str = "127.0.0.1"
+    health_port: int = 8081
+    workers: int = 4
+    resync_s: float = 300.0
+    grace_s: float = 10.0
+
+
+class QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the operator's own loop handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None]:
+        yield
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{random.randrange(16**6):06x}"  # noqa: S311 - not crypto
+
+
+def probe_app(
+    controller: ClusterController, elector: LeaderElector | None, metrics: OperatorMetrics
+) -> Starlette:
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        if not controller.synced:
+            return PlainTextResponse("informers not synced", status_code=503)
+        return PlainTextResponse("ok")
+
+    async def metrics_endpoint(_: Request) -> Response:
+        metrics.leader.set(1 if elector is None or elector.is_leader.is_set() else 0)
+        metrics.watch_restarts.set(sum(i.restarts for i in (controller.clusters, *controller.capi)))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+        ]
+    )
+
+
+async def connect_with_retry(kubeconfig: str | None, attempts: int = 30) -> Kr8sKube:
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            return await Kr8sKube.connect(kubeconfig)
+        except kube.Unavailable as exc:
+            if attempt == attempts:
+                raise
+            log.warning("API server unavailable; retrying", extra={"error": str(exc), "attempt": attempt})
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def run_operator(settings: OperatorSettings, stop: asyncio.Event | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    api = await connect_with_retry(settings.kubeconfig)
+    clock = SystemClock()
+    metrics = OperatorMetrics()
+    rng = random.Random()  # noqa: S311 - jitter, not crypto
+    controller = ClusterController(
+        api,
+        settings.context,
+        clock,
+        random=rng.random,
+        metrics=metrics,
+        config=ControllerConfig(
+            workers=settings.workers, resync_s=settings.resync_s, identity=settings.identity
+        ),
+    )
+    elector = LeaderElector(api, settings.identity, clock, settings.lease) if settings.leader_elect else None
+    server = QuietServer(
+        uvicorn.Config(
+            probe_app(controller, elector, metrics),
+            host=settings.health_host,
+            port=settings.health_port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    tasks = [asyncio.create_task(server.serve())]
+    tasks += await controller.start_informers()
+    log.info("operator started", extra={"identity": settings.identity, "cell": settings.context.self_name})
+    rc = 0
+    try:
+        if elector is not None:
+            tasks.append(asyncio.create_task(elector.run()))
+            leader_or_stop: list[asyncio.Task[Any]] = [
+                asyncio.create_task(elector.is_leader.wait()),
+                asyncio.create_task(stop.wait()),
+            ]
+            await asyncio.wait(leader_or_stop, return_when=asyncio.FIRST_COMPLETED)
+            for task in leader_or_stop:
+                task.cancel()
+        if not stop.is_set():
+            log.info("starting workers", extra={"identity": settings.identity})
+            workers = asyncio.create_task(controller.run_workers())
+            waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+            if elector is not None:
+                waits.append(asyncio.create_task(elector.lost.wait()))
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
+            if elector is not None and elector.lost.is_set():
+                rc = 1
+            controller.stop()
+            try:
+                await asyncio.wait_for(workers, timeout=settings.grace_s)
+            except TimeoutError:
+                log.warning("grace period over; abandoning in-flight reconciles")
+    finally:
+        if elector is not None:
+            await elector.release()
+        server.should_exit = True
+        for task in tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("operator stopped", extra={"identity": settings.identity, "rc": rc})
+    return rc

@@ -1,0 +1,130 @@
+"""Manifests that install the Lattice operator into a cluster (``lattice deploy-manifests``).
+
+Least privilege: the ClusterRole names each resource and verb the operator uses; the Lease
+lives in a namespaced Role. The Deployment runs as non-root with a read-only root filesystem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lattice.domain import capi, models
+from lattice.domain.reconcile import FIELD_MANAGER
+
+NAMESPACE = "lattice-system"
+SERVICE_ACCOUNT = "lattice-operator"
+LABELS = {"app.kubernetes.io/name": "lattice-operator", "app.kubernetes.io/part-of": "lattice"}
+
+Manifest = dict[str, Any]
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+
+def cluster_role_rules() -> list[dict[str, Any]]:
+    crud = ["get", "list", "watch", "create", "patch", "update", "delete"]
+    return [
+        _rule([models.GROUP], [models.PLURAL], ["get", "list", "watch", "patch", "update"]),
+        _rule([models.GROUP], [f"{models.PLURAL}/status"], ["get", "patch", "update"]),
+        _rule([models.GROUP], [f"{models.PLURAL}/finalizers"], ["update"]),
+        _rule([capi.CLUSTER_API], ["clusters", "machinedeployments", "machines"], crud),
+        _rule([capi.CONTROLPLANE_API], ["kubeadmcontrolplanes"], crud),
+        _rule([capi.BOOTSTRAP_API], ["kubeadmconfigtemplates"], crud),
+        _rule(
+            [capi.INFRA_API],
+            sorted(
+                f"{prefix.lower()}{suffix}"
+                for prefix in capi.INFRA_KIND_PREFIX.values()
+                for suffix in ("clusters", "machinetemplates")
+            ),
+            crud,
+        ),
+        _rule([""], ["namespaces"], ["get", "list", "watch", "create", "patch", "delete"]),
+        _rule([""], ["secrets"], ["get", "create", "patch", "delete"]),
+        _rule([""], ["events"], ["create", "patch"]),
+    ]
+
+
+def operator_manifests(image: str, *, cluster_name: str | None = None, replicas: int = 2) -> list[Manifest]:
+    # Probes come from the kubelet over the pod network, so the probe server binds all interfaces.
+    args = ["operator", "--health-host", "0.0.0.0"]  # noqa: S104
+    if cluster_name:
+        args += ["--cluster-name", cluster_name]
+    meta = {"namespace": NAMESPACE, "labels": LABELS}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": LABELS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT, **meta}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": FIELD_MANAGER, "labels": LABELS},
+            "rules": cluster_role_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": FIELD_MANAGER, "labels": LABELS},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": FIELD_MANAGER,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "lattice-leader-election", **meta},
+            "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "lattice-leader-election", **meta},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "lattice-leader-election",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "lattice-operator", **meta},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "lattice-operator"}},
+                "template": {
+                    "metadata": {"labels": LABELS},
+                    "spec": {
+                        "serviceAccountName": SERVICE_ACCOUNT,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [
+                            {
+                                "name": "operator",
+                                "image": image,
+                                "args": args,
+                                "ports": [{"name": "probes", "containerPort": 8081}],
+                                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "probes"}},
+                                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "probes"}},
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                                    "limits": {"memory": "512Mi"},
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+    ]

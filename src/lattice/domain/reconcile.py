@@ -1,0 +1,413 @@
+"""The LatticeCluster reconcile decision: observed state in, a plan (data) out.
+
+``plan_cluster`` is pure: it reads the LatticeCluster as stored, the CAPI objects found for it
+(or ``None`` when they could not be read: *unreadable* is not *missing*), the operator's context
+and ``now``; it returns what to write. The controller in ``lattice.app`` executes the plan and
+feeds failures back through :func:`status_after_failure`. Writes are minimal: an object whose
+desired fields are already present is not applied again, and an unchanged status is not written,
+so an unchanged spec makes no writes at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+from attrs import frozen
+
+from lattice.domain import capi, conditions, lifecycle, models, serde, validation
+from lattice.domain.errors import FieldError
+from lattice.domain.models import ConditionStatus, Phase
+
+FINALIZER = "lattice.dev/cluster-cleanup"
+FIELD_MANAGER = "lattice-operator"
+PROVISIONING_RECHECK_S = 30.0
+DELETION_RECHECK_S = 2.0
+
+Manifest = dict[str, Any]
+
+
+@frozen
+class ObjectKey:
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> ObjectKey:
+        meta = obj["metadata"]
+        return cls(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+
+    @property
+    def group_kind(self) -> tuple[str, str]:
+        return (self.api_version.rpartition("/")[0], self.kind)
+
+
+@frozen
+class OperatorContext:
+    """Who this operator is: the cluster it runs in and how children reach it.
+
+    ``self_name`` is None for an operator that manages clusters without being one of them (the
+    temporary bootstrap cluster of ``lattice install``). ``cell_endpoint`` is this cluster's own
+    ``parentConfig`` (set when it is a cell); ``self_parent`` is where this cluster itself
+    registered, so that its own KubeadmControlPlane compiles exactly as its cell compiled it.
+    """
+
+    self_name: str | None = None
+    cell_endpoint: capi.ParentEndpoint | None = None
+    self_parent: capi.ParentEndpoint | None = None
+
+
+@frozen
+class EventSpec:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@frozen
+class Plan:
+    finalizers: tuple[str, ...] | None = None  # new list to write; None = leave as is
+    apply: tuple[Manifest, ...] = ()
+    delete: tuple[ObjectKey, ...] = ()
+    status: Manifest | None = None  # full status to write; None = unchanged
+    events: tuple[EventSpec, ...] = ()
+    requeue_after: float | None = None
+    ignored: str | None = None  # why this object is not this operator's business
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.finalizers is not None or self.apply or self.delete or self.status is not None)
+
+
+def is_mine(raw: Mapping[str, Any], context: OperatorContext) -> str | None:
+    """None if this operator reconciles the object, else the reason it does not."""
+    if context.self_name is None:
+        return None
+    name = raw.get("metadata", {}).get("name")
+    spec = raw.get("spec")
+    cell_ref = spec.get("cellRef") if isinstance(spec, dict) else None
+    if context.self_name in (name, cell_ref):
+        return None
+    return f"belongs to cell {cell_ref!r}, not {context.self_name!r}"
+
+
+def plan_cluster(
+    raw: Mapping[str, Any],
+    capi_objects: Sequence[Manifest] | None,
+    context: OperatorContext,
+    now: dt.datetime,
+) -> Plan:
+    reason = is_mine(raw, context)
+    if reason is not None:
+        return Plan(ignored=reason)
+    meta = raw.get("metadata", {})
+    generation = int(meta.get("generation", 0))
+    finalizers = tuple(meta.get("finalizers", ()))
+    status = _current_status(raw)
+    if meta.get("deletionTimestamp"):
+        return _plan_delete(raw, status, capi_objects, finalizers, generation, now)
+    if FINALIZER not in finalizers:
+        # Ensure the finalizer first and come back: nothing is created that could leak.
+        return Plan(finalizers=(*finalizers, FINALIZER), requeue_after=0.0)
+
+    parsed = serde.cluster_from_dict(dict(raw))
+    valid = parsed if isinstance(parsed, list) else validation.validate_cluster(parsed)
+    if isinstance(valid, list):
+        return _plan_invalid(raw, status, valid, generation, now)
+    compile_context = _compile_context(valid, context)
+    if isinstance(compile_context, FieldError):
+        return _plan_invalid(raw, status, [compile_context], generation, now)
+    desired = capi.compile_cluster(valid, compile_context)
+    return _plan_apply(raw, status, valid, desired, capi_objects, generation, now)
+
+
+def _compile_context(
+    valid: validation.ValidCluster, context: OperatorContext
+) -> capi.CompileContext | FieldError:
+    if valid.name == context.self_name:
+        return capi.CompileContext(parent=context.self_parent)
+    if valid.spec.cell_ref is None:
+        return capi.CompileContext(parent=None)
+    if context.cell_endpoint is None:
+        return FieldError(
+            ("spec", "cellRef"),
+            f"this cluster's cell {valid.spec.cell_ref!r} is not configured to accept children "
+            "(the operator runs without a cell endpoint: set parentConfig on the cell)",
+        )
+    return capi.CompileContext(parent=context.cell_endpoint)
+
+
+def _current_status(raw: Mapping[str, Any]) -> models.LatticeClusterStatus:
+    data = raw.get("status")
+    if not isinstance(data, dict):
+        return models.LatticeClusterStatus()
+    parsed = serde.structure(data, models.LatticeClusterStatus, ("status",))
+    return parsed if isinstance(parsed, models.LatticeClusterStatus) else models.LatticeClusterStatus()
+
+
+def _status_plan(raw: Mapping[str, Any], status: models.LatticeClusterStatus) -> Manifest | None:
+    new = serde.status_to_dict(status)
+    return None if new == raw.get("status") else new
+
+
+def _plan_invalid(
+    raw: Mapping[str, Any],
+    status: models.LatticeClusterStatus,
+    errors: Sequence[FieldError],
+    generation: int,
+    now: dt.datetime,
+) -> Plan:
+    message = "; ".join(str(e) for e in errors)
+    result = lifecycle.transition(status.phase, lifecycle.Event.SPEC_REJECTED)
+    phase = result.phase if isinstance(result, lifecycle.Transition) else status.phase
+    conds = conditions.set_condition(
+        status.conditions,
+        conditions.SPEC_VALID,
+        ConditionStatus.FALSE,
+        "InvalidSpec",
+        message,
+        now=now,
+        generation=generation,
+    )
+    conds = conditions.set_condition(
+        conds,
+        conditions.READY,
+        ConditionStatus.FALSE,
+        "InvalidSpec",
+        "the spec is invalid; see the SpecValid condition",
+        now=now,
+        generation=generation,
+    )
+    new_status = attrs.evolve(
+        status,
+        phase=phase,
+        message=f"invalid spec: {message}",
+        conditions=conds,
+        observed_generation=generation,
+    )
+    status_dict = _status_plan(raw, new_status)
+    events: tuple[EventSpec, ...] = ()
+    if status_dict is not None and status.message != new_status.message:
+        events = (EventSpec("Warning", "InvalidSpec", message),)
+    return Plan(status=status_dict, events=events)
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """Whether every field of ``desired`` is already present, equal, in ``observed``."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            key in observed and is_subset(value, observed[key]) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    return bool(desired == observed)
+
+
+def _plan_apply(
+    raw: Mapping[str, Any],
+    status: models.LatticeClusterStatus,
+    valid: validation.ValidCluster,
+    desired: Sequence[Manifest],
+    capi_objects: Sequence[Manifest] | None,
+    generation: int,
+    now: dt.datetime,
+) -> Plan:
+    transition = lifecycle.transition(status.phase, lifecycle.Event.SPEC_ACCEPTED)
+    conds = conditions.set_condition(
+        status.conditions,
+        conditions.SPEC_VALID,
+        ConditionStatus.TRUE,
+        "Valid",
+        "",
+        now=now,
+        generation=generation,
+    )
+    events: list[EventSpec] = []
+    if isinstance(transition, lifecycle.Rejected):
+        # During a pivot the source objects must not change; the spec waits for the pivot.
+        new_status = attrs.evolve(status, conditions=conds)
+        return Plan(status=_status_plan(raw, new_status), requeue_after=PROVISIONING_RECHECK_S)
+
+    observed = None if capi_objects is None else {ObjectKey.of(o): o for o in capi_objects}
+    if observed is None:
+        to_apply = tuple(desired)
+    else:
+        to_apply = tuple(d for d in desired if not is_subset(d, observed.get(ObjectKey.of(d))))
+    namespace = models.capi_namespace(valid.name)
+    if to_apply:
+        events.append(
+            EventSpec(
+                "Normal",
+                "Applying",
+                f"applying {len(to_apply)} of {len(desired)} Cluster API objects in {namespace}",
+            )
+        )
+    conds = conditions.set_condition(
+        conds,
+        conditions.CAPI_APPLIED,
+        ConditionStatus.TRUE,
+        "Applied",
+        f"{len(desired)} Cluster API objects in namespace {namespace}",
+        now=now,
+        generation=generation,
+    )
+    cluster_obj = (
+        None
+        if observed is None
+        else observed.get(ObjectKey(f"{capi.CLUSTER_API}/v1beta2", "Cluster", valid.name, namespace))
+    )
+    infra, control_plane = _capi_progress(cluster_obj)
+    conds = conditions.set_condition(
+        conds,
+        conditions.INFRASTRUCTURE_READY,
+        ConditionStatus.TRUE if infra else ConditionStatus.FALSE,
+        "Provisioned" if infra else "WaitingForInfrastructure",
+        "" if infra else "the infrastructure provider has not reported the cluster provisioned",
+        now=now,
+        generation=generation,
+    )
+    conds = conditions.set_condition(
+        conds,
+        conditions.CONTROL_PLANE_INITIALIZED,
+        ConditionStatus.TRUE if control_plane else ConditionStatus.FALSE,
+        "Initialized" if control_plane else "WaitingForControlPlane",
+        "" if control_plane else "kubeadm has not initialized the control plane",
+        now=now,
+        generation=generation,
+    )
+    phase = transition.phase
+    ready = phase is Phase.READY
+    conds = conditions.set_condition(
+        conds,
+        conditions.READY,
+        ConditionStatus.TRUE if ready else ConditionStatus.FALSE,
+        "SelfManaging" if ready else phase.value,
+        _phase_message(phase, infra, control_plane),
+        now=now,
+        generation=generation,
+    )
+    if phase is not status.phase:
+        events.append(EventSpec("Normal", phase.value, _phase_message(phase, infra, control_plane)))
+    new_status = attrs.evolve(
+        status,
+        phase=phase,
+        message=_phase_message(phase, infra, control_plane),
+        conditions=conds,
+        observed_generation=generation,
+        capi_namespace=namespace,
+    )
+    return Plan(
+        apply=to_apply,
+        status=_status_plan(raw, new_status),
+        events=tuple(events),
+        requeue_after=None if ready else PROVISIONING_RECHECK_S,
+    )
+
+
+def _capi_progress(cluster_obj: Mapping[str, Any] | None) -> tuple[bool, bool]:
+    if cluster_obj is None:
+        return (False, False)
+    initialization = cluster_obj.get("status", {}).get("initialization", {})
+    return (
+        bool(initialization.get("infrastructureProvisioned")),
+        bool(initialization.get("controlPlaneInitialized")),
+    )
+
+
+def _phase_message(phase: Phase, infra: bool, control_plane: bool) -> str:
+    if phase is Phase.READY:
+        return "self-managing: the cluster holds its own Cluster API objects"
+    if phase is Phase.PROVISIONING:
+        if not infra:
+            return "Cluster API objects applied; waiting for the infrastructure"
+        if not control_plane:
+            return "infrastructure ready; waiting for the control plane to initialize"
+        return "control plane initialized; waiting for the agent to connect"
+    if phase is Phase.BOOTSTRAPPING:
+        return "agent connected; bootstrapping"
+    return phase.value
+
+
+def _plan_delete(
+    raw: Mapping[str, Any],
+    status: models.LatticeClusterStatus,
+    capi_objects: Sequence[Manifest] | None,
+    finalizers: tuple[str, ...],
+    generation: int,
+    now: dt.datetime,
+) -> Plan:
+    if FINALIZER not in finalizers:
+        return Plan()
+    events: list[EventSpec] = []
+    conds = conditions.set_condition(
+        status.conditions,
+        conditions.DELETING,
+        ConditionStatus.TRUE,
+        "DeletingCapiObjects",
+        "deleting the cluster's Cluster API objects",
+        now=now,
+        generation=generation,
+    )
+    conds = conditions.set_condition(
+        conds,
+        conditions.READY,
+        ConditionStatus.FALSE,
+        "Deleting",
+        "the cluster is being deleted",
+        now=now,
+        generation=generation,
+    )
+    if status.phase is not Phase.DELETING:
+        events.append(EventSpec("Normal", "Deleting", "deleting the cluster's Cluster API objects"))
+    if capi_objects is None:
+        new_status = attrs.evolve(status, phase=Phase.DELETING, conditions=conds)
+        return Plan(
+            status=_status_plan(raw, new_status),
+            events=tuple(events),
+            requeue_after=DELETION_RECHECK_S,
+        )
+    keys = [ObjectKey.of(o) for o in capi_objects if not o["metadata"].get("deletionTimestamp")]
+    remaining = len(capi_objects)
+    if remaining == 0:
+        events.append(EventSpec("Normal", "Deleted", "all Cluster API objects are gone"))
+        return Plan(finalizers=tuple(f for f in finalizers if f != FINALIZER), events=tuple(events))
+    # Delete the Cluster first and let CAPI's controllers cascade; whatever no controller
+    # removes (no controllers, or objects they do not own) is deleted once the Cluster is gone.
+    clusters = [k for k in keys if k.group_kind == (capi.CLUSTER_API, "Cluster")]
+    has_cluster = any(ObjectKey.of(o).kind == "Cluster" for o in capi_objects)
+    to_delete = tuple(clusters if has_cluster else keys)
+    message = f"waiting for {remaining} Cluster API object(s) to be deleted"
+    new_status = attrs.evolve(status, phase=Phase.DELETING, message=message, conditions=conds)
+    return Plan(
+        delete=to_delete,
+        status=_status_plan(raw, new_status),
+        events=tuple(events),
+        requeue_after=DELETION_RECHECK_S,
+    )
+
+
+def status_after_failure(raw: Mapping[str, Any], plan: Plan, error: str, now: dt.datetime) -> Manifest:
+    """The status to write when executing ``plan`` failed: CapiApplied=False with the error."""
+    status = _current_status({"status": plan.status} if plan.status is not None else raw)
+    generation = int(raw.get("metadata", {}).get("generation", 0))
+    conds = conditions.set_condition(
+        status.conditions,
+        conditions.CAPI_APPLIED,
+        ConditionStatus.FALSE,
+        "ApplyFailed",
+        error,
+        now=now,
+        generation=generation,
+    )
+    new = attrs.evolve(status, conditions=conds, message=f"error: {error}")
+    # observedGeneration moves only on success.
+    previous = _current_status(raw).observed_generation
+    return serde.status_to_dict(attrs.evolve(new, observed_generation=previous))
