@@ -118,16 +118,24 @@ class UnconfiguredApplier:
 
 class StaticClusterProbe:
     def __init__(
-        self, kubernetes_version: str = "", health: agent.ClusterHealth | None = None
+        self,
+        kubernetes_version: str = "",
+        health: agent.ClusterHealth | None = None,
+        *,
+        self_managed: bool = False,
     ) -> None:
         self._version = kubernetes_version
         self._health = health or agent.ClusterHealth()
+        self._self_managed = self_managed
 
     async def kubernetes_version(self) -> str:
         return self._version
 
     async def health(self) -> agent.ClusterHealth:
         return self._health
+
+    async def self_managed(self) -> bool:
+        return self._self_managed
 
     def set_health(self, health: agent.ClusterHealth) -> None:
         self._health = evolve(health)

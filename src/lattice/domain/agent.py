@@ -168,6 +168,30 @@ def failure_reply(command: Command | None, command_id: str, error: str) -> Reply
     return CommandResult(command_id=command_id, success=False, error=error)
 
 
+def derive_state(
+    *,
+    self_managed: bool,
+    pivot_running: bool,
+    pivot_failed: bool,
+    health: ClusterHealth | None,
+) -> AgentState:
+    """The agent's state from what it knows (spec: "Heartbeat State Machine").
+
+    PIVOTING while a pivot runs; FAILED after a failed pivot (until one succeeds);
+    PROVISIONING until the cluster holds its own CAPI objects; then READY, or DEGRADED while
+    some nodes are not ready.
+    """
+    if pivot_running:
+        return AgentState.PIVOTING
+    if pivot_failed:
+        return AgentState.FAILED
+    if not self_managed:
+        return AgentState.PROVISIONING
+    if health is not None and health.ready_nodes < health.total_nodes:
+        return AgentState.DEGRADED
+    return AgentState.READY
+
+
 # --- agent status, as recorded on the LatticeCluster ------------------------------------------
 
 

@@ -76,3 +76,7 @@ class ClusterProbe(Protocol):
 
     async def health(self) -> agent.ClusterHealth:
         ...
+
+    async def self_managed(self) -> bool:
+        """Whether this cluster already holds its own CAPI objects (its pivot is done)."""
+        ...

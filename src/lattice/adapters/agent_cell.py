@@ -1,0 +1,504 @@
+"""The cell end of the agent streams: a grpclib ``LatticeAgent`` service and its registry.
+
+:class:`AgentHub` implements the generated ``LatticeAgentBase`` (the ``Connect`` handler) and
+the :class:`~lattice.ports.agent.AgentChannel` port:
+
+* **identity** - the cluster is read from the verified client certificate (CN and the
+  ``spiffe://lattice/cluster/<name>`` URI SAN must agree). Every AgentMessage whose
+  ``cluster_name`` differs is refused: the stream ends with PERMISSION_DENIED and a log line;
+* **registry** - one stream per cluster; a newer stream from the same cluster supersedes the
+  older one (ABORTED), which is what a reconnect after a half-dead connection looks like;
+* **commands** - :meth:`AgentHub.send_command` tags a command with a fresh ``command_id``, and
+  waits for the reply carrying that id. A command still unanswered when a stream breaks is
+  sent again when the agent comes back (agents answer a repeated id from memory);
+* **heartbeats** - acknowledged with HeartbeatAck; a sweeper marks an agent LOST after
+  ``max_missed`` missed heartbeats and closes its stream (UNAVAILABLE);
+* **status** - every change of connection, state, versions or health goes to the
+  :class:`~lattice.ports.agent.AgentStatusSink` (heartbeat timestamps alone do not, so a large
+  fleet does not turn into a stream of status writes).
+
+No exception escapes ``Connect``: bad frames end only their stream (INVALID_ARGUMENT,
+RESOURCE_EXHAUSTED, UNIMPLEMENTED), anything unexpected is logged and ends it with INTERNAL.
+Cancellation by grpclib (connection lost, server shutdown) is let through after cleanup.
+
+:class:`CellGrpcServer` runs the hub in a ``grpclib.server.Server`` on a mutual-TLS context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpclib.server
+from attrs import define, evolve, field
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from lattice.adapters import agent_wire
+from lattice.domain import agent, agent_identity, heartbeat
+from lattice.ports.agent import AgentChannel, AgentNotConnected, AgentStatusSink, CommandTimeout
+from lattice.proto.agent.v1 import agent_grpc
+from lattice.proto.agent.v1 import agent_pb2 as pb
+
+if TYPE_CHECKING:
+    AgentStream = grpclib.server.Stream[pb.AgentMessage, pb.CellCommand]
+else:
+    AgentStream = Any
+
+log = logging.getLogger(__name__)
+
+SERVICE_DISCOVERY_DISABLED = "service discovery is not enabled on this cell"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_command_id() -> str:
+    return uuid.uuid4().hex
+
+
+@define(eq=False)
+class _Session:
+    cluster: str
+    stream: AgentStream
+    task: asyncio.Task[Any] | None
+    send_lock: asyncio.Lock = field(factory=asyncio.Lock)
+    attached: bool = False
+    close_status: Status | None = None
+    close_message: str = ""
+
+
+@define(eq=False)
+class _Pending:
+    cluster: str
+    command: agent.Command
+    future: asyncio.Future[agent.Reply]
+    delivered: bool = False
+
+
+class AgentHub(agent_grpc.LatticeAgentBase):
+    """Registry of connected agents; the ``LatticeAgent`` service; an ``AgentChannel``."""
+
+    def __init__(
+        self,
+        *,
+        sink: AgentStatusSink,
+        heartbeat_policy: heartbeat.HeartbeatPolicy | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], dt.datetime] = _utcnow,
+        new_command_id: Callable[[], str] = _new_command_id,
+        max_message_bytes: int = agent_wire.DEFAULT_MAX_AGENT_MESSAGE,
+    ) -> None:
+        self._sink = sink
+        self._policy = heartbeat_policy or heartbeat.HeartbeatPolicy()
+        self._monotonic = monotonic
+        self._wall = wall
+        self._new_command_id = new_command_id
+        self._max_message = max_message_bytes
+        self._sessions: dict[str, _Session] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._last_seen: dict[str, float] = {}
+        self._lost: set[str] = set()
+        self._status: dict[str, agent.AgentStatus] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closing = False
+        self.refused_identity = 0
+        """Streams refused for a cluster_name that differs from the certificate (a counter)."""
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="agent-hub-sweeper")
+
+    async def close(self) -> None:
+        """End every stream with UNAVAILABLE ("cell shutting down") and stop the sweeper."""
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            self._close_session(session, Status.UNAVAILABLE, "the cell is shutting down")
+        tasks = [s.task for s in sessions if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    # --- AgentChannel -----------------------------------------------------------------------
+
+    def connected(self) -> frozenset[str]:
+        return frozenset(name for name, s in self._sessions.items() if s.attached)
+
+    def status(self, cluster_name: str) -> agent.AgentStatus | None:
+        return self._status.get(cluster_name)
+
+    async def send_command(
+        self, cluster_name: str, command: agent.Command, reply_within: float
+    ) -> agent.Reply:
+        command_id = self._new_command_id()
+        pending = _Pending(
+            cluster=cluster_name,
+            command=command,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._pending[command_id] = pending
+        try:
+            async with asyncio.timeout(reply_within):
+                session = self._sessions.get(cluster_name)
+                if session is not None and session.attached:
+                    await self._deliver(session, command_id, pending)
+                return await pending.future
+        except TimeoutError:
+            if not pending.delivered:
+                raise AgentNotConnected(
+                    f"the agent of cluster {cluster_name} is not connected"
+                ) from None
+            raise CommandTimeout(
+                f"cluster {cluster_name} did not answer command {command_id} "
+                f"({type(command).__name__}) within {reply_within} s"
+            ) from None
+        finally:
+            self._pending.pop(command_id, None)
+
+    async def _deliver(self, session: _Session, command_id: str, pending: _Pending) -> None:
+        try:
+            await self._send(session, agent_wire.command_to_pb(command_id, pending.command))
+        except Exception as exc:  # the stream broke; resent when the agent reconnects
+            log.info("could not send command %s to %s: %r", command_id, session.cluster, exc)
+        else:
+            pending.delivered = True
+
+    # --- the gRPC handler -------------------------------------------------------------------
+
+    async def Connect(self, stream: AgentStream) -> None:
+        peer = _peer_cert(stream)
+        cluster = agent_identity.cluster_from_peer(peer)
+        if cluster is None:
+            log.warning("refused a stream: the client certificate names no Lattice cluster")
+            await _finish(
+                stream,
+                Status.UNAUTHENTICATED,
+                "the client certificate does not name a Lattice cluster (CN and "
+                "spiffe://lattice/cluster/<name> URI SAN must agree)",
+            )
+            return
+        session = _Session(cluster=cluster, stream=stream, task=asyncio.current_task())
+        status, message = Status.OK, ""
+        try:
+            status, message = await self._serve(session)
+        except asyncio.CancelledError:
+            if session.close_status is None:
+                await self._detach(session)
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            status, message = session.close_status, session.close_message
+        except agent_wire.FrameError as exc:
+            log.warning("stream of %s: bad frame: %s", cluster, exc.message)
+            status, message = exc.status, exc.message or "bad frame"
+        except GRPCError as exc:
+            status, message = exc.status, exc.message or ""
+        except Exception:
+            log.exception("stream of %s failed", cluster)
+            status, message = Status.INTERNAL, "internal error in the cell"
+        await self._detach(session)
+        await _finish(stream, status, message)
+
+    async def _serve(self, session: _Session) -> tuple[Status, str]:
+        first = await agent_wire.recv_bounded(session.stream, pb.AgentMessage, self._max_message)
+        if first is None:
+            return Status.OK, ""
+        refused = self._check_identity(session, first)
+        if refused is not None:
+            return refused
+        if first.WhichOneof("payload") != "ready":
+            return Status.FAILED_PRECONDITION, "the first message on a stream must be AgentReady"
+        await self._attach(session, first.ready)
+        while True:
+            message = await agent_wire.recv_bounded(
+                session.stream, pb.AgentMessage, self._max_message
+            )
+            if message is None:
+                return Status.OK, ""
+            refused = self._check_identity(session, message)
+            if refused is not None:
+                return refused
+            await self._handle(session, message)
+
+    def _check_identity(
+        self, session: _Session, message: pb.AgentMessage
+    ) -> tuple[Status, str] | None:
+        if message.cluster_name == session.cluster:
+            return None
+        self.refused_identity += 1
+        log.warning(
+            "PERMISSION_DENIED: a stream authenticated as cluster %r sent a message for %r",
+            session.cluster,
+            message.cluster_name,
+        )
+        return (
+            Status.PERMISSION_DENIED,
+            f"cluster_name {message.cluster_name!r} does not match the client certificate, "
+            f"which names {session.cluster!r}",
+        )
+
+    async def _attach(self, session: _Session, ready: pb.AgentReady) -> None:
+        previous = self._sessions.get(session.cluster)
+        if previous is not None and previous is not session:
+            log.info("cluster %s reconnected; closing its previous stream", session.cluster)
+            self._close_session(
+                previous, Status.ABORTED, "superseded by a newer stream from the same cluster"
+            )
+        self._sessions[session.cluster] = session
+        session.attached = True
+        self._last_seen[session.cluster] = self._monotonic()
+        self._lost.discard(session.cluster)
+        await self._update(
+            session.cluster,
+            connection=agent.Connection.CONNECTED,
+            state=agent_wire.state_from_pb(ready.state),
+            agent_version=ready.agent_version,
+            kubernetes_version=ready.kubernetes_version,
+        )
+        log.info("agent of cluster %s connected (%s)", session.cluster, ready.agent_version)
+        for command_id, pending in list(self._pending.items()):
+            if pending.cluster == session.cluster and not pending.future.done():
+                await self._deliver(session, command_id, pending)
+
+    async def _detach(self, session: _Session) -> None:
+        if self._sessions.get(session.cluster) is not session:
+            return
+        del self._sessions[session.cluster]
+        self._last_seen.pop(session.cluster, None)
+        if session.cluster in self._lost:
+            return  # keep LOST: it says more than DISCONNECTED
+        try:
+            await self._update(session.cluster, connection=agent.Connection.DISCONNECTED)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # pragma: no cover - _update already guards the sink
+            log.exception("could not record the disconnection of %s", session.cluster)
+
+    async def _handle(self, session: _Session, message: pb.AgentMessage) -> None:
+        kind = message.WhichOneof("payload")
+        cluster = session.cluster
+        if kind == "heartbeat":
+            await self._on_heartbeat(session, message.heartbeat)
+        elif kind == "ready":
+            await self._attach(session, message.ready)
+        elif kind == "cluster_health":
+            await self._update(cluster, health=agent_wire.health_from_pb(message.cluster_health))
+        elif kind == "cluster_deleting":
+            reason = message.cluster_deleting.reason or "deleting"
+            await self._update(cluster, deleting_reason=reason)
+        elif kind == "service_query":
+            query = message.service_query
+            await self._send(
+                session,
+                pb.CellCommand(
+                    service_query_response=pb.ServiceQueryResponse(
+                        query_id=query.query_id,
+                        found=False,
+                        error_message=SERVICE_DISCOVERY_DISABLED,
+                    )
+                ),
+            )
+        elif kind in {"service_announcement", "catalog_sync"}:
+            log.debug("cluster %s sent %s; %s", cluster, kind, SERVICE_DISCOVERY_DISABLED)
+        else:
+            reply = agent_wire.reply_from_pb(message)
+            if reply is None:
+                log.debug("cluster %s sent a message of an unknown kind; ignored", cluster)
+                return
+            await self._on_reply(cluster, reply)
+
+    async def _on_heartbeat(self, session: _Session, beat: pb.Heartbeat) -> None:
+        cluster = session.cluster
+        self._last_seen[cluster] = self._monotonic()
+        changes: dict[str, Any] = {"state": agent_wire.state_from_pb(beat.state)}
+        if cluster in self._lost:
+            self._lost.discard(cluster)
+            changes["connection"] = agent.Connection.CONNECTED
+        await self._update(cluster, **changes)
+        await self._send(
+            session,
+            pb.CellCommand(
+                heartbeat_ack=pb.HeartbeatAck(
+                    sequence=beat.sequence, received_at=agent_wire.timestamp(self._wall())
+                )
+            ),
+        )
+
+    async def _on_reply(self, cluster: str, reply: agent.Reply) -> None:
+        if isinstance(reply, agent.StatusReport):
+            await self._update(
+                cluster,
+                state=reply.state,
+                kubernetes_version=reply.kubernetes_version or None,
+                agent_version=reply.agent_version or None,
+                health=reply.health,
+            )
+        pending = self._pending.get(reply.command_id)
+        if pending is None:
+            log.debug("cluster %s answered unknown command %r", cluster, reply.command_id)
+            return
+        if pending.cluster != cluster:
+            log.warning(
+                "cluster %s answered command %s that was sent to %s; ignored",
+                cluster,
+                reply.command_id,
+                pending.cluster,
+            )
+            return
+        if not agent.answers(pending.command, reply):
+            log.warning(
+                "cluster %s answered %s with a %s; ignored",
+                cluster,
+                type(pending.command).__name__,
+                type(reply).__name__,
+            )
+            return
+        if not pending.future.done():
+            pending.future.set_result(reply)
+
+    # --- status -----------------------------------------------------------------------------
+
+    async def _update(self, cluster: str, **changes: Any) -> None:
+        """Apply changes (``None`` values are ignored) and tell the sink if anything changed."""
+        current = self._status.get(cluster) or agent.AgentStatus(
+            cluster_name=cluster, connection=agent.Connection.DISCONNECTED
+        )
+        effective = {key: value for key, value in changes.items() if value is not None}
+        updated = evolve(current, **effective)
+        if self._last_seen.get(cluster) is not None:
+            updated = evolve(updated, last_heartbeat=self._wall())
+        if evolve(updated, last_heartbeat=None) == evolve(current, last_heartbeat=None):
+            self._status[cluster] = updated
+            return
+        self._status[cluster] = updated
+        try:
+            await self._sink.record(updated)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the agent status sink failed for cluster %s", cluster)
+
+    # --- heartbeat loss -----------------------------------------------------------------------
+
+    async def sweep(self) -> tuple[str, ...]:
+        """Mark agents LOST that missed too many heartbeats; close their streams."""
+        lost = heartbeat.newly_lost(
+            self._policy, self._last_seen, frozenset(self._lost), self._monotonic()
+        )
+        for cluster in lost:
+            self._lost.add(cluster)
+            log.warning(
+                "agent of cluster %s is LOST: no heartbeat for %.1f s",
+                cluster,
+                self._policy.lost_after,
+            )
+            await self._update(cluster, connection=agent.Connection.LOST)
+            session = self._sessions.get(cluster)
+            if session is not None:
+                self._close_session(
+                    session,
+                    Status.UNAVAILABLE,
+                    f"no heartbeat for {self._policy.lost_after:.1f} s",
+                )
+        return lost
+
+    async def _sweep_forever(self) -> None:
+        period = max(0.05, self._policy.interval / 2)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("heartbeat sweep failed")
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _close_session(self, session: _Session, status: Status, message: str) -> None:
+        if session.close_status is not None:
+            return
+        session.close_status = status
+        session.close_message = message
+        if session.task is not None and session.task is not asyncio.current_task():
+            session.task.cancel()
+
+    async def _send(self, session: _Session, command: pb.CellCommand) -> None:
+        async with session.send_lock:
+            await session.stream.send_message(command)
+
+
+def _peer_cert(stream: AgentStream) -> dict[str, Any] | None:
+    try:
+        cert: dict[str, Any] | None = stream.peer.cert()
+    except (AttributeError, ValueError, ssl.SSLError):
+        return None
+    return cert
+
+
+async def _finish(stream: AgentStream, status: Status, message: str) -> None:
+    """Send trailers unless the stream is already closed; never raises."""
+    try:
+        await stream.send_trailing_metadata(
+            status=status, status_message=message or None
+        )
+    except Exception as exc:
+        log.debug("could not send trailers (%s): %r", status.name, exc)
+
+
+class CellGrpcServer:
+    """The hub served over mutual TLS on an already-bound socket."""
+
+    def __init__(
+        self,
+        hub: AgentHub,
+        ssl_context: ssl.SSLContext,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        backlog: int = 4096,
+    ) -> None:
+        if ssl_context.verify_mode is not ssl.CERT_REQUIRED:
+            raise ValueError("the cell's gRPC server requires client certificates (CERT_REQUIRED)")
+        self.hub = hub
+        self._ssl = ssl_context
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=backlog)
+        self._backlog = backlog
+        self._server: grpclib.server.Server | None = None
+
+    @property
+    def port(self) -> int:
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        self._server = grpclib.server.Server([self.hub])
+        await self._server.start(sock=self._sock, ssl=self._ssl, backlog=self._backlog)
+        self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self._sock.close()
+
+
+_channel: type[AgentChannel] = AgentHub
