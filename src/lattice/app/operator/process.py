@@ -47,6 +47,7 @@ class OperatorSettings:
     workers: int = 4
     resync_s: float = 300.0
     grace_s: float = 10.0
+    handle_signals: bool = True  # False when embedded (tests, the local provider)
 
 
 class QuietServer(uvicorn.Server):
@@ -103,9 +104,9 @@ async def connect_with_retry(kubeconfig: str | None, attempts: int = 30) -> Kr8s
 async def run_operator(settings: OperatorSettings, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    signals = (signal.SIGTERM, signal.SIGINT) if settings.handle_signals else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
     api = await connect_with_retry(settings.kubeconfig)
     clock = SystemClock()
     metrics = OperatorMetrics()
@@ -167,5 +168,7 @@ async def run_operator(settings: OperatorSettings, stop: asyncio.Event | None = 
         for task in tasks[1:]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         log.info("operator stopped", extra={"identity": settings.identity, "rc": rc})
     return rc

@@ -1,0 +1,286 @@
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from lattice.domain import capi, conditions, models, reconcile, serde, validation
+from lattice.domain.models import Phase
+from lattice.domain.reconcile import FINALIZER, ObjectKey, OperatorContext, plan_cluster
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+CELL = OperatorContext(self_name="mgmt", cell_endpoint=capi.ParentEndpoint(host="10.0.0.1"))
+
+
+def lc(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "cellRef": "mgmt",
+        "provider": {"type": "docker", "kubernetes": {"version": "1.35.0"}},
+        "nodes": {"controlPlane": 1, "workers": 2},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "lattice.dev/v1alpha1",
+        "kind": "LatticeCluster",
+        "metadata": {
+            "name": "w1",
+            "generation": 1,
+            "resourceVersion": "10",
+            "uid": "u",
+            "finalizers": [FINALIZER],
+        },
+        "spec": base,
+    }
+
+
+def desired(raw: dict[str, Any], context: OperatorContext = CELL) -> list[dict[str, Any]]:
+    cluster = serde.cluster_from_dict(raw)
+    assert isinstance(cluster, models.LatticeCluster)
+    valid = validation.validate_cluster(cluster)
+    assert isinstance(valid, validation.ValidCluster)
+    return list(capi.compile_cluster(valid, capi.CompileContext(parent=context.cell_endpoint)))
+
+
+def with_status(raw: dict[str, Any], plan: reconcile.Plan) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    assert plan.status is not None
+    out["status"] = plan.status
+    return out
+
+
+def test_finalizer_first_then_nothing_else() -> None:
+    raw = lc()
+    raw["metadata"]["finalizers"] = ["other"]
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.finalizers == ("other", FINALIZER)
+    assert plan.apply == ()
+    assert plan.status is None
+    assert plan.requeue_after == 0.0
+
+
+def test_new_cluster_applies_everything_and_moves_to_provisioning() -> None:
+    raw = lc()
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert [o["kind"] for o in plan.apply] == [o["kind"] for o in desired(raw)]
+    assert plan.status is not None
+    assert plan.status["phase"] == "Provisioning"
+    assert plan.status["observedGeneration"] == 1
+    assert plan.status["capiNamespace"] == "capi-w1"
+    types = {c["type"]: c["status"] for c in plan.status["conditions"]}
+    assert types == {
+        "Ready": "False",
+        "SpecValid": "True",
+        "CapiApplied": "True",
+        "InfrastructureReady": "False",
+        "ControlPlaneInitialized": "False",
+    }
+    assert [e.reason for e in plan.events] == ["Applying", "Provisioning"]
+    assert plan.requeue_after == reconcile.PROVISIONING_RECHECK_S
+
+
+def test_unchanged_spec_makes_no_writes() -> None:
+    raw = lc()
+    first = plan_cluster(raw, [], CELL, NOW)
+    observed = with_status(raw, first)
+    # The server echoes what we applied plus fields of its own.
+    stored = [{**o, "metadata": {**o["metadata"], "uid": "x", "resourceVersion": "5"}} for o in first.apply]
+    second = plan_cluster(observed, stored, CELL, NOW + dt.timedelta(minutes=5))
+    assert second.apply == ()
+    assert second.status is None
+    assert second.events == ()
+    assert not second.writes
+
+
+def test_workers_change_reapplies_only_the_machine_deployment() -> None:
+    raw = lc()
+    first = plan_cluster(raw, [], CELL, NOW)
+    observed = with_status(raw, first)
+    observed["spec"]["nodes"]["workers"] = 3
+    observed["metadata"]["generation"] = 2
+    plan = plan_cluster(observed, list(first.apply), CELL, NOW)
+    assert [o["kind"] for o in plan.apply] == ["MachineDeployment"]
+    assert plan.apply[0]["spec"]["replicas"] == 3
+    assert plan.status is not None
+    assert plan.status["observedGeneration"] == 2
+
+
+def test_unreadable_capi_state_applies_all_desired() -> None:
+    plan = plan_cluster(lc(), None, CELL, NOW)
+    assert len(plan.apply) == 8
+
+
+def test_capi_progress_is_reflected_in_conditions_and_message() -> None:
+    raw = lc()
+    first = plan_cluster(raw, [], CELL, NOW)
+    objects = copy.deepcopy(list(first.apply))
+    cluster = next(o for o in objects if o["kind"] == "Cluster")
+    cluster["status"] = {"initialization": {"infrastructureProvisioned": True, "controlPlaneInitialized": True}}
+    plan = plan_cluster(with_status(raw, first), objects, CELL, NOW)
+    assert plan.status is not None
+    conds = {c["type"]: c for c in plan.status["conditions"]}
+    assert conds["InfrastructureReady"]["status"] == "True"
+    assert conds["ControlPlaneInitialized"]["status"] == "True"
+    assert plan.status["message"] == "control plane initialized; waiting for the agent to connect"
+
+
+def test_invalid_spec_fails_with_every_field_named_and_no_apply() -> None:
+    raw = lc(nodes={"controlPlane": 2, "workers": -1})
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.apply == ()
+    assert plan.status is not None
+    assert plan.status["phase"] == "Failed"
+    spec_valid = next(c for c in plan.status["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["status"] == "False"
+    assert "spec.nodes.controlPlane" in spec_valid["message"]
+    assert "spec.nodes.workers" in spec_valid["message"]
+    assert [e.type for e in plan.events] == ["Warning"]
+    # Same invalid spec again: nothing new to write, no event spam.
+    again = plan_cluster(with_status(raw, plan), [], CELL, NOW)
+    assert again.status is None
+    assert again.events == ()
+    # Fixed spec: back to provisioning.
+    fixed = with_status(raw, plan)
+    fixed["spec"]["nodes"] = {"controlPlane": 1, "workers": 1}
+    recovered = plan_cluster(fixed, [], CELL, NOW)
+    assert recovered.status is not None
+    assert recovered.status["phase"] == "Provisioning"
+
+
+def test_structurally_broken_spec_is_reported_not_raised() -> None:
+    raw = lc(nodes="three")
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.status is not None
+    assert "spec.nodes: must be an object" in plan.status["message"]
+
+
+def test_child_needs_a_cell_endpoint() -> None:
+    plan = plan_cluster(lc(), [], OperatorContext(self_name="mgmt"), NOW)
+    assert plan.status is not None
+    assert plan.status["phase"] == "Failed"
+    assert "not configured to accept children" in plan.status["message"]
+
+
+@pytest.mark.parametrize(
+    ("context", "name", "cell_ref", "mine"),
+    [
+        (OperatorContext(), "w1", "x", True),
+        (OperatorContext(self_name="mgmt"), "mgmt", None, True),
+        (OperatorContext(self_name="mgmt"), "w1", "mgmt", True),
+        (OperatorContext(self_name="mgmt"), "w1", "other", False),
+    ],
+)
+def test_which_clusters_an_operator_owns(
+    context: OperatorContext, name: str, cell_ref: str | None, mine: bool
+) -> None:
+    raw = lc(cellRef=cell_ref)
+    raw["metadata"]["name"] = name
+    plan = plan_cluster(raw, [], context, NOW)
+    assert (plan.ignored is None) is mine
+
+
+def test_self_and_root_compile_contexts() -> None:
+    parent = capi.ParentEndpoint(host="parent.example")
+    context = OperatorContext(self_name="w1", self_parent=parent)
+    plan = plan_cluster(lc(), [], context, NOW)
+    kcp = next(o for o in plan.apply if o["kind"] == "KubeadmControlPlane")
+    assert "https://parent.example:8443" in kcp["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"][0]
+    root = lc(cellRef=None, parentConfig={"host": "10.0.0.2"})
+    plan = plan_cluster(root, [], OperatorContext(), NOW)
+    kcp = next(o for o in plan.apply if o["kind"] == "KubeadmControlPlane")
+    assert "postKubeadmCommands" not in kcp["spec"]["kubeadmConfigSpec"]
+
+
+def test_spec_changes_wait_during_a_pivot() -> None:
+    raw = lc()
+    raw["status"] = {"phase": "Pivoting"}
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.apply == ()
+    assert plan.status is not None
+    assert plan.status["phase"] == "Pivoting"
+
+
+def test_ready_cluster_reapplies_and_stays_ready() -> None:
+    raw = lc()
+    raw["status"] = {"phase": "Ready"}
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.status is not None
+    assert plan.status["phase"] == "Ready"
+    assert plan.requeue_after is None
+    assert len(plan.apply) == 8
+
+
+def deleting(raw: dict[str, Any]) -> dict[str, Any]:
+    raw["metadata"]["deletionTimestamp"] = "2026-11-23T12:00:00Z"
+    return raw
+
+
+def test_deletion_deletes_the_cluster_first_then_the_rest_then_the_finalizer() -> None:
+    raw = deleting(lc())
+    objects = desired(lc())
+    plan = plan_cluster(raw, objects, CELL, NOW)
+    assert [k.kind for k in plan.delete] == ["Cluster"]
+    assert plan.status is not None
+    assert plan.status["phase"] == "Deleting"
+    assert plan.events[0].reason == "Deleting"
+    rest = [o for o in objects if o["kind"] not in ("Cluster", "Namespace")]
+    plan = plan_cluster(with_status(raw, plan), rest, CELL, NOW)
+    assert sorted(k.kind for k in plan.delete) == sorted(o["kind"] for o in rest)
+    assert plan.events == ()
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.finalizers == ()
+    assert plan.events[-1].reason == "Deleted"
+
+
+def test_deletion_waits_for_objects_already_being_deleted() -> None:
+    raw = deleting(lc())
+    cluster = next(o for o in desired(lc()) if o["kind"] == "Cluster")
+    cluster["metadata"]["deletionTimestamp"] = "2026-11-23T12:00:00Z"
+    plan = plan_cluster(raw, [cluster], CELL, NOW)
+    assert plan.delete == ()
+    assert plan.finalizers is None
+    assert plan.requeue_after == reconcile.DELETION_RECHECK_S
+
+
+def test_deletion_with_unreadable_state_and_without_our_finalizer() -> None:
+    raw = deleting(lc())
+    plan = plan_cluster(raw, None, CELL, NOW)
+    assert plan.delete == ()
+    assert plan.finalizers is None
+    raw["metadata"]["finalizers"] = []
+    assert not plan_cluster(raw, None, CELL, NOW).writes
+
+
+def test_status_after_failure_keeps_observed_generation() -> None:
+    raw = lc()
+    raw["status"] = {"phase": "Provisioning", "observedGeneration": 0}
+    raw["metadata"]["generation"] = 3
+    plan = plan_cluster(raw, [], CELL, NOW)
+    status = reconcile.status_after_failure(raw, plan, "Invalid: boom", NOW)
+    assert status["observedGeneration"] == 0
+    applied = next(c for c in status["conditions"] if c["type"] == "CapiApplied")
+    assert (applied["status"], applied["reason"], applied["message"]) == ("False", "ApplyFailed", "Invalid: boom")
+    assert reconcile.status_after_failure(raw, reconcile.Plan(), "x", NOW)["message"] == "error: x"
+
+
+def test_is_subset() -> None:
+    assert reconcile.is_subset({"a": [1, {"b": 2}]}, {"a": [1, {"b": 2, "c": 3}], "d": 4})
+    assert not reconcile.is_subset({"a": [1]}, {"a": [1, 2]})
+    assert not reconcile.is_subset({"a": 1}, None)
+    assert ObjectKey.of({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}).namespace is None
+
+
+def test_condition_transition_time_moves_only_when_status_flips() -> None:
+    later = NOW + dt.timedelta(hours=1)
+    conds = conditions.set_condition((), "Ready", models.ConditionStatus.FALSE, "A", "", now=NOW, generation=1)
+    same = conditions.set_condition(conds, "Ready", models.ConditionStatus.FALSE, "B", "m", now=later, generation=2)
+    assert same[0].last_transition_time == conds[0].last_transition_time
+    assert (same[0].reason, same[0].observed_generation) == ("B", 2)
+    flipped = conditions.set_condition(same, "Ready", models.ConditionStatus.TRUE, "C", "", now=later, generation=2)
+    assert flipped[0].last_transition_time == conditions.rfc3339(later)
+    custom = conditions.set_condition(flipped, "Zeta", models.ConditionStatus.TRUE, "Z", "", now=NOW, generation=None)
+    assert [c.type for c in custom] == ["Ready", "Zeta"]
+    assert conditions.get(custom, "Zeta") is not None
+    assert conditions.get(custom, "Nope") is None
+    assert Phase.READY.value == "Ready"
