@@ -15,6 +15,8 @@ from collections.abc import Sequence
 # One line per command module; each module owns its flags and its help text.
 COMMAND_MODULES: tuple[str, ...] = (
     "lattice.app.cmd_compile",
+    "lattice.app.cmd_agent",
+    "lattice.app.cmd_fips_check",
     "lattice.app.cmd_operator",
 )
 

@@ -1,0 +1,162 @@
+"""``lattice agent``: the workload-cluster agent. Dials out to its parent cell and stays connected.
+
+It opens one outbound mutual-TLS gRPC stream to ``--parent HOST:PORT`` with the client
+certificate its cluster received at registration, sends AgentReady, heartbeats, answers the
+cell's commands and reconnects with jittered exponential backoff. It never listens on any port.
+
+Commands are executed through ports. Until the Kubernetes adapters are wired in, the agent
+either writes what it receives into ``--record-dir`` (manifests and pivot exports, for tests
+and inspection), or refuses such commands with a clear message.
+
+Exit codes: 0 after SIGTERM/SIGINT; 2 for a configuration error (flags, certificate files);
+3 when ``--require-fips`` is given and no FIPS provider is active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import lattice
+from lattice.adapters import agent_client, agent_local, fips, tls
+from lattice.app import logs
+from lattice.domain.agent_identity import cluster_name_errors
+from lattice.domain.backoff import Backoff
+from lattice.domain.heartbeat import HeartbeatPolicy
+from lattice.ports.agent import ManifestApplier, PivotImporter
+
+EXIT_CONFIG = 2
+EXIT_FIPS = 3
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "agent",
+        help="run the agent: an outbound gRPC stream to the parent cell",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--parent", required=True, metavar="HOST:PORT", help="the cell's gRPC endpoint")
+    parser.add_argument("--cluster-name", required=True, help="this cluster's name (as in its certificate)")
+    parser.add_argument("--cert", required=True, type=Path, help="client certificate (PEM)")
+    parser.add_argument("--key", required=True, type=Path, help="client private key (PEM)")
+    parser.add_argument("--ca", required=True, type=Path, help="the cell's CA bundle (PEM)")
+    parser.add_argument(
+        "--tls-server-name", help="name to verify in the cell's certificate (default: the host)"
+    )
+    parser.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--heartbeat-jitter", type=float, default=0.2, metavar="FRACTION")
+    parser.add_argument(
+        "--max-missed", type=int, default=3, help="missed heartbeat acks before reconnecting"
+    )
+    parser.add_argument("--backoff-initial", type=float, default=0.5, metavar="SECONDS")
+    parser.add_argument("--backoff-max", type=float, default=30.0, metavar="SECONDS")
+    parser.add_argument(
+        "--record-dir",
+        type=Path,
+        help="write applied manifests and pivot exports here instead of refusing them",
+    )
+    parser.add_argument("--kubernetes-version", default="", help="reported Kubernetes version")
+    parser.add_argument(
+        "--require-fips", action="store_true", help="refuse to start without a FIPS provider"
+    )
+    parser.add_argument(
+        "--tls-read-buffer",
+        type=int,
+        default=16 * 1024,
+        metavar="BYTES",
+        help="asyncio TLS read buffer per connection (default 16 KiB)",
+    )
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(func=run)
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); ValueError with a reason otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"--parent {value!r} must be HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError(f"--parent {value!r}: write IPv6 addresses as [ADDR]:PORT")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"--parent {value!r}: the port must be a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"--parent {value!r}: the port must be within 1-65535")
+    return host, port
+
+
+def _error(message: str) -> int:
+    print(f"lattice agent: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    if args.require_fips:
+        report = fips.fips_report()
+        if not report.fips_active:
+            print(
+                "lattice agent: --require-fips: refusing to start: " + "; ".join(report.problems()),
+                file=sys.stderr,
+            )
+            return EXIT_FIPS
+    try:
+        host, port = parse_endpoint(args.parent)
+    except ValueError as exc:
+        return _error(str(exc))
+    for error in cluster_name_errors(args.cluster_name, ("--cluster-name",)):
+        return _error(str(error))
+    try:
+        settings = agent_client.AgentSettings(
+            cluster_name=args.cluster_name,
+            host=host,
+            port=port,
+            agent_version=f"lattice/{lattice.__version__}",
+            tls_server_name=args.tls_server_name,
+            heartbeat=HeartbeatPolicy(
+                interval=args.heartbeat_interval,
+                jitter=args.heartbeat_jitter,
+                max_missed=args.max_missed,
+            ),
+            backoff=Backoff(initial=args.backoff_initial, maximum=args.backoff_max),
+        )
+        tls.set_ssl_read_buffer(args.tls_read_buffer)
+        context = tls.client_context(tls.TlsFiles(cert=args.cert, key=args.key, ca=args.ca))
+    except (ValueError, tls.TlsConfigError) as exc:
+        return _error(str(exc))
+    applier: ManifestApplier
+    importer: PivotImporter
+    if args.record_dir is not None:
+        applier = agent_local.DirectoryManifestApplier(args.record_dir / "applied")
+        importer = agent_local.DirectoryPivotImporter(args.record_dir)
+    else:
+        applier = importer = agent_local.UnconfiguredApplier()
+    runner = agent_client.AgentRunner(
+        settings,
+        context,
+        applier=applier,
+        importer=importer,
+        probe=agent_local.StaticClusterProbe(args.kubernetes_version),
+    )
+    asyncio.run(_run_until_signalled(runner))
+    return 0
+
+
+async def _run_until_signalled(runner: agent_client.AgentRunner) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    await runner.run(stop)
