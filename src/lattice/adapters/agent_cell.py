@@ -140,6 +140,14 @@ class AgentHub(agent_grpc.LatticeAgentBase):
     def connected(self) -> frozenset[str]:
         return frozenset(name for name, s in self._sessions.items() if s.attached)
 
+    def disconnect(self, cluster_name: str, reason: str) -> bool:
+        """End a cluster's stream (UNAVAILABLE, ``reason``); the agent will reconnect."""
+        session = self._sessions.get(cluster_name)
+        if session is None:
+            return False
+        self._close_session(session, Status.UNAVAILABLE, reason)
+        return True
+
     def status(self, cluster_name: str) -> agent.AgentStatus | None:
         return self._status.get(cluster_name)
 

@@ -13,8 +13,9 @@ The objects, in apply order:
 5. Deployment ``lattice-agent`` running ``lattice agent --parent <host:port> ...``. It uses the
    host network and tolerates the control-plane and not-ready taints, because it starts right
    after ``kubeadm init``, before any CNI; it has no probes and no ports, because an agent never
-   listens. The three PEM files are mounted from one projected volume; the pod waits (the
-   volume is not optional) until ``lattice-agent-key`` exists.
+   listens. The three PEM files are mounted from one projected volume (mode 0440, group
+   ``fsGroup``, readable by the non-root agent only); the pod waits (the volume is not
+   optional) until ``lattice-agent-key`` exists.
 
 Not guaranteed: anything about the image (it must contain the ``lattice`` program).
 """
@@ -153,6 +154,7 @@ def agent_manifests(params: AgentPayloadParams) -> tuple[dict[str, Any], ...]:
                         "runAsNonRoot": True,
                         "runAsUser": 65532,
                         "runAsGroup": 65532,
+                        "fsGroup": 65532,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [
