@@ -49,7 +49,7 @@ azure_block = st.fixed_dictionaries(
 
 @st.composite
 def provider(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["docker", "aws", "gcp", "azure"]))
+    kind = draw(st.sampled_from(["docker", "local", "aws", "gcp", "azure"]))
     out: dict[str, Any] = {
         "type": kind,
         "kubernetes": {"version": draw(versions)},
@@ -57,7 +57,12 @@ def provider(draw: st.DrawFn) -> dict[str, Any]:
     sans = draw(st.lists(st.one_of(ipv4, dns), max_size=3))
     if sans:
         out["kubernetes"]["certSANs"] = sans
-    block = {"aws": aws_block, "gcp": gcp_block, "azure": azure_block}.get(kind)
+    block = {
+        "aws": aws_block,
+        "gcp": gcp_block,
+        "azure": azure_block,
+        "local": st.fixed_dictionaries({}, optional={"bootTimeoutSeconds": st.integers(10, 3600)}),
+    }.get(kind)
     if block is not None:
         out[kind] = draw(block)
     return out

@@ -32,20 +32,30 @@ CLUSTER_API = "cluster.x-k8s.io"
 CONTROLPLANE_API = "controlplane.cluster.x-k8s.io"
 BOOTSTRAP_API = "bootstrap.cluster.x-k8s.io"
 INFRA_API = "infrastructure.cluster.x-k8s.io"
+LOCAL_INFRA_API = "infrastructure.lattice.dev"
 
 # Served version of each infrastructure provider's kinds at the pinned releases.
 INFRA_VERSIONS: Mapping[models.ProviderType, str] = {
     models.ProviderType.DOCKER: "v1beta2",
+    models.ProviderType.LOCAL: "v1alpha1",
     models.ProviderType.AWS: "v1beta2",
     models.ProviderType.GCP: "v1beta1",
     models.ProviderType.AZURE: "v1beta1",
 }
 INFRA_KIND_PREFIX: Mapping[models.ProviderType, str] = {
     models.ProviderType.DOCKER: "Docker",
+    models.ProviderType.LOCAL: "Local",
     models.ProviderType.AWS: "AWS",
     models.ProviderType.GCP: "GCP",
     models.ProviderType.AZURE: "Azure",
 }
+
+CLOUDS = frozenset({models.ProviderType.AWS, models.ProviderType.GCP, models.ProviderType.AZURE})
+
+
+def infra_group(provider: models.ProviderType) -> str:
+    return LOCAL_INFRA_API if provider is models.ProviderType.LOCAL else INFRA_API
+
 
 LABEL_CLUSTER_NAME = "cluster.x-k8s.io/cluster-name"
 LABEL_LATTICE_CLUSTER = "lattice.dev/cluster"
@@ -106,7 +116,8 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
     name = valid.name
     namespace = models.capi_namespace(name)
     provider_type = valid.spec.provider.type
-    infra_version = f"{INFRA_API}/{INFRA_VERSIONS[provider_type]}"
+    group = infra_group(provider_type)
+    infra_version = f"{group}/{INFRA_VERSIONS[provider_type]}"
     prefix = INFRA_KIND_PREFIX[provider_type]
     labels = _labels(name)
 
@@ -133,7 +144,7 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
                 "kind": "KubeadmControlPlane",
                 "name": control_plane_name(name),
             },
-            "infrastructureRef": {"apiGroup": INFRA_API, "kind": f"{prefix}Cluster", "name": name},
+            "infrastructureRef": {"apiGroup": group, "kind": f"{prefix}Cluster", "name": name},
         },
     }
     infra_cluster: Manifest = {
@@ -160,7 +171,7 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
             "machineTemplate": {
                 "spec": {
                     "infrastructureRef": {
-                        "apiGroup": INFRA_API,
+                        "apiGroup": group,
                         "kind": f"{prefix}MachineTemplate",
                         "name": control_plane_name(name),
                     }
@@ -212,7 +223,7 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
                         }
                     },
                     "infrastructureRef": {
-                        "apiGroup": INFRA_API,
+                        "apiGroup": group,
                         "kind": f"{prefix}MachineTemplate",
                         "name": md_name,
                     },
@@ -270,7 +281,7 @@ def _cluster_network(networking: models.NetworkingSpec | None) -> dict[str, Any]
 
 
 def _is_cloud(valid: ValidCluster) -> bool:
-    return valid.spec.provider.type is not models.ProviderType.DOCKER
+    return valid.spec.provider.type in CLOUDS
 
 
 def _kubelet_args(valid: ValidCluster, name: str) -> list[dict[str, str]]:
@@ -410,7 +421,7 @@ def _infra_cluster_spec(valid: ValidCluster, namespace: str) -> dict[str, Any]:
                 "namespace": provider.credentials_ref.namespace or namespace,
             }
         return spec
-    # Docker: CAPD's defaults (its haproxy load balancer) need no settings; no empty spec.
+    # Docker and local: the providers' defaults need no settings; no empty spec.
     return {}
 
 
@@ -449,6 +460,8 @@ def _machine_spec(valid: ValidCluster, *, control_plane: bool) -> dict[str, Any]
             # CAPZ wants the OpenSSH public key base64-encoded.
             "sshPublicKey": base64.b64encode(provider.ssh_public_key.encode()).decode(),
         }
+    if isinstance(provider, models.LocalProvider):
+        return {"bootTimeoutSeconds": provider.boot_timeout_seconds}
     image = provider.image or f"kindest/node:{valid.kubernetes_version}"
     return {"customImage": image}
 

@@ -15,7 +15,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import attrs
 
-from lattice.domain import models
+from lattice.domain import local_provider, models
 from lattice.domain.serde import wire_name
 
 SchemaDict = dict[str, Any]
@@ -125,54 +125,132 @@ def _schema_for_type(tp: Any) -> SchemaDict:
     raise TypeError(f"no schema mapping for {tp!r}")  # pragma: no cover - programming error
 
 
-def lattice_cluster_crd() -> SchemaDict:
-    spec = schema_for(models.LatticeClusterSpec)
-    status = schema_for(models.LatticeClusterStatus)
-    status.pop("required", None)
-    root: SchemaDict = {
-        "type": "object",
-        "description": "A Kubernetes cluster that Lattice provisions with Cluster API and then "
-        "makes self-managing by pivoting its CAPI objects into itself.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": {**spec, "description": "Desired state of the cluster."},
-            "status": {**status, "description": "Observed state, written by Lattice."},
-        },
-        "x-kubernetes-validations": _CLUSTER_ROOT_RULES,
+def make_crd(
+    *,
+    group: str,
+    version: str,
+    kind: str,
+    plural: str,
+    scope: str,
+    spec_cls: type,
+    status_cls: type | None,
+    description: str,
+    labels: dict[str, str],
+    short_names: list[str] | None = None,
+    categories: list[str] | None = None,
+    printer_columns: list[SchemaDict] | None = None,
+    root_rules: list[dict[str, str]] | None = None,
+    spec_required: bool = True,
+) -> SchemaDict:
+    """A CRD whose schema is generated from attrs classes (see :func:`schema_for`)."""
+    properties: SchemaDict = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": {**schema_for(spec_cls), "description": "Desired state."},
     }
+    if status_cls is not None:
+        status = schema_for(status_cls)
+        status.pop("required", None)
+        properties["status"] = {**status, "description": "Observed state."}
+    root: SchemaDict = {"type": "object", "description": description, "properties": properties}
+    if spec_required:
+        root["required"] = ["spec"]
+    if root_rules:
+        root["x-kubernetes-validations"] = root_rules
+    names: SchemaDict = {
+        "kind": kind,
+        "listKind": f"{kind}List",
+        "plural": plural,
+        "singular": kind.lower(),
+    }
+    if short_names:
+        names["shortNames"] = short_names
+    if categories:
+        names["categories"] = categories
+    served: SchemaDict = {"name": version, "served": True, "storage": True}
+    if status_cls is not None:
+        served["subresources"] = {"status": {}}
+    if printer_columns:
+        served["additionalPrinterColumns"] = printer_columns
+    served["schema"] = {"openAPIV3Schema": root}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{models.PLURAL}.{models.GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "lattice"},
-        },
-        "spec": {
-            "group": models.GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": models.KIND,
-                "listKind": f"{models.KIND}List",
-                "plural": models.PLURAL,
-                "singular": "latticecluster",
-                "shortNames": ["lc"],
-                "categories": ["lattice", "all-clusters"],
-            },
-            "versions": [
-                {
-                    "name": models.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": _printer_columns(),
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
+        "metadata": {"name": f"{plural}.{group}", "labels": labels},
+        "spec": {"group": group, "scope": scope, "names": names, "versions": [served]},
     }
+
+
+def lattice_cluster_crd() -> SchemaDict:
+    crd = make_crd(
+        group=models.GROUP,
+        version=models.VERSION,
+        kind=models.KIND,
+        plural=models.PLURAL,
+        scope="Cluster",
+        spec_cls=models.LatticeClusterSpec,
+        status_cls=models.LatticeClusterStatus,
+        description="A Kubernetes cluster that Lattice provisions with Cluster API and then "
+        "makes self-managing by pivoting its CAPI objects into itself.",
+        labels={"app.kubernetes.io/part-of": "lattice"},
+        short_names=["lc"],
+        categories=["lattice", "all-clusters"],
+        printer_columns=_printer_columns(),
+        root_rules=_CLUSTER_ROOT_RULES,
+    )
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"]["description"] = "Desired state of the cluster."
+    schema["properties"]["status"]["description"] = "Observed state, written by Lattice."
+    return crd
+
+
+def _local_crd(
+    kind: str, spec_cls: type, status_cls: type | None, description: str, columns: list[SchemaDict]
+) -> SchemaDict:
+    return make_crd(
+        group=local_provider.GROUP,
+        version=local_provider.VERSION,
+        kind=kind,
+        plural=f"{kind.lower()}s",
+        scope="Namespaced",
+        spec_cls=spec_cls,
+        status_cls=status_cls,
+        description=description,
+        labels=local_provider.PROVIDER_LABELS,
+        categories=["cluster-api", "lattice"],
+        printer_columns=[
+            *columns,
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        spec_required=False,
+    )
+
+
+def local_provider_crds() -> list[SchemaDict]:
+    """LocalCluster, LocalMachineTemplate, LocalMachine: the local infrastructure provider."""
+    lp = local_provider
+    provisioned = {"name": "Provisioned", "type": "boolean", "jsonPath": ".status.initialization.provisioned"}
+    endpoint = {"name": "Endpoint", "type": "string", "jsonPath": ".spec.controlPlaneEndpoint.host"}
+    return [
+        _local_crd(
+            "LocalCluster",
+            lp.LocalClusterSpec,
+            lp.LocalClusterStatus,
+            "Infrastructure of a cluster whose control plane runs as local processes.",
+            [provisioned, endpoint],
+        ),
+        _local_crd(
+            "LocalMachineTemplate", lp.LocalMachineTemplateSpec, None, "Template of LocalMachines.", []
+        ),
+        _local_crd(
+            "LocalMachine",
+            lp.LocalMachineSpec,
+            lp.LocalMachineStatus,
+            "A machine of the local provider.",
+            [provisioned],
+        ),
+    ]
 
 
 def _printer_columns() -> list[SchemaDict]:
@@ -195,4 +273,4 @@ def _printer_columns() -> list[SchemaDict]:
 
 def all_crds() -> list[SchemaDict]:
     """Every Lattice CRD, in install order."""
-    return [lattice_cluster_crd()]
+    return [lattice_cluster_crd(), *local_provider_crds()]

@@ -31,14 +31,18 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule([capi.CLUSTER_API], ["clusters", "machinedeployments", "machines"], crud),
         _rule([capi.CONTROLPLANE_API], ["kubeadmcontrolplanes"], crud),
         _rule([capi.BOOTSTRAP_API], ["kubeadmconfigtemplates"], crud),
-        _rule(
-            [capi.INFRA_API],
-            sorted(
-                f"{prefix.lower()}{suffix}"
-                for prefix in capi.INFRA_KIND_PREFIX.values()
-                for suffix in ("clusters", "machinetemplates")
-            ),
-            crud,
+        *(
+            _rule(
+                [group],
+                sorted(
+                    f"{capi.INFRA_KIND_PREFIX[provider].lower()}{suffix}"
+                    for provider in capi.INFRA_KIND_PREFIX
+                    if capi.infra_group(provider) == group
+                    for suffix in ("clusters", "machinetemplates")
+                ),
+                crud,
+            )
+            for group in (capi.INFRA_API, capi.LOCAL_INFRA_API)
         ),
         _rule([""], ["namespaces"], ["get", "list", "watch", "create", "patch", "delete"]),
         _rule([""], ["secrets"], ["get", "create", "patch", "delete"]),

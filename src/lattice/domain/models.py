@@ -49,6 +49,7 @@ class ProviderType(enum.StrEnum):
     """Infrastructure a cluster runs on; each maps to one Cluster API infrastructure provider."""
 
     DOCKER = "docker"
+    LOCAL = "local"
     AWS = "aws"
     GCP = "gcp"
     AZURE = "azure"
@@ -126,6 +127,20 @@ class DockerProvider:
         "Node image for Docker machines; defaults to kindest/node:<kubernetes version>.",
         default=None,
         minLength=1,
+    )
+
+
+@frozen
+class LocalProvider:
+    """Lattice's local infrastructure provider: each cluster's control plane runs as real
+    processes on this machine (etcd, kube-apiserver, kube-controller-manager). A stand-in for
+    cloud machines where there are none; see docs/local-provider.md."""
+
+    boot_timeout_seconds: int = describe(
+        "How long a local machine may take to boot (its control plane to become ready).",
+        default=120,
+        minimum=10,
+        maximum=3600,
     )
 
 
@@ -214,6 +229,10 @@ class ProviderSpec:
     kubernetes: KubernetesSpec = describe("Kubernetes version and API server certificate names.")
     docker: DockerProvider | None = describe(
         "Settings for type docker (CAPD; development and tests).", default=None
+    )
+    local: LocalProvider | None = describe(
+        "Settings for type local (Lattice's local provider: control planes as local processes).",
+        default=None,
     )
     aws: AwsProvider | None = describe("Settings for type aws (CAPA). Required for aws.", default=None)
     gcp: GcpProvider | None = describe("Settings for type gcp (CAPG). Required for gcp.", default=None)

@@ -31,7 +31,18 @@ FIPS_SSH_KEY_TYPES = ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ssh-rsa")
 # The CAPI namespace is "capi-<name>" and must itself be a DNS-1123 label (<= 63).
 MAX_CLUSTER_NAME = 63 - len(models.capi_namespace(""))
 
-ProviderSettings = models.DockerProvider | models.AwsProvider | models.GcpProvider | models.AzureProvider
+ProviderSettings = (
+    models.DockerProvider
+    | models.LocalProvider
+    | models.AwsProvider
+    | models.GcpProvider
+    | models.AzureProvider
+)
+# Providers whose settings block may be omitted (every field has a default).
+OPTIONAL_BLOCKS: dict[models.ProviderType, type[models.DockerProvider | models.LocalProvider]] = {
+    models.ProviderType.DOCKER: models.DockerProvider,
+    models.ProviderType.LOCAL: models.LocalProvider,
+}
 
 
 @frozen
@@ -66,15 +77,21 @@ def validate_cluster(cluster: models.LatticeCluster) -> ValidCluster | list[Fiel
     )
 
 
-def _provider_block(provider: models.ProviderSpec) -> ProviderSettings | None:
-    if provider.type is models.ProviderType.DOCKER:
-        return provider.docker or models.DockerProvider()
-    blocks: dict[models.ProviderType, ProviderSettings | None] = {
+def _blocks(provider: models.ProviderSpec) -> dict[models.ProviderType, ProviderSettings | None]:
+    return {
+        models.ProviderType.DOCKER: provider.docker,
+        models.ProviderType.LOCAL: provider.local,
         models.ProviderType.AWS: provider.aws,
         models.ProviderType.GCP: provider.gcp,
         models.ProviderType.AZURE: provider.azure,
     }
-    return blocks[provider.type]
+
+
+def _provider_block(provider: models.ProviderSpec) -> ProviderSettings | None:
+    block = _blocks(provider)[provider.type]
+    if block is None and provider.type in OPTIONAL_BLOCKS:
+        return OPTIONAL_BLOCKS[provider.type]()
+    return block
 
 
 def _cluster_errors(cluster: models.LatticeCluster) -> Iterator[FieldError]:
@@ -122,12 +139,7 @@ def _provider_errors(provider: models.ProviderSpec, path: tuple[PathSegment, ...
 def _provider_block_errors(
     provider: models.ProviderSpec, path: tuple[PathSegment, ...]
 ) -> Iterator[FieldError]:
-    blocks = {
-        models.ProviderType.DOCKER: provider.docker,
-        models.ProviderType.AWS: provider.aws,
-        models.ProviderType.GCP: provider.gcp,
-        models.ProviderType.AZURE: provider.azure,
-    }
+    blocks = _blocks(provider)
     for kind, block in blocks.items():
         if kind is not provider.type and block is not None:
             yield FieldError(
@@ -137,7 +149,7 @@ def _provider_block_errors(
             )
     chosen = blocks[provider.type]
     if chosen is None:
-        if provider.type is not models.ProviderType.DOCKER:
+        if provider.type not in OPTIONAL_BLOCKS:
             yield FieldError(
                 (*path, provider.type.value),
                 f"required when type is {provider.type.value}",

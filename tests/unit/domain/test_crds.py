@@ -22,7 +22,7 @@ def test_crd_golden(yaml_snapshot: SnapshotAssertion) -> None:
 
 
 def test_schema_is_structural_and_described() -> None:
-    (crd,) = crds.all_crds()
+    crd = crds.lattice_cluster_crd()
     version = crd["spec"]["versions"][0]
     root = version["schema"]["openAPIV3Schema"]
     for path, node in _nodes(root["properties"]["spec"], "spec"):
@@ -37,7 +37,7 @@ def test_schema_is_structural_and_described() -> None:
 
 
 def test_cel_rules_have_messages() -> None:
-    (crd,) = crds.all_crds()
+    crd = crds.lattice_cluster_crd()
     root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     rules = [r for _, node in _nodes(root) for r in node.get("x-kubernetes-validations", [])]
     messages = {r["message"] for r in rules}
@@ -46,11 +46,26 @@ def test_cel_rules_have_messages() -> None:
 
 
 def test_enums_bounds_and_defaults_come_from_the_models() -> None:
-    (crd,) = crds.all_crds()
+    crd = crds.lattice_cluster_crd()
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     provider = spec["properties"]["provider"]
-    assert provider["properties"]["type"]["enum"] == ["docker", "aws", "gcp", "azure"]
+    assert provider["properties"]["type"]["enum"] == ["docker", "local", "aws", "gcp", "azure"]
     nodes = spec["properties"]["nodes"]["properties"]
     assert nodes["controlPlane"]["minimum"] == 1
     assert spec["properties"]["parentConfig"]["properties"]["grpcPort"]["default"] == 50051
     assert provider["required"] == ["type", "kubernetes"]
+
+
+def test_local_provider_crds_are_labelled_like_clusterctl_init_would() -> None:
+    local = crds.local_provider_crds()
+    assert [c["spec"]["names"]["kind"] for c in local] == [
+        "LocalCluster",
+        "LocalMachineTemplate",
+        "LocalMachine",
+    ]
+    for crd in local:
+        labels = crd["metadata"]["labels"]
+        assert "clusterctl.cluster.x-k8s.io" in labels
+        assert labels["cluster.x-k8s.io/v1beta2"] == "v1alpha1"
+        assert crd["spec"]["group"] == "infrastructure.lattice.dev"
+    assert crds.all_crds()[0]["metadata"]["name"] == "latticeclusters.lattice.dev"

@@ -71,7 +71,7 @@ def test_every_structural_error_is_collected_with_its_path() -> None:
 
 def test_enum_errors_list_the_allowed_values() -> None:
     errors = _errors(_doc(provider={"type": "openstack", "kubernetes": {"version": "1.35.0"}}))
-    assert errors["spec.provider.type"] == "must be one of docker, aws, gcp, azure; got 'openstack'"
+    assert errors["spec.provider.type"] == "must be one of docker, local, aws, gcp, azure; got 'openstack'"
 
 
 @pytest.mark.parametrize(

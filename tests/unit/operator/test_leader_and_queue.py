@@ -93,7 +93,15 @@ def test_work_queue() -> None:
 def test_deploy_manifests_are_least_privilege() -> None:
     objs = deploy.operator_manifests("img:1", cluster_name="mgmt", replicas=3)
     kinds = [o["kind"] for o in objs]
-    assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"]
+    assert kinds == [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    ]
     role = objs[2]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     deployment = objs[-1]

@@ -116,7 +116,9 @@ def test_capi_progress_is_reflected_in_conditions_and_message() -> None:
     first = plan_cluster(raw, [], CELL, NOW)
     objects = copy.deepcopy(list(first.apply))
     cluster = next(o for o in objects if o["kind"] == "Cluster")
-    cluster["status"] = {"initialization": {"infrastructureProvisioned": True, "controlPlaneInitialized": True}}
+    cluster["status"] = {
+        "initialization": {"infrastructureProvisioned": True, "controlPlaneInitialized": True}
+    }
     plan = plan_cluster(with_status(raw, first), objects, CELL, NOW)
     assert plan.status is not None
     conds = {c["type"]: c for c in plan.status["conditions"]}
@@ -260,7 +262,11 @@ def test_status_after_failure_keeps_observed_generation() -> None:
     status = reconcile.status_after_failure(raw, plan, "Invalid: boom", NOW)
     assert status["observedGeneration"] == 0
     applied = next(c for c in status["conditions"] if c["type"] == "CapiApplied")
-    assert (applied["status"], applied["reason"], applied["message"]) == ("False", "ApplyFailed", "Invalid: boom")
+    assert (applied["status"], applied["reason"], applied["message"]) == (
+        "False",
+        "ApplyFailed",
+        "Invalid: boom",
+    )
     assert reconcile.status_after_failure(raw, reconcile.Plan(), "x", NOW)["message"] == "error: x"
 
 
@@ -268,18 +274,28 @@ def test_is_subset() -> None:
     assert reconcile.is_subset({"a": [1, {"b": 2}]}, {"a": [1, {"b": 2, "c": 3}], "d": 4})
     assert not reconcile.is_subset({"a": [1]}, {"a": [1, 2]})
     assert not reconcile.is_subset({"a": 1}, None)
-    assert ObjectKey.of({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}).namespace is None
+    assert (
+        ObjectKey.of({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}).namespace is None
+    )
 
 
 def test_condition_transition_time_moves_only_when_status_flips() -> None:
     later = NOW + dt.timedelta(hours=1)
-    conds = conditions.set_condition((), "Ready", models.ConditionStatus.FALSE, "A", "", now=NOW, generation=1)
-    same = conditions.set_condition(conds, "Ready", models.ConditionStatus.FALSE, "B", "m", now=later, generation=2)
+    conds = conditions.set_condition(
+        (), "Ready", models.ConditionStatus.FALSE, "A", "", now=NOW, generation=1
+    )
+    same = conditions.set_condition(
+        conds, "Ready", models.ConditionStatus.FALSE, "B", "m", now=later, generation=2
+    )
     assert same[0].last_transition_time == conds[0].last_transition_time
     assert (same[0].reason, same[0].observed_generation) == ("B", 2)
-    flipped = conditions.set_condition(same, "Ready", models.ConditionStatus.TRUE, "C", "", now=later, generation=2)
+    flipped = conditions.set_condition(
+        same, "Ready", models.ConditionStatus.TRUE, "C", "", now=later, generation=2
+    )
     assert flipped[0].last_transition_time == conditions.rfc3339(later)
-    custom = conditions.set_condition(flipped, "Zeta", models.ConditionStatus.TRUE, "Z", "", now=NOW, generation=None)
+    custom = conditions.set_condition(
+        flipped, "Zeta", models.ConditionStatus.TRUE, "Z", "", now=NOW, generation=None
+    )
     assert [c.type for c in custom] == ["Ready", "Zeta"]
     assert conditions.get(custom, "Zeta") is not None
     assert conditions.get(custom, "Nope") is None

@@ -33,7 +33,7 @@ CAPI_KINDS: tuple[tuple[str, str], ...] = (
     (f"{capi.CONTROLPLANE_API}/v1beta2", "KubeadmControlPlane"),
     (f"{capi.BOOTSTRAP_API}/v1beta2", "KubeadmConfigTemplate"),
     *(
-        (f"{capi.INFRA_API}/{version}", f"{capi.INFRA_KIND_PREFIX[provider]}{suffix}")
+        (f"{capi.infra_group(provider)}/{version}", f"{capi.INFRA_KIND_PREFIX[provider]}{suffix}")
         for provider, version in capi.INFRA_VERSIONS.items()
         for suffix in ("Cluster", "MachineTemplate")
     ),
