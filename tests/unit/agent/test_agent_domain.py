@@ -45,12 +45,30 @@ H_BAD = agent.ClusterHealth(2, 3)
 @pytest.mark.parametrize(
     ("kwargs", "state"),
     [
-        ({"self_managed": False, "pivot_running": True, "pivot_failed": True, "health": None}, agent.AgentState.PIVOTING),
-        ({"self_managed": True, "pivot_running": False, "pivot_failed": True, "health": H_OK}, agent.AgentState.FAILED),
-        ({"self_managed": False, "pivot_running": False, "pivot_failed": False, "health": H_OK}, agent.AgentState.PROVISIONING),
-        ({"self_managed": True, "pivot_running": False, "pivot_failed": False, "health": H_BAD}, agent.AgentState.DEGRADED),
-        ({"self_managed": True, "pivot_running": False, "pivot_failed": False, "health": H_OK}, agent.AgentState.READY),
-        ({"self_managed": True, "pivot_running": False, "pivot_failed": False, "health": None}, agent.AgentState.READY),
+        (
+            {"self_managed": False, "pivot_running": True, "pivot_failed": True, "health": None},
+            agent.AgentState.PIVOTING,
+        ),
+        (
+            {"self_managed": True, "pivot_running": False, "pivot_failed": True, "health": H_OK},
+            agent.AgentState.FAILED,
+        ),
+        (
+            {"self_managed": False, "pivot_running": False, "pivot_failed": False, "health": H_OK},
+            agent.AgentState.PROVISIONING,
+        ),
+        (
+            {"self_managed": True, "pivot_running": False, "pivot_failed": False, "health": H_BAD},
+            agent.AgentState.DEGRADED,
+        ),
+        (
+            {"self_managed": True, "pivot_running": False, "pivot_failed": False, "health": H_OK},
+            agent.AgentState.READY,
+        ),
+        (
+            {"self_managed": True, "pivot_running": False, "pivot_failed": False, "health": None},
+            agent.AgentState.READY,
+        ),
     ],
 )
 def test_derive_state(kwargs, state):
@@ -68,11 +86,19 @@ def test_a_valid_pivot_has_no_errors():
         ({"capi_namespace": ""}, "pivotManifests.capiNamespace", "empty"),
         ({"pivot_id": ""}, "pivotManifests.pivotId", "empty"),
         ({"files": ()}, "pivotManifests.files", "at least one"),
-        ({"files": (agent.MoveFile("../etc/passwd", b""),)}, "pivotManifests.files[0].name", "plain file name"),
+        (
+            {"files": (agent.MoveFile("../etc/passwd", b""),)},
+            "pivotManifests.files[0].name",
+            "plain file name",
+        ),
         ({"files": (agent.MoveFile("a/b", b""),)}, "pivotManifests.files[0].name", "plain file name"),
         ({"files": (agent.MoveFile(".hidden", b""),)}, "pivotManifests.files[0].name", "plain file name"),
         ({"files": (agent.MoveFile("..", b""),)}, "pivotManifests.files[0].name", "plain file name"),
-        ({"files": (agent.MoveFile("a", b""), agent.MoveFile("a", b""))}, "pivotManifests.files[1].name", "twice"),
+        (
+            {"files": (agent.MoveFile("a", b""), agent.MoveFile("a", b""))},
+            "pivotManifests.files[1].name",
+            "twice",
+        ),
     ],
 )
 def test_pivot_errors(change, field, fragment):

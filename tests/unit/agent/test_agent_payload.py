@@ -50,9 +50,16 @@ def test_deployment_runs_the_outbound_agent_and_listens_nowhere():
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["lattice"]
-    assert container["args"][:5] == ["agent", "--parent", "cell.example.com:50051", "--cluster-name", "workload-1"]
+    assert container["args"][:5] == [
+        "agent",
+        "--parent",
+        "cell.example.com:50051",
+        "--cluster-name",
+        "workload-1",
+    ]
     assert "ports" not in container
-    assert "livenessProbe" not in container and "readinessProbe" not in container
+    assert "livenessProbe" not in container
+    assert "readinessProbe" not in container
     assert pod["hostNetwork"] is True
     sources = pod["volumes"][0]["projected"]["sources"]
     assert [s["secret"]["name"] for s in sources] == ["lattice-agent-tls", "lattice-agent-key"]

@@ -101,7 +101,7 @@ POLICY = heartbeat.HeartbeatPolicy(interval=10.0, jitter=0.2, max_missed=3)
         (36.0, 3, heartbeat.Liveness.LOST),
         (1000.0, 83, heartbeat.Liveness.LOST),
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_liveness_from_injected_time(elapsed, missed, expected):
     assert heartbeat.missed_heartbeats(POLICY, 100.0, 100.0 + elapsed) == missed

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lattice.domain import agent_identity as ident
-from lattice.domain import registration
+from lattice.domain import capi, registration
 from lattice.domain.errors import FieldError
 
 GOOD = ident.CsrFacts(
@@ -47,7 +47,7 @@ def test_a_p256_sha256_csr_for_the_cluster_is_accepted():
         ({"common_names": ("c1", "c1")}, "CN=c1"),
         ({"other_subject_attributes": ("O", "O")}, "only CN"),
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_unacceptable_csrs_are_refused_with_a_reason(change, fragment):
     facts = attrs.evolve(GOOD, **change)
@@ -57,7 +57,7 @@ def test_unacceptable_csrs_are_refused_with_a_reason(change, fragment):
 
 def _peer(cn=("c1",), uris=("spiffe://lattice/cluster/c1",), extra=()):
     return {
-        "subject": tuple((("commonName", value),) for value in cn) + ((("organizationName", "x"),),),
+        "subject": (*tuple((("commonName", value),) for value in cn), (("organizationName", "x"),)),
         "subjectAltName": tuple(("URI", u) for u in uris) + tuple(extra),
     }
 
@@ -78,8 +78,17 @@ def _peer(cn=("c1",), uris=("spiffe://lattice/cluster/c1",), extra=()):
         (_peer(uris=("spiffe://other/cluster/c1",)), None),
     ],
     ids=[
-        "ok", "extra-dns", "none", "empty", "no-cn", "two-cns", "no-uri", "uri-mismatch",
-        "two-uris", "invalid-name", "foreign-uri",
+        "ok",
+        "extra-dns",
+        "none",
+        "empty",
+        "no-cn",
+        "two-cns",
+        "no-uri",
+        "uri-mismatch",
+        "two-uris",
+        "invalid-name",
+        "foreign-uri",
     ],
 )
 def test_cluster_from_peer(peer, expected):
@@ -88,7 +97,16 @@ def test_cluster_from_peer(peer, expected):
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("c1", True), ("a", True), ("a" * 63, True), ("", False), ("a" * 64, False), ("-a", False), ("A", False), ("a_b", False)],
+    [
+        ("c1", True),
+        ("a", True),
+        ("a" * 63, True),
+        ("", False),
+        ("a" * 64, False),
+        ("-a", False),
+        ("A", False),
+        ("a_b", False),
+    ],
 )
 def test_cluster_names(name, ok):
     assert (list(ident.cluster_name_errors(name, ("n",))) == []) is ok
@@ -120,12 +138,18 @@ def test_malformed_requests_name_the_field(body, field, fragment):
 
 
 def test_a_good_request_parses():
-    assert registration.parse_request({"clusterName": "c1", "csr": CSR}) == registration.RegistrationRequest("c1", CSR)
+    assert registration.parse_request({"clusterName": "c1", "csr": CSR}) == registration.RegistrationRequest(
+        "c1", CSR
+    )
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
-                    max_leaves=10))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+        max_leaves=10,
+    )
+)
 def test_parse_request_never_raises(body):
     result = registration.parse_request(body)
     assert isinstance(result, registration.RegistrationRequest | FieldError)
@@ -169,10 +193,13 @@ def test_wants_yaml(accept, yaml):
 
 def test_response_json_shape():
     response = registration.RegistrationResponse("h:1", "ca", "cert", "yaml")
-    assert response.to_json() == {"grpcEndpoint": "h:1", "caBundle": "ca", "certificate": "cert", "manifests": "yaml"}
+    assert response.to_json() == {
+        "grpcEndpoint": "h:1",
+        "caBundle": "ca",
+        "certificate": "cert",
+        "manifests": "yaml",
+    }
 
 
 def test_the_compiled_registration_script_calls_this_path():
-    from lattice.domain import capi
-
     assert capi.ParentEndpoint(host="cell.example").register_url.endswith(registration.REGISTER_PATH)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import inspect
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -139,8 +140,6 @@ def test_every_check_goes_through_exactly_one_constant_time_comparison(name, ran
 
 
 def test_the_default_comparator_is_hmac_compare_digest():
-    import inspect
-
     assert inspect.signature(tokens.lease).parameters["compare"].default is hmac.compare_digest
 
 
