@@ -97,8 +97,8 @@ class CatalogEntry:
         )
 
     def same_content(self, other: CatalogEntry) -> bool:
-        """Equal apart from ``last_updated``."""
-        return evolve(other, last_updated=self.last_updated) == self
+        """Equal apart from ``version`` and ``last_updated``: nothing a dependant would act on."""
+        return evolve(other, version=self.version, last_updated=self.last_updated) == self
 
 
 @frozen
@@ -271,9 +271,11 @@ class ServiceCatalog:
         """A ServiceCatalogSync from ``cluster``; with ``full_sync`` its other services go."""
         if sync.cluster_name and sync.cluster_name != cluster:
             return [Ignored(("", ""), cluster, IgnoreReason.SOURCE_MISMATCH)]
-        events = [self.apply_announcement(cluster, a, now) for a in sync.services]
+        # A key listed twice counts once: the last announcement wins.
+        latest = {a.key: a for a in sync.services}
+        events = [self.apply_announcement(cluster, a, now) for a in latest.values()]
         if sync.full_sync:
-            listed = {a.key for a in sync.services if not a.deleted}
+            listed = {key for key, a in latest.items() if not a.deleted}
             owned = self._by_cluster.get(cluster, set())
             for key in sorted(owned - listed):
                 events.append(self.unregister(key[0], key[1], cluster, RemovalCause.DROPPED_BY_FULL_SYNC))
