@@ -89,9 +89,11 @@ def schema_for(cls: type) -> SchemaDict:
             )
             target[key] = value
         default = field.default
-        if isinstance(default, enum.Enum):
+        if default is attrs.NOTHING:  # required (NOTHING is itself an Enum member: check first)
+            pass
+        elif isinstance(default, enum.Enum):
             prop["default"] = default.value
-        elif isinstance(default, (int, bool, str)) and not isinstance(default, enum.Enum):
+        elif isinstance(default, (int, bool, str)):
             prop["default"] = default
         properties[name] = prop
         if default is attrs.NOTHING:

@@ -69,3 +69,11 @@ def test_local_provider_crds_are_labelled_like_clusterctl_init_would() -> None:
         assert labels["cluster.x-k8s.io/v1beta2"] == "v1alpha1"
         assert crd["spec"]["group"] == "infrastructure.lattice.dev"
     assert crds.all_crds()[0]["metadata"]["name"] == "latticeclusters.lattice.dev"
+
+
+def test_required_fields_have_no_default() -> None:
+    crd = crds.lattice_cluster_crd()
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for path, node in _nodes(spec, "spec"):
+        for name in node.get("required", []):
+            assert "default" not in node["properties"][name], f"{path}.{name}"
