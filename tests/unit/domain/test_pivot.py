@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lattice.domain import pivot
+
+
+def obj(kind: str, name: str, **extra: Any) -> dict[str, Any]:
+    api = "v1" if kind in ("Secret", "ConfigMap") else "cluster.x-k8s.io/v1beta2"
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "capi-w1", "uid": "u-" + name, "resourceVersion": "7"},
+        **extra,
+    }
+
+
+def files(*objects: dict[str, Any]) -> list[tuple[str, bytes]]:
+    return [
+        (f"{o['kind']}_{o['metadata']['namespace']}_{o['metadata']['name']}.yaml", json.dumps(o).encode())
+        for o in objects
+    ]
+
+
+def test_parse_export_and_statuses_to_restore() -> None:
+    cluster = obj(
+        "Cluster", "w1", spec={"paused": True}, status={"initialization": {"infrastructureProvisioned": True}}
+    )
+    secret = obj("Secret", "w1-kubeconfig", data={"value": "eA=="}, status={"ignored": True})
+    md = obj("MachineDeployment", "w1-md-0", status={})
+    parsed = [
+        o for o in pivot.parse_export(files(secret, md, cluster)) if isinstance(o, pivot.ExportedObject)
+    ]
+    assert len(parsed) == 3
+    names = [o.file_name for o in parsed]
+    assert names == sorted(names)
+    restore = pivot.statuses_to_restore(parsed)
+    assert [(str(i), s) for i, s in restore] == [
+        ("Cluster capi-w1/w1", {"initialization": {"infrastructureProvisioned": True}})
+    ]
+
+
+def test_parse_export_reports_every_bad_file() -> None:
+    result = pivot.parse_export(
+        [
+            ("../etc/passwd", b"{}"),
+            ("Cluster_ns_x.yaml", b"not json"),
+            ("Cluster_ns_y.yaml", b"[1]"),
+            ("Cluster_ns_z.yaml", json.dumps({"apiVersion": "v1", "kind": "X", "metadata": {}}).encode()),
+        ]
+    )
+    assert [str(e) for e in result] == [
+        "files.../etc/passwd: not a clusterctl move file name (Kind_Namespace_Name.yaml)",
+        "files.Cluster_ns_x.yaml: not a JSON object: Expecting value: line 1 column 1 (char 0)",
+        "files.Cluster_ns_y.yaml: missing apiVersion, kind or metadata",
+        "files.Cluster_ns_z.yaml.metadata: missing name",
+    ]
+
+
+def test_deletion_order_puts_the_cluster_last() -> None:
+    kinds = [
+        "Cluster",
+        "Secret",
+        "LocalCluster",
+        "LocalMachineTemplate",
+        "KubeadmControlPlane",
+        "Machine",
+        "MachineDeployment",
+        "KubeadmConfigTemplate",
+        "Widget",
+    ]
+    ids = [pivot.ObjectId("x/v1", k, "ns", k.lower()) for k in kinds]
+    order = [i.kind for i in pivot.deletion_order(ids)]
+    assert order[0] == "Machine"
+    assert order[-1] == "Cluster"
+    assert order.index("KubeadmControlPlane") < order.index("LocalCluster") < order.index("Secret")
+
+
+def test_content_hash_ignores_server_fields_and_move_markers() -> None:
+    a = obj("Cluster", "w1", spec={"paused": True, "x": 1})
+    b = json.loads(json.dumps(a))
+    b["metadata"].update(
+        uid="other", resourceVersion="99", managedFields=[{}], annotations={pivot.DELETE_FOR_MOVE: ""}
+    )
+    b["spec"]["paused"] = False
+    assert pivot.content_hash(a) == pivot.content_hash(b)
+    b["spec"]["x"] = 2
+    assert pivot.content_hash(a) != pivot.content_hash(b)
+
+
+def test_compare_sides() -> None:
+    a, b, c, d = (obj("Secret", n, data={"k": n}) for n in "abcd")
+    changed = obj("Secret", "c", data={"k": "other"})
+    report = pivot.compare_sides([a, b, c, d], source_now=[b], target_now=[a, b, changed])
+    assert report.only_target == ("Secret capi-w1/a", "Secret capi-w1/c")
+    assert report.on_both == ("Secret capi-w1/b",)
+    assert report.missing == ("Secret capi-w1/d",)
+    assert report.changed == ("Secret capi-w1/c",)
+    assert not report.moved_exactly_once
+    assert pivot.compare_sides([a], [], [a]).moved_exactly_once
+    assert str(pivot.ObjectId("v1", "Namespace", None, "n")) == "Namespace n"
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), unique=True))
+def test_a_complete_move_is_exactly_once(names: list[str]) -> None:
+    objects = [obj("ConfigMap", n, data={"v": n}) for n in names]
+    assert pivot.compare_sides(objects, [], objects).moved_exactly_once
