@@ -1,0 +1,159 @@
+"""Real cells and agents on loopback: a cell CA, server certificates, agent identities."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lattice.adapters import agent_cell, agent_client, agent_local, cell_ca, pki, tls
+from lattice.adapters.agent_local import InMemoryAgentStatusSink
+from lattice.domain import agent
+from lattice.domain.backoff import Backoff
+from lattice.domain.heartbeat import HeartbeatPolicy
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@attrs.define
+class Pki:
+    """A cell CA, the cell's server certificate for 127.0.0.1, and agent identities on demand."""
+
+    ca: cell_ca.CellCertificateAuthority
+    directory: Path
+    server: tls.TlsFiles
+
+    @classmethod
+    def create(cls, directory: Path, name: str = "lattice-cell-ca") -> Pki:
+        ca = cell_ca.CellCertificateAuthority.generate(name)
+        cert, key, bundle = ca.write_server_files(
+            directory, ip_addresses=["127.0.0.1", "::1"], dns_names=["localhost"]
+        )
+        return cls(ca=ca, directory=directory, server=tls.TlsFiles(cert=cert, key=key, ca=bundle))
+
+    def agent_files(self, cluster: str) -> tls.TlsFiles:
+        """An agent identity obtained the real way: the agent's own key, a CSR, the CA signs."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = pki.csr_to_pem(pki.new_csr(key, cluster)).decode()
+        cert = self.ca.sign_agent_csr(csr, cluster)
+        return self.write_identity(cluster, cert.encode(), pki.key_to_pem(key))
+
+    def write_identity(self, label: str, cert_pem: bytes, key_pem: bytes) -> tls.TlsFiles:
+        folder = self.directory / f"agent-{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tls.crt").write_bytes(cert_pem)
+        pki.write_private_file(folder / "tls.key", key_pem)
+        return tls.TlsFiles(cert=folder / "tls.crt", key=folder / "tls.key", ca=self.server.ca)
+
+    def server_context(self) -> ssl.SSLContext:
+        return tls.server_context(self.server, require_client_cert=True)
+
+
+@pytest.fixture(scope="module")
+def cell_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("cell-pki"))
+
+
+@attrs.define
+class Cell:
+    hub: agent_cell.AgentHub
+    server: agent_cell.CellGrpcServer
+    sink: InMemoryAgentStatusSink
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def wait_connected(self, cluster: str, within: float = 10.0) -> agent.AgentStatus:
+        await self.sink.wait_for(
+            lambda latest: (
+                cluster in latest
+                and latest[cluster].connection is agent.Connection.CONNECTED
+                and cluster in self.hub.connected()
+            ),
+            within,
+        )
+        return self.sink.latest[cluster]
+
+
+@contextlib.asynccontextmanager
+async def running_cell(
+    cell_pki: Pki,
+    *,
+    port: int = 0,
+    heartbeat: HeartbeatPolicy | None = None,
+    max_message_bytes: int | None = None,
+) -> AsyncIterator[Cell]:
+    sink = InMemoryAgentStatusSink()
+    kwargs = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
+    hub = agent_cell.AgentHub(
+        sink=sink, heartbeat_policy=heartbeat or HeartbeatPolicy(interval=0.5), **kwargs
+    )
+    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), port=port)
+    await server.start()
+    try:
+        yield Cell(hub=hub, server=server, sink=sink)
+    finally:
+        await server.stop()
+
+
+@attrs.define
+class RunningAgent:
+    runner: agent_client.AgentRunner
+    applier: agent_local.RecordingManifestApplier
+    importer: agent_local.RecordingPivotImporter
+    probe: agent_local.StaticClusterProbe
+    rtts: list[float]
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def running_agent(
+    files: tls.TlsFiles,
+    cluster: str,
+    port: int,
+    *,
+    interval: float = 0.5,
+    importer: agent_local.RecordingPivotImporter | None = None,
+    applier: agent_local.RecordingManifestApplier | None = None,
+    tls_server_name: str | None = None,
+    host: str = "127.0.0.1",
+) -> AsyncIterator[RunningAgent]:
+    applier = applier or agent_local.RecordingManifestApplier()
+    importer = importer or agent_local.RecordingPivotImporter()
+    probe = agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(ready_nodes=1, total_nodes=1))
+    rtts: list[float] = []
+    runner = agent_client.AgentRunner(
+        agent_client.AgentSettings(
+            cluster_name=cluster,
+            host=host,
+            port=port,
+            agent_version="lattice/test",
+            tls_server_name=tls_server_name,
+            heartbeat=HeartbeatPolicy(interval=interval, jitter=0.2, max_missed=3),
+            backoff=Backoff(initial=0.05, maximum=0.5),
+            connect_timeout=5.0,
+        ),
+        tls.client_context(files),
+        applier=applier,
+        importer=importer,
+        probe=probe,
+        on_heartbeat_rtt=rtts.append,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        yield RunningAgent(runner, applier, importer, probe, rtts, stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
