@@ -60,8 +60,9 @@ async def test_connect_ready_commands_replies_and_heartbeats(cell_pki: Pki):
 
         # heartbeats carry the new state (READY after the pivot) and are acknowledged
         await cell.sink.wait_for(lambda latest: latest["c1"].state is agent.AgentState.READY, 5)
-        while len(a.rtts) < 3:
-            await asyncio.sleep(0.1)
+        async with asyncio.timeout(10):
+            while len(a.rtts) < 3:  # noqa: ASYNC110 - polling a counter the agent fills
+                await asyncio.sleep(0.1)
         assert all(0 < rtt < 1 for rtt in a.rtts)
         ids = {report.command_id, applied.command_id, pivoted.command_id, synced.command_id}
         assert len(ids) == 4
