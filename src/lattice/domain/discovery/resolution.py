@@ -60,7 +60,7 @@ Resolution = Resolved | NotAllowed | NotFound
 class QueryFailure(enum.StrEnum):
     TIMEOUT = "Timeout"
     UNAVAILABLE = "Unavailable"
-    NOT_CONNECTED = "NotConnected"
+    INVALID_RESPONSE = "InvalidResponse"
 
 
 @frozen
