@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import itertools
 from collections.abc import Iterable
 
 from attrs import evolve, frozen
@@ -70,12 +71,11 @@ class CatalogEntry:
     def from_announcement(
         cls, announcement: ServiceAnnouncement, now: dt.datetime, source_cluster: str | None = None
     ) -> CatalogEntry:
-        by_name = {port.name: port for port in announcement.ports}
         return cls(
             name=announcement.service_name,
             environment=announcement.environment,
             source_cluster=source_cluster or announcement.source_cluster,
-            ports=tuple(by_name[name] for name in sorted(by_name)),
+            ports=_normalised_ports(announcement.ports),
             allowed_callers=frozenset(announcement.allowed_callers),
             qualified_dns_name=announcement.qualified_dns_name,
             gateway_endpoint=announcement.gateway_endpoint,
@@ -99,6 +99,15 @@ class CatalogEntry:
     def same_content(self, other: CatalogEntry) -> bool:
         """Equal apart from ``version`` and ``last_updated``: nothing a dependant would act on."""
         return evolve(other, version=self.version, last_updated=self.last_updated) == self
+
+
+def _normalised_ports(ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
+    """One port per name (the last wins), sorted by name; usually already so (fast path)."""
+    names = [port.name for port in ports]
+    if all(a < b for a, b in itertools.pairwise(names)):
+        return ports
+    by_name = {port.name: port for port in ports}
+    return tuple(by_name[name] for name in sorted(by_name))
 
 
 @frozen
@@ -265,6 +274,14 @@ class ServiceCatalog:
             return Ignored(key, cluster, IgnoreReason.SOURCE_MISMATCH)
         if announcement.deleted:
             return self.unregister(announcement.environment, announcement.service_name, cluster)
+        existing = self._entries.get(key)
+        if (
+            existing is not None
+            and existing.source_cluster == cluster
+            and existing.version >= announcement.version
+        ):
+            # The common case of a periodic full sync: decided without building an entry.
+            return Ignored(key, cluster, IgnoreReason.STALE_VERSION)
         return self.register(CatalogEntry.from_announcement(announcement, now, cluster))
 
     def apply_sync(self, cluster: str, sync: ServiceCatalogSync, now: dt.datetime) -> list[CatalogEvent]:
