@@ -275,4 +275,6 @@ def _printer_columns() -> list[SchemaDict]:
 
 def all_crds() -> list[SchemaDict]:
     """Every Lattice CRD, in install order."""
-    return [lattice_cluster_crd(), *local_provider_crds()]
+    from lattice.domain import service_crd  # noqa: PLC0415 - service_crd builds on this module
+
+    return [lattice_cluster_crd(), *local_provider_crds(), service_crd.lattice_service_crd()]

@@ -79,7 +79,6 @@ def object_schema(cls: type) -> SchemaDict:
     """Like :func:`crds.schema_for`, but also for classes with map-of-object fields."""
     if not _has_maps(cls):
         schema = crds.schema_for(cls)
-        _drop_required_defaults(cls, schema)
     else:
         hints = get_type_hints(cls)
         properties: dict[str, SchemaDict] = {}
@@ -103,25 +102,6 @@ def object_schema(cls: type) -> SchemaDict:
     if rules:
         schema["x-kubernetes-validations"] = [dict(rule) for rule in rules]
     return schema
-
-
-def _drop_required_defaults(cls: type, schema: SchemaDict) -> None:
-    """Remove the ``default`` that ``schema_for`` writes for required fields.
-
-    With attrs >= 25 ``attrs.NOTHING`` is an enum member, so ``schema_for`` renders it as
-    ``default: 1``; the API server rejects a default of the wrong type, and a required field has
-    no default anyway.
-    """
-    hints = get_type_hints(cls)
-    for field in attrs.fields(cls):
-        prop = schema["properties"][wire_name(field.name)]
-        if field.default is attrs.NOTHING:
-            prop.pop("default", None)
-        inner = _strip_optional(hints[field.name])
-        if get_origin(inner) is tuple:
-            inner, prop = get_args(inner)[0], prop["items"]
-        if isinstance(inner, type) and attrs.has(inner):
-            _drop_required_defaults(inner, prop)
 
 
 def _field_schema(owner: type, name: str, tp: Any) -> SchemaDict:
