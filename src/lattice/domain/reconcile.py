@@ -17,7 +17,7 @@ from typing import Any, Literal
 import attrs
 from attrs import frozen
 
-from lattice.domain import capi, conditions, lifecycle, models, serde, validation
+from lattice.domain import capi, cell, conditions, lifecycle, models, serde, validation
 from lattice.domain.errors import FieldError
 from lattice.domain.models import ConditionStatus, Phase
 
@@ -121,6 +121,9 @@ def plan_cluster(
     compile_context = _compile_context(valid, context)
     if isinstance(compile_context, FieldError):
         return _plan_invalid(raw, status, [compile_context], generation, now)
+    if cell.pivoted_away(status) and valid.name != context.self_name:
+        # The child manages itself; this cell keeps the record and never re-creates its objects.
+        return Plan()
     desired = capi.compile_cluster(valid, compile_context)
     return _plan_apply(raw, status, valid, desired, capi_objects, generation, now)
 

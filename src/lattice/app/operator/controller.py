@@ -69,6 +69,7 @@ class ClusterController:
         self.clusters = Informer(api, models.API_VERSION, models.KIND, handler=self._on_cluster)
         self.capi: list[Informer] = []
         self._active = 0
+        self._locks: dict[str, asyncio.Lock] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
@@ -168,13 +169,18 @@ class ClusterController:
                 self.queue.done(name)
                 self.metrics.queue_depth.set(len(self.queue))
 
+    def lock(self, name: str) -> asyncio.Lock:
+        """Serialises everything that writes one LatticeCluster (reconcile, cell driver)."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
     # ------------------------------------------------------------------ reconcile
 
     async def reconcile_key(self, name: str) -> None:
         started = time.perf_counter()
         result = "success"
         try:
-            requeue = await self._reconcile(name)
+            async with self.lock(name):
+                requeue = await self._reconcile(name)
         except Exception as exc:
             result = "error"
             self.metrics.errors.labels(reason=type(exc).__name__).inc()
@@ -246,11 +252,11 @@ class ClusterController:
         except kube.KubeError as exc:
             error = f"{type(exc).__name__}: {exc}"
             status = reconcile.status_after_failure(raw, plan, error, self.clock.now())
-            await self._write_status(raw, status)
+            await self.write_status(raw, status)
             await self._event(raw, reconcile.EventSpec("Warning", "ApplyFailed", error))
             raise
         if plan.status is not None:
-            await self._write_status(raw, plan.status)
+            await self.write_status(raw, plan.status)
         for event in plan.events:
             await self._event(raw, event)
         if plan.apply:
@@ -262,7 +268,7 @@ class ClusterController:
             if (informer.api_version, informer.kind) == (stored.get("apiVersion"), stored.get("kind")):
                 informer.update(stored)
 
-    async def _write_status(self, raw: Obj, status: Obj) -> None:
+    async def write_status(self, raw: Obj, status: Obj) -> None:
         body = {
             "apiVersion": models.API_VERSION,
             "kind": models.KIND,

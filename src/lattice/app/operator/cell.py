@@ -1,0 +1,287 @@
+"""The cell's side of the runtime flow: bootstrap a connected child, then pivot it.
+
+When a child's agent connects (reported through :class:`AgentStatusSink`), a driver task takes
+the child from ``Provisioning`` through ``Bootstrapping`` (ApplyManifests over the stream) and
+``Pivoting`` (export with clusterctl, send the files, the agent imports, delete the source) to
+``Ready``. Each step is persisted in the child's LatticeCluster status before the next begins
+(pure transitions in :mod:`lattice.domain.cell`), under the same per-cluster lock as the
+reconciler, so a restarted operator resumes from the last persisted step.
+
+Between export and deletion the source Cluster stays paused (clusterctl unpauses it after
+exporting); a pivot that is abandoned unpauses it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lattice.app.operator.controller import ClusterController
+from lattice.domain import agent, capi, cell, models, pivot, serde
+from lattice.domain.models import Phase, PivotStep
+from lattice.ports import kube
+from lattice.ports.agent import AgentChannel, AgentNotConnected, CommandTimeout
+from lattice.ports.kube import Obj, ResourceRef
+from lattice.ports.mover import ClusterMover, MoveError
+
+log = logging.getLogger("lattice.cell")
+
+BOOTSTRAP_TIMEOUT_S = 120.0
+PIVOT_TIMEOUT_S = 300.0
+RETRY_DELAY_S = 2.0
+
+
+class PivotFailure(RuntimeError):
+    pass
+
+
+class CellCoordinator:
+    def __init__(
+        self,
+        controller: ClusterController,
+        channel: AgentChannel,
+        mover: ClusterMover,
+        *,
+        cell_kubeconfig: Path,
+        work_dir: Path,
+        bootstrap_manifests: Callable[[str], tuple[bytes, ...]],
+    ) -> None:
+        self.controller = controller
+        self.channel = channel
+        self.mover = mover
+        self.cell_kubeconfig = cell_kubeconfig
+        self.work_dir = work_dir
+        self.bootstrap_manifests = bootstrap_manifests
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self.pivot_timings: dict[str, dict[str, float]] = {}
+
+    # The AgentStatusSink port: the hub reports every change of an agent's connection.
+    async def record(self, status: agent.AgentStatus) -> None:
+        await self._record_agent(status)
+        if status.connection is agent.Connection.CONNECTED:
+            self.kick(status.cluster_name)
+
+    def kick(self, name: str) -> None:
+        """Start (or keep) the driver of ``name``."""
+        task = self._drivers.get(name)
+        if task is None or task.done():
+            self._drivers[name] = asyncio.create_task(self._drive(name))
+
+    def resume_all(self) -> None:
+        """After a restart: continue every child that was mid-flow and whose agent is here."""
+        for obj in self.controller.clusters.items():
+            phase = (obj.get("status") or {}).get("phase")
+            if phase in (Phase.BOOTSTRAPPING.value, Phase.PIVOTING.value):
+                self.kick(obj["metadata"]["name"])
+
+    async def close(self) -> None:
+        for task in self._drivers.values():
+            task.cancel()
+        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+
+    # ------------------------------------------------------------------ status
+
+    async def _record_agent(self, status: agent.AgentStatus) -> None:
+        name = status.cluster_name
+        async with self.controller.lock(name):
+            raw = self.controller.clusters.get(None, name)
+            if raw is None:
+                return
+            current = cell.parse_status(raw)
+            heartbeat = (
+                None
+                if status.last_heartbeat is None
+                else status.last_heartbeat.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            )
+            updated = models.AgentStatus(
+                connected=status.connection is agent.Connection.CONNECTED,
+                state=status.state.value,
+                version=status.agent_version or None,
+                last_heartbeat_time=heartbeat,
+            )
+            if current.agent != updated:
+                await self._write(raw, _evolve(current, agent=updated))
+
+    async def _write(self, raw: Obj, status: models.LatticeClusterStatus) -> Obj:
+        await self.controller.write_status(raw, serde.status_to_dict(status))
+        fresh = self.controller.clusters.get(None, raw["metadata"]["name"])
+        return fresh if fresh is not None else raw
+
+    async def _transition(
+        self, name: str, change: Callable[[models.LatticeClusterStatus], models.LatticeClusterStatus]
+    ) -> models.LatticeClusterStatus | None:
+        async with self.controller.lock(name):
+            raw = self.controller.clusters.get(None, name)
+            if raw is None or raw["metadata"].get("deletionTimestamp"):
+                return None
+            try:
+                status = change(cell.parse_status(raw))
+            except cell.StepRejected as exc:
+                log.info("step not applicable", extra={"cluster": name, "reason": str(exc)})
+                return None
+            await self._write(raw, status)
+            return status
+
+    # ------------------------------------------------------------------ the flow
+
+    async def _drive(self, name: str) -> None:
+        try:
+            while True:
+                raw = self.controller.clusters.get(None, name)
+                if raw is None or name not in self.channel.connected():
+                    return
+                status = cell.parse_status(raw)
+                now = self.controller.clock.now()
+                if status.phase is Phase.PROVISIONING:
+                    if await self._transition(name, lambda s, now=now: cell.agent_connected(s, now)) is None:
+                        return
+                elif status.phase is Phase.BOOTSTRAPPING:
+                    await self._bootstrap(name)
+                elif status.phase is Phase.PIVOTING and status.pivot is not None:
+                    await self._pivot(name, raw, status)
+                else:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the driver must never take the operator down
+            log.exception("cell driver failed; will resume on the next agent event", extra={"cluster": name})
+
+    async def _bootstrap(self, name: str) -> None:
+        manifests = self.bootstrap_manifests(name)
+        try:
+            reply = await self.channel.send_command(
+                name, agent.ApplyManifests(manifests), BOOTSTRAP_TIMEOUT_S
+            )
+        except (AgentNotConnected, CommandTimeout) as exc:
+            log.warning("bootstrap not answered", extra={"cluster": name, "error": str(exc)})
+            await asyncio.sleep(RETRY_DELAY_S)
+            return
+        if not getattr(reply, "success", False):
+            log.warning(
+                "bootstrap failed on the agent", extra={"cluster": name, "error": getattr(reply, "error", "")}
+            )
+            await asyncio.sleep(RETRY_DELAY_S)
+            return
+        now = self.controller.clock.now()
+        await self._transition(name, lambda s: cell.bootstrap_completed(s, now))
+
+    async def _pivot(self, name: str, raw: Obj, status: models.LatticeClusterStatus) -> None:
+        assert status.pivot is not None
+        namespace = models.capi_namespace(name)
+        attempt_dir = self.work_dir / name / f"attempt-{status.pivot.attempt}"
+        timings = self.pivot_timings.setdefault(name, {})
+        try:
+            if status.pivot.step in (PivotStep.EXPORTING, PivotStep.TRANSFERRING, PivotStep.IMPORTING):
+                started = _clock()
+                exported = await self._export(namespace, attempt_dir)
+                timings["export"] = _clock() - started
+                await self._step(name, PivotStep.TRANSFERRING, len(exported))
+                started = _clock()
+                files = [agent.MoveFile(p.name, p.read_bytes()) for p in exported]
+                child = cell.child_copy(raw, cell.pivot_succeeded(status, self.controller.clock.now()))
+                files.append(agent.MoveFile(cell.child_copy_file_name(name), json.dumps(child).encode()))
+                command = agent.PivotManifests(
+                    name, namespace, f"{name}-{status.pivot.attempt}", tuple(files)
+                )
+                await self._step(name, PivotStep.IMPORTING)
+                reply = await self.channel.send_command(name, command, PIVOT_TIMEOUT_S)
+                timings["transfer_and_import"] = _clock() - started
+                if not isinstance(reply, agent.PivotResult) or not reply.success:
+                    raise PivotFailure(getattr(reply, "error", "") or "the agent reported failure")
+                await self._step(name, PivotStep.DELETING_SOURCE)
+            started = _clock()
+            await self._delete_source(namespace, attempt_dir)
+            timings["delete"] = _clock() - started
+            now = self.controller.clock.now()
+            await self._transition(name, lambda s: cell.pivot_succeeded(s, now))
+            shutil.rmtree(self.work_dir / name, ignore_errors=True)
+            log.info(
+                "pivot complete", extra={"cluster": name, **{k: round(v, 3) for k, v in timings.items()}}
+            )
+        except (AgentNotConnected, CommandTimeout) as exc:
+            # The stream went away: keep the source paused and resume when the agent is back.
+            log.warning(
+                "pivot interrupted; waiting for the agent", extra={"cluster": name, "error": str(exc)}
+            )
+            await asyncio.sleep(RETRY_DELAY_S)
+        except (PivotFailure, MoveError, kube.KubeError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("pivot attempt failed", extra={"cluster": name, "error": error})
+            await self._set_paused(namespace, name, paused=False)
+            now = self.controller.clock.now()
+            await self._transition(name, lambda s: cell.pivot_failed(s, error, now))
+            await asyncio.sleep(RETRY_DELAY_S)
+
+    async def _step(self, name: str, step: PivotStep, objects: int | None = None) -> None:
+        now = self.controller.clock.now()
+        await self._transition(name, lambda s: cell.pivot_step(s, step, now, objects))
+
+    async def _export(self, namespace: str, directory: Path) -> list[Path]:
+        """Export the namespace's Cluster graph; keep the source paused afterwards."""
+        name = namespace.removeprefix("capi-")
+        if directory.exists():
+            shutil.rmtree(directory)
+        # clusterctl refuses a Cluster that is already paused: unpause a previous attempt's.
+        await self._set_paused(namespace, name, paused=False)
+        files = await self.mover.export(self.cell_kubeconfig, namespace, directory)
+        await self._set_paused(namespace, name, paused=True)
+        return files
+
+    async def _set_paused(self, namespace: str, name: str, *, paused: bool) -> None:
+        ref = ResourceRef(f"{capi.CLUSTER_API}/v1beta2", "Cluster", name, namespace)
+        try:
+            await self.controller.api.merge_patch(ref, {"spec": {"paused": True if paused else None}})
+        except kube.NotFound:
+            return
+
+    async def _delete_source(self, namespace: str, directory: Path) -> None:
+        """Delete what was exported, marked as a move so providers keep the infrastructure."""
+        files = (
+            [(p.name, p.read_bytes()) for p in sorted(directory.glob("*.yaml"))] if directory.exists() else []
+        )
+        exported = pivot.parse_export(files)
+        ids = [o.id for o in exported if isinstance(o, pivot.ExportedObject)]
+        if not ids:  # resumed after a restart that lost the export: delete by label
+            ids = await self._labelled_ids(namespace)
+        api = self.controller.api
+        for oid in pivot.deletion_order(ids):
+            ref = ResourceRef(oid.api_version, oid.kind, oid.name, oid.namespace)
+            try:
+                await api.merge_patch(
+                    ref,
+                    {"metadata": {"annotations": {pivot.DELETE_FOR_MOVE: ""}, "finalizers": None}},
+                )
+                await api.delete(ref)
+            except kube.NotFound:
+                continue
+        await api.delete(ResourceRef("v1", "Namespace", namespace))
+
+    async def _labelled_ids(self, namespace: str) -> list[pivot.ObjectId]:
+        name = namespace.removeprefix("capi-")
+        ids: list[pivot.ObjectId] = []
+        for informer in self.controller.capi:
+            for obj in informer.items():
+                meta = obj["metadata"]
+                if (
+                    meta.get("namespace") == namespace
+                    and meta.get("labels", {}).get(capi.LABEL_CLUSTER_NAME) == name
+                ):
+                    ids.append(pivot.object_id(obj))
+        return ids
+
+
+def _evolve(status: models.LatticeClusterStatus, **changes: Any) -> models.LatticeClusterStatus:
+    return attrs.evolve(status, **changes)
+
+
+def _clock() -> float:
+    return time.perf_counter()

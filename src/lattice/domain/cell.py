@@ -1,0 +1,205 @@
+"""How a cell moves a child through bootstrap and pivot: pure status transitions.
+
+Every step of the runtime flow is persisted in the child's LatticeCluster status on the cell
+(phase, ``status.pivot.step`` and attempt, conditions), so a restarted operator resumes where it
+stopped instead of starting over. The app layer (``lattice.app.operator.cell``) performs the I/O
+between these transitions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import attrs
+
+from lattice.domain import conditions, lifecycle, models, serde
+from lattice.domain.models import ConditionStatus, Phase, PivotStatus, PivotStep
+
+MAX_PIVOT_ATTEMPTS = 5
+LATTICE_CLUSTER_FILE_PREFIX = "LatticeCluster__"
+
+
+class StepRejected(ValueError):
+    """The event does not apply in the cluster's current phase (nothing is written)."""
+
+
+def parse_status(raw: dict[str, Any]) -> models.LatticeClusterStatus:
+    data = raw.get("status")
+    parsed = serde.structure(data, models.LatticeClusterStatus) if isinstance(data, dict) else None
+    return parsed if isinstance(parsed, models.LatticeClusterStatus) else models.LatticeClusterStatus()
+
+
+def _advance(status: models.LatticeClusterStatus, event: lifecycle.Event) -> Phase:
+    result = lifecycle.transition(status.phase, event)
+    if isinstance(result, lifecycle.Rejected):
+        raise StepRejected(result.reason)
+    return result.phase
+
+
+def _condition(
+    status: models.LatticeClusterStatus,
+    type_: str,
+    value: ConditionStatus,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    generation: int | None,
+) -> tuple[models.Condition, ...]:
+    return conditions.set_condition(
+        status.conditions, type_, value, reason, message, now=now, generation=generation
+    )
+
+
+def agent_connected(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
+    phase = _advance(status, lifecycle.Event.AGENT_CONNECTED)
+    conds = _condition(
+        status,
+        conditions.AGENT_CONNECTED,
+        ConditionStatus.TRUE,
+        "StreamOpen",
+        "the agent's outbound stream to this cell is up",
+        now,
+        status.observed_generation,
+    )
+    message = "agent connected; bootstrapping" if phase is Phase.BOOTSTRAPPING else status.message
+    return attrs.evolve(status, phase=phase, conditions=conds, message=message)
+
+
+def bootstrap_completed(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
+    phase = _advance(status, lifecycle.Event.BOOTSTRAP_COMPLETED)
+    return attrs.evolve(
+        status,
+        phase=phase,
+        message="bootstrap complete; pivoting the Cluster API objects into the cluster",
+        pivot=PivotStatus(step=PivotStep.EXPORTING, attempt=1),
+        conditions=_condition(
+            status,
+            conditions.PIVOTED,
+            ConditionStatus.FALSE,
+            "Pivoting",
+            "exporting the Cluster API objects",
+            now,
+            status.observed_generation,
+        ),
+    )
+
+
+_STEP_MESSAGES = {
+    PivotStep.EXPORTING: "exporting the Cluster API objects (clusterctl move --to-directory)",
+    PivotStep.TRANSFERRING: "sending the export to the agent over its stream",
+    PivotStep.IMPORTING: "the agent is importing the objects into its cluster",
+    PivotStep.DELETING_SOURCE: "the child holds its objects; deleting this cell's copies",
+}
+
+
+def pivot_step(
+    status: models.LatticeClusterStatus, step: PivotStep, now: dt.datetime, objects: int | None = None
+) -> models.LatticeClusterStatus:
+    if status.phase is not Phase.PIVOTING or status.pivot is None:
+        raise StepRejected(f"no pivot in progress (phase {status.phase.value})")
+    pivot = attrs.evolve(
+        status.pivot, step=step, objects=objects if objects is not None else status.pivot.objects
+    )
+    message = _STEP_MESSAGES.get(step, step.value)
+    return attrs.evolve(
+        status,
+        pivot=pivot,
+        message=f"pivoting (attempt {pivot.attempt}): {message}",
+        conditions=_condition(
+            status,
+            conditions.PIVOTED,
+            ConditionStatus.FALSE,
+            step.value,
+            message,
+            now,
+            status.observed_generation,
+        ),
+    )
+
+
+def pivot_failed(
+    status: models.LatticeClusterStatus, error: str, now: dt.datetime
+) -> models.LatticeClusterStatus:
+    """Count the failure: retry (source unpaused, export again) or give up after the last try."""
+    if status.pivot is None:
+        raise StepRejected("no pivot in progress")
+    attempt = status.pivot.attempt
+    if attempt >= MAX_PIVOT_ATTEMPTS:
+        phase = _advance(status, lifecycle.Event.PIVOT_ABANDONED)
+        message = f"pivot abandoned after {attempt} attempts: {error}; the source stays in charge"
+        pivot = attrs.evolve(status.pivot, last_error=error)
+    else:
+        phase = _advance(status, lifecycle.Event.PIVOT_FAILED)
+        message = f"pivot attempt {attempt} failed: {error}; retrying"
+        pivot = PivotStatus(step=PivotStep.EXPORTING, attempt=attempt + 1, last_error=error)
+    return attrs.evolve(
+        status,
+        phase=phase,
+        pivot=pivot,
+        message=message,
+        conditions=_condition(
+            status,
+            conditions.PIVOTED,
+            ConditionStatus.FALSE,
+            "PivotFailed",
+            error,
+            now,
+            status.observed_generation,
+        ),
+    )
+
+
+def pivot_succeeded(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
+    phase = _advance(status, lifecycle.Event.PIVOT_SUCCEEDED)
+    assert status.pivot is not None  # PIVOT_SUCCEEDED is only accepted while pivoting
+    message = "self-managing: the cluster holds its own Cluster API objects"
+    conds = _condition(
+        status,
+        conditions.PIVOTED,
+        ConditionStatus.TRUE,
+        "Pivoted",
+        "the cluster's Cluster API objects live in the cluster itself",
+        now,
+        status.observed_generation,
+    )
+    conds = conditions.set_condition(
+        conds,
+        conditions.READY,
+        ConditionStatus.TRUE,
+        "SelfManaging",
+        message,
+        now=now,
+        generation=status.observed_generation,
+    )
+    return attrs.evolve(
+        status,
+        phase=phase,
+        message=message,
+        pivot=attrs.evolve(status.pivot, step=PivotStep.COMPLETE, last_error=None),
+        conditions=conds,
+    )
+
+
+def pivoted_away(status: models.LatticeClusterStatus) -> bool:
+    """Whether the cluster manages itself now (this cell keeps only a record of it)."""
+    return status.pivot is not None and status.pivot.step is PivotStep.COMPLETE
+
+
+def child_copy(raw: dict[str, Any], status: models.LatticeClusterStatus) -> dict[str, Any]:
+    """The LatticeCluster as the child will hold it: same spec, pivoted status, no cell metadata."""
+    meta = raw["metadata"]
+    out: dict[str, Any] = {
+        "apiVersion": models.API_VERSION,
+        "kind": models.KIND,
+        "metadata": {"name": meta["name"]},
+        "spec": raw["spec"],
+        "status": serde.status_to_dict(status),
+    }
+    if meta.get("labels"):
+        out["metadata"]["labels"] = meta["labels"]
+    return out
+
+
+def child_copy_file_name(cluster_name: str) -> str:
+    return f"{LATTICE_CLUSTER_FILE_PREFIX}{cluster_name}.json"
