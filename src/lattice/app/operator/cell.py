@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import shutil
@@ -142,7 +143,7 @@ class CellCoordinator:
                 status = cell.parse_status(raw)
                 now = self.controller.clock.now()
                 if status.phase is Phase.PROVISIONING:
-                    if await self._transition(name, lambda s, now=now: cell.agent_connected(s, now)) is None:
+                    if await self._transition(name, functools.partial(cell.agent_connected, now=now)) is None:
                         return
                 elif status.phase is Phase.BOOTSTRAPPING:
                     await self._bootstrap(name)

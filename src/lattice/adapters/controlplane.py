@@ -1,0 +1,795 @@
+"""Real Kubernetes control planes on loopback: etcd, kube-apiserver, kube-controller-manager.
+
+Each :class:`ControlPlane` owns a directory holding its PKI, etcd data, kubeconfigs and one
+log file per process (``logs/<process>.log``, kept after it stops so a failing test can show
+it). Processes run in their own process groups and are stopped with SIGTERM, then SIGKILL;
+an ``atexit`` hook stops whatever a crashed test left running.
+
+The flags follow controller-runtime's envtest (etcd with ``--unsafe-no-fsync``; the
+apiserver with RBAC, a client CA whose ``system:masters`` admin certificate is written to an
+admin kubeconfig, a service-account key pair and issuer) with a serving certificate from
+:mod:`lattice.adapters.pki` for ``127.0.0.1`` and ``localhost``.
+
+Everything is synchronous (pytest fixtures); :meth:`ControlPlane.astart` and friends run
+the same code in a worker thread for async callers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import ctypes
+import io
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio.to_thread
+import attrs
+from ruamel.yaml import YAML
+
+from lattice.adapters import capi_crds, pki
+from lattice.adapters.binaries import Toolchain, locate
+
+__all__ = [
+    "ControlPlane",
+    "ControlPlaneError",
+    "free_port",
+    "live_control_planes",
+    "start_control_planes",
+    "stop_all",
+]
+
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+KCM_CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
+ADMIN_USER = "lattice-admin"
+LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+
+
+class ControlPlaneError(RuntimeError):
+    """A control plane that would not start or stop; the message includes its log tails."""
+
+
+_port_lock = threading.Lock()
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on ``host`` now, never one this process handed out before."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        with _port_lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise ControlPlaneError("no free TCP port found")  # pragma: no cover - kernel exhaustion
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@attrs.define(eq=False)
+class _Process:
+    """One child process, in its own process group, logging to a file it appends to."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: Mapping[str, str]) -> None:
+        if self.running():
+            raise ControlPlaneError(f"{self.name} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            log.write(f"==> {stamp} starting: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            # A child started from the main thread dies with this process even on SIGKILL;
+            # from another thread PDEATHSIG would fire when that thread ends, so it is not set.
+            in_main = threading.current_thread() is threading.main_thread()
+            self.popen = subprocess.Popen(  # noqa: S603 - argv built here from known binaries
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+                preexec_fn=_die_with_parent if in_main else None,  # noqa: PLW1509
+            )
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    def stop(self, timeout: float) -> None:
+        popen = self.popen
+        if popen is None:
+            return
+        if popen.poll() is None:
+            _signal_group(popen.pid, signal.SIGTERM)
+            try:
+                popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(popen.pid, signal.SIGKILL)
+                popen.wait(timeout)
+        # Anything the leader left in its group goes too.
+        _signal_group(popen.pid, signal.SIGKILL)
+        self.popen = None
+
+    def tail(self, lines: int) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _yaml_dump(data: Any) -> str:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
+
+
+def _kubeconfig(name: str, *, url: str, ca: bytes, cert: bytes, key: bytes, user: str) -> str:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return _yaml_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": name, "cluster": {"server": url, "certificate-authority-data": b64(ca)}}],
+            "users": [
+                {
+                    "name": user,
+                    "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
+                }
+            ],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
+            "current-context": name,
+        }
+    )
+
+
+_live_lock = threading.Lock()
+_live: set[ControlPlane] = set()
+
+
+def live_control_planes() -> list[ControlPlane]:
+    """Control planes started by this process and not stopped yet."""
+    with _live_lock:
+        return list(_live)
+
+
+def stop_all(timeout: float = 10.0) -> None:
+    """Stop every control plane this process started (registered with ``atexit``)."""
+    for cp in live_control_planes():
+        cp.stop(timeout)
+
+
+atexit.register(stop_all)
+
+
+@attrs.define(eq=False)
+class ControlPlane:
+    """One control plane: etcd, kube-apiserver and optionally kube-controller-manager."""
+
+    name: str
+    dir: Path
+    toolchain: Toolchain
+    controller_manager: bool = False
+    etcd_port: int = 0
+    etcd_peer_port: int = 0
+    apiserver_port: int = 0
+    kcm_port: int = 0
+    _procs: dict[str, _Process] = attrs.field(factory=dict)
+    _ssl: ssl.SSLContext | None = None
+
+    @classmethod
+    def create(
+        cls,
+        name: str = "cp",
+        *,
+        base_dir: Path | None = None,
+        toolchain: Toolchain | None = None,
+        controller_manager: bool = False,
+    ) -> ControlPlane:
+        """A control plane (not started) in a new directory under ``base_dir`` (or /tmp)."""
+        base_dir = base_dir if base_dir is not None else Path(tempfile.gettempdir())
+        base_dir.mkdir(parents=True, exist_ok=True)
+        directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base_dir))
+        return cls(
+            name=name,
+            dir=directory,
+            toolchain=toolchain if toolchain is not None else locate(),
+            controller_manager=controller_manager,
+        )
+
+    # -- paths -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.apiserver_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (user ``lattice-admin`` in group ``system:masters``)."""
+        return self.dir / "admin.kubeconfig"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki_dir / "ca.crt"
+
+    def _pki(self, name: str) -> Path:
+        return self.pki_dir / name
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _write_pki(self) -> None:
+        if self.ca_file.is_file():
+            return
+        ca = pki.new_ca(f"{self.name}-ca", organizations=["lattice-test"])
+        serving = ca.issue(
+            "kube-apiserver",
+            dns_names=["localhost", "kubernetes", "kubernetes.default"],
+            ip_addresses=[LOOPBACK],
+            server=True,
+        )
+        admin = ca.issue(ADMIN_USER, organizations=["system:masters"], client=True)
+        # With --use-service-account-credentials=false every controller acts as the
+        # controller-manager itself, so (like a single-credential test setup) it is a superuser.
+        kcm = ca.issue("system:kube-controller-manager", organizations=["system:masters"], client=True)
+        kcm_serving = ca.issue(
+            "kube-controller-manager",
+            dns_names=["localhost"],
+            ip_addresses=[LOOPBACK],
+            server=True,
+        )
+        sa = pki.generate_key()
+        files = {
+            "ca.key": ca.key_pem,
+            "apiserver.crt": serving.cert_pem,
+            "apiserver.key": serving.key_pem,
+            "admin.crt": admin.cert_pem,
+            "admin.key": admin.key_pem,
+            "kcm.crt": kcm.cert_pem,
+            "kcm.key": kcm.key_pem,
+            "kcm-serving.crt": kcm_serving.cert_pem,
+            "kcm-serving.key": kcm_serving.key_pem,
+            "sa.key": pki.key_to_pem(sa),
+            "sa.pub": pki.public_key_to_pem(sa),
+        }
+        for name, data in files.items():
+            pki.write_private_file(self._pki(name), data)
+        pki.write_private_file(self.ca_file, ca.cert_pem)  # last: marks the PKI complete
+
+    def _write_kubeconfigs(self) -> None:
+        ca = self.ca_file.read_bytes()
+        for path, cert, user in (
+            (self.kubeconfig, "admin", ADMIN_USER),
+            (self.dir / "kcm.kubeconfig", "kcm", "system:kube-controller-manager"),
+        ):
+            text = _kubeconfig(
+                self.name,
+                url=self.url,
+                ca=ca,
+                cert=self._pki(f"{cert}.crt").read_bytes(),
+                key=self._pki(f"{cert}.key").read_bytes(),
+                user=user,
+            )
+            pki.write_private_file(path, text.encode())
+
+    def _allocate_ports(self) -> None:
+        self.etcd_port = free_port()
+        self.etcd_peer_port = free_port()
+        self.apiserver_port = free_port()
+        self.kcm_port = free_port()
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env["KUBERC"] = "off"
+        return env
+
+    def _etcd_argv(self) -> list[str]:
+        client = f"http://{LOOPBACK}:{self.etcd_port}"
+        peer = f"http://{LOOPBACK}:{self.etcd_peer_port}"
+        return [
+            str(self.toolchain.etcd),
+            "--name=default",
+            f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_argv(self) -> list[str]:
+        return [
+            str(self.toolchain.kube_apiserver),
+            f"--etcd-servers=http://{LOOPBACK}:{self.etcd_port}",
+            f"--cert-dir={self.dir / 'apiserver-certs'}",
+            f"--tls-cert-file={self._pki('apiserver.crt')}",
+            f"--tls-private-key-file={self._pki('apiserver.key')}",
+            f"--secure-port={self.apiserver_port}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--allow-privileged=true",
+            "--disable-admission-plugins=ServiceAccount",
+            "--authorization-mode=RBAC",
+            f"--client-ca-file={self.ca_file}",
+            f"--service-account-issuer=https://{LOOPBACK}:{self.apiserver_port}",
+            f"--service-account-key-file={self._pki('sa.pub')}",
+            f"--service-account-signing-key-file={self._pki('sa.key')}",
+            "--endpoint-reconciler-type=none",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+        ]
+
+    def _kcm_argv(self) -> list[str]:
+        kubeconfig = self.dir / "kcm.kubeconfig"
+        return [
+            str(self.toolchain.kube_controller_manager),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={self.kcm_port}",
+            f"--cert-dir={self.dir / 'kcm-certs'}",
+            f"--tls-cert-file={self._pki('kcm-serving.crt')}",
+            f"--tls-private-key-file={self._pki('kcm-serving.key')}",
+            f"--controllers={KCM_CONTROLLERS}",
+            "--use-service-account-credentials=false",
+            "--leader-elect=false",
+            f"--service-account-private-key-file={self._pki('sa.key')}",
+            f"--root-ca-file={self.ca_file}",
+            "--profiling=false",
+        ]
+
+    def _process(self, name: str, argv: list[str]) -> _Process:
+        proc = self._procs.get(name)
+        if proc is None:
+            proc = _Process(name=name, argv=argv, log_path=self.logs_dir / f"{name}.log")
+            self._procs[name] = proc
+        else:
+            proc.argv = argv
+        return proc
+
+    def launch(self) -> None:
+        """Start the processes without waiting for them (see :meth:`wait_ready`)."""
+        if self.running:
+            raise ControlPlaneError(f"control plane {self.name} is already running")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._write_pki()
+        if not self.apiserver_port:
+            self._allocate_ports()
+        self._write_kubeconfigs()
+        self._ssl = None
+        with _live_lock:
+            _live.add(self)
+        env = self._env()
+        self._process("etcd", self._etcd_argv()).start(env)
+        self._process("kube-apiserver", self._apiserver_argv()).start(env)
+        # The controller-manager starts once the apiserver is ready (see ready()): before
+        # RBAC is bootstrapped it cannot read its authentication config and exits.
+        kcm = self._procs.get("kube-controller-manager")
+        if kcm is not None:
+            kcm.popen = None
+
+    @property
+    def running(self) -> bool:
+        """Whether any of its processes runs."""
+        return any(p.running() for p in self._procs.values())
+
+    def pids(self) -> list[int]:
+        """The process ids of its running processes."""
+        return [p.pid for p in self._procs.values() if p.running() and p.pid is not None]
+
+    def ports(self) -> list[int]:
+        ports = [self.etcd_port, self.etcd_peer_port, self.apiserver_port]
+        return [*ports, self.kcm_port] if self.controller_manager else ports
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            context.load_cert_chain(str(self._pki("admin.crt")), str(self._pki("admin.key")))
+            self._ssl = context
+        return self._ssl
+
+    def _get_ok(self, url: str) -> bool:
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - https URL built here
+                url, context=self._ssl_context(), timeout=2
+            ) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _check_alive(self) -> None:
+        for proc in self._procs.values():
+            if proc.popen is not None and proc.popen.poll() is not None:
+                code = proc.popen.returncode
+                raise ControlPlaneError(
+                    f"{self.name}: {proc.name} exited with code {code}\n{self.log_tails()}"
+                )
+
+    def ready(self) -> bool:
+        """One readiness probe: apiserver ``/readyz``, then controller-manager ``/healthz``.
+
+        The controller-manager is started by the first probe that finds the apiserver ready.
+        """
+        self._check_alive()
+        if not self._get_ok(f"{self.url}/readyz"):
+            return False
+        if not self.controller_manager:
+            return True
+        kcm = self._process("kube-controller-manager", self._kcm_argv())
+        if kcm.popen is None:
+            kcm.start(self._env())
+            return False
+        return self._get_ok(f"https://{LOOPBACK}:{self.kcm_port}/healthz")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until :meth:`ready`; raise :class:`ControlPlaneError` with the logs if not."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"{self.name} not ready after {timeout:.0f}s\n{self.log_tails()}")
+            time.sleep(0.1)
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Launch and wait until ready; retry with fresh ports if a port was taken meanwhile."""
+        _start_all([self], timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every process (SIGTERM, SIGKILL after ``timeout``); the directory stays."""
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            proc = self._procs.get(name)
+            if proc is not None:
+                proc.stop(timeout)
+        with _live_lock:
+            _live.discard(self)
+
+    def detach(self) -> None:
+        """Let the processes outlive this Python process (the local provider's "machines"):
+        the ``atexit`` hook no longer stops them. Start from a non-main thread so that no
+        parent-death signal is set either."""
+        with _live_lock:
+            _live.discard(self)
+
+    def stop_apiserver(self, timeout: float = 10.0) -> None:
+        """Stop only the kube-apiserver (etcd and the controller-manager keep running)."""
+        proc = self._procs.get("kube-apiserver")
+        if proc is not None:
+            proc.stop(timeout)
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start the kube-apiserver again on the same port and wait for ``/readyz``."""
+        proc = self._process("kube-apiserver", self._apiserver_argv())
+        proc.start(self._env())
+        deadline = time.monotonic() + timeout
+        while not self._get_ok(f"{self.url}/readyz"):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"{self.name}: apiserver not ready\n{self.log_tails()}")
+            time.sleep(0.1)
+
+    def restart_apiserver(self, timeout: float = 60.0) -> None:
+        """Stop and start the kube-apiserver (same URL, same data, same credentials)."""
+        self.stop_apiserver()
+        self.start_apiserver(timeout)
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of each process log, for error messages."""
+        parts = []
+        for proc in self._procs.values():
+            parts.append(f"--- {proc.log_path} (last {lines} lines) ---\n{proc.tail(lines)}")
+        return "\n".join(parts)
+
+    # -- kubectl -----------------------------------------------------------------------
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against this control plane as the admin."""
+        argv = [
+            str(self.toolchain.kubectl),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--cache-dir={self.dir / 'kubectl-cache'}",
+            *args,
+        ]
+        result = subprocess.run(  # noqa: S603 - argv built from our kubectl
+            argv,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            stderr = result.stderr.strip()
+            if len(stderr) > 4000:
+                stderr = f"{stderr[:2000]}\n[...]\n{stderr[-2000:]}"
+            raise ControlPlaneError(f"kubectl {' '.join(args)[:300]} failed ({result.returncode}): {stderr}")
+        return result
+
+    def apply(
+        self,
+        manifests: str | Sequence[Mapping[str, Any]],
+        *,
+        dry_run: bool = False,
+        field_manager: str = "lattice",
+        check: bool = True,
+        extra_args: Sequence[str] = (),
+    ) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply --server-side`` of a YAML stream or of objects."""
+        text = (
+            manifests
+            if isinstance(manifests, str)
+            else "".join(f"---\n{json.dumps(doc)}\n" for doc in manifests)
+        )
+        args = ["apply", "--server-side", f"--field-manager={field_manager}", "-f", "-"]
+        if dry_run:
+            args.append("--dry-run=server")
+        return self.kubectl(*args, *extra_args, input=text, check=check)
+
+    def wait_established(self, crd_names: Iterable[str], timeout: float = 120.0) -> None:
+        """Poll (one cheap ``kubectl get`` a round) until every named CRD is Established."""
+        pending = set(crd_names)
+        deadline = time.monotonic() + timeout
+        # A CRD just created has no conditions yet, which jsonpath filters cannot take: print
+        # each CRD's conditions as JSON and look for Established here.
+        template = '{range .items[*]}{.metadata.name}{" "}{.status.conditions}{"\\n"}{end}'
+        while pending:
+            listed = self.kubectl("get", "crd", "-o", f"jsonpath={template}").stdout
+            established = set()
+            for line in listed.splitlines():
+                name, _, conditions = line.partition(" ")
+                parsed = json.loads(conditions) if conditions.strip() else None
+                if any(
+                    c.get("type") == "Established" and c.get("status") == "True"
+                    for c in parsed or []
+                ):
+                    established.add(name)
+            pending -= established
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRDs not Established after {timeout:.0f}s: {sorted(pending)}")
+            time.sleep(0.2)
+
+    def install_crds(self, crds: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Apply CRD objects and wait until they are Established; return their names."""
+        self.apply(crds, extra_args=["--force-conflicts"])
+        names = [str(crd["metadata"]["name"]) for crd in crds]
+        self.wait_established(names)
+        return names
+
+    def install_lattice_crds(self) -> str:
+        """Install the CRDs ``lattice crds`` prints (the real CLI, as a user would)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "lattice.app.cli", "crds"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ControlPlaneError(f"lattice crds failed: {result.stderr.strip()}")
+        applied = self.apply(result.stdout, extra_args=["--force-conflicts", "-o", "name"])
+        names = [line.split("/", 1)[1] for line in applied.stdout.split() if line.startswith("custom")]
+        self.wait_established(names)
+        return result.stdout
+
+    def install_capi_crds(self, providers: Iterable[str] | None = None) -> list[str]:
+        """Install the collected Cluster API CRDs labelled as ``clusterctl init`` labels them.
+
+        kubectl itself reads the (large) upstream YAML files and hands them over as JSON
+        (``create --dry-run=client``, which sends nothing); the labels are added here and
+        everything is applied server-side in one go, then waited on until Established.
+        """
+        loaded = capi_crds.load_providers(self.toolchain.crd_dir, providers)
+        files = [arg for p in loaded for f in p.files for arg in ("-f", str(f))]
+        converted = self.kubectl("create", "--dry-run=client", "-o", "json", *files, timeout=300)
+        by_file = {_crd_name_of_file(f): p for p in loaded for f in p.files}
+        crds: list[dict[str, Any]] = []
+        for crd in _json_stream(converted.stdout):
+            name = str(crd["metadata"]["name"])
+            owner = by_file.get(name)
+            if owner is None or crd.get("kind") != "CustomResourceDefinition":
+                raise ControlPlaneError(f"{crd.get('kind')} {name} matches no collected CRD file")
+            labelled = dict(crd)
+            labelled["metadata"] = {
+                **crd["metadata"],
+                "labels": {**crd["metadata"].get("labels", {}), **capi_crds.crd_labels(owner, crd)},
+            }
+            crds.append(labelled)
+        if len(crds) != len(by_file):
+            raise ControlPlaneError(f"kubectl read {len(crds)} CRDs from {len(by_file)} files")
+        return self.install_crds(crds)
+
+    # -- context managers and async ------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def astart(self, ready_within: float = 60.0) -> Self:
+        await anyio.to_thread.run_sync(lambda: self.start(ready_within))
+        return self
+
+    async def astop(self, grace: float = 10.0) -> None:
+        await anyio.to_thread.run_sync(lambda: self.stop(grace))
+
+    async def arestart_apiserver(self, ready_within: float = 60.0) -> None:
+        await anyio.to_thread.run_sync(lambda: self.restart_apiserver(ready_within))
+
+    async def __aenter__(self) -> Self:
+        if not self.running:
+            await self.astart()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.astop()
+
+
+def _items(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    if obj.get("kind", "").endswith("List"):
+        return list(obj.get("items", []))
+    return [obj]
+
+
+def _json_stream(text: str) -> list[Mapping[str, Any]]:
+    """Objects from concatenated JSON documents (as ``kubectl create -o json`` prints them)."""
+    decoder = json.JSONDecoder()
+    objects: list[Mapping[str, Any]] = []
+    index = 0
+    while True:
+        while index < len(text) and text[index].isspace():
+            index += 1
+        if index >= len(text):
+            return objects
+        obj, index = decoder.raw_decode(text, index)
+        objects.extend(_items(obj))
+
+
+def _crd_name_of_file(path: Path) -> str:
+    """``<group>_<plural>.yaml`` (the controller-gen file name) -> ``<plural>.<group>``."""
+    group, _, plural = path.stem.partition("_")
+    return f"{plural}.{group}"
+
+
+def _port_conflict(cp: ControlPlane) -> bool:
+    needles = ("address already in use", "bind: address")
+    return any(n in p.tail(30).lower() for p in cp._procs.values() for n in needles)
+
+
+def _start_all(cps: Sequence[ControlPlane], timeout: float, attempts: int = 3) -> None:
+    pending = list(cps)
+    for attempt in range(1, attempts + 1):
+        for cp in pending:
+            cp.launch()
+        failed: list[ControlPlane] = []
+        errors: list[ControlPlaneError] = []
+        deadline = time.monotonic() + timeout
+        waiting = list(pending)
+        while waiting:
+            for cp in list(waiting):
+                try:
+                    if cp.ready():
+                        waiting.remove(cp)
+                except ControlPlaneError as exc:
+                    waiting.remove(cp)
+                    cp.stop()
+                    if _port_conflict(cp) and attempt < attempts:
+                        cp.apiserver_port = 0  # fresh ports on the next launch
+                        failed.append(cp)
+                    else:
+                        errors.append(exc)
+            if errors:
+                break
+            if waiting and time.monotonic() > deadline:
+                for cp in waiting:
+                    errors.append(
+                        ControlPlaneError(f"{cp.name} not ready after {timeout:.0f}s\n{cp.log_tails()}")
+                    )
+                    cp.stop()
+                break
+            if waiting:
+                time.sleep(0.1)
+        if errors:
+            for cp in cps:
+                cp.stop()
+            raise errors[0]
+        if not failed:
+            return
+        pending = failed
+
+
+def start_control_planes(
+    count: int,
+    *,
+    base_dir: Path | None = None,
+    toolchain: Toolchain | None = None,
+    controller_manager: bool = False,
+    names: Sequence[str] | None = None,
+    timeout: float = 90.0,
+) -> list[ControlPlane]:
+    """Start ``count`` independent control planes at once and wait until all are ready."""
+    names = list(names) if names is not None else [f"cp{i}" for i in range(count)]
+    if len(names) != count:
+        raise ValueError("names must have count entries")
+    tools = toolchain if toolchain is not None else locate()
+    cps = [
+        ControlPlane.create(name, base_dir=base_dir, toolchain=tools, controller_manager=controller_manager)
+        for name in names
+    ]
+    _start_all(cps, timeout)
+    return cps
