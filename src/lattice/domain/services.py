@@ -384,7 +384,14 @@ def make_converter() -> cattrs.Converter:
 
 
 def _json_type(value: object) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", list: "list", type(None): "null"}
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -445,7 +452,5 @@ def service_to_dict(service: LatticeService, *, with_status: bool = True) -> dic
         "spec": unstructure(service.spec),
     }
     if with_status:
-        status = unstructure(service.status)
-        if status:
-            out["status"] = status
+        out["status"] = unstructure(service.status)
     return out

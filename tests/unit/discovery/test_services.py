@@ -118,6 +118,11 @@ def test_wire_errors_are_all_collected_with_map_keys_in_their_paths() -> None:
             id="wrong-kind-and-empty",
         ),
         pytest.param(
+            {**service_doc("a"), "metadata": "a"},
+            ["metadata: must be an object, got string"],
+            id="metadata-not-an-object",
+        ),
+        pytest.param(
             {**service_doc("a"), "spec": {"environment": "prod", "resources": ["x"]}},
             ["spec.resources: must be an object, got list"],
             id="resources-not-a-map",
