@@ -1,0 +1,1 @@
+"""Test support shipped with Lattice: pytest fixtures over real control planes."""
