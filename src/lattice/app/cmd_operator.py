@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 from lattice.app import logs, yamlio
+from lattice.app.operator.cell_runtime import CellSettings
 from lattice.app.operator.leader import LeaseConfig
 from lattice.app.operator.process import OperatorSettings, default_identity, run_operator
 from lattice.domain import capi, deploy, reconcile
@@ -57,6 +59,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--resync", type=float, default=300.0, help="seconds between full resyncs")
     parser.add_argument("--log-level", default="info")
+    cell = parser.add_argument_group("cell", "serve children: registration webhook, agent streams, pivots")
+    cell.add_argument("--cell-host", help="host children dial (enables the cell)")
+    cell.add_argument("--bootstrap-port", type=int, default=8443, help="HTTPS registration webhook port")
+    cell.add_argument("--grpc-port", type=int, default=50051, help="agent stream port (mutual TLS)")
+    cell.add_argument("--bind-host", default="127.0.0.1", help="address the cell's servers bind")
+    cell.add_argument("--state-dir", type=Path, default=Path(".lattice/cell"), help="CA and pivot work files")
+    cell.add_argument("--agent-image", default="ghcr.io/lattice-dev/lattice:0.1.0")
+    cell.add_argument(
+        "--local-provider",
+        action="store_true",
+        help="also run the local infrastructure provider (control planes as local processes)",
+    )
     parser.set_defaults(func=run)
 
     manifests = subparsers.add_parser(
@@ -80,11 +94,24 @@ def run_manifests(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     duration = args.lease_duration
+    cell = None
+    cell_endpoint = args.cell_endpoint
+    if args.cell_host:
+        cell = CellSettings(
+            host=args.cell_host,
+            bootstrap_port=args.bootstrap_port,
+            grpc_port=args.grpc_port,
+            state_dir=args.state_dir,
+            bind_host=args.bind_host,
+            agent_image=args.agent_image,
+            local_provider=args.local_provider,
+        )
+        cell_endpoint = cell_endpoint or cell.endpoint
     settings = OperatorSettings(
         kubeconfig=args.kubeconfig,
         context=reconcile.OperatorContext(
             self_name=args.cluster_name,
-            cell_endpoint=args.cell_endpoint,
+            cell_endpoint=cell_endpoint,
             self_parent=args.parent_endpoint,
         ),
         identity=args.identity or default_identity(),
@@ -99,5 +126,6 @@ def run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         workers=args.workers,
         resync_s=args.resync,
+        cell=cell,
     )
     return asyncio.run(run_operator(settings))

@@ -50,11 +50,18 @@ def cluster_role_rules() -> list[dict[str, Any]]:
     ]
 
 
-def operator_manifests(image: str, *, cluster_name: str | None = None, replicas: int = 2) -> list[Manifest]:
+def operator_manifests(
+    image: str,
+    *,
+    cluster_name: str | None = None,
+    replicas: int = 2,
+    extra_args: list[str] | None = None,
+) -> list[Manifest]:
     # Probes come from the kubelet over the pod network, so the probe server binds all interfaces.
     args = ["operator", "--health-host", "0.0.0.0"]  # noqa: S104
     if cluster_name:
         args += ["--cluster-name", cluster_name]
+    args += extra_args or []
     meta = {"namespace": NAMESPACE, "labels": LABELS}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": LABELS}},

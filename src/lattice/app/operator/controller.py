@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from attrs import frozen
@@ -74,6 +74,8 @@ class ClusterController:
         self._idle.set()
         self._stopping = asyncio.Event()
         self.reconciled: dict[str, float] = {}  # name → monotonic time of last successful apply
+        # A cell sets this: issue a child's bootstrap token before its CAPI objects exist.
+        self.before_child_apply: Callable[[str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ wiring
 
@@ -244,6 +246,10 @@ class ClusterController:
             if plan.requeue_after == 0.0:
                 return 0.0
         try:
+            cell_ref = (raw.get("spec") or {}).get("cellRef")
+            is_child = cell_ref is not None and cell_ref == self.context.self_name
+            if plan.apply and is_child and self.before_child_apply is not None:
+                await self.before_child_apply(name)
             for obj in plan.apply:
                 stored = await self.api.apply(obj, reconcile.FIELD_MANAGER)
                 self._remember(stored)

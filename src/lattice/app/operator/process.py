@@ -13,6 +13,7 @@ import random
 import signal
 import socket
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -26,6 +27,7 @@ from starlette.routing import Route
 
 from lattice.adapters.clock import SystemClock
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.app.operator.cell_runtime import CellRuntime, CellSettings
 from lattice.app.operator.controller import ClusterController, ControllerConfig
 from lattice.app.operator.leader import LeaderElector, LeaseConfig
 from lattice.app.operator.metrics import OperatorMetrics
@@ -48,6 +50,7 @@ class OperatorSettings:
     resync_s: float = 300.0
     grace_s: float = 10.0
     handle_signals: bool = True  # False when embedded (tests, the local provider)
+    cell: CellSettings | None = None  # set: this operator also serves as a cell
 
 
 class QuietServer(uvicorn.Server):
@@ -87,6 +90,12 @@ def probe_app(
     )
 
 
+def _kubeconfig_path(kubeconfig: str | None) -> Path:
+    if kubeconfig is None:
+        raise ValueError("a cell needs --kubeconfig (clusterctl reads the management cluster from it)")
+    return Path(kubeconfig)
+
+
 async def connect_with_retry(kubeconfig: str | None, attempts: int = 30) -> Kr8sKube:
     delay = 0.2
     for attempt in range(1, attempts + 1):
@@ -101,7 +110,9 @@ async def connect_with_retry(kubeconfig: str | None, attempts: int = 30) -> Kr8s
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def run_operator(settings: OperatorSettings, stop: asyncio.Event | None = None) -> int:
+async def run_operator(  # noqa: PLR0915 - the composition root reads best as one sequence
+    settings: OperatorSettings, stop: asyncio.Event | None = None
+) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if settings.handle_signals else ()
@@ -135,6 +146,7 @@ async def run_operator(settings: OperatorSettings, stop: asyncio.Event | None = 
     tasks += await controller.start_informers()
     log.info("operator started", extra={"identity": settings.identity, "cell": settings.context.self_name})
     rc = 0
+    cell: CellRuntime | None = None
     try:
         if elector is not None:
             tasks.append(asyncio.create_task(elector.run()))
@@ -145,6 +157,11 @@ async def run_operator(settings: OperatorSettings, stop: asyncio.Event | None = 
             await asyncio.wait(leader_or_stop, return_when=asyncio.FIRST_COMPLETED)
             for task in leader_or_stop:
                 task.cancel()
+        if not stop.is_set() and settings.cell is not None:
+            cell = CellRuntime(settings.cell, controller, _kubeconfig_path(settings.kubeconfig))
+            controller.before_child_apply = cell.registrations.ensure
+            await controller.wait_synced()
+            await cell.start()
         if not stop.is_set():
             log.info("starting workers", extra={"identity": settings.identity})
             workers = asyncio.create_task(controller.run_workers())
@@ -162,6 +179,8 @@ async def run_operator(settings: OperatorSettings, stop: asyncio.Event | None = 
             except TimeoutError:
                 log.warning("grace period over; abandoning in-flight reconciles")
     finally:
+        if cell is not None:
+            await cell.close()
         if elector is not None:
             await elector.release()
         server.should_exit = True

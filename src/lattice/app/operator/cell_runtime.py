@@ -1,0 +1,215 @@
+"""The parts that make an operator a cell: CA, registration webhook, agent hub, coordinator,
+and (for provider type ``local``) the local infrastructure provider.
+
+The cell's CA is persisted in its state directory so that a restarted cell keeps the identity
+its children's agents trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import random
+from pathlib import Path
+
+from attrs import frozen
+
+from lattice.adapters import pki, tls
+from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
+from lattice.adapters.binaries import locate
+from lattice.adapters.cell_ca import CellCertificateAuthority
+from lattice.adapters.clusterctl import ClusterctlMover
+from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
+from lattice.adapters.token_store_memory import InMemoryTokenStore
+from lattice.app import yamlio
+from lattice.app.local_provider import LocalProvider
+from lattice.app.operator.cell import CellCoordinator
+from lattice.app.operator.controller import ClusterController
+from lattice.domain import agent, capi, crds, deploy, models
+from lattice.ports import kube
+from lattice.ports.kube import KubeApi, ResourceRef
+
+log = logging.getLogger("lattice.cell")
+
+
+@frozen
+class CellSettings:
+    host: str
+    bootstrap_port: int
+    grpc_port: int
+    state_dir: Path
+    bind_host: str = "127.0.0.1"
+    agent_image: str = "ghcr.io/lattice-dev/lattice:0.1.0"
+    local_provider: bool = False
+
+    @property
+    def endpoint(self) -> capi.ParentEndpoint:
+        return capi.ParentEndpoint(self.host, self.bootstrap_port, self.grpc_port)
+
+
+def load_or_create_ca(state_dir: Path) -> CellCertificateAuthority:
+    cert, key = state_dir / "ca.crt", state_dir / "ca.key"
+    if cert.exists() and key.exists():
+        authority = pki.CertificateAuthority(
+            cert=pki.cert_from_pem(cert.read_bytes()), key=pki.key_from_pem(key.read_bytes())
+        )
+        return CellCertificateAuthority(authority)
+    ca = CellCertificateAuthority.generate("lattice-cell-ca")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cert.write_bytes(ca.authority.cert_pem)
+    pki.write_private_file(key, ca.authority.key_pem)
+    return ca
+
+
+def _names(host: str) -> tuple[list[str], list[str]]:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return [host, "localhost"], ["127.0.0.1"]
+    return ["localhost"], sorted({host, "127.0.0.1"})
+
+
+class _SinkForwarder:
+    """The hub reports to the coordinator, which is created after the hub."""
+
+    def __init__(self) -> None:
+        self.target: CellCoordinator | None = None
+
+    async def record(self, status: agent.AgentStatus) -> None:
+        if self.target is not None:
+            await self.target.record(status)
+
+
+class Registrations:
+    """Issues a child's bootstrap token and stores it with the CA bundle for its kubeadm."""
+
+    def __init__(self, api: KubeApi, tokens: InMemoryTokenStore, ca: CellCertificateAuthority) -> None:
+        self.api = api
+        self.tokens = tokens
+        self.ca = ca
+
+    async def ensure(self, cluster_name: str) -> None:
+        namespace = models.capi_namespace(cluster_name)
+        ref = ResourceRef("v1", "Secret", capi.registration_secret_name(cluster_name), namespace)
+        try:
+            await self.api.get(ref)
+        except kube.NotFound:
+            token = await self.tokens.issue(cluster_name)
+            await self.api.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {
+                        "name": ref.name,
+                        "namespace": namespace,
+                        "labels": {capi.LABEL_CLUSTER_NAME: cluster_name, capi.LABEL_MANAGED_BY: "lattice"},
+                    },
+                    "type": "Opaque",
+                    "data": {
+                        "token": base64.b64encode(token.encode()).decode(),
+                        "ca.crt": base64.b64encode(self.ca.ca_bundle_pem().encode()).decode(),
+                    },
+                },
+                "lattice-operator",
+            )
+            log.info("issued a bootstrap token", extra={"cluster": cluster_name})
+
+
+class CellRuntime:
+    def __init__(self, settings: CellSettings, controller: ClusterController, kubeconfig: Path) -> None:
+        self.settings = settings
+        self.controller = controller
+        self.kubeconfig = kubeconfig
+        self.ca = load_or_create_ca(settings.state_dir / "pki")
+        self.tokens = InMemoryTokenStore()
+        self.registrations = Registrations(controller.api, self.tokens, self.ca)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.grpc: CellGrpcServer | None = None
+        self.webhook: RegistrationServer | None = None
+        self.coordinator: CellCoordinator | None = None
+        self.local_provider: LocalProvider | None = None
+
+    def bootstrap_manifests(self, cluster_name: str) -> tuple[bytes, ...]:
+        """What a new child applies before its pivot: the Lattice CRDs and its own operator."""
+        endpoint = self.settings.endpoint
+        operator = deploy.operator_manifests(
+            self.settings.agent_image,
+            cluster_name=cluster_name,
+            replicas=1,
+            extra_args=[
+                "--parent-endpoint",
+                f"{endpoint.host}:{endpoint.bootstrap_port}:{endpoint.grpc_port}",
+            ],
+        )
+        return (yamlio.dump_all(crds.all_crds()).encode(), yamlio.dump_all(operator).encode())
+
+    async def start(self) -> None:
+        directory = self.settings.state_dir / "pki"
+        dns_names, ips = _names(self.settings.host)
+        cert, key, ca_file = self.ca.write_server_files(directory, dns_names=dns_names, ip_addresses=ips)
+        files = tls.TlsFiles(cert=cert, key=key, ca=ca_file)
+        forwarder = _SinkForwarder()
+        hub = AgentHub(sink=forwarder)
+        self.grpc = CellGrpcServer(
+            hub,
+            tls.server_context(files, require_client_cert=True),
+            host=self.settings.bind_host,
+            port=self.settings.grpc_port,
+        )
+        endpoint = self.settings.endpoint
+        app = registration_app(
+            token_store=self.tokens,
+            signer=self.ca,
+            payload=PayloadSettings(
+                grpc_endpoint=f"{endpoint.host}:{endpoint.grpc_port}", image=self.settings.agent_image
+            ),
+        )
+        self.webhook = RegistrationServer(
+            app,
+            tls.server_context(files, require_client_cert=False, alpn=("http/1.1",)),
+            host=self.settings.bind_host,
+            port=self.settings.bootstrap_port,
+        )
+        toolchain = locate()
+        self.coordinator = CellCoordinator(
+            self.controller,
+            hub,
+            ClusterctlMover(toolchain.clusterctl),
+            cell_kubeconfig=self.kubeconfig,
+            work_dir=self.settings.state_dir / "pivots",
+            bootstrap_manifests=self.bootstrap_manifests,
+        )
+        forwarder.target = self.coordinator
+        await self.grpc.start()
+        await self.webhook.start()
+        if self.settings.local_provider:
+            self.local_provider = LocalProvider(
+                self.controller.api,
+                toolchain,
+                self.settings.state_dir / "local-provider",
+                self.controller.clock,
+                random=random.Random().random,  # noqa: S311 - jitter
+            )
+            self._tasks.append(asyncio.create_task(self.local_provider.run(self._stop)))
+        self.coordinator.resume_all()
+        log.info(
+            "cell serving",
+            extra={
+                "webhook_port": self.webhook.port,
+                "grpc_port": self.grpc.port,
+                "host": self.settings.host,
+            },
+        )
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self.coordinator is not None:
+            await self.coordinator.close()
+        if self.webhook is not None:
+            await self.webhook.stop()
+        if self.grpc is not None:
+            await self.grpc.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
