@@ -270,6 +270,10 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                 previous, Status.ABORTED, "superseded by a newer stream from the same cluster"
             )
         self._sessions[session.cluster] = session
+        if not session.attached:
+            # response headers tell the agent its identity was accepted (it waits for them)
+            async with session.send_lock:
+                await session.stream.send_initial_metadata()
         session.attached = True
         self._last_seen[session.cluster] = self._monotonic()
         self._lost.discard(session.cluster)

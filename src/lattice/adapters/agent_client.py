@@ -9,6 +9,8 @@ that finished while the stream was down. Then:
   fraction of an interval, so a fleet reconnecting together does not beat in step); if no
   HeartbeatAck arrives for ``max_missed`` heartbeats the parent is presumed gone and the agent
   reconnects;
+* the stream counts as established only when the cell has answered AgentReady with its
+  response headers (it accepted the identity);
 * commands run through the ports (:class:`~lattice.ports.agent.ManifestApplier`,
   :class:`~lattice.ports.agent.PivotImporter`, :class:`~lattice.ports.agent.ClusterProbe`);
   replies carry the command's id; a repeated id is answered from memory, not run again; a pivot
@@ -211,6 +213,10 @@ class AgentRunner:
                 ),
             )
         )
+        # the cell answers AgentReady with response headers once it accepted this identity;
+        # a refusal arrives instead as a status (GRPCError), so nothing is sent to a cell that
+        # would drop it
+        await stream.recv_initial_metadata()
         self._last_health = await self._probe.health()
         await stream.send_message(
             pb.AgentMessage(

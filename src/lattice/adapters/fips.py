@@ -71,9 +71,9 @@ class FipsReport:
         }
 
 
-def _libcrypto() -> ctypes.CDLL | None:
+def _libcrypto(maps_path: str = "/proc/self/maps") -> ctypes.CDLL | None:
     try:
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        with open(maps_path, encoding="ascii", errors="replace") as maps:
             paths = sorted(
                 {line.split()[-1] for line in maps if "/libcrypto" in line and ".so" in line}
             )
@@ -90,8 +90,7 @@ def _libcrypto() -> ctypes.CDLL | None:
     return None
 
 
-def _ssl_fips_state() -> tuple[bool | None, bool | None]:
-    lib = _libcrypto()
+def _ssl_fips_state(lib: ctypes.CDLL | None) -> tuple[bool | None, bool | None]:
     if lib is None:
         return None, None
     try:
@@ -114,7 +113,7 @@ def _kernel_fips(path: Path = Path("/proc/sys/crypto/fips_enabled")) -> bool | N
 
 
 def fips_report() -> FipsReport:
-    enabled, available = _ssl_fips_state()
+    enabled, available = _ssl_fips_state(_libcrypto())
     return FipsReport(
         ssl_openssl_version=ssl.OPENSSL_VERSION,
         ssl_fips_enabled=enabled,

@@ -82,10 +82,10 @@ class Restrictions:
         return self.tls13_suites and self.groups and self.sigalgs
 
 
-def _libssl() -> ctypes.CDLL | None:
+def _libssl(maps_path: str = "/proc/self/maps") -> ctypes.CDLL | None:
     """The libssl already mapped into this process by :mod:`ssl`, if it can be identified."""
     try:
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        with open(maps_path, encoding="ascii", errors="replace") as maps:
             paths = sorted(
                 {line.split()[-1] for line in maps if "/libssl" in line and ".so" in line}
             )
@@ -129,8 +129,7 @@ def _ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
     return pointer or None
 
 
-def _restrict_with_openssl(ctx: ssl.SSLContext) -> Restrictions:
-    lib = _get_libssl()
+def _restrict_with_openssl(ctx: ssl.SSLContext, lib: ctypes.CDLL | None) -> Restrictions:
     pointer = _ssl_ctx_pointer(ctx) if lib is not None else None
     if lib is None or pointer is None:
         return Restrictions(tls13_suites=False, groups=False, sigalgs=False)
@@ -159,7 +158,7 @@ def restrict(ctx: ssl.SSLContext, *, use_openssl_controls: bool = True) -> Restr
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_ciphers(":".join(TLS12_CIPHERS))
     restrictions = (
-        _restrict_with_openssl(ctx)
+        _restrict_with_openssl(ctx, _get_libssl())
         if use_openssl_controls
         else Restrictions(tls13_suites=False, groups=False, sigalgs=False)
     )

@@ -199,6 +199,8 @@ async def test_cell_restart_agent_reconnects_and_resyncs(cell_pki: Pki):
             # a brand-new cell process state on the same port: it knows nothing
             async with running_cell(cell_pki, port=port) as second:
                 status = await second.wait_connected("c1", within=15)
+                await second.sink.wait_for(lambda latest: latest["c1"].health is not None, 5)
+                status = second.sink.latest["c1"]
                 assert a.runner.connects == 2
                 # resynced: the new cell learns the state from AgentReady, without asking
                 assert status.state is agent.AgentState.READY

@@ -280,3 +280,18 @@ async def test_in_memory_token_store_with_injected_time_and_entropy():
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_library_lookup_fails_safe(tmp_path):
+    assert tls._libssl(str(tmp_path / "no-maps")) is None
+    assert fips._libcrypto(str(tmp_path / "no-maps")) is None
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r-xp 00000000 00:00 1 /nonexistent/libssl.so.3\n"
+        "7f00-7f01 r-xp 00000000 00:00 1 /nonexistent/libcrypto.so.3\n"
+    )
+    assert tls._libssl(str(maps)) is None
+    assert fips._libcrypto(str(maps)) is None
+    assert fips._ssl_fips_state(None) == (None, None)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert tls._restrict_with_openssl(ctx, None) == tls.Restrictions(False, False, False)
