@@ -70,6 +70,7 @@ class ClusterController:
         self.capi: list[Informer] = []
         self._active = 0
         self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
@@ -221,6 +222,14 @@ class ClusterController:
         plan = reconcile.plan_cluster(raw, self._capi_objects(name), self.context, self.clock.now())
         if plan.ignored:
             return None
+        if plan.finalizers is not None:
+            raw = await self._set_finalizers(raw, plan.finalizers)
+            if plan.requeue_after != 0.0:  # finalizer removed: deletion completes
+                for event in plan.events:
+                    self._event_soon(raw, event)
+                return plan.requeue_after
+            # Finalizer in place: carry on in this same pass instead of a queue round trip.
+            plan = reconcile.plan_cluster(raw, self._capi_objects(name), self.context, self.clock.now())
         if not plan.writes and not plan.events:
             return plan.requeue_after
         log.info(
@@ -233,41 +242,61 @@ class ClusterController:
                 "phase": (plan.status or raw.get("status") or {}).get("phase"),
             },
         )
-        ref = ResourceRef(models.API_VERSION, models.KIND, name)
-        if plan.finalizers is not None:
-            patch = {
-                "metadata": {
-                    "finalizers": list(plan.finalizers),
-                    "resourceVersion": raw["metadata"]["resourceVersion"],
-                }
-            }
-            updated = await self.api.merge_patch(ref, patch)
-            self.clusters.update(updated)
-            if plan.requeue_after == 0.0:
-                return 0.0
         try:
             cell_ref = (raw.get("spec") or {}).get("cellRef")
             is_child = cell_ref is not None and cell_ref == self.context.self_name
             if plan.apply and is_child and self.before_child_apply is not None:
                 await self.before_child_apply(name)
-            for obj in plan.apply:
-                stored = await self.api.apply(obj, reconcile.FIELD_MANAGER)
-                self._remember(stored)
+            await self._apply_all(plan.apply)
             for key in plan.delete:
                 await self.api.delete(ResourceRef(key.api_version, key.kind, key.name, key.namespace))
         except kube.KubeError as exc:
             error = f"{type(exc).__name__}: {exc}"
             status = reconcile.status_after_failure(raw, plan, error, self.clock.now())
             await self.write_status(raw, status)
-            await self._event(raw, reconcile.EventSpec("Warning", "ApplyFailed", error))
+            self._event_soon(raw, reconcile.EventSpec("Warning", "ApplyFailed", error))
             raise
         if plan.status is not None:
             await self.write_status(raw, plan.status)
         for event in plan.events:
-            await self._event(raw, event)
+            self._event_soon(raw, event)
         if plan.apply:
             self.reconciled[name] = time.monotonic()
         return plan.requeue_after
+
+    async def _set_finalizers(self, raw: Obj, finalizers: tuple[str, ...]) -> Obj:
+        ref = ResourceRef(models.API_VERSION, models.KIND, raw["metadata"]["name"])
+        patch = {
+            "metadata": {
+                "finalizers": list(finalizers),
+                "resourceVersion": raw["metadata"]["resourceVersion"],
+            }
+        }
+        updated = await self.api.merge_patch(ref, patch)
+        self.clusters.update(updated)
+        return updated
+
+    async def _apply_all(self, objects: tuple[Obj, ...]) -> None:
+        """Namespaces first, then everything else concurrently (server-side apply is order-free)."""
+        namespaces = [o for o in objects if o["kind"] == "Namespace"]
+        for obj in namespaces:
+            self._remember(await self.api.apply(obj, reconcile.FIELD_MANAGER))
+        rest = [o for o in objects if o["kind"] != "Namespace"]
+        results = await asyncio.gather(
+            *(self.api.apply(o, reconcile.FIELD_MANAGER) for o in rest), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for stored in results:
+            if not isinstance(stored, BaseException):
+                self._remember(stored)
+        if errors:
+            raise errors[0]
+
+    def _event_soon(self, raw: Obj, event: reconcile.EventSpec) -> None:
+        """Events are best-effort and off the reconcile's critical path."""
+        task = asyncio.create_task(self._event(raw, event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _remember(self, stored: Obj) -> None:
         for informer in self.capi:
