@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 from lattice.adapters import registration_http, tls
 from lattice.adapters.token_store_memory import InMemoryTokenStore
 from lattice.domain import capi
+from lattice.ports.registration import TokenStoreUnavailable
 
 from .conftest import Pki, running_agent, running_cell
 
@@ -349,3 +350,68 @@ async def test_tls_policy_seen_by_a_real_openssl_client(webhook: Webhook, args, 
     )
     negotiated = "Cipher is (NONE)" not in result.stdout and result.returncode == 0
     assert negotiated is accepted, result.stdout[-800:] + result.stderr[-800:]
+
+
+class UnavailableStore(InMemoryTokenStore):
+    async def lease(self, cluster_name: str, presented: str):
+        raise TokenStoreUnavailable("etcd is down")
+
+
+class LosingStore(InMemoryTokenStore):
+    """Its leases always expire before the commit (a very slow delivery)."""
+
+    async def commit(self, lease):
+        await self.revoke(lease.cluster_name)
+        return await super().commit(lease)
+
+
+class ExplodingSigner:
+    def __init__(self, real) -> None:
+        self.real = real
+        self.explode = True
+
+    def ca_bundle_pem(self) -> str:
+        return self.real.ca_bundle_pem()
+
+    def sign_agent_csr(self, csr_pem: str, cluster_name: str) -> str:
+        if self.explode:
+            raise RuntimeError("HSM unplugged")
+        return self.real.sign_agent_csr(csr_pem, cluster_name)
+
+
+async def test_backend_failures_map_to_503_and_500_and_release_the_token(cell_pki: Pki, tmp_path):
+    context = tls.server_context(cell_pki.server, require_client_cert=False, alpn=tls.HTTP1_ALPN)
+    client_context = tls.client_context(None, ca=cell_pki.server.ca, alpn=tls.HTTP1_ALPN)
+    csr, _ = openssl_csr(tmp_path, "c1")
+    signer = ExplodingSigner(cell_pki.ca)
+    stores = {"unavailable": UnavailableStore(), "losing": LosingStore(), "ok": InMemoryTokenStore()}
+    for name, store in stores.items():
+        app = registration_http.registration_app(
+            token_store=store,
+            signer=signer if name == "ok" else cell_pki.ca,
+            payload=registration_http.PayloadSettings(grpc_endpoint=GRPC_ENDPOINT, image="img"),
+        )
+        server = registration_http.RegistrationServer(app, context)
+        await server.start()
+        url = f"https://127.0.0.1:{server.port}/api/clusters/register"
+        token = await store.issue("c1")
+        try:
+            async with httpx.AsyncClient(verify=client_context) as client:
+                request = {
+                    "url": url,
+                    "json": {"clusterName": "c1", "csr": csr},
+                    "headers": {"Authorization": f"Bearer {token}"},
+                }
+                response = await client.post(**request)
+                if name == "unavailable":
+                    assert response.status_code == 503
+                elif name == "losing":
+                    assert response.status_code == 401
+                    assert "concurrently" in response.json()["error"]
+                else:
+                    assert response.status_code == 500
+                    assert response.json() == {"error": "internal error; retry later", "field": "<server>"}
+                    signer.explode = False
+                    assert (await client.post(**request)).status_code == 200  # the token was released
+        finally:
+            await server.stop()

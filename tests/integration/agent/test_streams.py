@@ -10,7 +10,7 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from lattice.adapters import agent_local, tls
+from lattice.adapters import agent_cell, agent_local, tls
 from lattice.domain import agent
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.ports.agent import AgentNotConnected, CommandTimeout
@@ -301,3 +301,73 @@ async def test_service_queries_get_an_answer_and_unknown_payloads_are_tolerated(
         assert "not enabled" in answer.service_query_response.error_message
         await cell.sink.wait_for(lambda latest: latest["c1"].deleting_reason == "bye", 5)
         assert cell.sink.latest["c1"].health == agent.ClusterHealth(2, 3)
+
+
+class FailingSink(agent_local.InMemoryAgentStatusSink):
+    """A status sink whose backend is down: the streams must not care."""
+
+    async def record(self, status: agent.AgentStatus) -> None:
+        raise RuntimeError("the Kubernetes API is unreachable")
+
+
+async def test_hub_edges(cell_pki: Pki):
+    with pytest.raises(ValueError, match="CERT_REQUIRED"):
+        agent_cell.CellGrpcServer(
+            agent_cell.AgentHub(sink=FailingSink()),
+            tls.server_context(cell_pki.server, require_client_cert=False),
+        )
+    sink = FailingSink()
+    hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
+    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context())
+    await server.start()
+    hub.start()  # idempotent
+    try:
+        assert not hub.disconnect("nobody", "no such stream")
+        assert hub.status("c1") is None
+        context = tls.client_context(cell_pki.agent_files("c1"))
+        async with raw_h2(server.port, context) as conn:
+            empty = conn.start_stream()
+            await conn.send(empty, b"", end=True)
+            assert (await conn.result(empty)).status is Status.OK  # an agent that says nothing
+            sid = conn.start_stream()
+            await conn.send_message(sid, ready("c1"))
+            await conn.send_message(sid, ready("c1", state=pb.AGENT_STATE_READY))  # a second AgentReady
+            await conn.send_message(sid, beat("c1", 1))
+            await conn.next_messages(sid, 1)
+            status = hub.status("c1")
+            assert status is not None
+            assert status.state is agent.AgentState.READY
+            assert status.connection is agent.Connection.CONNECTED
+    finally:
+        await server.stop()
+
+
+async def test_replies_from_another_cluster_or_repeated_are_ignored(cell_pki: Pki):
+    async with (
+        running_cell(cell_pki) as cell,
+        raw_h2(cell.port, tls.client_context(cell_pki.agent_files("c1"))) as c1,
+        raw_h2(cell.port, tls.client_context(cell_pki.agent_files("c2"))) as c2,
+    ):
+        s1, s2 = c1.start_stream(), c2.start_stream()
+        await c1.send_message(s1, ready("c1"))
+        await c2.send_message(s2, ready("c2"))
+        await cell.wait_connected("c1")
+        await cell.wait_connected("c2")
+        waiting = asyncio.create_task(cell.hub.send_command("c1", agent.StatusQuery(), 5))
+        (command,) = await c1.next_messages(s1, 1)
+
+        def answer(cluster: str, version: str) -> pb.AgentMessage:
+            return pb.AgentMessage(
+                cluster_name=cluster,
+                status_response=pb.StatusResponse(
+                    command_id=command.command_id, state=pb.AGENT_STATE_READY, kubernetes_version=version
+                ),
+            )
+
+        await c2.send_message(s2, answer("c2", "v-from-c2"))  # c2 cannot answer for c1
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await c1.send_message(s1, answer("c1", "v1.34.1"))
+        await c1.send_message(s1, answer("c1", "v-duplicate"))
+        reply = await waiting
+        assert reply.kubernetes_version == "v1.34.1"
