@@ -59,6 +59,8 @@ KCM_CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-toke
 ADMIN_USER = "lattice-admin"
 LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
+APISERVER_GRACE = 3.0
+"""Seconds a kube-apiserver gets between SIGTERM and SIGKILL."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -495,7 +497,7 @@ class ControlPlane:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self._procs.get(name)
             if proc is not None:
-                proc.stop(timeout)
+                proc.stop(min(timeout, APISERVER_GRACE) if name == "kube-apiserver" else timeout)
         with _live_lock:
             _live.discard(self)
 
@@ -506,8 +508,13 @@ class ControlPlane:
         with _live_lock:
             _live.discard(self)
 
-    def stop_apiserver(self, timeout: float = 10.0) -> None:
-        """Stop only the kube-apiserver (etcd and the controller-manager keep running)."""
+    def stop_apiserver(self, timeout: float = APISERVER_GRACE) -> None:
+        """Stop only the kube-apiserver (etcd and the controller-manager keep running).
+
+        An apiserver with open watches (any controller) does not exit on SIGTERM for a long
+        time although it stops listening at once, so it gets only a short grace period
+        before SIGKILL; its state is all in etcd.
+        """
         proc = self._procs.get("kube-apiserver")
         if proc is not None:
             proc.stop(timeout)
