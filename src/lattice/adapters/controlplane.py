@@ -447,10 +447,12 @@ class ControlPlane:
         return self._ssl
 
     def _get_ok(self, url: str) -> bool:
+        # Loopback only: never through an HTTP(S)_PROXY from the environment.
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self._ssl_context())
+        )
         try:
-            with urllib.request.urlopen(  # noqa: S310 - https URL built here
-                url, context=self._ssl_context(), timeout=2
-            ) as response:
+            with opener.open(url, timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
