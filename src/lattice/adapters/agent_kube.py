@@ -138,3 +138,33 @@ class KubePivotImporter:
         return any(
             ((item.get("status") or {}).get("pivot") or {}).get("step") == "Complete" for item in listed.items
         )
+
+
+class KubeClusterProbe:
+    """Reports on the agent's own cluster from its API server."""
+
+    def __init__(self, api: KubeApi, importer: KubePivotImporter, kubernetes_version: str = "") -> None:
+        self.api = api
+        self.importer = importer
+        self._version = kubernetes_version
+
+    async def kubernetes_version(self) -> str:
+        return self._version
+
+    async def health(self) -> agent.ClusterHealth:
+        try:
+            nodes = (await self.api.list("v1", "Node")).items
+        except kube.KubeError:
+            return agent.ClusterHealth(conditions=("api-unreachable",))
+        ready = sum(
+            1
+            for node in nodes
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (node.get("status") or {}).get("conditions", [])
+            )
+        )
+        return agent.ClusterHealth(ready_nodes=ready, total_nodes=len(nodes))
+
+    async def self_managed(self) -> bool:
+        return await self.importer.self_managed()

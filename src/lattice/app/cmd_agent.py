@@ -19,12 +19,16 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
 import lattice
-from lattice.adapters import agent_client, agent_local, fips, tls
+from lattice.adapters import agent_client, agent_kube, agent_local, fips, tls
+from lattice.adapters.binaries import locate
+from lattice.adapters.clusterctl import ClusterctlMover
+from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app import logs
 from lattice.domain.agent_identity import cluster_name_errors
 from lattice.domain.backoff import Backoff
@@ -52,9 +56,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument("--heartbeat-jitter", type=float, default=0.2, metavar="FRACTION")
-    parser.add_argument(
-        "--max-missed", type=int, default=3, help="missed heartbeat acks before reconnecting"
-    )
+    parser.add_argument("--max-missed", type=int, default=3, help="missed heartbeat acks before reconnecting")
     parser.add_argument("--backoff-initial", type=float, default=0.5, metavar="SECONDS")
     parser.add_argument("--backoff-max", type=float, default=30.0, metavar="SECONDS")
     parser.add_argument(
@@ -64,8 +66,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--kubernetes-version", default="", help="reported Kubernetes version")
     parser.add_argument(
-        "--require-fips", action="store_true", help="refuse to start without a FIPS provider"
+        "--kubeconfig",
+        type=Path,
+        help="this cluster's kubeconfig: apply bootstrap manifests and import pivots into it",
     )
+    parser.add_argument("--require-fips", action="store_true", help="refuse to start without a FIPS provider")
     parser.add_argument(
         "--tls-read-buffer",
         type=int,
@@ -135,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         context = tls.client_context(tls.TlsFiles(cert=args.cert, key=args.key, ca=args.ca))
     except (ValueError, tls.TlsConfigError) as exc:
         return _error(str(exc))
+    if args.kubeconfig is not None:
+        asyncio.run(_run_with_cluster(args, settings, context))
+        return 0
     applier: ManifestApplier
     importer: PivotImporter
     if args.record_dir is not None:
@@ -151,6 +159,22 @@ def run(args: argparse.Namespace) -> int:
     )
     asyncio.run(_run_until_signalled(runner))
     return 0
+
+
+async def _run_with_cluster(
+    args: argparse.Namespace, settings: agent_client.AgentSettings, context: ssl.SSLContext
+) -> None:
+    """The agent on a real cluster: its commands act on the cluster's own API server."""
+    api = await Kr8sKube.connect(str(args.kubeconfig))
+    importer = agent_kube.KubePivotImporter(api, ClusterctlMover(locate().clusterctl), args.kubeconfig)
+    runner = agent_client.AgentRunner(
+        settings,
+        context,
+        applier=agent_kube.KubeManifestApplier(api),
+        importer=importer,
+        probe=agent_kube.KubeClusterProbe(api, importer, args.kubernetes_version),
+    )
+    await _run_until_signalled(runner)
 
 
 async def _run_until_signalled(runner: agent_client.AgentRunner) -> None:
