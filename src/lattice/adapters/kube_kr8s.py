@@ -244,6 +244,9 @@ def _translate(exc: kr8s.ServerError) -> kube.KubeError:
     code = response.status_code if response is not None else 0
     status = getattr(exc, "status", None)
     message = (status.get("message") if isinstance(status, dict) else None) or str(exc)
+    if code >= 500 and response is not None:
+        # 5xx bodies are often plain text (not a metav1.Status): keep what the server said.
+        message = response.text.strip()[:2000] or message
     if code == 404:
         return kube.NotFound(message)
     if code == 409:

@@ -31,7 +31,7 @@ from lattice.domain.errors import FieldError, PathSegment
 T = TypeVar("T")
 
 # snake_case names whose wire spelling is not plain camelCase.
-_SPECIAL_NAMES = {"cert_sans": "certSANs"}
+_SPECIAL_NAMES = {"cert_sans": "certSANs", "provider_id": "providerID"}
 
 # Classes whose unknown keys are ignored rather than rejected.
 _LENIENT: frozenset[type] = frozenset(

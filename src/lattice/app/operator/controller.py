@@ -245,9 +245,8 @@ class ClusterController:
         try:
             cell_ref = (raw.get("spec") or {}).get("cellRef")
             is_child = cell_ref is not None and cell_ref == self.context.self_name
-            if plan.apply and is_child and self.before_child_apply is not None:
-                await self.before_child_apply(name)
-            await self._apply_all(plan.apply)
+            hook = self.before_child_apply if plan.apply and is_child else None
+            await self._apply_all(plan.apply, before_rest=None if hook is None else (lambda: hook(name)))
             for key in plan.delete:
                 await self.api.delete(ResourceRef(key.api_version, key.kind, key.name, key.namespace))
         except kube.KubeError as exc:
@@ -276,11 +275,15 @@ class ClusterController:
         self.clusters.update(updated)
         return updated
 
-    async def _apply_all(self, objects: tuple[Obj, ...]) -> None:
+    async def _apply_all(
+        self, objects: tuple[Obj, ...], before_rest: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Namespaces first, then everything else concurrently (server-side apply is order-free)."""
         namespaces = [o for o in objects if o["kind"] == "Namespace"]
         for obj in namespaces:
             self._remember(await self.api.apply(obj, reconcile.FIELD_MANAGER))
+        if before_rest is not None:
+            await before_rest()
         rest = [o for o in objects if o["kind"] != "Namespace"]
         results = await asyncio.gather(
             *(self.api.apply(o, reconcile.FIELD_MANAGER) for o in rest), return_exceptions=True
