@@ -187,11 +187,13 @@ class LocalProvider:
         machine = self.machines.get(name)
         if machine is not None and machine.control_plane.running:
             return machine
-        directory = self.state_dir / "machines"
-        spec = local_cluster.get("spec") or {}
+        adopted = await self._adopt_machine(name)
+        if adopted is not None:
+            self.machines[name] = adopted
+            return adopted
         log.info("booting local machine", extra={"cluster": name})
         control_plane = ControlPlane.create(
-            name, base_dir=directory, toolchain=self.toolchain, controller_manager=True
+            name, base_dir=self.state_dir / "machines", toolchain=self.toolchain, controller_manager=True
         )
         # Started from a worker thread: the processes do not die with this process, like machines.
         await asyncio.to_thread(control_plane.start, 120.0)
@@ -200,10 +202,47 @@ class LocalProvider:
         await asyncio.to_thread(control_plane.install_lattice_crds)
         machine = Machine(name=name, control_plane=control_plane)
         self.machines[name] = machine
-        (self.state_dir / "machines" / f"{name}.json").write_text(
-            json.dumps({"dir": str(control_plane.dir), "pids": control_plane.pids(), "spec": spec})
+        self._state_file(name).write_text(
+            json.dumps(
+                {
+                    "dir": str(control_plane.dir),
+                    "ports": {
+                        "etcd": control_plane.etcd_port,
+                        "etcd_peer": control_plane.etcd_peer_port,
+                        "apiserver": control_plane.apiserver_port,
+                        "kcm": control_plane.kcm_port,
+                    },
+                    "pids": control_plane.pids(),
+                    "spec": local_cluster.get("spec") or {},
+                }
+            )
         )
         return machine
+
+    def _state_file(self, name: str) -> Path:
+        return self.state_dir / "machines" / f"{name}.json"
+
+    async def _adopt_machine(self, name: str) -> Machine | None:
+        """After a restart of this provider: take over a machine that is still running."""
+        path = self._state_file(name)
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        ports = saved["ports"]
+        control_plane = ControlPlane(
+            name=name,
+            dir=Path(saved["dir"]),
+            toolchain=self.toolchain,
+            controller_manager=False,  # probe only the apiserver; its controller-manager runs on
+            etcd_port=ports["etcd"],
+            etcd_peer_port=ports["etcd_peer"],
+            apiserver_port=ports["apiserver"],
+            kcm_port=ports["kcm"],
+        )
+        if not await asyncio.to_thread(control_plane.ready):
+            return None  # the machine is gone; boot a new one
+        log.info("adopted running local machine", extra={"cluster": name})
+        return Machine(name=name, control_plane=control_plane, bootstrapped=True)
 
     async def _report_provisioned(self, cluster: Obj, local_cluster: Obj, kcp: Obj, machine: Machine) -> None:
         namespace = cluster["metadata"]["namespace"]
@@ -351,6 +390,7 @@ class LocalProvider:
     def _start_pod(self, machine: Machine, workload: str, argv: list[str]) -> subprocess.Popen[bytes]:
         logs = machine.control_plane.dir / "pods"
         logs.mkdir(parents=True, exist_ok=True)
+        _kill_recorded(logs / f"{workload}.pid")  # a previous provider's pod, if still running
         with (logs / f"{workload}.log").open("ab") as out:
             proc = subprocess.Popen(  # noqa: S603 - our own program with the Deployment's args
                 argv,
@@ -397,6 +437,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def _kill_recorded(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
 
 
 def remove_state(state_dir: Path) -> None:

@@ -22,7 +22,7 @@ from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
 from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
-from lattice.adapters.token_store_memory import InMemoryTokenStore
+from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import yamlio
 from lattice.app.local_provider import LocalProvider
 from lattice.app.operator.cell import CellCoordinator
@@ -85,7 +85,7 @@ class _SinkForwarder:
 class Registrations:
     """Issues a child's bootstrap token and stores it with the CA bundle for its kubeadm."""
 
-    def __init__(self, api: KubeApi, tokens: InMemoryTokenStore, ca: CellCertificateAuthority) -> None:
+    def __init__(self, api: KubeApi, tokens: SecretTokenStore, ca: CellCertificateAuthority) -> None:
         self.api = api
         self.tokens = tokens
         self.ca = ca
@@ -123,7 +123,7 @@ class CellRuntime:
         self.controller = controller
         self.kubeconfig = kubeconfig
         self.ca = load_or_create_ca(settings.state_dir / "pki")
-        self.tokens = InMemoryTokenStore()
+        self.tokens = SecretTokenStore(controller.api)
         self.registrations = Registrations(controller.api, self.tokens, self.ca)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -147,6 +147,7 @@ class CellRuntime:
         return (yamlio.dump_all(crds.all_crds()).encode(), yamlio.dump_all(operator).encode())
 
     async def start(self) -> None:
+        await self.tokens.load()
         directory = self.settings.state_dir / "pki"
         dns_names, ips = _names(self.settings.host)
         cert, key, ca_file = self.ca.write_server_files(directory, dns_names=dns_names, ip_addresses=ips)
