@@ -190,8 +190,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
     # --- the gRPC handler -------------------------------------------------------------------
 
     async def Connect(self, stream: AgentStream) -> None:
-        peer = _peer_cert(stream)
-        cluster = agent_identity.cluster_from_peer(peer)
+        cluster = agent_identity.cluster_from_peer(_peer_cert(stream))  # keep no cert dict alive
         if cluster is None:
             log.warning("refused a stream: the client certificate names no Lattice cluster")
             await _finish(
