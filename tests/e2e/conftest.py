@@ -1,0 +1,165 @@
+"""A real cell for E2E tests: a control plane from the harness, and `lattice operator` as its own
+process serving as a cell with the local infrastructure provider. Nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from attrs import define
+
+from lattice.adapters.binaries import Toolchain
+from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.app.local_provider import stop_all
+
+
+@define
+class Cell:
+    name: str
+    control_plane: ControlPlane
+    state_dir: Path
+    bootstrap_port: int
+    grpc_port: int
+    operator: subprocess.Popen[bytes] | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "operator.log"
+
+    def kubectl(self, *args: str, check: bool = True) -> str:
+        return self.control_plane.kubectl(*args, check=check).stdout
+
+    def start_operator(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lattice.app.cli",
+                "operator",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--cluster-name",
+                self.name,
+                "--cell-host",
+                "127.0.0.1",
+                "--bootstrap-port",
+                str(self.bootstrap_port),
+                "--grpc-port",
+                str(self.grpc_port),
+                "--state-dir",
+                str(self.state_dir),
+                "--local-provider",
+                "--no-leader-elect",
+                "--health-port",
+                str(free_port()),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def stop_operator(self) -> None:
+        if self.operator is not None and self.operator.poll() is None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(30)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait(10)
+        self.operator = None
+
+    def lc(self, name: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", "lc", name, "-o", "json"))
+
+
+def child_kubeconfig(cell: Cell, child: str) -> Path:
+    found = sorted((cell.state_dir / "local-provider" / "machines").glob(f"{child}-*/admin.kubeconfig"))
+    assert found, f"no machine for {child} under {cell.state_dir}"
+    return found[-1]
+
+
+def kubectl(toolchain: Toolchain, kubeconfig: Path, *args: str, check: bool = True) -> str:
+    result = subprocess.run(
+        [str(toolchain.kubectl), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
+    return result.stdout
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, logs: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if value:
+                return value
+        time.sleep(0.5)
+    tail = ""
+    if logs is not None and logs.exists():
+        tail = "\n".join(logs.read_text(errors="replace").splitlines()[-40:])
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})\n{tail}")
+
+
+def local_cluster(name: str, cell: str, workers: int = 2, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "cellRef": cell,
+        "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
+        "nodes": {"controlPlane": 1, "workers": workers},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "lattice.dev/v1alpha1",
+        "kind": "LatticeCluster",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def start_cell(toolchain: Toolchain, base: Path, name: str = "mgmt") -> Cell:
+    cp = ControlPlane.create(
+        name, base_dir=base / "control-planes", toolchain=toolchain, controller_manager=True
+    )
+    # A worker thread: no parent-death signal, the cell behaves like a separate machine.
+    thread = threading.Thread(target=cp.start)
+    thread.start()
+    thread.join()
+    cp.install_capi_crds()
+    cp.install_lattice_crds()
+    cell = Cell(name, cp, base / "state", free_port(), free_port())
+    cell.start_operator()
+    return cell
+
+
+@pytest.fixture
+def cell(toolchain: Toolchain, tmp_path: Path) -> Iterator[Cell]:
+    c = start_cell(toolchain, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop_operator()
+        stop_all(c.state_dir)
+        c.control_plane.stop()
