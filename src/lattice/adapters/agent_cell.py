@@ -56,6 +56,9 @@ else:
 log = logging.getLogger(__name__)
 
 SERVICE_DISCOVERY_DISABLED = "service discovery is not enabled on this cell"
+CELL_SSL_READ_BUFFER = 4 * 1024
+"""Recommended :func:`lattice.adapters.tls.set_ssl_read_buffer` size for a cell process: agents
+send small messages, and asyncio's default (256 KiB per connection) dominates a cell's memory."""
 
 
 def _utcnow() -> dt.datetime:

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             bind_host=args.bind_host,
             agent_image=args.agent_image,
             local_provider=args.local_provider,
+            machines_dir=args.machines_dir,
         )
         cell_endpoint = cell_endpoint or cell.endpoint
     settings = OperatorSettings(

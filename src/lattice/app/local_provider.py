@@ -37,12 +37,13 @@ from pathlib import Path
 
 from attrs import define, field
 
+from lattice.adapters.agent_kube import KubeManifestApplier
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.workqueue import WorkQueue
-from lattice.domain import capi, local_machines, local_provider
+from lattice.domain import capi, install, local_machines, local_provider
 from lattice.domain.agent_payload import NAMESPACE as AGENT_NAMESPACE
 from lattice.ports import kube
 from lattice.ports.clock import Clock
@@ -79,12 +80,14 @@ class LocalProvider:
         *,
         random: Callable[[], float],
         python: str = sys.executable,
+        machines_dir: Path | None = None,
     ) -> None:
         self.api = api
         self.toolchain = toolchain
         self.state_dir = state_dir
         self.clock = clock
         self.python = python
+        self.machines_dir = machines_dir or state_dir / "machines"
         self.machines: dict[str, Machine] = {}
         self.queue: WorkQueue[tuple[str, str]] = WorkQueue(random=random)
         self.clusters = Informer(
@@ -160,7 +163,43 @@ class LocalProvider:
                 {"metadata": {"annotations": {local_machines.BOOTSTRAPPED: "true"}}},
             )
         machine.bootstrapped = True
+        await self._apply_resource_sets(cluster, machine)
         return None
+
+    async def _apply_resource_sets(self, cluster: Obj, machine: Machine) -> None:
+        """CAPI's ClusterResourceSet controller, for the install flow: apply each matching set's
+        Secrets/ConfigMaps to the new cluster once (strategy ApplyOnce)."""
+        namespace = cluster["metadata"]["namespace"]
+        labels = cluster["metadata"].get("labels") or {}
+        try:
+            sets = (await self.api.list(install.CRS_API, "ClusterResourceSet", namespace=namespace)).items
+        except kube.NotFound:
+            return
+        done_file = self.machines_dir / f"{machine.name}-resource-sets.json"
+        done: list[str] = json.loads(done_file.read_text()) if done_file.exists() else []
+        pending = [
+            s
+            for s in sets
+            if s["metadata"]["name"] not in done
+            and install.selector_matches(s["spec"]["clusterSelector"], labels)
+        ]
+        if not pending:
+            return
+        child = await Kr8sKube.connect(str(machine.kubeconfig))
+        applier = KubeManifestApplier(child)
+        for resource_set in pending:
+            for resource in resource_set["spec"]["resources"]:
+                kind = "Secret" if resource["kind"] == "Secret" else "ConfigMap"
+                source = await self.api.get(ResourceRef("v1", kind, resource["name"], namespace))
+                values = (source.get("data") or {}).values()
+                streams = [base64.b64decode(v) if kind == "Secret" else v.encode() for v in values]
+                await applier.apply(tuple(streams))
+            done.append(resource_set["metadata"]["name"])
+            done_file.write_text(json.dumps(done))
+            log.info(
+                "applied ClusterResourceSet",
+                extra={"cluster": machine.name, "resource_set": resource_set["metadata"]["name"]},
+            )
 
     async def _cluster_objects(self, namespace: str, name: str) -> list[Obj]:
         out: list[Obj] = []
@@ -194,7 +233,7 @@ class LocalProvider:
             return adopted
         log.info("booting local machine", extra={"cluster": name})
         control_plane = ControlPlane.create(
-            name, base_dir=self.state_dir / "machines", toolchain=self.toolchain, controller_manager=True
+            name, base_dir=self.machines_dir, toolchain=self.toolchain, controller_manager=True
         )
         # Started from a worker thread: the processes do not die with this process, like machines.
         await asyncio.to_thread(control_plane.start, 120.0)
@@ -221,7 +260,7 @@ class LocalProvider:
         return machine
 
     def _state_file(self, name: str) -> Path:
-        return self.state_dir / "machines" / f"{name}.json"
+        return self.machines_dir / f"{name}.json"
 
     async def _adopt_machine(self, name: str) -> Machine | None:
         """After a restart of this provider: take over a machine that is still running."""
@@ -286,7 +325,7 @@ class LocalProvider:
         commands = local_machines.post_kubeadm_commands(kcp)
         if not commands:
             return
-        bootstrap = self.state_dir / "machines" / f"{name}-bootstrap"
+        bootstrap = self.machines_dir / f"{name}-bootstrap"
         bootstrap.mkdir(parents=True, exist_ok=True)
         for path, secret_name, key in local_machines.bootstrap_files(kcp):
             secret = await self.api.get(ResourceRef("v1", "Secret", secret_name, namespace))
@@ -367,6 +406,11 @@ class LocalProvider:
         mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
         replacements: dict[str, str] = {}
         for volume in pod.get("volumes", []):
+            if "emptyDir" in volume and volume["name"] in mounts:
+                scratch = pod_dir / volume["name"]
+                scratch.mkdir(parents=True, exist_ok=True)
+                replacements[mounts[volume["name"]]] = str(scratch)
+                continue
             sources = _secret_sources(volume)
             if not sources or volume["name"] not in mounts:
                 continue
@@ -386,7 +430,11 @@ class LocalProvider:
         command = container.get("command", ["lattice"])
         if command[0] == "lattice":
             command = [self.python, "-m", "lattice.app.cli", *command[1:]]
-        return [*command, *args, "--kubeconfig", str(machine.kubeconfig)]
+        extra = ["--kubeconfig", str(machine.kubeconfig)]
+        if deployment["metadata"]["name"] == "lattice-operator":
+            # Pods would each have their own network namespace; here they share the host's.
+            extra += ["--health-port", "0"]
+        return [*command, *args, *extra]
 
     def _start_pod(self, machine: Machine, workload: str, argv: list[str]) -> subprocess.Popen[bytes]:
         logs = machine.control_plane.dir / "pods"

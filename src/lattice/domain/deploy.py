@@ -12,6 +12,7 @@ from lattice.domain import capi, models
 from lattice.domain.reconcile import FIELD_MANAGER
 
 NAMESPACE = "lattice-system"
+STATE_DIR = "/var/lib/lattice"  # a cell's CA and pivot work files
 SERVICE_ACCOUNT = "lattice-operator"
 LABELS = {"app.kubernetes.io/name": "lattice-operator", "app.kubernetes.io/part-of": "lattice"}
 
@@ -56,6 +57,7 @@ def operator_manifests(
     cluster_name: str | None = None,
     replicas: int = 2,
     extra_args: list[str] | None = None,
+    state_volume: bool = False,
 ) -> list[Manifest]:
     # Probes come from the kubelet over the pod network, so the probe server binds all interfaces.
     args = ["operator", "--health-host", "0.0.0.0"]  # noqa: S104
@@ -132,8 +134,14 @@ def operator_manifests(
                                     "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]},
                                 },
+                                **(
+                                    {"volumeMounts": [{"name": "state", "mountPath": STATE_DIR}]}
+                                    if state_volume
+                                    else {}
+                                ),
                             }
                         ],
+                        **({"volumes": [{"name": "state", "emptyDir": {}}]} if state_volume else {}),
                     },
                 },
             },

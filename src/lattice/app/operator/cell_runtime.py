@@ -27,7 +27,7 @@ from lattice.app import yamlio
 from lattice.app.local_provider import LocalProvider
 from lattice.app.operator.cell import CellCoordinator
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import agent, capi, crds, deploy, models
+from lattice.domain import agent, capi, crds, deploy, install, models
 from lattice.ports import kube
 from lattice.ports.kube import KubeApi, ResourceRef
 
@@ -43,6 +43,7 @@ class CellSettings:
     bind_host: str = "127.0.0.1"
     agent_image: str = "ghcr.io/lattice-dev/lattice:0.1.0"
     local_provider: bool = False
+    machines_dir: Path | None = None  # where the local provider keeps machines (default: state)
 
     @property
     def endpoint(self) -> capi.ParentEndpoint:
@@ -135,6 +136,8 @@ class CellRuntime:
     def bootstrap_manifests(self, cluster_name: str) -> tuple[bytes, ...]:
         """What a new child applies before its pivot: the Lattice CRDs and its own operator."""
         endpoint = self.settings.endpoint
+        child = self.controller.clusters.get(None, cluster_name) or {}
+        cell_args = install.cell_operator_args(child.get("spec") or {}, deploy.STATE_DIR)
         operator = deploy.operator_manifests(
             self.settings.agent_image,
             cluster_name=cluster_name,
@@ -142,7 +145,9 @@ class CellRuntime:
             extra_args=[
                 "--parent-endpoint",
                 f"{endpoint.host}:{endpoint.bootstrap_port}:{endpoint.grpc_port}",
+                *cell_args,
             ],
+            state_volume=bool(cell_args),
         )
         return (yamlio.dump_all(crds.all_crds()).encode(), yamlio.dump_all(operator).encode())
 

@@ -1,0 +1,107 @@
+"""The installation flow's pure parts: the ClusterResourceSet that delivers the agent to the
+management cluster (the only place Lattice uses ClusterResourceSets), and the steps.
+
+A root cluster has no cell to register with, so ``lattice install`` signs its agent certificate
+itself (with the temporary bootstrap cell's CA) and hands the agent's manifests to CAPI's
+ClusterResourceSet mechanism, which applies them once the cluster is up.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import ipaddress
+from typing import Any
+
+from lattice.domain import capi, models
+
+CRS_API = "addons.cluster.x-k8s.io/v1beta2"
+CRS_SECRET_TYPE = "addons.cluster.x-k8s.io/resource-set"  # noqa: S105 - a Secret type
+
+
+class Step(enum.StrEnum):
+    BOOTSTRAP_CLUSTER = "bootstrap cluster"
+    CRDS = "CRDs"
+    BOOTSTRAP_OPERATOR = "bootstrap operator"
+    MANAGEMENT_CLUSTER = "management cluster"
+    AGENT_DELIVERY = "agent via ClusterResourceSet"
+    PIVOT = "provision and pivot"
+    CLEANUP = "delete the bootstrap cluster"
+
+
+STEPS = tuple(Step)
+
+
+def agent_resource_set(cluster_name: str, manifests_yaml: str) -> list[dict[str, Any]]:
+    """A Secret holding the agent's manifests and the ClusterResourceSet applying it once."""
+    namespace = models.capi_namespace(cluster_name)
+    name = f"{cluster_name}-lattice-agent"
+    labels = {capi.LABEL_CLUSTER_NAME: cluster_name, capi.LABEL_MANAGED_BY: "lattice"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "type": CRS_SECRET_TYPE,
+            "data": {"agent.yaml": base64.b64encode(manifests_yaml.encode()).decode()},
+        },
+        {
+            "apiVersion": CRS_API,
+            "kind": "ClusterResourceSet",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "clusterSelector": {"matchLabels": {capi.LABEL_LATTICE_CLUSTER: cluster_name}},
+                "resources": [{"kind": "Secret", "name": name}],
+                "strategy": "ApplyOnce",
+            },
+        },
+    ]
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """``matchLabels`` and ``matchExpressions`` (In, NotIn, Exists, DoesNotExist)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        present = key in labels
+        if operator == "In" and (not present or labels[key] not in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return bool(selector.get("matchLabels") or selector.get("matchExpressions"))
+
+
+def _bind_host(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "0.0.0.0"  # noqa: S104 - a named cell serves its children on every interface
+    return host
+
+
+def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
+    """Arguments that make a child's own operator a cell (when its spec has parentConfig)."""
+    parent = spec.get("parentConfig")
+    if not parent:
+        return []
+    args = [
+        "--cell-host",
+        parent["host"],
+        "--bootstrap-port",
+        str(parent.get("bootstrapPort", models.DEFAULT_BOOTSTRAP_PORT)),
+        "--grpc-port",
+        str(parent.get("grpcPort", models.DEFAULT_GRPC_PORT)),
+        "--bind-host",
+        _bind_host(parent["host"]),
+        "--state-dir",
+        state_dir,
+    ]
+    if (spec.get("provider") or {}).get("type") == models.ProviderType.LOCAL.value:
+        args.append("--local-provider")
+    return args
