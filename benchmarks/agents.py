@@ -215,6 +215,7 @@ async def _spawn(*args: str) -> Child:
     process = await asyncio.create_subprocess_exec(
         sys.executable, __file__, *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        limit=64 * 1024 * 1024,
     )  # fmt: skip
     return Child(process)
 
@@ -246,6 +247,10 @@ def _make_pki(directory: Path, count: int) -> None:
         (directory / f"{name}.key").write_bytes(pki.key_to_pem(key))
 
 
+def _progress(message: str) -> None:
+    print(f"# {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -260,7 +265,7 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
         directory = Path(tmp)
         started = time.monotonic()
         await asyncio.to_thread(_make_pki, directory, streams)
-        print(f"# {streams} agent identities in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        _progress(f"{streams} agent identities in {time.monotonic() - started:.1f} s")
         common = ["--pki", str(directory), "--heartbeat-interval", str(args.heartbeat_interval)]
         cell_args = [
             "--role",
@@ -278,14 +283,18 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
             await asyncio.sleep(1.0)
             baseline = _rss_kib(cell.process.pid)
 
+            processes = -(-args.agents // PER_PROCESS) + -(-(streams - args.agents) // PER_PROCESS)
+
             def spawn_group(first: int, count: int) -> list[asyncio.Task[Child]]:
                 group = []
                 for offset in range(0, count, PER_PROCESS):
                     size = min(PER_PROCESS, count - offset)
+                    # every process starts its agents at its share of --connect-rate
+                    ramp = size / (args.connect_rate / processes)
                     group.append(asyncio.create_task(_spawn(
                         "--role", "agents", *common, "--port", str(port), "--first", str(first + offset),
                         "--count", str(size), "--max-backoff", str(args.max_backoff),
-                        "--ramp", str(args.ramp), "--lifetime", "900",
+                        "--ramp", f"{ramp:.2f}", "--lifetime", "900",
                     )))  # fmt: skip
                 return group
 
@@ -300,6 +309,7 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
             await asyncio.sleep(3.0)
             connected = cell.latest.get("connected", 0)
             rss = _rss_kib(cell.process.pid)
+            _progress(f"capacity: {connected} streams in {connect_time:.1f} s; cell RSS {rss // 1024} MiB")
             per_stream = (rss - baseline) * 1024 / max(1, connected) / 1000
             results += [
                 {"metric": "streams_held", "value": connected, "unit": "streams"},
@@ -315,6 +325,9 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
             for child in extra:
                 await child.stop()
             await _wait(lambda: cell.latest.get("connected", 0) <= args.agents, 60)
+            _progress(
+                f"heartbeats: {cell.latest.get('connected', 0)} agents, sampling {args.rtt_seconds:.0f} s"
+            )
             for child in core:
                 await child.send("record")
             await asyncio.sleep(args.rtt_seconds)
@@ -343,6 +356,7 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ]
 
             # phase 3: restart storm
+            _progress(f"storm: killing the cell with {cell.latest.get('connected', 0)} agents connected")
             cell.process.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             await cell.process.wait()
@@ -371,11 +385,17 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=5000, help="concurrent streams for the capacity phase")
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
     parser.add_argument("--rtt-seconds", type=float, default=30.0)
-    parser.add_argument("--tls-read-buffer", type=int, default=16 * 1024)
+    parser.add_argument(
+        "--tls-read-buffer",
+        type=int,
+        default=agent_cell.CELL_SSL_READ_BUFFER,
+        help="the cell's asyncio TLS read buffer",
+    )
     parser.add_argument("--max-backoff", type=float, default=10.0)
     parser.add_argument(
-        "--ramp", type=float, default=5.0, help="seconds over which a process starts its agents"
+        "--connect-rate", type=float, default=250.0, help="new agents per second, all processes together"
     )
+    parser.add_argument("--ramp", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--connect-timeout", type=float, default=180.0)
     parser.add_argument("--storm-timeout", type=float, default=120.0)
     parser.add_argument("--pki")
