@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lattice.app.cmd_agent",
     "lattice.app.cmd_fips_check",
     "lattice.app.cmd_operator",
+    "lattice.app.cmd_install",
 )
 
 

@@ -152,6 +152,11 @@ class LocalProvider:
         kcp = next((o for o in objects if o["kind"] == "KubeadmControlPlane"), None)
         if local_cluster is None or kcp is None:
             return 2.0  # the operator is still applying
+        booted_here = name in self.machines or self._state_file(name).exists()
+        if local_machines.provisioned_elsewhere(local_cluster, booted_here=booted_here):
+            # Provisioned by another provider (this cluster's cell, before the pivot): the machine
+            # runs; this provider did not boot it and must not boot a second one.
+            return None
         machine = await self.boot(name, local_cluster)
         await self._report_provisioned(cluster, local_cluster, kcp, machine)
         if not machine.bootstrapped and local_machines.BOOTSTRAPPED not in (

@@ -82,6 +82,12 @@ def kubeconfig_secret(cluster: Mapping[str, Any], kubeconfig: bytes) -> Obj:
     }
 
 
+def provisioned_elsewhere(local_cluster: Mapping[str, Any], *, booted_here: bool) -> bool:
+    """A LocalCluster that is provisioned although this provider never booted it."""
+    status = local_cluster.get("status") or {}
+    return bool((status.get("initialization") or {}).get("provisioned")) and not booted_here
+
+
 def local_cluster_status() -> Obj:
     return {"initialization": {"provisioned": True}}
 

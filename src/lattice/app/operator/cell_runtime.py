@@ -198,6 +198,7 @@ class CellRuntime:
                 self.settings.state_dir / "local-provider",
                 self.controller.clock,
                 random=random.Random().random,  # noqa: S311 - jitter
+                machines_dir=self.settings.machines_dir,
             )
             self._tasks.append(asyncio.create_task(self.local_provider.run(self._stop)))
         self.coordinator.resume_all()

@@ -1,0 +1,373 @@
+"""``lattice install``: make a management cell that manages itself (spec: "Installation Flow").
+
+Steps (each idempotent, so an interrupted install run again picks up where it stopped):
+
+1. a temporary bootstrap cluster: a local control plane under ``<state>/bootstrap``;
+2. the CAPI and Lattice CRDs there;
+3. the Lattice operator there, as a cell with the local provider;
+4. the management LatticeCluster (a root: no cellRef);
+5. its agent, delivered through a ClusterResourceSet with a certificate the installer signs with
+   the bootstrap cell's CA (a root has no cell to register with);
+6. CAPI provisions it, the agent streams to the bootstrap cell, which bootstraps and pivots it;
+7. the bootstrap cluster is deleted; the management cell now manages itself.
+
+Machines live in ``<state>/machines`` so that deleting the bootstrap cluster leaves the management
+cluster's processes and data alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from attrs import define, frozen
+
+from lattice.adapters import pki
+from lattice.adapters.binaries import Toolchain
+from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.app import yamlio
+from lattice.app.local_provider import stop_all
+from lattice.app.operator.cell_runtime import load_or_create_ca
+from lattice.domain import agent_payload, capi, crds, install, models, serde, validation
+
+
+class InstallError(RuntimeError):
+    """A step failed; the message says which, why and what to do."""
+
+    def __init__(self, step: install.Step, reason: str, hint: str) -> None:
+        super().__init__(f"step '{step.value}' failed: {reason}\n  what to do: {hint}")
+        self.step = step
+
+
+@frozen
+class Progress:
+    """Where reports go (the CLI renders them with rich)."""
+
+    step: Callable[[install.Step, str], None]
+    detail: Callable[[str], None]
+
+
+@define
+class Installer:
+    cluster: dict[str, Any]
+    state_dir: Path
+    toolchain: Toolchain
+    progress: Progress
+    timeout_s: float = 600.0
+
+    @property
+    def name(self) -> str:
+        return str(self.cluster["metadata"]["name"])
+
+    @property
+    def bootstrap_dir(self) -> Path:
+        return self.state_dir / "bootstrap"
+
+    @property
+    def machines_dir(self) -> Path:
+        return self.state_dir / "machines"
+
+    @property
+    def record(self) -> Path:
+        return self.state_dir / "install.json"
+
+    def _load(self) -> dict[str, Any]:
+        return json.loads(self.record.read_text()) if self.record.exists() else {}
+
+    def _save(self, **changes: Any) -> dict[str, Any]:
+        data = {**self._load(), **changes}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.record.write_text(json.dumps(data, indent=2))
+        return data
+
+    # ------------------------------------------------------------------ steps
+
+    def run(self) -> Path:
+        """Install (or resume); return the management cluster's kubeconfig."""
+        if self._load().get("done"):
+            self.progress.step(install.Step.CLEANUP, "already installed")
+            return Path(self._load()["kubeconfig"])
+        bootstrap = self._bootstrap_cluster()
+        self._crds(bootstrap)
+        ports = self._bootstrap_operator(bootstrap)
+        self._management_cluster(bootstrap)
+        self._agent_delivery(bootstrap, ports)
+        kubeconfig = self._pivot(bootstrap)
+        self._cleanup(bootstrap)
+        self._save(done=True, kubeconfig=str(kubeconfig))
+        return kubeconfig
+
+    def _bootstrap_cluster(self) -> ControlPlane:
+        step = install.Step.BOOTSTRAP_CLUSTER
+        saved = self._load().get("bootstrap")
+        if saved:
+            cp = _control_plane_from(saved, self.toolchain)
+            if cp.ready():
+                self.progress.step(step, f"reusing {cp.url}")
+                return cp
+        self.progress.step(step, "starting etcd, kube-apiserver and kube-controller-manager")
+        cp = ControlPlane.create(
+            "bootstrap", base_dir=self.bootstrap_dir, toolchain=self.toolchain, controller_manager=True
+        )
+        _start_detached(cp)
+        self._save(bootstrap=_control_plane_record(cp))
+        return cp
+
+    def _crds(self, cp: ControlPlane) -> None:
+        self.progress.step(install.Step.CRDS, "Cluster API (labelled as clusterctl init does) and Lattice")
+        cp.install_capi_crds()
+        cp.install_lattice_crds()
+
+    def _bootstrap_operator(self, cp: ControlPlane) -> dict[str, int]:
+        step = install.Step.BOOTSTRAP_OPERATOR
+        saved = self._load().get("operator")
+        if saved and _alive(saved["pid"]):
+            self.progress.step(step, f"already running (pid {saved['pid']})")
+            return dict(saved["ports"])
+        ports = {"bootstrap": free_port(), "grpc": free_port(), "health": free_port()}
+        log = (self.state_dir / "bootstrap-operator.log").open("ab")
+        proc = subprocess.Popen(  # noqa: S603 - our own CLI
+            [
+                sys.executable,
+                "-m",
+                "lattice.app.cli",
+                "operator",
+                "--kubeconfig",
+                str(cp.kubeconfig),
+                "--no-leader-elect",
+                "--cell-host",
+                "127.0.0.1",
+                "--bootstrap-port",
+                str(ports["bootstrap"]),
+                "--grpc-port",
+                str(ports["grpc"]),
+                "--health-port",
+                str(ports["health"]),
+                "--state-dir",
+                str(self.bootstrap_dir / "cell"),
+                "--machines-dir",
+                str(self.machines_dir),
+                "--local-provider",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._save(operator={"pid": proc.pid, "ports": ports})
+        self.progress.step(step, f"cell serving on 127.0.0.1:{ports['bootstrap']} (pid {proc.pid})")
+        _wait(
+            (self.bootstrap_dir / "cell" / "pki" / "ca.crt").exists,
+            60,
+            step,
+            "the bootstrap operator did not start",
+            self.state_dir / "bootstrap-operator.log",
+        )
+        return ports
+
+    def _management_cluster(self, cp: ControlPlane) -> None:
+        self.progress.step(install.Step.MANAGEMENT_CLUSTER, f"applying LatticeCluster {self.name}")
+        cp.apply([self.cluster])
+
+    def _agent_delivery(self, cp: ControlPlane, ports: dict[str, int]) -> None:
+        step = install.Step.AGENT_DELIVERY
+        ca = load_or_create_ca(self.bootstrap_dir / "cell" / "pki")
+        key = pki.generate_key()
+        csr = pki.new_csr(key, self.name)
+        certificate = ca.sign_agent_csr(pki.csr_to_pem(csr).decode(), self.name)
+        params = agent_payload.AgentPayloadParams(
+            cluster_name=self.name,
+            grpc_endpoint=f"127.0.0.1:{ports['grpc']}",
+            image="ghcr.io/lattice-dev/lattice:0.1.0",
+            certificate_pem=certificate,
+            ca_bundle_pem=ca.ca_bundle_pem(),
+        )
+        manifests = agent_payload.render_agent_manifests(params)
+        key_secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": agent_payload.KEY_SECRET, "namespace": agent_payload.NAMESPACE},
+            "stringData": {"tls.key": pki.key_to_pem(key).decode()},
+        }
+        stream = manifests.rstrip("\n") + "\n---\n" + yamlio.dump_all([key_secret])
+        namespace = models.capi_namespace(self.name)
+        _wait(
+            lambda: cp.kubectl("get", "namespace", namespace, check=False).returncode == 0,
+            120,
+            step,
+            f"the operator did not create namespace {namespace}",
+            self.state_dir / "bootstrap-operator.log",
+        )
+        cp.apply(install.agent_resource_set(self.name, stream))
+        self.progress.step(step, f"ClusterResourceSet {self.name}-lattice-agent in {namespace}")
+
+    def _pivot(self, cp: ControlPlane) -> Path:
+        step = install.Step.PIVOT
+        deadline = time.monotonic() + self.timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            result = cp.kubectl("get", "lc", self.name, "-o", "json", check=False)
+            if result.returncode == 0:
+                status = json.loads(result.stdout).get("status") or {}
+                phase, message = status.get("phase", "Pending"), status.get("message", "")
+                if f"{phase}: {message}" != last:
+                    last = f"{phase}: {message}"
+                    self.progress.step(step, last)
+                if phase == "Ready":
+                    return self._management_kubeconfig()
+                if phase == "Failed":
+                    raise InstallError(step, message, "fix the LatticeCluster and run lattice install again")
+            time.sleep(1.0)
+        raise InstallError(
+            step,
+            f"not Ready after {self.timeout_s:.0f}s (last: {last})",
+            f"look at {self.state_dir / 'bootstrap-operator.log'}, then run lattice install again to resume",
+        )
+
+    def _management_kubeconfig(self) -> Path:
+        found = sorted(self.machines_dir.glob(f"{self.name}-*/admin.kubeconfig"))
+        if not found:
+            raise InstallError(
+                install.Step.PIVOT, "no machine for the management cluster", "lattice down, then retry"
+            )
+        return found[-1]
+
+    def _cleanup(self, cp: ControlPlane) -> None:
+        step = install.Step.CLEANUP
+        saved = self._load().get("operator")
+        if saved and _alive(saved["pid"]):
+            os.kill(saved["pid"], 15)
+            _wait(lambda: not _alive(saved["pid"]), 30, step, "the bootstrap operator did not stop", None)
+        # The management cluster's agent streamed to the bootstrap cell, which is going away.
+        for pid_file in self.machines_dir.glob(f"{self.name}-*/pods/lattice-agent.pid"):
+            _kill_group(int(pid_file.read_text()))
+        stop_all(self.bootstrap_dir)
+        cp.stop()
+        self.progress.step(step, "bootstrap cluster stopped and removed")
+        _remove(self.bootstrap_dir)
+
+
+def load_cluster(path: Path) -> dict[str, Any]:
+    """The management LatticeCluster from a file, validated; errors name the fields."""
+    loaded = yamlio.load_documents(path.read_text())
+    if isinstance(loaded, yamlio.YamlError):
+        raise ValueError(f"{path}:{loaded.line}: {loaded.reason}")  # noqa: TRY004 - bad input, not a bug
+    if len(loaded) != 1:
+        raise ValueError(f"{path}: expected one LatticeCluster, found {len(loaded)} documents")
+    doc = yamlio.to_plain(loaded[0].data)
+    parsed = serde.cluster_from_dict(doc)
+    valid = parsed if isinstance(parsed, list) else validation.validate_cluster(parsed)
+    if isinstance(valid, list):
+        lines = (f"{path}:{yamlio.line_of(loaded[0], e.path)}: {e}" for e in valid)
+        raise ValueError("\n".join(lines))  # noqa: TRY004 - bad input, not a bug
+    if valid.spec.cell_ref is not None or valid.spec.parent_config is None:
+        raise ValueError(
+            f"{path}: a management cluster is a root cell: no spec.cellRef, and spec.parentConfig set"
+        )
+    return dict(doc)
+
+
+def cloud_dry_run(cluster: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Everything install would apply for a cloud management cluster, written to files."""
+    parsed = serde.cluster_from_dict(cluster)
+    assert not isinstance(parsed, list)
+    valid = validation.validate_cluster(parsed)
+    assert not isinstance(valid, list)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "00-crds.yaml": crds.all_crds(),
+        "10-management-cluster.yaml": [cluster],
+        "20-capi.yaml": list(capi.compile_cluster(valid, capi.CompileContext(parent=None))),
+        "30-agent-resource-set.yaml": install.agent_resource_set(
+            valid.name, "# the agent manifests, signed at install time by the bootstrap cell\n"
+        ),
+    }
+    written = []
+    for name, objects in files.items():
+        path = out_dir / name
+        path.write_text(yamlio.dump_all(objects))
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _start_detached(cp: ControlPlane) -> None:
+    """Start from a worker thread (no parent-death signal) and detach: a separate machine."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cp.start(120.0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise InstallError(install.Step.BOOTSTRAP_CLUSTER, str(errors[0]), "run lattice down, then retry")
+    cp.detach()
+
+
+def _control_plane_record(cp: ControlPlane) -> dict[str, Any]:
+    return {
+        "dir": str(cp.dir),
+        "ports": [cp.etcd_port, cp.etcd_peer_port, cp.apiserver_port, cp.kcm_port],
+    }
+
+
+def _control_plane_from(saved: dict[str, Any], toolchain: Toolchain) -> ControlPlane:
+    etcd, peer, apiserver, kcm = saved["ports"]
+    return ControlPlane(
+        name="bootstrap",
+        dir=Path(saved["dir"]),
+        toolchain=toolchain,
+        controller_manager=False,
+        etcd_port=etcd,
+        etcd_peer_port=peer,
+        apiserver_port=apiserver,
+        kcm_port=kcm,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, 15)
+    except (ProcessLookupError, PermissionError):
+        return
+
+
+def _wait(
+    predicate: Callable[[], bool], timeout: float, step: install.Step, reason: str, log: Path | None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    hint = f"look at {log}" if log else "retry"
+    raise InstallError(step, reason, f"{hint}; run lattice install again to resume")
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
