@@ -66,7 +66,9 @@ def register(subparsers: Any) -> None:
     cell.add_argument("--bind-host", default="127.0.0.1", help="address the cell's servers bind")
     cell.add_argument("--state-dir", type=Path, default=Path(".lattice/cell"), help="CA and pivot work files")
     cell.add_argument("--agent-image", default="ghcr.io/lattice-dev/lattice:0.1.0")
-    cell.add_argument("--machines-dir", type=Path, help="where local machines live (default: under --state-dir)")
+    cell.add_argument(
+        "--machines-dir", type=Path, help="where local machines live (default: under --state-dir)"
+    )
     cell.add_argument(
         "--local-provider",
         action="store_true",
