@@ -178,8 +178,23 @@ class Installer:
         self.progress.step(install.Step.MANAGEMENT_CLUSTER, f"applying LatticeCluster {self.name}")
         cp.apply([self.cluster])
 
+    def _phase(self, cp: ControlPlane) -> str:
+        result = cp.kubectl("get", "lc", self.name, "-o", "json", check=False)
+        if result.returncode != 0:
+            return ""
+        return str((json.loads(result.stdout).get("status") or {}).get("phase", ""))
+
     def _agent_delivery(self, cp: ControlPlane, ports: dict[str, int]) -> None:
         step = install.Step.AGENT_DELIVERY
+        phase = self._phase(cp)
+        if phase in ("Bootstrapping", "Pivoting", "Ready"):
+            self.progress.step(step, f"already delivered (the management cluster is {phase})")
+            return
+        resource_set = f"clusterresourceset/{self.name}-lattice-agent"
+        namespace = models.capi_namespace(self.name)
+        if cp.kubectl("get", "-n", namespace, resource_set, check=False).returncode == 0:
+            self.progress.step(step, "already delivered")
+            return
         ca = load_or_create_ca(self.bootstrap_dir / "cell" / "pki")
         key = pki.generate_key()
         csr = pki.new_csr(key, self.name)
@@ -199,7 +214,6 @@ class Installer:
             "stringData": {"tls.key": pki.key_to_pem(key).decode()},
         }
         stream = manifests.rstrip("\n") + "\n---\n" + yamlio.dump_all([key_secret])
-        namespace = models.capi_namespace(self.name)
         _wait(
             lambda: cp.kubectl("get", "namespace", namespace, check=False).returncode == 0,
             120,

@@ -1,0 +1,135 @@
+"""`lattice install`, `lattice demo` and `lattice down` as a user runs them: real processes,
+real control planes, real streams. Nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lattice.adapters.binaries import Toolchain
+from lattice.adapters.controlplane import free_port, port_in_use
+from lattice.app.local_provider import processes_under
+from tests.e2e.conftest import kubectl
+
+pytestmark = pytest.mark.e2e
+
+MGMT = """\
+apiVersion: lattice.dev/v1alpha1
+kind: LatticeCluster
+metadata:
+  name: mgmt
+spec:
+  provider:
+    type: local
+    kubernetes:
+      version: "1.36.3"
+  nodes:
+    controlPlane: 1
+    workers: 1
+  parentConfig:
+    host: 127.0.0.1
+    grpcPort: {grpc}
+    bootstrapPort: {bootstrap}
+"""
+
+
+def lattice(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lattice.app.cli", *args]
+
+
+def down(state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our CLI
+        lattice("down", "--state-dir", str(state)), capture_output=True, text=True, check=False
+    )
+
+
+def install(manifest: Path, state: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our CLI
+        lattice("install", "-f", str(manifest), "--state-dir", str(state)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_install_interrupted_after_provisioning_resumes(tmp_path: Path, toolchain: Toolchain) -> None:
+    state = tmp_path / "state"
+    manifest = tmp_path / "mgmt.yaml"
+    manifest.write_text(MGMT.format(grpc=free_port(), bootstrap=free_port()))
+    try:
+        first = subprocess.Popen(  # noqa: S603 - our CLI
+            lattice("install", "-f", str(manifest), "--state-dir", str(state)),
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert first.stderr is not None
+        seen = []
+        try:
+            for line in first.stderr:
+                seen.append(line)
+                if "control plane initialized" in line:
+                    break  # the management cluster is provisioned: interrupt here
+            else:
+                pytest.fail("install ended before provisioning:\n" + "".join(seen))
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+
+        resumed = install(manifest, state, 600)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "reusing" in resumed.stderr  # the bootstrap cluster was picked up, not recreated
+        assert "is self-managing" in resumed.stderr
+        record = json.loads((state / "install.json").read_text())
+        # Exactly one management machine: nothing was duplicated by the resume.
+        assert len(list((state / "machines").glob("mgmt-*/admin.kubeconfig"))) == 1
+        assert not (state / "bootstrap").exists()
+        assert "Ready" in kubectl(toolchain, Path(record["kubeconfig"]), "get", "lc", "mgmt")
+        again = install(manifest, state, 60)  # once more: a no-op
+        assert again.returncode == 0
+        assert "already installed" in again.stderr
+    finally:
+        stopped = down(state)
+    assert stopped.returncode == 0
+    assert processes_under(state) == []
+
+
+def test_demo_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    started = time.monotonic()
+    ports: list[int] = []
+    try:
+        demo = subprocess.run(  # noqa: S603 - our CLI
+            lattice("demo", "--state-dir", str(state)),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        elapsed = time.monotonic() - started
+        assert demo.returncode == 0, demo.stderr[-3000:]
+        print(f"\nlattice demo: both workload clusters Ready in {elapsed:.0f} s")
+        assert "workload-a kubeconfig:" in demo.stdout
+        assert "workload-b kubeconfig:" in demo.stdout
+        assert "get lc" in demo.stdout
+        record = json.loads((state / "install.json").read_text())
+        ports = [record["cluster"]["spec"]["parentConfig"][k] for k in ("grpcPort", "bootstrapPort")]
+        assert processes_under(state)  # the demo leaves its clusters running for the user
+    finally:
+        stopped = down(state)
+    assert stopped.returncode == 0
+    time.sleep(1.0)
+    assert processes_under(state) == []
+    assert not state.exists()
+    assert not any(port_in_use(port) for port in ports)
