@@ -45,13 +45,13 @@ def lattice(*args: str) -> list[str]:
 
 
 def down(state: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our CLI
+    return subprocess.run(
         lattice("down", "--state-dir", str(state)), capture_output=True, text=True, check=False
     )
 
 
 def install(manifest: Path, state: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our CLI
+    return subprocess.run(
         lattice("install", "-f", str(manifest), "--state-dir", str(state)),
         capture_output=True,
         text=True,
@@ -66,7 +66,7 @@ def test_install_interrupted_after_provisioning_resumes(tmp_path: Path, toolchai
     manifest = tmp_path / "mgmt.yaml"
     manifest.write_text(MGMT.format(grpc=free_port(), bootstrap=free_port()))
     try:
-        first = subprocess.Popen(  # noqa: S603 - our CLI
+        first = subprocess.Popen(
             lattice("install", "-f", str(manifest), "--state-dir", str(state)),
             stderr=subprocess.PIPE,
             text=True,
@@ -109,7 +109,7 @@ def test_demo_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
     started = time.monotonic()
     ports: list[int] = []
     try:
-        demo = subprocess.run(  # noqa: S603 - our CLI
+        demo = subprocess.run(
             lattice("demo", "--state-dir", str(state)),
             capture_output=True,
             text=True,
