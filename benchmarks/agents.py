@@ -124,7 +124,7 @@ async def agents_main(args: argparse.Namespace) -> None:
             agent_version="bench",
             heartbeat=HeartbeatPolicy(interval=args.heartbeat_interval, jitter=0.2, max_missed=3),
             backoff=Backoff(initial=0.5, maximum=args.max_backoff),
-            connect_timeout=30.0,
+            connect_timeout=60.0,
         )
         probe = agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(1, 1))
         idle = agent_local.UnconfiguredApplier()
@@ -325,6 +325,7 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
             for child in extra:
                 await child.stop()
             await _wait(lambda: cell.latest.get("connected", 0) <= args.agents, 60)
+            await asyncio.sleep(args.settle)  # let the departures finish before sampling
             _progress(
                 f"heartbeats: {cell.latest.get('connected', 0)} agents, sampling {args.rtt_seconds:.0f} s"
             )
@@ -385,6 +386,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=5000, help="concurrent streams for the capacity phase")
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
     parser.add_argument("--rtt-seconds", type=float, default=30.0)
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds between the phases")
     parser.add_argument(
         "--tls-read-buffer",
         type=int,
