@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The README's main job, from a fresh machine: install Lattice into .venv and compile every
-# example cluster into Cluster API manifests (printed to stdout; a review copy goes to out/).
+# The README's main job, from a fresh machine: install Lattice into .venv, build (or reuse) the
+# Kubernetes binaries from the official Go modules, then run `lattice demo`: a self-managing
+# local management cell that provisions two workload clusters through the runtime flow.
+# `lattice down --state-dir .lattice` removes everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e .
+bash scripts/build-k8s.sh
+LATTICE_BIN_DIR="$(bash scripts/build-k8s.sh --print-bin-dir)"
+export LATTICE_BIN_DIR PATH="$LATTICE_BIN_DIR:$PATH"
 .venv/bin/lattice compile -o out examples/clusters/*.yaml
-.venv/bin/lattice compile examples/clusters/*.yaml
+.venv/bin/lattice demo --state-dir .lattice

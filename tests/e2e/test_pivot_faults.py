@@ -1,0 +1,107 @@
+"""Pivot robustness and hierarchy on real control planes: faults injected mid-pivot converge to
+every object present exactly once on exactly one side; a child that is a cell creates its own
+children, whose agents dial their direct parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lattice.adapters.binaries import Toolchain
+from lattice.adapters.controlplane import free_port
+from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, wait_for
+
+pytestmark = pytest.mark.e2e
+
+KINDS = (
+    "clusters.cluster.x-k8s.io,kubeadmcontrolplanes,machinedeployments,kubeadmconfigtemplates,localclusters"
+)
+
+
+def pivot_step(cell: Cell, name: str) -> str:
+    status = cell.lc(name).get("status") or {}
+    return str((status.get("pivot") or {}).get("step", ""))
+
+
+def assert_moved_exactly_once(cell: Cell, toolchain: Toolchain, name: str) -> None:
+    on_cell = cell.kubectl("get", KINDS, "-A", "-o", "name", check=False)
+    assert name not in on_cell, on_cell
+    child = child_kubeconfig(cell, name)
+    items = json.loads(kubectl(toolchain, child, "get", KINDS, "-n", f"capi-{name}", "-o", "json"))["items"]
+    names = [f"{o['kind']}/{o['metadata']['name']}" for o in items]
+    assert len(names) == len(set(names)) == 5, names
+    assert all(not o["spec"].get("paused") for o in items if o["kind"] == "Cluster")
+
+
+def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: Toolchain) -> None:
+    cell.control_plane.apply([local_cluster("fault-1", cell.name, workers=1)])
+    step = wait_for(
+        lambda: (
+            pivot_step(cell, "fault-1") in ("Transferring", "Importing", "DeletingSource")
+            and pivot_step(cell, "fault-1")
+        ),
+        240,
+        "the pivot to start",
+        cell.log,
+    )
+    assert cell.operator is not None
+    os.killpg(cell.operator.pid, signal.SIGKILL)  # no graceful anything
+    cell.operator.wait(30)
+    cell.operator = None
+    cell.start_operator()
+    wait_for(
+        lambda: cell.lc("fault-1").get("status", {}).get("phase") == "Ready",
+        240,
+        "Ready after restart",
+        cell.log,
+    )
+    print(f"\ncell killed at pivot step {step}; the restarted cell resumed and finished the pivot")
+    assert_moved_exactly_once(cell, toolchain, "fault-1")
+
+
+def test_agent_killed_mid_import_converges(cell: Cell, toolchain: Toolchain) -> None:
+    cell.control_plane.apply([local_cluster("fault-2", cell.name, workers=1)])
+    wait_for(lambda: pivot_step(cell, "fault-2") == "Importing", 240, "the import to start", cell.log)
+    pid_file = next((cell.state_dir / "local-provider" / "machines").glob("fault-2-*/pods/lattice-agent.pid"))
+    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    wait_for(lambda: cell.lc("fault-2").get("status", {}).get("phase") == "Ready", 240, "Ready", cell.log)
+    assert_moved_exactly_once(cell, toolchain, "fault-2")
+
+
+def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) -> None:
+    grpc, bootstrap = free_port(), free_port()
+    child_cell = local_cluster(
+        "region-1",
+        cell.name,
+        workers=1,
+        parentConfig={"host": "127.0.0.1", "grpcPort": grpc, "bootstrapPort": bootstrap},
+    )
+    cell.control_plane.apply([child_cell])
+    wait_for(
+        lambda: cell.lc("region-1").get("status", {}).get("phase") == "Ready", 240, "region-1 Ready", cell.log
+    )
+    region = child_kubeconfig(cell, "region-1")
+    grandchild = json.dumps(local_cluster("edge-1", "region-1", workers=1))
+    kubectl_apply = [str(toolchain.kubectl), f"--kubeconfig={region}", "apply", "-f", "-"]
+    subprocess.run(kubectl_apply, input=grandchild, text=True, check=True, capture_output=True)
+
+    def edge_ready() -> bool:
+        out = json.loads(kubectl(toolchain, region, "get", "lc", "edge-1", "-o", "json"))
+        return bool((out.get("status") or {}).get("phase") == "Ready")
+
+    wait_for(edge_ready, 300, "edge-1 Ready on region-1")
+    # The grandchild's agent dials its direct parent (region-1's ports), not the root cell.
+    machines = sorted(
+        Path(region).parent.glob("pods/lattice-operator/state/local-provider/machines/edge-1-*")
+    )
+    assert machines, "region-1's own local provider booted edge-1"
+    agent_log = (machines[-1] / "pods" / "lattice-agent.log").read_text()
+    assert f"127.0.0.1:{grpc}" in agent_log
+    assert f"127.0.0.1:{cell.grpc_port}" not in agent_log
+    # The root cell never saw edge-1.
+    assert "edge-1" not in cell.kubectl("get", "lc", "-o", "name")
