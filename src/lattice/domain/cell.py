@@ -17,6 +17,9 @@ from lattice.domain import conditions, lifecycle, models, serde
 from lattice.domain.models import ConditionStatus, Phase, PivotStatus, PivotStep
 
 MAX_PIVOT_ATTEMPTS = 5
+# Set on the LatticeCluster a child holds of itself: created by a pivot, so it is Ready at once
+# (status cannot be written on create; this keeps the child's operator from starting over).
+PIVOTED_ANNOTATION = "lattice.dev/pivoted-from"
 LATTICE_CLUSTER_FILE_PREFIX = "LatticeCluster__"
 
 
@@ -186,13 +189,22 @@ def pivoted_away(status: models.LatticeClusterStatus) -> bool:
     return status.pivot is not None and status.pivot.step is PivotStep.COMPLETE
 
 
+def imported_status() -> models.LatticeClusterStatus:
+    return models.LatticeClusterStatus(
+        phase=Phase.READY,
+        message="self-managing: the cluster holds its own Cluster API objects",
+        pivot=PivotStatus(step=PivotStep.COMPLETE, attempt=1),
+    )
+
+
 def child_copy(raw: dict[str, Any], status: models.LatticeClusterStatus) -> dict[str, Any]:
     """The LatticeCluster as the child will hold it: same spec, pivoted status, no cell metadata."""
     meta = raw["metadata"]
+    cell_name = (raw.get("spec") or {}).get("cellRef") or ""
     out: dict[str, Any] = {
         "apiVersion": models.API_VERSION,
         "kind": models.KIND,
-        "metadata": {"name": meta["name"]},
+        "metadata": {"name": meta["name"], "annotations": {PIVOTED_ANNOTATION: cell_name}},
         "spec": raw["spec"],
         "status": serde.status_to_dict(status),
     }

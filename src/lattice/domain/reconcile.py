@@ -146,7 +146,10 @@ def _compile_context(
 
 def _current_status(raw: Mapping[str, Any]) -> models.LatticeClusterStatus:
     data = raw.get("status")
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not data:
+        if cell.PIVOTED_ANNOTATION in (raw.get("metadata", {}).get("annotations") or {}):
+            # Imported by a pivot; its restored status may not be written yet, but it is Ready.
+            return cell.imported_status()
         return models.LatticeClusterStatus()
     parsed = serde.structure(data, models.LatticeClusterStatus, ("status",))
     return parsed if isinstance(parsed, models.LatticeClusterStatus) else models.LatticeClusterStatus()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from attrs import frozen
 
-from lattice.adapters import pki, tls
+from lattice.adapters import agent_cell, pki, tls
 from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
 from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
@@ -152,6 +152,7 @@ class CellRuntime:
         return (yamlio.dump_all(crds.all_crds()).encode(), yamlio.dump_all(operator).encode())
 
     async def start(self) -> None:
+        tls.set_ssl_read_buffer(agent_cell.CELL_SSL_READ_BUFFER)  # memory per agent stream
         await self.tokens.load()
         directory = self.settings.state_dir / "pki"
         dns_names, ips = _names(self.settings.host)

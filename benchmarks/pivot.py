@@ -1,0 +1,98 @@
+"""One pivot through Lattice vs. clusterctl move directly, on real control planes.
+
+Lattice: a cell (real control plane + `lattice operator` with the local provider) provisions one
+child; the cell logs the pivot's phases (`export`, `transfer_and_import` — the files over the
+agent's mutual-TLS stream, the agent's `clusterctl move --from-directory`, status restore —
+and `delete` of the source). The end-to-end pivot time is those three added up.
+
+Direct: the same cluster's objects (now in the child) moved with clusterctl alone,
+`--to-directory` then `--from-directory` into a fresh control plane, timed the same way.
+
+Target (issue 7): Lattice's pivot < 3 s, and its overhead over the direct move <= 20%.
+Usage: python benchmarks/pivot.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from lattice.adapters.binaries import locate
+from lattice.adapters.controlplane import ControlPlane
+from lattice.app.local_provider import stop_all
+from tests.e2e.conftest import child_kubeconfig, local_cluster, start_cell, wait_for
+
+
+def pivot_timings(log: Path, name: str) -> dict[str, float]:
+    for line in log.read_text(errors="replace").splitlines():
+        if '"pivot complete"' in line and f'"cluster": "{name}"' in line:
+            record = json.loads(line)
+            return {k: float(record[k]) for k in ("export", "transfer_and_import", "delete")}
+    raise AssertionError("no pivot timings in the operator log")
+
+
+def clusterctl(*args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(  # noqa: S603 - our clusterctl
+        [str(locate().clusterctl), *args],
+        check=True, capture_output=True, env={**os.environ, "CLUSTERCTL_DISABLE_VERSIONCHECK": "true"},
+    )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    toolchain = locate()
+    with tempfile.TemporaryDirectory(prefix="lattice-pivot-bench-") as tmp:
+        base = Path(tmp)
+        cell = start_cell(toolchain, base)
+        target = ControlPlane.create("target", base_dir=base / "target", toolchain=toolchain)
+        try:
+            cell.control_plane.apply([local_cluster("bench-1", cell.name, workers=2)])
+            wait_for(lambda: cell.lc("bench-1").get("status", {}).get("phase") == "Ready", 300, "Ready", cell.log)
+            lattice = pivot_timings(cell.log, "bench-1")
+            objects = cell.lc("bench-1")["status"]["pivot"]["objects"]
+
+            thread = threading.Thread(target=target.start)
+            thread.start()
+            thread.join()
+            target.install_capi_crds()
+            target.install_lattice_crds()
+            child = child_kubeconfig(cell, "bench-1")
+            export_dir = base / "direct"
+            export_dir.mkdir()
+            direct_export = clusterctl("move", "--kubeconfig", str(child), "-n", "capi-bench-1",
+                                       "--to-directory", str(export_dir))
+            direct_import = clusterctl("move", "--to-kubeconfig", str(target.kubeconfig),
+                                       "--from-directory", str(export_dir))
+        finally:
+            cell.stop_operator()
+            stop_all(cell.state_dir)
+            cell.control_plane.stop()
+            target.stop()
+    total = sum(lattice.values())
+    direct = direct_export + direct_import
+    overhead = (total - direct) / direct * 100
+    print(
+        f"pivot of {objects} objects through Lattice: {total:.2f} s (export {lattice['export']:.2f}, "
+        f"transfer+import+restore {lattice['transfer_and_import']:.2f}, delete source {lattice['delete']:.2f}); "
+        f"clusterctl directly: {direct:.2f} s (export {direct_export:.2f}, import {direct_import:.2f}); "
+        f"Lattice overhead {overhead:+.0f}%"
+    )
+    for metric, value, unit in (
+        ("pivot_lattice_total", total, "s"),
+        ("pivot_lattice_export", lattice["export"], "s"),
+        ("pivot_lattice_transfer_import", lattice["transfer_and_import"], "s"),
+        ("pivot_lattice_delete_source", lattice["delete"], "s"),
+        ("pivot_clusterctl_direct", direct, "s"),
+        ("pivot_overhead", overhead, "%"),
+    ):
+        print(json.dumps({"metric": metric, "value": round(value, 3), "unit": unit}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from lattice.domain import cell, install, local_machines, models, reconcile
+from lattice.domain.models import Phase, PivotStep
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+
+
+def status(phase: Phase, **kw: object) -> models.LatticeClusterStatus:
+    return models.LatticeClusterStatus(phase=phase, **kw)  # type: ignore[arg-type]
+
+
+def test_happy_path_through_bootstrap_and_pivot() -> None:
+    s = cell.agent_connected(status(Phase.PROVISIONING), NOW)
+    assert s.phase is Phase.BOOTSTRAPPING
+    assert s.message == "agent connected; bootstrapping"
+    s = cell.bootstrap_completed(s, NOW)
+    assert (s.phase, s.pivot) == (Phase.PIVOTING, models.PivotStatus(PivotStep.EXPORTING, 1))
+    s = cell.pivot_step(s, PivotStep.TRANSFERRING, NOW, objects=10)
+    assert s.pivot is not None
+    assert (s.pivot.step, s.pivot.objects) == (PivotStep.TRANSFERRING, 10)
+    assert "attempt 1" in (s.message or "")
+    s = cell.pivot_step(s, PivotStep.IMPORTING, NOW)
+    assert s.pivot is not None
+    assert s.pivot.objects == 10
+    s = cell.pivot_succeeded(s, NOW)
+    assert s.phase is Phase.READY
+    assert cell.pivoted_away(s)
+    assert {c.type: c.status.value for c in s.conditions}["Pivoted"] == "True"
+
+
+def test_failures_retry_then_abandon() -> None:
+    s = cell.bootstrap_completed(status(Phase.BOOTSTRAPPING), NOW)
+    for attempt in range(1, cell.MAX_PIVOT_ATTEMPTS):
+        s = cell.pivot_failed(s, f"boom {attempt}", NOW)
+        assert s.phase is Phase.PIVOTING
+        assert s.pivot is not None
+        assert (s.pivot.attempt, s.pivot.last_error) == (attempt + 1, f"boom {attempt}")
+    s = cell.pivot_failed(s, "final", NOW)
+    assert s.phase is Phase.FAILED
+    assert "abandoned" in (s.message or "")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: cell.agent_connected(status(Phase.DELETING), NOW),
+        lambda: cell.bootstrap_completed(status(Phase.PROVISIONING), NOW),
+        lambda: cell.pivot_step(status(Phase.READY), PivotStep.IMPORTING, NOW),
+        lambda: cell.pivot_failed(status(Phase.PIVOTING), "x", NOW),
+    ],
+)
+def test_steps_out_of_place_are_rejected(call: object) -> None:
+    with pytest.raises(cell.StepRejected):
+        call()  # type: ignore[operator]
+
+
+def test_child_copy_and_imported_status() -> None:
+    raw = {"metadata": {"name": "c", "labels": {"a": "b"}, "uid": "u"}, "spec": {"cellRef": "mgmt"}}
+    copy = cell.child_copy(raw, cell.imported_status())
+    assert copy["metadata"] == {
+        "name": "c",
+        "annotations": {cell.PIVOTED_ANNOTATION: "mgmt"},
+        "labels": {"a": "b"},
+    }
+    assert copy["status"]["phase"] == "Ready"
+    assert cell.child_copy_file_name("c") == "LatticeCluster__c.json"
+    assert cell.parse_status({"status": {"phase": "Nope"}}) == models.LatticeClusterStatus()
+    # The child's operator sees a pivoted-in cluster as Ready even before its status is written.
+    imported = {
+        **copy,
+        "status": {},
+        "metadata": {
+            **copy["metadata"],
+            "generation": 1,
+            "resourceVersion": "1",
+            "finalizers": [reconcile.FINALIZER],
+        },
+    }
+    imported["spec"] = {
+        "cellRef": "mgmt",
+        "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
+        "nodes": {"controlPlane": 1, "workers": 1},
+    }
+    plan = reconcile.plan_cluster(imported, [], reconcile.OperatorContext(self_name="c"), NOW)
+    assert plan.status is not None
+    assert plan.status["phase"] == "Ready"
+
+
+CLUSTER = {
+    "apiVersion": "cluster.x-k8s.io/v1beta2",
+    "kind": "Cluster",
+    "metadata": {"name": "c", "namespace": "capi-c", "uid": "uid-c", "labels": {"lattice.dev/cluster": "c"}},
+    "spec": {
+        "infrastructureRef": {"apiGroup": "infrastructure.lattice.dev", "kind": "LocalCluster", "name": "c"}
+    },
+}
+
+
+def test_local_machine_decisions() -> None:
+    assert local_machines.is_local(CLUSTER)
+    assert not local_machines.is_local({"spec": {}})
+    assert not local_machines.is_paused(CLUSTER)
+    assert local_machines.is_paused({"spec": {"paused": True}, "metadata": {}})
+    assert local_machines.moving(
+        {"metadata": {"annotations": {"clusterctl.cluster.x-k8s.io/delete-for-move": ""}}}
+    )
+    obj = {
+        "kind": "KubeadmControlPlane",
+        "metadata": {"ownerReferences": [{"uid": "x", "controller": False}]},
+    }
+    patch = local_machines.owner_patch(obj, CLUSTER)
+    assert patch is not None
+    refs = patch["metadata"]["ownerReferences"]
+    assert [r["uid"] for r in refs] == ["x", "uid-c"]
+    obj["metadata"]["ownerReferences"] = refs
+    assert local_machines.owner_patch(obj, CLUSTER) is None
+    kinds = [{"kind": k} for k in ("Cluster", "Namespace", "LocalCluster", "Machine", "MachineDeployment")]
+    assert [o["kind"] for o in local_machines.owned_by_cluster(kinds)] == [
+        "LocalCluster",
+        "MachineDeployment",
+    ]
+    secret = local_machines.kubeconfig_secret(CLUSTER, b"kc")
+    assert secret["metadata"]["name"] == "c-kubeconfig"
+    assert secret["data"]["value"] == "a2M="
+    status = local_machines.cluster_status(NOW)
+    assert status["initialization"] == {"infrastructureProvisioned": True, "controlPlaneInitialized": True}
+    kcp = {
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2",
+        "kind": "KubeadmControlPlane",
+        "metadata": {"name": "c-control-plane", "uid": "k"},
+        "spec": {
+            "kubeadmConfigSpec": {
+                "files": [
+                    {
+                        "path": "/etc/lattice/ca.crt",
+                        "contentFrom": {"secret": {"name": "s", "key": "ca.crt"}},
+                    },
+                    {"path": "/x", "content": "inline"},
+                ],
+                "postKubeadmCommands": ["echo hi"],
+            }
+        },
+    }
+    machine, local_machine = local_machines.control_plane_machines(CLUSTER, kcp, "v1.36.3")
+    assert machine["metadata"]["ownerReferences"][0]["uid"] == "k"
+    assert local_machine["spec"]["providerID"] == "local://c/c-control-plane-0"
+    assert local_machines.machine_status("n")["nodeRef"] == {"name": "n"}
+    assert local_machines.bootstrap_files(kcp) == [("/etc/lattice/ca.crt", "s", "ca.crt")]
+    assert local_machines.post_kubeadm_commands(kcp) == ["echo hi"]
+    provisioned = {"status": {"initialization": {"provisioned": True}}}
+    assert local_machines.provisioned_elsewhere(provisioned, booted_here=False)
+    assert not local_machines.provisioned_elsewhere(provisioned, booted_here=True)
+    assert local_machines.local_cluster_status() == {"initialization": {"provisioned": True}}
+
+
+def test_install_resource_set_and_selectors() -> None:
+    secret, crs = install.agent_resource_set("mgmt", "kind: X\n")
+    assert secret["type"] == install.CRS_SECRET_TYPE
+    assert crs["spec"]["resources"] == [{"kind": "Secret", "name": "mgmt-lattice-agent"}]
+    labels = {"lattice.dev/cluster": "mgmt", "tier": "a"}
+    assert install.selector_matches(crs["spec"]["clusterSelector"], labels)
+    assert not install.selector_matches({"matchLabels": {"lattice.dev/cluster": "x"}}, labels)
+    assert not install.selector_matches({}, labels)
+
+    def expr(op: str, values: list[str] | None = None) -> dict[str, object]:
+        return {"matchExpressions": [{"key": "tier", "operator": op, "values": values or []}]}
+
+
+def test_cell_operator_args() -> None:
+    assert install.cell_operator_args({}, "/s") == []
+    args = install.cell_operator_args(
+        {
+            "parentConfig": {"host": "127.0.0.1", "grpcPort": 1, "bootstrapPort": 2},
+            "provider": {"type": "local"},
+        },
+        "/s",
+    )
+    assert args == [
+        "--cell-host",
+        "127.0.0.1",
+        "--bootstrap-port",
+        "2",
+        "--grpc-port",
+        "1",
+        "--bind-host",
+        "127.0.0.1",
+        "--state-dir",
+        "/s",
+        "--local-provider",
+    ]
+    named = install.cell_operator_args(
+        {"parentConfig": {"host": "cell.example"}, "provider": {"type": "aws"}}, "/s"
+    )
+    assert named[named.index("--bind-host") + 1] == "0.0.0.0"
+    assert "--local-provider" not in named
+    assert Path("/s").name == "s"
