@@ -95,7 +95,10 @@ def main() -> None:
         best = min(best, time.perf_counter() - start)
     rate = args.clusters / best
     elapsed_ms = best * 1000
-    print(f"compiled {args.clusters} clusters ({objects} objects) in {elapsed_ms:.1f} ms (best of {args.rounds})")
+    print(
+        f"compiled {args.clusters} clusters ({objects} objects) "
+        f"in {elapsed_ms:.1f} ms (best of {args.rounds})"
+    )
     print(json.dumps({"metric": "compile_throughput", "value": round(rate, 1), "unit": "clusters/s"}))
     print(
         json.dumps(

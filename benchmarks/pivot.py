@@ -38,9 +38,11 @@ def pivot_timings(log: Path, name: str) -> dict[str, float]:
 
 def clusterctl(*args: str) -> float:
     started = time.perf_counter()
-    subprocess.run(  # noqa: S603 - our clusterctl
+    subprocess.run(
         [str(locate().clusterctl), *args],
-        check=True, capture_output=True, env={**os.environ, "CLUSTERCTL_DISABLE_VERSIONCHECK": "true"},
+        check=True,
+        capture_output=True,
+        env={**os.environ, "CLUSTERCTL_DISABLE_VERSIONCHECK": "true"},
     )
     return time.perf_counter() - started
 
@@ -53,7 +55,9 @@ def main() -> None:
         target = ControlPlane.create("target", base_dir=base / "target", toolchain=toolchain)
         try:
             cell.control_plane.apply([local_cluster("bench-1", cell.name, workers=2)])
-            wait_for(lambda: cell.lc("bench-1").get("status", {}).get("phase") == "Ready", 300, "Ready", cell.log)
+            wait_for(
+                lambda: cell.lc("bench-1").get("status", {}).get("phase") == "Ready", 300, "Ready", cell.log
+            )
             lattice = pivot_timings(cell.log, "bench-1")
             objects = cell.lc("bench-1")["status"]["pivot"]["objects"]
 
@@ -65,10 +69,12 @@ def main() -> None:
             child = child_kubeconfig(cell, "bench-1")
             export_dir = base / "direct"
             export_dir.mkdir()
-            direct_export = clusterctl("move", "--kubeconfig", str(child), "-n", "capi-bench-1",
-                                       "--to-directory", str(export_dir))
-            direct_import = clusterctl("move", "--to-kubeconfig", str(target.kubeconfig),
-                                       "--from-directory", str(export_dir))
+            direct_export = clusterctl(
+                "move", "--kubeconfig", str(child), "-n", "capi-bench-1", "--to-directory", str(export_dir)
+            )
+            direct_import = clusterctl(
+                "move", "--to-kubeconfig", str(target.kubeconfig), "--from-directory", str(export_dir)
+            )
         finally:
             cell.stop_operator()
             stop_all(cell.state_dir)
@@ -79,7 +85,8 @@ def main() -> None:
     overhead = (total - direct) / direct * 100
     print(
         f"pivot of {objects} objects through Lattice: {total:.2f} s (export {lattice['export']:.2f}, "
-        f"transfer+import+restore {lattice['transfer_and_import']:.2f}, delete source {lattice['delete']:.2f}); "
+        f"transfer+import+restore {lattice['transfer_and_import']:.2f}, "
+        f"delete source {lattice['delete']:.2f}); "
         f"clusterctl directly: {direct:.2f} s (export {direct_export:.2f}, import {direct_import:.2f}); "
         f"Lattice overhead {overhead:+.0f}%"
     )

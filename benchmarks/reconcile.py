@@ -49,13 +49,29 @@ def peak_rss_mb(pid: int) -> float:
 async def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, float]:
     api = await Kr8sKube.connect(str(cp.kubeconfig))
     log = (workdir / "operator.log").open("wb")
-    operator = subprocess.Popen(  # noqa: S603 - our own CLI
+    operator = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
         [
-            sys.executable, "-m", "lattice.app.cli", "operator", "--kubeconfig", str(cp.kubeconfig),
-            "--cluster-name", "mgmt", "--cell-endpoint", "10.0.0.1", "--no-leader-elect",
-            "--workers", str(args.workers), "--health-port", str(free_port()), "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "lattice.app.cli",
+            "operator",
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "--cluster-name",
+            "mgmt",
+            "--cell-endpoint",
+            "10.0.0.1",
+            "--no-leader-elect",
+            "--workers",
+            str(args.workers),
+            "--health-port",
+            str(free_port()),
+            "--log-level",
+            "warning",
         ],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     created: dict[str, float] = {}
     applied: dict[str, float] = {}
