@@ -18,7 +18,7 @@ from attrs import define
 
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane, free_port
-from lattice.app.local_provider import stop_all
+from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, stop_all
 
 
 @define
@@ -147,19 +147,34 @@ def start_cell(toolchain: Toolchain, base: Path, name: str = "mgmt") -> Cell:
     thread = threading.Thread(target=cp.start)
     thread.start()
     thread.join()
-    cp.install_capi_crds()
+    cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
     cp.install_lattice_crds()
     cell = Cell(name, cp, base / "state", free_port(), free_port())
     cell.start_operator()
     return cell
 
 
+def _stop(c: Cell) -> None:
+    c.stop_operator()
+    stop_all(c.state_dir)
+    c.control_plane.stop()
+
+
+@pytest.fixture(scope="module")
+def cell(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
+    """One cell shared by a module's tests (each uses its own cluster names)."""
+    c = start_cell(toolchain, tmp_path_factory.mktemp("cell"))
+    try:
+        yield c
+    finally:
+        _stop(c)
+
+
 @pytest.fixture
-def cell(toolchain: Toolchain, tmp_path: Path) -> Iterator[Cell]:
+def own_cell(toolchain: Toolchain, tmp_path: Path) -> Iterator[Cell]:
+    """A cell for one test (for tests that destroy it)."""
     c = start_cell(toolchain, tmp_path)
     try:
         yield c
     finally:
-        c.stop_operator()
-        stop_all(c.state_dir)
-        c.control_plane.stop()
+        _stop(c)

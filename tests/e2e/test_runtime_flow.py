@@ -93,7 +93,8 @@ def test_child_is_provisioned_pivoted_and_manages_itself(cell: Cell, toolchain: 
     assert "child-1" not in cell.kubectl("get", CAPI_KINDS, "-A", "-o", "name", check=False)
 
 
-def test_child_survives_the_deletion_of_its_cell(cell: Cell, toolchain: Toolchain) -> None:
+def test_child_survives_the_deletion_of_its_cell(own_cell: Cell, toolchain: Toolchain) -> None:
+    cell = own_cell
     cell.control_plane.apply([local_cluster("orphan-1", cell.name, workers=1)])
     wait_for(lambda: phase(cell, "orphan-1") == "Ready", 240, "orphan-1 Ready", cell.log)
     child = child_kubeconfig(cell, "orphan-1")

@@ -34,7 +34,7 @@ from lattice.adapters import pki
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.app import yamlio
-from lattice.app.local_provider import stop_all
+from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, stop_all
 from lattice.app.operator.cell_runtime import load_or_create_ca
 from lattice.domain import agent_payload, capi, crds, install, models, serde, validation
 
@@ -123,7 +123,7 @@ class Installer:
 
     def _crds(self, cp: ControlPlane) -> None:
         self.progress.step(install.Step.CRDS, "Cluster API (labelled as clusterctl init does) and Lattice")
-        cp.install_capi_crds()
+        cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
         cp.install_lattice_crds()
 
     def _bootstrap_operator(self, cp: ControlPlane) -> dict[str, int]:

@@ -53,6 +53,8 @@ log = logging.getLogger("lattice.local_provider")
 
 CLUSTER_API_VERSION = f"{capi.CLUSTER_API}/v1beta2"
 WORKLOADS = ("lattice-agent", "lattice-operator")
+# What a cluster managed through the local provider needs of Cluster API (no cloud providers).
+LOCAL_CAPI_PROVIDERS = ("cluster-api", "bootstrap-kubeadm", "control-plane-kubeadm", "clusterctl")
 
 
 @define
@@ -243,7 +245,7 @@ class LocalProvider:
         # Started from a worker thread: the processes do not die with this process, like machines.
         await asyncio.to_thread(control_plane.start, 120.0)
         control_plane.detach()
-        await asyncio.to_thread(control_plane.install_capi_crds)
+        await asyncio.to_thread(control_plane.install_capi_crds, LOCAL_CAPI_PROVIDERS)
         await asyncio.to_thread(control_plane.install_lattice_crds)
         machine = Machine(name=name, control_plane=control_plane)
         self.machines[name] = machine
