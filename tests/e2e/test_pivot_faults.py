@@ -96,11 +96,10 @@ def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) 
 
     wait_for(edge_ready, 300, "edge-1 Ready on region-1")
     # The grandchild's agent dials its direct parent (region-1's ports), not the root cell.
-    machines = sorted(
-        Path(region).parent.glob("pods/lattice-operator/state/local-provider/machines/edge-1-*")
-    )
-    assert machines, "region-1's own local provider booted edge-1"
-    agent_log = (machines[-1] / "pods" / "lattice-agent.log").read_text()
+    machines = Path(region).parent / "pods" / "lattice-operator" / "state" / "local-provider" / "machines"
+    booted = sorted(machines.glob("edge-1-*/admin.kubeconfig"))
+    assert booted, "region-1's own local provider booted edge-1"
+    agent_log = (booted[-1].parent / "pods" / "lattice-agent.log").read_text()
     assert f"127.0.0.1:{grpc}" in agent_log
     assert f"127.0.0.1:{cell.grpc_port}" not in agent_log
     # The root cell never saw edge-1.
