@@ -9,7 +9,7 @@ Direct: the same cluster's objects (now in the child) moved with clusterctl alon
 `--to-directory` then `--from-directory` into a fresh control plane, timed the same way.
 
 Target (issue 7): Lattice's pivot < 3 s, and its overhead over the direct move <= 20%.
-Usage: python benchmarks/pivot.py
+Usage: PYTHONPATH=. python benchmarks/pivot.py
 """
 
 from __future__ import annotations
