@@ -13,6 +13,11 @@ the :class:`~lattice.ports.agent.AgentChannel` port:
   sent again when the agent comes back (agents answer a repeated id from memory);
 * **heartbeats** - acknowledged with HeartbeatAck; a sweeper marks an agent LOST after
   ``max_missed`` missed heartbeats and closes its stream (UNAVAILABLE);
+* **discovery** - with a :class:`~lattice.ports.discovery.CellDiscoveryHandler`, service
+  announcements, catalog syncs and queries go to it (malformed ones are logged and ignored; a
+  malformed query with an id gets a ``found=false`` answer) and what it returns is sent to the
+  clusters it names (dropped for clusters not connected); a stream's end (not its supersession)
+  is reported to it. Without one, queries are answered "not enabled";
 * **status** - every change of connection, state, versions or health goes to the
   :class:`~lattice.ports.agent.AgentStatusSink` (heartbeat timestamps alone do not, so a large
   fleet does not turn into a stream of status writes).
@@ -42,9 +47,11 @@ from attrs import define, evolve, field
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from lattice.adapters import agent_wire
+from lattice.adapters import agent_wire, discovery_wire
 from lattice.domain import agent, agent_identity, heartbeat
+from lattice.domain.discovery import messages as discovery
 from lattice.ports.agent import AgentChannel, AgentNotConnected, AgentStatusSink, CommandTimeout
+from lattice.ports.discovery import CellDiscoveryHandler
 from lattice.proto.agent.v1 import agent_grpc
 from lattice.proto.agent.v1 import agent_pb2 as pb
 
@@ -100,8 +107,10 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         wall: Callable[[], dt.datetime] = _utcnow,
         new_command_id: Callable[[], str] = _new_command_id,
         max_message_bytes: int = agent_wire.DEFAULT_MAX_AGENT_MESSAGE,
+        discovery: CellDiscoveryHandler | None = None,
     ) -> None:
         self._sink = sink
+        self._discovery = discovery
         self._policy = heartbeat_policy or heartbeat.HeartbeatPolicy()
         self._monotonic = monotonic
         self._wall = wall
@@ -296,6 +305,13 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             return
         del self._sessions[session.cluster]
         self._last_seen.pop(session.cluster, None)
+        if self._discovery is not None:
+            try:
+                await self._discovery.on_disconnect(session.cluster)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("discovery could not forget the services of %s", session.cluster)
         if session.cluster in self._lost:
             return  # keep LOST: it says more than DISCONNECTED
         try:
@@ -317,26 +333,73 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         elif kind == "cluster_deleting":
             reason = message.cluster_deleting.reason or "deleting"
             await self._update(cluster, deleting_reason=reason)
-        elif kind == "service_query":
-            query = message.service_query
-            await self._send(
-                session,
-                pb.CellCommand(
-                    service_query_response=pb.ServiceQueryResponse(
-                        query_id=query.query_id,
-                        found=False,
-                        error_message=SERVICE_DISCOVERY_DISABLED,
-                    )
-                ),
-            )
-        elif kind in {"service_announcement", "catalog_sync"}:
-            log.debug("cluster %s sent %s; %s", cluster, kind, SERVICE_DISCOVERY_DISABLED)
+        elif kind in discovery_wire.AGENT_DISCOVERY_KINDS:
+            await self._on_discovery(session, message)
         else:
             reply = agent_wire.reply_from_pb(message)
             if reply is None:
                 log.debug("cluster %s sent a message of an unknown kind; ignored", cluster)
                 return
             await self._on_reply(cluster, reply)
+
+    async def _on_discovery(self, session: _Session, message: pb.AgentMessage) -> None:
+        cluster = session.cluster
+        query_id = message.service_query.query_id if message.HasField("service_query") else ""
+        if self._discovery is None:
+            if message.HasField("service_query"):
+                await self._answer_query(session, query_id, SERVICE_DISCOVERY_DISABLED)
+            else:
+                log.debug("cluster %s sent a discovery message; %s", cluster, SERVICE_DISCOVERY_DISABLED)
+            return
+        try:
+            decoded = discovery_wire.agent_message_from_pb(message)
+        except discovery_wire.DiscoveryWireError as exc:
+            log.warning("cluster %s sent a malformed discovery message (%s); ignored", cluster, exc)
+            if query_id:
+                await self._answer_query(session, query_id, f"malformed query: {exc}")
+            return
+        if decoded is None:  # pragma: no cover - only called for discovery payloads
+            return
+        try:
+            outgoing = await self._discovery.on_message(cluster, decoded)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("discovery failed on a message from %s", cluster)
+            if query_id:
+                await self._answer_query(session, query_id, "internal error in the cell's catalog")
+            return
+        for target, item in outgoing:
+            if target == cluster:
+                await self._send(session, discovery_wire.cell_message_to_pb(item))
+            else:
+                await self.send_discovery(target, item)
+
+    async def _answer_query(self, session: _Session, query_id: str, error: str) -> None:
+        await self._send(
+            session,
+            pb.CellCommand(
+                service_query_response=pb.ServiceQueryResponse(
+                    query_id=query_id, found=False, error_message=error
+                )
+            ),
+        )
+
+    async def send_discovery(self, cluster: str, message: discovery.CellDiscoveryMessage) -> bool:
+        """Push a discovery message to a connected cluster; False if not connected or it failed
+        (never raises: a dependant that is down re-queries when it comes back)."""
+        session = self._sessions.get(cluster)
+        if session is None or not session.attached:
+            log.debug("dropped a %s for %s: not connected", type(message).__name__, cluster)
+            return False
+        try:
+            await self._send(session, discovery_wire.cell_message_to_pb(message))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("could not push a %s to %s: %r", type(message).__name__, cluster, exc)
+            return False
+        return True
 
     async def _on_heartbeat(self, session: _Session, beat: pb.Heartbeat) -> None:
         cluster = session.cluster

@@ -39,11 +39,13 @@ import grpclib.config
 from attrs import field, frozen
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from lattice.adapters import agent_wire
+from lattice.adapters import agent_wire, discovery_wire
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff, jittered
+from lattice.domain.discovery import messages as discovery
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.ports.agent import ClusterProbe, ManifestApplier, PivotImporter
+from lattice.ports.discovery import AgentDiscoveryHandler, ParentUnavailable
 from lattice.proto.agent.v1 import agent_grpc
 from lattice.proto.agent.v1 import agent_pb2 as pb
 
@@ -88,6 +90,7 @@ class AgentRunner:
         wall: Callable[[], dt.datetime] = _utcnow,
         on_heartbeat_rtt: Callable[[float], None] | None = None,
         on_connected: Callable[[], None] | None = None,
+        discovery: AgentDiscoveryHandler | None = None,
     ) -> None:
         self.settings = settings
         self._ssl = ssl_context
@@ -99,6 +102,7 @@ class AgentRunner:
         self._wall = wall
         self._on_rtt = on_heartbeat_rtt
         self._on_connected = on_connected
+        self._discovery = discovery
         self._stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand] | None = None
         self._send_lock = asyncio.Lock()
         self._done: OrderedDict[str, agent.Reply] = OrderedDict()
@@ -164,6 +168,7 @@ class AgentRunner:
             ),
         )
         established = False
+        discovery_task: asyncio.Task[None] | None = None
         try:
             stream = agent_grpc.LatticeAgentStub(channel).Connect.open()
             async with stream:
@@ -175,6 +180,10 @@ class AgentRunner:
                 self.last_error = None
                 if self._on_connected is not None:
                     self._on_connected()
+                if self._discovery is not None:
+                    discovery_task = asyncio.create_task(
+                        self._discovery_connected(self._discovery), name="agent-discovery-sync"
+                    )
                 await self._serve(stream, stop)
         except asyncio.CancelledError:
             raise
@@ -194,8 +203,32 @@ class AgentRunner:
             self._note_error(f"{type(exc).__name__}: {exc}")
         finally:
             self._stream = None
+            if discovery_task is not None:
+                discovery_task.cancel()
+            if established and self._discovery is not None:
+                try:
+                    self._discovery.on_disconnected()
+                except Exception:
+                    log.exception("discovery failed to handle the end of the stream")
             channel.close()
         return established
+
+    async def _discovery_connected(self, handler: AgentDiscoveryHandler) -> None:
+        try:
+            await handler.on_connected()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("discovery failed to resynchronise with the parent")
+
+    async def send_discovery(self, message: discovery.AgentDiscoveryMessage) -> None:
+        """Send a discovery message to the parent; ParentUnavailable without a working stream."""
+        try:
+            await self._send(discovery_wire.agent_message_to_pb(self.settings.cluster_name, message))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ParentUnavailable(f"cannot send to the parent: {exc}") from exc
 
     def _note_error(self, message: str) -> None:
         self.last_error = message
@@ -313,8 +346,8 @@ class AgentRunner:
             if sent is not None and self._on_rtt is not None:
                 self._on_rtt(self._last_ack - sent)
             return
-        if kind in {"service_query_response", "remote_service_update"}:
-            log.debug("received %s; service discovery is not wired into this agent yet", kind)
+        if kind in discovery_wire.CELL_DISCOVERY_KINDS:
+            await self._on_discovery(message)
             return
         command_id = message.command_id
         if not command_id:
@@ -335,6 +368,24 @@ class AgentRunner:
         task = asyncio.create_task(self._execute(command_id, command))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _on_discovery(self, message: pb.CellCommand) -> None:
+        if self._discovery is None:
+            log.debug("received a discovery message; service discovery is not enabled here")
+            return
+        try:
+            decoded = discovery_wire.cell_message_from_pb(message)
+        except discovery_wire.DiscoveryWireError as exc:
+            log.warning("the parent sent a malformed discovery message (%s); ignored", exc)
+            return
+        if decoded is None:  # pragma: no cover - only called for discovery payloads
+            return
+        try:
+            await self._discovery.on_message(decoded)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("discovery failed on a %s from the parent", type(decoded).__name__)
 
     async def _execute(self, command_id: str, command: agent.Command) -> None:
         try:

@@ -37,3 +37,43 @@ class ParentChannel(Protocol):
     async def sync(self, sync: messages.ServiceCatalogSync) -> None:
         """Send a catalog sync (fire and forget; raises ParentUnavailable without a stream)."""
         ...
+
+
+Addressed = tuple[str, messages.CellDiscoveryMessage]
+"""A message for the agent of a cluster: ``(cluster, message)``."""
+
+
+class CellDiscoveryHandler(Protocol):
+    """The cell's discovery service, as the agent streams see it (cell side).
+
+    ``cluster`` is always the stream's authenticated cluster name, never a name from the message.
+    Implementations must not raise for bad or unexpected input; the stream adapter logs and
+    ignores what they raise anyway.
+    """
+
+    async def on_message(
+        self, cluster: str, message: messages.AgentDiscoveryMessage
+    ) -> list[Addressed]:
+        """Handle one message; return what to send to which cluster (dropped if not connected)."""
+        ...
+
+    async def on_disconnect(self, cluster: str) -> None:
+        """The cluster's stream ended (not a stream superseded by a newer one of the same cluster)."""
+        ...
+
+
+class AgentDiscoveryHandler(Protocol):
+    """The agent's discovery service, as the agent's stream sees it (agent side)."""
+
+    async def on_connected(self) -> None:
+        """A stream was established (first connect or reconnect). Runs as its own task, so it may
+        send and wait for answers; it is cancelled when that stream ends."""
+        ...
+
+    def on_disconnected(self) -> None:
+        """The stream ended: wake every waiter (they get ParentUnavailable)."""
+        ...
+
+    async def on_message(self, message: messages.CellDiscoveryMessage) -> None:
+        """A ServiceQueryResponse or RemoteServiceUpdate arrived; must not block for long."""
+        ...

@@ -180,6 +180,31 @@ class DiscoveryCoordinator:
             count += 1
         return count
 
+    async def requery_cached(self) -> int:
+        """Ask the parent again about every cached service (after a reconnect: the parent dropped
+        this cluster's watches with its stream, and a query re-establishes them). Returns how
+        many were asked; failures keep the cached data."""
+        count = 0
+        for environment, name in sorted(self._cache.snapshot()):
+            if not self._connected:
+                break
+            caller = (sorted(self._callers.get((environment, name), ())) or [""])[0]
+            answer = await self._ask_parent(environment, name, caller)
+            now = self._clock.monotonic()
+            decision = resolution.decide(
+                environment,
+                name,
+                caller,
+                self._cache.get(environment, name),
+                answer,
+                now,
+                self._config.refresh_interval,
+            )
+            if decision.cache_insert is not None:
+                self._cache.insert(decision.cache_insert, now)
+            count += 1
+        return count
+
     async def _ask_parent(
         self, environment: str, name: str, requesting_service: str
     ) -> resolution.ParentAnswer:
