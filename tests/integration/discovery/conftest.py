@@ -24,6 +24,7 @@ from lattice.domain.discovery.messages import AgentDiscoveryMessage
 from lattice.domain.discovery.naming import ClusterContext
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.domain.services import ValidService
+from lattice.ports.discovery import CellDiscoveryHandler
 from tests.integration.agent.conftest import Pki
 
 BASE_DOMAIN = "lattice.example.com"
@@ -63,12 +64,14 @@ class DiscoveryCell:
 
 
 @contextlib.asynccontextmanager
-async def discovery_cell(pki: Pki) -> AsyncIterator[DiscoveryCell]:
+async def discovery_cell(
+    pki: Pki, handler: Callable[[CatalogService], CellDiscoveryHandler] = CatalogStreamHandler
+) -> AsyncIterator[DiscoveryCell]:
     service = CatalogService(ServiceCatalog("cell"), SystemClock())
     hub = agent_cell.AgentHub(
         sink=agent_local.InMemoryAgentStatusSink(),
         heartbeat_policy=HeartbeatPolicy(interval=0.5),
-        discovery=CatalogStreamHandler(service),
+        discovery=handler(service),
     )
     server = agent_cell.CellGrpcServer(hub, pki.server_context())
     await server.start()

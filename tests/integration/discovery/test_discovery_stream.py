@@ -9,10 +9,18 @@ import uuid
 import pytest
 
 from lattice.adapters import tls
-from lattice.domain.discovery.messages import ServiceQuery
+from lattice.app.discovery.stream import CatalogStreamHandler
+from lattice.domain.discovery.messages import (
+    AgentDiscoveryMessage,
+    RemoteServiceUpdate,
+    ServiceAnnouncement,
+    ServicePort,
+    ServiceQuery,
+)
 from lattice.domain.discovery.plan import DependencyState, plan_service_resources
-from lattice.domain.discovery.resolution import NotAllowed, Resolved, Source
+from lattice.domain.discovery.resolution import NotAllowed, NotFound, Resolved, Source
 from lattice.domain.services import ValidService
+from lattice.ports.discovery import Addressed
 from lattice.proto.agent.v1 import agent_pb2 as pb
 from tests.integration.agent.conftest import Pki
 from tests.integration.agent.h2raw import raw_h2
@@ -230,3 +238,59 @@ async def test_malformed_discovery_messages_do_not_end_the_stream(cell_pki: Pki)
         assert second.service_query_response.service.source_cluster == "raw-1"
         assert cell.catalog.get("prod", "api") is None  # the malformed and the foreign ones
         assert "raw-1" in cell.hub.connected()
+
+
+class BrokenCatalog(CatalogStreamHandler):
+    """A discovery handler whose catalog fails: the streams must not care."""
+
+    async def on_message(self, cluster: str, message: AgentDiscoveryMessage) -> list[Addressed]:
+        raise RuntimeError("catalog exploded")
+
+    async def on_disconnect(self, cluster: str) -> None:
+        raise RuntimeError("catalog exploded on disconnect")
+
+
+async def test_a_failing_catalog_ends_no_stream(cell_pki: Pki) -> None:
+    async with discovery_cell(cell_pki, BrokenCatalog) as cell:
+        async with discovery_agent(cell_pki, "cluster-b", cell.port, [frontend()]) as b:
+            await synced(cell, b)
+            answer = await b.parent.query(query("api", "frontend"))
+            assert not answer.found
+            assert "internal error" in answer.error_message
+            result = await b.coordinator.resolve_unknown("prod", "api", "frontend")
+            assert isinstance(result, NotFound)
+            assert "cluster-b" in cell.hub.connected()
+            assert b.runner.connects == 1
+        # the handler's failure on disconnect is logged; the hub forgets the stream anyway
+        await wait_until(lambda: "cluster-b" not in cell.hub.connected(), what="detached")
+
+
+async def test_the_agent_ignores_malformed_pushes_and_pushes_to_absent_clusters_are_dropped(
+    cell_pki: Pki,
+) -> None:
+    async with (
+        discovery_cell(cell_pki) as cell,
+        discovery_agent(cell_pki, "cluster-b", cell.port, [frontend()]) as b,
+    ):
+        await synced(cell, b)
+        bad = RemoteServiceUpdate((ServiceAnnouncement(environment="prod", service_name=""),))
+        assert await cell.hub.send_discovery("cluster-b", bad)
+        good = RemoteServiceUpdate(
+            (
+                ServiceAnnouncement(
+                    environment="prod",
+                    service_name="api",
+                    ports=(ServicePort("http", 8080, "HTTP"),),
+                    allowed_callers=("frontend",),
+                    source_cluster="cluster-a",
+                    qualified_dns_name="api.prod.cluster-a.lattice.example.com",
+                    gateway_endpoint="gateway.cluster-a.lattice.example.com:443",
+                    version=1,
+                ),
+            )
+        )
+        assert await cell.hub.send_discovery("cluster-b", good)
+        await wait_until(lambda: b.discovery.updates == 1, what="the good update")
+        assert b.coordinator.cache.get("prod", "api") is not None
+        assert b.runner.connects == 1  # the malformed push did not break the stream
+        assert not await cell.hub.send_discovery("cluster-z", good)
