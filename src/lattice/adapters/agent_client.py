@@ -16,7 +16,11 @@ that finished while the stream was down. Then:
   replies carry the command's id; a repeated id is answered from memory, not run again; a pivot
   already imported (same ``pivot_id``) is not imported twice;
 * after a stream ends, it reconnects with jittered exponential backoff (reset once a stream
-  was established).
+  was established);
+* with a :class:`~lattice.ports.discovery.AgentDiscoveryHandler`: ``on_connected`` runs as a
+  task after each established stream (cancelled with it), discovery commands from the cell go to
+  ``on_message`` (malformed ones are logged and ignored), ``on_disconnected`` when the stream
+  ends; :meth:`AgentRunner.send_discovery` sends up (``ParentUnavailable`` without a stream).
 
 Independence from the parent (spec): losing the parent only produces log lines; nothing in the
 cluster depends on this loop.
