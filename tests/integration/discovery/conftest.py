@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 import pytest
@@ -108,6 +108,8 @@ async def discovery_agent(
     *,
     refresh_interval: float = 300.0,
     query_timeout: float = 5.0,
+    local_services: Callable[[], Awaitable[list[ValidService]]] | None = None,
+    on_changes: Callable[[CacheChanges], Awaitable[None]] | None = None,
 ) -> AsyncIterator[DiscoveryAgent]:
     ctx = ClusterContext(cluster_name=cluster, base_domain=BASE_DOMAIN)
     runner: agent_client.AgentRunner | None = None
@@ -128,10 +130,12 @@ async def discovery_agent(
     async def services() -> list[ValidService]:
         return list(local)
 
-    async def on_changes(change: CacheChanges) -> None:
+    async def record(change: CacheChanges) -> None:
         changes.append(change)
+        if on_changes is not None:
+            await on_changes(change)
 
-    handler = AgentDiscovery(coordinator, parent, services, on_changes)
+    handler = AgentDiscovery(coordinator, parent, local_services or services, record)
     runner = agent_client.AgentRunner(
         agent_client.AgentSettings(
             cluster_name=cluster,
