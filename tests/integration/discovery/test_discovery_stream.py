@@ -3,13 +3,14 @@ two real agents (clusters A and B), mutual TLS on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
 
 from lattice.adapters import tls
-from lattice.app.discovery.stream import CatalogStreamHandler
+from lattice.app.discovery.stream import CatalogStreamHandler, every
 from lattice.domain.discovery.messages import (
     AgentDiscoveryMessage,
     RemoteServiceUpdate,
@@ -40,9 +41,18 @@ def frontend() -> ValidService:
     return svc("frontend", ports=HTTP, outbound=("api",))
 
 
-async def synced(cell: DiscoveryCell, agent: DiscoveryAgent, count: int = 1) -> None:
+async def synced(
+    cell: DiscoveryCell, agent: DiscoveryAgent, count: int = 1, *, in_catalog: bool = True
+) -> None:
     await wait_until(lambda: agent.discovery.syncs >= count, what=f"{agent.cluster} sync #{count}")
     await wait_until(lambda: agent.cluster in cell.hub.connected(), what=f"{agent.cluster} attached")
+    if not in_catalog:
+        return
+    # the sync was sent; the cell handles it on its own stream task
+    await wait_until(
+        lambda: len(cell.catalog.services_of(agent.cluster)) == len(agent.local),
+        what=f"{agent.cluster}'s services in the catalog",
+    )
 
 
 def query(service: str, caller: str) -> ServiceQuery:
@@ -253,7 +263,7 @@ class BrokenCatalog(CatalogStreamHandler):
 async def test_a_failing_catalog_ends_no_stream(cell_pki: Pki) -> None:
     async with discovery_cell(cell_pki, BrokenCatalog) as cell:
         async with discovery_agent(cell_pki, "cluster-b", cell.port, [frontend()]) as b:
-            await synced(cell, b)
+            await synced(cell, b, in_catalog=False)
             answer = await b.parent.query(query("api", "frontend"))
             assert not answer.found
             assert "internal error" in answer.error_message
@@ -294,3 +304,51 @@ async def test_the_agent_ignores_malformed_pushes_and_pushes_to_absent_clusters_
         assert b.coordinator.cache.get("prod", "api") is not None
         assert b.runner.connects == 1  # the malformed push did not break the stream
         assert not await cell.hub.send_discovery("cluster-z", good)
+
+
+async def test_periodic_refresh_and_full_sync_repair_lost_state(cell_pki: Pki) -> None:
+    async with (
+        discovery_cell(cell_pki) as cell,
+        discovery_agent(cell_pki, "cluster-a", cell.port, [api("frontend")]) as a,
+        discovery_agent(cell_pki, "cluster-b", cell.port, [frontend()]) as b,
+    ):
+        await synced(cell, a)
+        await synced(cell, b)
+        assert isinstance(await b.coordinator.resolve_unknown("prod", "api", "frontend"), Resolved)
+        handler = CatalogStreamHandler(cell.service)
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(
+                every(0.1, lambda: handler.refresh(cell.hub.connected(), cell.hub.send_discovery), stop)
+            ),
+            asyncio.create_task(every(0.1, a.discovery.periodic, stop)),
+        ]
+        try:
+            # B lost its copy (say, a restart without the push): the cell's refresh brings it back
+            b.coordinator.cache.remove("prod", "api")
+            await wait_until(lambda: b.coordinator.cache.get("prod", "api") is not None, what="refresh")
+            # the cell lost A's services while A stayed connected: A's periodic full sync repairs it
+            cell.catalog.remove_cluster("cluster-a")
+            await wait_until(lambda: cell.catalog.get("prod", "api") is not None, what="full sync")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        assert await a.discovery.periodic()
+        assert cell.hub.disconnect("cluster-a", "test")
+        await wait_until(lambda: not a.parent.connected, what="A disconnected")
+        assert not await a.discovery.periodic()
+
+
+async def test_a_failing_periodic_round_is_retried() -> None:
+    rounds: list[int] = []
+
+    async def flaky() -> None:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise RuntimeError("first round fails")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(every(0.01, flaky, stop))
+    await wait_until(lambda: len(rounds) >= 3, what="three rounds")
+    stop.set()
+    await task

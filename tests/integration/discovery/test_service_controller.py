@@ -128,6 +128,7 @@ async def test_reconciles_services_into_generated_objects(apiserver: ControlPlan
         ) as b,
     ):
         await wait_until(lambda: a.discovery.syncs >= 1 and b.discovery.syncs >= 1, what="synced")
+        await wait_until(lambda: cell.catalog.get("prod", "api") is not None, what="api in the catalog")
         controller = ServiceController(api, b.coordinator, b.context, resync_s=30)
         controllers.append(controller)
         for doc in (

@@ -19,7 +19,8 @@ query fails at once; a RemoteServiceUpdate goes into the cache and ``on_changes`
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol
 
 import anyio
 
@@ -50,11 +51,46 @@ class CatalogStreamHandler:
     def __init__(self, service: CatalogService) -> None:
         self.service = service
 
+    async def refresh(
+        self, connected: Iterable[str], push: Callable[[str, CellDiscoveryMessage], Awaitable[bool]]
+    ) -> int:
+        """One round of the periodic refresh: push to every connected cluster what it depends on
+        (incremental, so a service whose owner is merely disconnected stays in the child's cache).
+        Returns how many pushes were delivered."""
+        delivered = 0
+        for cluster in sorted(connected):
+            outgoing = self.service.refresh(cluster)
+            if outgoing is not None and await push(outgoing.cluster, outgoing.message):
+                delivered += 1
+        return delivered
+
     async def on_message(self, cluster: str, message: AgentDiscoveryMessage) -> list[Addressed]:
         return [(o.cluster, o.message) for o in self.service.handle_agent_message(cluster, message)]
 
     async def on_disconnect(self, cluster: str) -> None:
         self.service.on_disconnect(cluster)
+
+
+class StopSignal(Protocol):
+    """An ``asyncio.Event`` or an ``anyio.Event``."""
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> object: ...
+
+
+async def every(interval: float, action: Callable[[], Awaitable[object]], stop: StopSignal) -> None:
+    """Run ``action`` every ``interval`` seconds until ``stop`` is set; a failing round is logged
+    and the next one runs as planned."""
+    while True:
+        with anyio.move_on_after(interval):
+            await stop.wait()
+        if stop.is_set():
+            return
+        try:
+            await action()
+        except Exception:
+            log.exception("periodic discovery task failed; retrying in %.1f s", interval)
 
 
 class StreamParent:
@@ -135,6 +171,15 @@ class AgentDiscovery:
         asked = await self.coordinator.requery_cached()
         log.info("resynchronised with the parent (catalog sent: %s, re-queried %d)", synced, asked)
         self.syncs += 1
+
+    async def periodic(self) -> bool:
+        """One round of the periodic reconciliation (every 5 minutes): a full catalog sync and a
+        refresh of stale cached entries. False (and nothing sent) without a stream."""
+        if not self.parent.connected:
+            return False
+        synced = await self.coordinator.sync_catalog(await self._local_services())
+        await self.coordinator.refresh_stale()
+        return synced
 
     def on_disconnected(self) -> None:
         self.coordinator.on_parent_disconnected()
