@@ -16,14 +16,17 @@ from typing import Any
 
 import pytest
 
+from lattice.adapters.clock import SystemClock
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.app.discovery.coordinator import DiscoveryConfig, DiscoveryCoordinator
 from lattice.app.discovery.service_controller import (
     GENERATED_KINDS,
     MANAGED_SELECTOR,
     ServiceController,
 )
 from lattice.domain.discovery.cache import CacheChanges
+from lattice.domain.discovery.naming import ClusterContext
 from lattice.domain.services import ValidService
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
@@ -203,3 +206,33 @@ async def _eventually(probe: Any, check: Any, what: str, within: float = 30.0) -
                 return last
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+async def test_kinds_the_server_does_not_serve_are_reported_not_fatal(control_plane_factory: Any) -> None:
+    """A fresh API server with the Lattice CRDs only (no mesh, no Gateway API): the pass reports
+    every object it could not apply, still writes status, and a cluster without a parent
+    (coordinator without a channel) plans its callee side alone."""
+    cp: ControlPlane = control_plane_factory.one()
+    cp.install_lattice_crds()
+    cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}])
+    api = await Kr8sKube.connect(str(cp.kubeconfig))
+    ctx = ClusterContext(cluster_name="root", base_domain="lattice.example.com")
+    coordinator = DiscoveryCoordinator(DiscoveryConfig(ctx), None, SystemClock(), lambda: uuid.uuid4().hex)
+    controller = ServiceController(api, coordinator, ctx)
+    await api.create(service_doc("web", ports=HTTP, inbound=("*",), resource_version=None))
+    await api.create(service_doc("frontend", ports=HTTP, outbound=("api",), resource_version=None))
+
+    report = await controller.reconcile()
+    assert report.valid == 2
+    assert report.applied == 0
+    assert {e.split(":")[0] for e in report.errors} == {
+        "apply Gateway shop/shop-cross-cluster-gateway",
+        "apply HTTPRoute shop/web-cross-cluster-route",
+        "apply DNSEndpoint shop/web-prod-dns",
+    }
+    web = await _status(api, "shop", "web")
+    assert web["phase"] == "Ready"
+    frontend = await _status(api, "shop", "frontend")
+    assert frontend["phase"] == "Pending"
+    assert "api: Unknown" in frontend["message"]
+    assert sorted(s.name for s in await controller.local_services()) == ["frontend", "web"]
