@@ -7,12 +7,15 @@ import asyncio
 import time
 import uuid
 
+import attrs
 import pytest
 
-from lattice.adapters import tls
-from lattice.app.discovery.stream import CatalogStreamHandler, every
+from lattice.adapters import agent_client, agent_local, tls
+from lattice.app.discovery.stream import AgentDiscovery, CatalogStreamHandler, every
+from lattice.domain import agent
 from lattice.domain.discovery.messages import (
     AgentDiscoveryMessage,
+    CellDiscoveryMessage,
     RemoteServiceUpdate,
     ServiceAnnouncement,
     ServicePort,
@@ -21,7 +24,7 @@ from lattice.domain.discovery.messages import (
 from lattice.domain.discovery.plan import DependencyState, plan_service_resources
 from lattice.domain.discovery.resolution import NotAllowed, NotFound, Resolved, Source
 from lattice.domain.services import ValidService
-from lattice.ports.discovery import Addressed
+from lattice.ports.discovery import Addressed, ParentUnavailable
 from lattice.proto.agent.v1 import agent_pb2 as pb
 from tests.integration.agent.conftest import Pki
 from tests.integration.agent.h2raw import raw_h2
@@ -334,9 +337,9 @@ async def test_periodic_refresh_and_full_sync_repair_lost_state(cell_pki: Pki) -
             stop.set()
             await asyncio.gather(*tasks)
         assert await a.discovery.periodic()
-        assert cell.hub.disconnect("cluster-a", "test")
-        await wait_until(lambda: not a.parent.connected, what="A disconnected")
-        assert not await a.discovery.periodic()
+    # the agents stopped: without a stream a round sends nothing
+    assert not a.parent.connected
+    assert not await a.discovery.periodic()
 
 
 async def test_a_failing_periodic_round_is_retried() -> None:
@@ -352,3 +355,51 @@ async def test_a_failing_periodic_round_is_retried() -> None:
     await wait_until(lambda: len(rounds) >= 3, what="three rounds")
     stop.set()
     await task
+
+
+class BrokenAgentDiscovery(AgentDiscovery):
+    """An agent-side handler that fails everywhere: the agent's stream must not care."""
+
+    async def on_connected(self) -> None:
+        raise RuntimeError("resync exploded")
+
+    def on_disconnected(self) -> None:
+        raise RuntimeError("disconnect exploded")
+
+    async def on_message(self, message: CellDiscoveryMessage) -> None:
+        raise RuntimeError("push exploded")
+
+
+async def test_a_failing_agent_handler_ends_no_stream(cell_pki: Pki) -> None:
+    async with (
+        discovery_cell(cell_pki) as cell,
+        discovery_agent(cell_pki, "cluster-b", cell.port, [frontend()]) as b,
+    ):
+        async def nothing() -> list[ValidService]:
+            return []
+
+        broken = BrokenAgentDiscovery(b.coordinator, b.parent, nothing)
+        runner = agent_client.AgentRunner(
+            attrs.evolve(b.runner.settings, cluster_name="cluster-c"),
+            tls.client_context(cell_pki.agent_files("cluster-c")),
+            applier=agent_local.RecordingManifestApplier(),
+            importer=agent_local.RecordingPivotImporter(),
+            probe=agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(1, 1)),
+            discovery=broken,
+        )
+        with pytest.raises(ParentUnavailable):  # not connected yet
+            await runner.send_discovery(query("api", "frontend"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            await wait_until(lambda: "cluster-c" in cell.hub.connected(), what="cluster-c attached")
+            assert await cell.hub.send_discovery("cluster-c", RemoteServiceUpdate(()))
+            # commands are handled in order: once this is answered, the push was handled
+            report = await cell.hub.send_command("cluster-c", agent.StatusQuery(), 5)
+            assert isinstance(report, agent.StatusReport)
+            assert cell.hub.disconnect("cluster-c", "test")
+            await wait_until(lambda: runner.connects == 2, what="cluster-c reconnected")
+            assert not task.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
