@@ -157,8 +157,9 @@ async def test_reconciles_services_into_generated_objects(apiserver: ControlPlan
             await _eventually(
                 lambda: _status(api, ns, "frontend"), lambda s: s.get("phase") == "Ready", "frontend Ready"
             )
-            bad = await _status(api, ns, "bad")
-            assert bad["phase"] == "Failed"
+            bad = await _eventually(
+                lambda: _status(api, ns, "bad"), lambda s: s.get("phase") == "Failed", "bad Failed"
+            )
             assert "spec.service.ports.Bad_Name" in bad["message"]
             # web was announced to the parent from this cluster, over the real stream
             await wait_until(lambda: cell.catalog.get("prod", "web") is not None, what="web announced")
