@@ -182,6 +182,12 @@ class AgentRunner:
                 established = True
                 self.connects += 1
                 self.last_error = None
+                log.info(
+                    "connected to parent %s:%s as %s",
+                    self.settings.host,
+                    self.settings.port,
+                    self.settings.cluster_name,
+                )
                 if self._on_connected is not None:
                     self._on_connected()
                 if self._discovery is not None:
