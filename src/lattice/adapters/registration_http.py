@@ -24,6 +24,7 @@ import json
 import logging
 import socket
 import ssl
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from attrs import frozen
@@ -55,6 +56,8 @@ class PayloadSettings:
     image: str
     tls_server_name: str | None = None
     require_fips: bool = False
+    agent_args: Callable[[str], Sequence[str]] | None = None
+    """Per-cluster extra agent flags (the cell derives them from the child's LatticeCluster)."""
 
 
 class BodyTooLarge(Exception):
@@ -183,6 +186,7 @@ class _RegistrationHandler:
                     ca_bundle_pem=ca_bundle,
                     tls_server_name=self._payload.tls_server_name,
                     require_fips=self._payload.require_fips,
+                    extra_args=self._extra_args(parsed.cluster_name),
                 )
             )
             answer = registration.RegistrationResponse(
@@ -202,6 +206,16 @@ class _RegistrationHandler:
         finally:
             if not delivered:
                 await self._release_quietly(held)
+
+    def _extra_args(self, cluster_name: str) -> tuple[str, ...]:
+        """The cell's per-cluster agent flags; a failing hook costs the flags, not the registration."""
+        if self._payload.agent_args is None:
+            return ()
+        try:
+            return tuple(self._payload.agent_args(cluster_name))
+        except Exception:
+            log.exception("registration: no extra agent flags for %s", cluster_name)
+            return ()
 
     async def _release_quietly(self, held: tokens.Lease) -> None:
         try:

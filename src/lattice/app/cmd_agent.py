@@ -21,17 +21,23 @@ import ipaddress
 import signal
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import lattice
 from lattice.adapters import agent_client, agent_kube, agent_local, fips, tls
 from lattice.adapters.binaries import locate
+from lattice.adapters.clock import SystemClock
 from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app import logs
+from lattice.app.discovery.agent_side import AgentDiscoverySettings, AgentDiscoveryWiring
+from lattice.app.discovery.coordinator import DEFAULT_QUERY_TIMEOUT
 from lattice.domain.agent_identity import cluster_name_errors
 from lattice.domain.backoff import Backoff
+from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
+from lattice.domain.discovery.naming import DEFAULT_GATEWAY_PORT, ClusterContext
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.ports.agent import ManifestApplier, PivotImporter
 
@@ -71,6 +77,40 @@ def register(subparsers: Any) -> None:
         help="this cluster's kubeconfig: apply bootstrap manifests and import pivots into it",
     )
     parser.add_argument("--require-fips", action="store_true", help="refuse to start without a FIPS provider")
+    found = parser.add_argument_group(
+        "service discovery",
+        "announce this cluster's LatticeServices to the parent and wire remote dependencies "
+        "(needs --kubeconfig)",
+    )
+    found.add_argument(
+        "--discovery-base-domain",
+        metavar="DOMAIN",
+        help="enables discovery: names are <service>.<env>.<cluster>.<DOMAIN>",
+    )
+    found.add_argument(
+        "--gateway-port", type=int, default=DEFAULT_GATEWAY_PORT, help="cross-cluster gateway port"
+    )
+    found.add_argument(
+        "--gateway-host", help="this cluster's gateway DNS name (default gateway.<cluster>.<DOMAIN>)"
+    )
+    found.add_argument("--gateway-address", help="the gateway's load-balancer address, when known")
+    found.add_argument(
+        "--discovery-refresh",
+        type=float,
+        default=DEFAULT_REFRESH_INTERVAL,
+        metavar="SECONDS",
+        help="full catalog sync and stale-entry refresh interval (default 300)",
+    )
+    found.add_argument(
+        "--query-timeout", type=float, default=DEFAULT_QUERY_TIMEOUT, metavar="SECONDS", help="default 5"
+    )
+    found.add_argument(
+        "--service-resync",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="re-plan the cluster's services at least this often (default 60)",
+    )
     parser.add_argument(
         "--tls-read-buffer",
         type=int,
@@ -140,8 +180,12 @@ def run(args: argparse.Namespace) -> int:
         context = tls.client_context(tls.TlsFiles(cert=args.cert, key=args.key, ca=args.ca))
     except (ValueError, tls.TlsConfigError) as exc:
         return _error(str(exc))
+    try:
+        found = discovery_settings(args)
+    except ValueError as exc:
+        return _error(str(exc))
     if args.kubeconfig is not None:
-        asyncio.run(_run_with_cluster(args, settings, context))
+        asyncio.run(_run_with_cluster(args, settings, context, found))
         return 0
     applier: ManifestApplier
     importer: PivotImporter
@@ -161,26 +205,69 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def discovery_settings(args: argparse.Namespace) -> AgentDiscoverySettings | None:
+    """The discovery flags, checked; None when discovery is off. ValueError names the flag."""
+    if not args.discovery_base_domain:
+        return None
+    problems: list[str] = []
+    if args.kubeconfig is None:
+        problems.append("--discovery-base-domain needs --kubeconfig (services are read from the cluster)")
+    if not 0 < args.gateway_port < 65536:
+        problems.append(f"--gateway-port {args.gateway_port}: must be within 1-65535")
+    for flag, value in (
+        ("--discovery-refresh", args.discovery_refresh),
+        ("--query-timeout", args.query_timeout),
+        ("--service-resync", args.service_resync),
+    ):
+        if not value > 0:
+            problems.append(f"{flag} {value}: must be a positive number of seconds")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return AgentDiscoverySettings(
+        context=ClusterContext(
+            cluster_name=args.cluster_name,
+            base_domain=args.discovery_base_domain,
+            gateway_port=args.gateway_port,
+            gateway_host=args.gateway_host,
+            gateway_address=args.gateway_address,
+        ),
+        query_timeout=args.query_timeout,
+        refresh_interval=args.discovery_refresh,
+        service_resync=args.service_resync,
+    )
+
+
 async def _run_with_cluster(
-    args: argparse.Namespace, settings: agent_client.AgentSettings, context: ssl.SSLContext
+    args: argparse.Namespace,
+    settings: agent_client.AgentSettings,
+    context: ssl.SSLContext,
+    found: AgentDiscoverySettings | None,
 ) -> None:
     """The agent on a real cluster: its commands act on the cluster's own API server."""
     api = await Kr8sKube.connect(str(args.kubeconfig))
     importer = agent_kube.KubePivotImporter(api, ClusterctlMover(locate().clusterctl), args.kubeconfig)
+    wiring = AgentDiscoveryWiring(api, found, SystemClock()) if found is not None else None
     runner = agent_client.AgentRunner(
         settings,
         context,
         applier=agent_kube.KubeManifestApplier(api),
         importer=importer,
         probe=agent_kube.KubeClusterProbe(api, importer, args.kubernetes_version),
+        discovery=wiring.handler if wiring is not None else None,
     )
-    await _run_until_signalled(runner)
+    if wiring is None:
+        await _run_until_signalled(runner)
+        return
+    wiring.bind(runner.send_discovery)
+    await _run_until_signalled(runner, wiring.run)
 
 
-async def _run_until_signalled(runner: agent_client.AgentRunner) -> None:
+async def _run_until_signalled(
+    runner: agent_client.AgentRunner, *alongside: Callable[[asyncio.Event], Awaitable[None]]
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    await runner.run(stop)
+    await asyncio.gather(runner.run(stop), *(task(stop) for task in alongside))

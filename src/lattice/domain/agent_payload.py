@@ -52,6 +52,20 @@ class AgentPayloadParams:
     tls_server_name: str | None = None
     """Name to verify in the cell's certificate when it differs from the endpoint's host."""
     require_fips: bool = False
+    extra_args: tuple[str, ...] = ()
+    """Further ``lattice agent`` flags for this cluster (e.g. :func:`discovery_agent_args`)."""
+
+
+def discovery_agent_args(discovery: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The agent flags that turn on service discovery for a cluster whose (validated)
+    ``spec.discovery`` is ``discovery``; none when it is absent or not enabled."""
+    if not discovery or not discovery.get("enabled") or not discovery.get("baseDomain"):
+        return ()
+    args = ["--discovery-base-domain", str(discovery["baseDomain"])]
+    port = discovery.get("gatewayPort")
+    if port is not None:
+        args += ["--gateway-port", str(port)]
+    return tuple(args)
 
 
 def _labels(cluster_name: str) -> dict[str, str]:
@@ -85,6 +99,7 @@ def agent_args(params: AgentPayloadParams) -> list[str]:
         args += ["--tls-server-name", params.tls_server_name]
     if params.require_fips:
         args.append("--require-fips")
+    args += params.extra_args
     return args
 
 

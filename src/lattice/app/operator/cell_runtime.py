@@ -1,5 +1,6 @@
 """The parts that make an operator a cell: CA, registration webhook, agent hub, coordinator,
-and (for provider type ``local``) the local infrastructure provider.
+the service catalog its children's agents announce to and query (spec 003), and (for provider
+type ``local``) the local infrastructure provider.
 
 The cell's CA is persisted in its state directory so that a restarted cell keeps the identity
 its children's agents trust.
@@ -24,10 +25,14 @@ from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
 from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import yamlio
+from lattice.app.discovery.catalog_service import CatalogService
+from lattice.app.discovery.stream import CatalogStreamHandler, every
 from lattice.app.local_provider import LocalProvider
 from lattice.app.operator.cell import CellCoordinator
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import agent, capi, crds, deploy, install, models
+from lattice.domain import agent, agent_payload, capi, crds, deploy, install, models
+from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
+from lattice.domain.discovery.catalog import ServiceCatalog
 from lattice.ports import kube
 from lattice.ports.kube import KubeApi, ResourceRef
 
@@ -44,6 +49,8 @@ class CellSettings:
     agent_image: str = "ghcr.io/lattice-dev/lattice:0.1.0"
     local_provider: bool = False
     machines_dir: Path | None = None  # where the local provider keeps machines (default: state)
+    catalog_refresh: float = DEFAULT_REFRESH_INTERVAL
+    """Seconds between the catalog's periodic pushes of what each child depends on."""
 
     @property
     def endpoint(self) -> capi.ParentEndpoint:
@@ -132,6 +139,15 @@ class CellRuntime:
         self.webhook: RegistrationServer | None = None
         self.coordinator: CellCoordinator | None = None
         self.local_provider: LocalProvider | None = None
+        self.catalog = CatalogService(
+            ServiceCatalog(controller.context.self_name or "cell"), controller.clock
+        )
+        self.discovery = CatalogStreamHandler(self.catalog)
+
+    def agent_args(self, cluster_name: str) -> tuple[str, ...]:
+        """Extra flags for a registering child's agent: discovery as its LatticeCluster asks."""
+        child = self.controller.clusters.get(None, cluster_name) or {}
+        return agent_payload.discovery_agent_args((child.get("spec") or {}).get("discovery"))
 
     def bootstrap_manifests(self, cluster_name: str) -> tuple[bytes, ...]:
         """What a new child applies before its pivot: the Lattice CRDs and its own operator."""
@@ -159,7 +175,7 @@ class CellRuntime:
         cert, key, ca_file = self.ca.write_server_files(directory, dns_names=dns_names, ip_addresses=ips)
         files = tls.TlsFiles(cert=cert, key=key, ca=ca_file)
         forwarder = _SinkForwarder()
-        hub = AgentHub(sink=forwarder)
+        hub = AgentHub(sink=forwarder, discovery=self.discovery)
         self.grpc = CellGrpcServer(
             hub,
             tls.server_context(files, require_client_cert=True),
@@ -171,7 +187,9 @@ class CellRuntime:
             token_store=self.tokens,
             signer=self.ca,
             payload=PayloadSettings(
-                grpc_endpoint=f"{endpoint.host}:{endpoint.grpc_port}", image=self.settings.agent_image
+                grpc_endpoint=f"{endpoint.host}:{endpoint.grpc_port}",
+                image=self.settings.agent_image,
+                agent_args=self.agent_args,
             ),
         )
         self.webhook = RegistrationServer(
@@ -202,6 +220,16 @@ class CellRuntime:
                 machines_dir=self.settings.machines_dir,
             )
             self._tasks.append(asyncio.create_task(self.local_provider.run(self._stop)))
+        self._tasks.append(
+            asyncio.create_task(
+                every(
+                    self.settings.catalog_refresh,
+                    lambda: self.discovery.refresh(hub.connected(), hub.send_discovery),
+                    self._stop,
+                ),
+                name="catalog-refresh",
+            )
+        )
         self.coordinator.resume_all()
         log.info(
             "cell serving",
