@@ -150,3 +150,25 @@ async def test_configuration_errors_exit_2_with_a_reason(cell_pki: Pki, tmp_path
     code, stderr = await _run_cli(*args)
     assert code == 2
     assert fragment in stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (("--discovery-base-domain", "example.com"), ("needs --kubeconfig",)),
+        (
+            (
+                "--discovery-base-domain", "example.com", "--kubeconfig", "/nonexistent",
+                "--gateway-port", "0", "--query-timeout", "0", "--discovery-refresh", "-1",
+                "--service-resync", "0",
+            ),
+            ("--gateway-port 0", "--query-timeout 0", "--discovery-refresh -1", "--service-resync 0"),
+        ),
+    ],
+)  # fmt: skip
+async def test_discovery_flag_errors_are_all_reported(cell_pki: Pki, tmp_path: Path, extra, fragments):
+    args = agent_command(cell_pki, 50051, tmp_path)[3:]
+    code, stderr = await _run_cli(*args, *extra)
+    assert code == 2
+    for fragment in fragments:
+        assert fragment in stderr

@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import json
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -58,14 +58,18 @@ class Webhook:
 
 
 @contextlib.asynccontextmanager
-async def running_webhook(cell_pki: Pki, grpc_endpoint: str = GRPC_ENDPOINT) -> AsyncIterator[Webhook]:
+async def running_webhook(
+    cell_pki: Pki,
+    grpc_endpoint: str = GRPC_ENDPOINT,
+    agent_args: Callable[[str], Sequence[str]] | None = None,
+) -> AsyncIterator[Webhook]:
     clock = Clock()
     store = InMemoryTokenStore(clock=clock)
     app = registration_http.registration_app(
         token_store=store,
         signer=cell_pki.ca,
         payload=registration_http.PayloadSettings(
-            grpc_endpoint=grpc_endpoint, image="ghcr.io/lattice/lattice:test"
+            grpc_endpoint=grpc_endpoint, image="ghcr.io/lattice/lattice:test", agent_args=agent_args
         ),
     )
     context = tls.server_context(cell_pki.server, require_client_cert=False, alpn=tls.HTTP1_ALPN)
@@ -415,3 +419,31 @@ async def test_backend_failures_map_to_503_and_500_and_release_the_token(cell_pk
                     assert (await client.post(**request)).status_code == 200  # the token was released
         finally:
             await server.stop()
+
+
+def _agent_args(manifests: str) -> list[str]:
+    docs = list(YAML(typ="safe").load_all(manifests))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+async def test_the_cell_adds_per_cluster_agent_flags_and_a_failing_hook_costs_only_the_flags(
+    cell_pki: Pki, tmp_path
+):
+    def flags(cluster: str) -> Sequence[str]:
+        if cluster == "broken":
+            raise RuntimeError("no spec for you")
+        return ("--discovery-base-domain", f"{cluster}.example.com")
+
+    async with running_webhook(cell_pki, agent_args=flags) as hook:
+        for cluster in ("c1", "broken"):
+            token = await hook.store.issue(cluster)
+            csr, _key = openssl_csr(tmp_path / cluster, cluster)
+            response = await hook.register(cluster, token, csr)
+            assert response.status_code == 200, response.text
+            args = _agent_args(response.json()["manifests"])
+            if cluster == "c1":
+                assert args[-2:] == ["--discovery-base-domain", "c1.example.com"]
+            else:
+                assert "--discovery-base-domain" not in args

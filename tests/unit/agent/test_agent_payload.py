@@ -81,3 +81,29 @@ def test_optional_flags():
 
 def test_rendering_is_deterministic():
     assert agent_payload.render_agent_manifests(PARAMS) == agent_payload.render_agent_manifests(PARAMS)
+
+
+def test_extra_args_come_last():
+    params = agent_payload.AgentPayloadParams(
+        cluster_name="c",
+        grpc_endpoint="10.0.0.1:50051",
+        image="img",
+        certificate_pem="c",
+        ca_bundle_pem="a",
+        extra_args=("--discovery-base-domain", "example.com"),
+    )
+    assert agent_payload.agent_args(params)[-2:] == ["--discovery-base-domain", "example.com"]
+
+
+def test_discovery_agent_args_follow_the_clusters_spec():
+    assert agent_payload.discovery_agent_args(None) == ()
+    assert agent_payload.discovery_agent_args({}) == ()
+    assert agent_payload.discovery_agent_args({"enabled": False, "baseDomain": "example.com"}) == ()
+    assert agent_payload.discovery_agent_args({"enabled": True}) == ()
+    assert agent_payload.discovery_agent_args({"enabled": True, "baseDomain": "example.com"}) == (
+        "--discovery-base-domain",
+        "example.com",
+    )
+    assert agent_payload.discovery_agent_args(
+        {"enabled": True, "baseDomain": "example.com", "gatewayPort": 8443}
+    ) == ("--discovery-base-domain", "example.com", "--gateway-port", "8443")
