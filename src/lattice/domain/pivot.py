@@ -181,3 +181,27 @@ def compare_sides(
         missing=tuple(sorted(set(expected) - source - set(target))),
         changed=tuple(sorted(k for k, h in target.items() if h != expected[k])),
     )
+
+
+# Label clusterctl puts on the CRDs of every provider; ``clusterctl move`` lists only these kinds.
+CLUSTERCTL_LABEL = "clusterctl.cluster.x-k8s.io"
+
+
+def move_kinds(crds: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``(apiVersion, kind)`` at the storage version of each CRD ``clusterctl move`` will list.
+
+    A kube-apiserver builds the watch cache of a custom resource on its first request and answers
+    lists with 429 (Retry-After: 1 s) until it is ready; clusterctl lists the kinds one after the
+    other, so an export from a cell whose CAPI kinds were never listed waits about a second per
+    kind. Listing these kinds concurrently beforehand makes that wait happen once, in parallel.
+    CRDs without a served storage version are skipped."""
+    kinds: set[tuple[str, str]] = set()
+    for crd in crds:
+        spec = crd.get("spec") or {}
+        group, kind = spec.get("group"), (spec.get("names") or {}).get("kind")
+        if not group or not kind:
+            continue
+        for version in spec.get("versions") or ():
+            if version.get("storage") and version.get("served") and version.get("name"):
+                kinds.add((f"{group}/{version['name']}", kind))
+    return sorted(kinds)

@@ -109,3 +109,29 @@ def test_compare_sides() -> None:
 def test_a_complete_move_is_exactly_once(names: list[str]) -> None:
     objects = [obj("ConfigMap", n, data={"v": n}) for n in names]
     assert pivot.compare_sides(objects, [], objects).moved_exactly_once
+
+
+def test_move_kinds_are_the_served_storage_versions_of_labelled_crds() -> None:
+    def crd(group: str, kind: str, *versions: tuple[str, bool, bool]) -> dict[str, Any]:
+        return {
+            "spec": {
+                "group": group,
+                "names": {"kind": kind},
+                "versions": [
+                    {"name": n, "served": served, "storage": storage} for n, served, storage in versions
+                ],
+            }
+        }
+
+    crds = [
+        crd("cluster.x-k8s.io", "Machine", ("v1beta1", True, False), ("v1beta2", True, True)),
+        crd("infrastructure.lattice.dev", "LocalCluster", ("v1alpha1", True, True)),
+        crd("cluster.x-k8s.io", "Machine", ("v1beta2", True, True)),  # listed twice: once
+        crd("example.com", "Retired", ("v1", False, True)),  # storage but not served
+        {"spec": {"group": "example.com", "names": {}}},  # malformed: skipped
+        {},
+    ]
+    assert pivot.move_kinds(crds) == [
+        ("cluster.x-k8s.io/v1beta2", "Machine"),
+        ("infrastructure.lattice.dev/v1alpha1", "LocalCluster"),
+    ]

@@ -233,9 +233,34 @@ class CellCoordinator:
             shutil.rmtree(directory)
         # clusterctl refuses a Cluster that is already paused: unpause a previous attempt's.
         await self._set_paused(namespace, name, paused=False)
+        await self.warm_move_kinds(namespace)
         files = await self.mover.export(self.cell_kubeconfig, namespace, directory)
         await self._set_paused(namespace, name, paused=True)
         return files
+
+    async def warm_move_kinds(self, namespace: str | None = None) -> int:
+        """List every kind ``clusterctl move`` lists, concurrently, so that no export waits for the
+        API server to build their watch caches one by one (see :func:`pivot.move_kinds`).
+        Returns how many kinds answered; failures only cost the warm-up."""
+        api = self.controller.api
+        try:
+            crds = await api.list(
+                "apiextensions.k8s.io/v1", "CustomResourceDefinition", label_selector=pivot.CLUSTERCTL_LABEL
+            )
+        except kube.KubeError as exc:
+            log.debug("cannot list CRDs to warm up: %s", exc)
+            return 0
+
+        async def warm(api_version: str, kind: str) -> bool:
+            try:
+                await api.list(api_version, kind, namespace=namespace)
+            except kube.KubeError as exc:
+                log.debug("warm-up list of %s failed: %s", kind, exc)
+                return False
+            return True
+
+        kinds = pivot.move_kinds(crds.items)
+        return sum(await asyncio.gather(*(warm(v, k) for v, k in kinds)))
 
     async def _set_paused(self, namespace: str, name: str, *, paused: bool) -> None:
         ref = ResourceRef(f"{capi.CLUSTER_API}/v1beta2", "Cluster", name, namespace)

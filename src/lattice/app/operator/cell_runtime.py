@@ -230,6 +230,8 @@ class CellRuntime:
                 name="catalog-refresh",
             )
         )
+        # the first export must not wait for the API server to build each CAPI kind's watch cache
+        self._tasks.append(asyncio.create_task(self._warm(), name="warm-move-kinds"))
         self.coordinator.resume_all()
         log.info(
             "cell serving",
@@ -239,6 +241,11 @@ class CellRuntime:
                 "host": self.settings.host,
             },
         )
+
+    async def _warm(self) -> None:
+        assert self.coordinator is not None
+        warmed = await self.coordinator.warm_move_kinds()
+        log.info("listed the kinds clusterctl move lists", extra={"kinds": warmed})
 
     async def close(self) -> None:
         self._stop.set()
