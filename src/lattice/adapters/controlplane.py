@@ -42,7 +42,7 @@ import anyio.to_thread
 import attrs
 from ruamel.yaml import YAML
 
-from lattice.adapters import capi_crds, pki
+from lattice.adapters import capi_crds, mesh_crds, pki
 from lattice.adapters.binaries import Toolchain, locate
 
 __all__ = [
@@ -627,6 +627,11 @@ class ControlPlane:
         names = [str(crd["metadata"]["name"]) for crd in crds]
         self.wait_established(names)
         return names
+
+    def install_mesh_crds(self, names: Iterable[str] = mesh_crds.DISCOVERY_CRDS) -> list[str]:
+        """Install the real Istio/Cilium/Gateway API/external-dns CRDs the discovery compilers
+        target (fetched by scripts/fetch-mesh-crds.sh), as a platform's mesh install would."""
+        return self.install_crds(mesh_crds.load_mesh_crds(mesh_crds.locate_mesh_crds(), names))
 
     def install_lattice_crds(self) -> str:
         """Install the CRDs ``lattice crds`` prints (the real CLI, as a user would)."""

@@ -1,9 +1,9 @@
 """The LatticeService controller on a real kube-apiserver, resolving through a real cell hub over
 real agent streams (mutual TLS on loopback).
 
-The API server serves the generated kinds through stand-in CRDs (same group, version, kind and
-plural as Istio, Cilium, Gateway API and external-dns; schema-less), so what is checked is that the
-right objects are applied, updated and pruned - not what a mesh would do with them.
+The API server serves the generated kinds through the real Istio, Cilium, Gateway API and
+external-dns CRDs (scripts/fetch-mesh-crds.sh), so every object is checked against the upstream
+schemas; what a mesh would do with them is not.
 """
 
 from __future__ import annotations
@@ -37,50 +37,10 @@ from .conftest import discovery_agent, discovery_cell, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
-_PLURALS = {
-    "ServiceEntry": "serviceentries",
-    "AuthorizationPolicy": "authorizationpolicies",
-    "CiliumNetworkPolicy": "ciliumnetworkpolicies",
-    "DNSEndpoint": "dnsendpoints",
-    "Gateway": "gateways",
-    "HTTPRoute": "httproutes",
-}
-
-
-def _stand_in_crd(api_version: str, kind: str) -> dict[str, Any]:
-    group, version = api_version.split("/")
-    plural = _PLURALS[kind]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.{group}",
-            # *.k8s.io groups are protected; the upstream CRDs carry this annotation too
-            "annotations": {"api-approved.kubernetes.io": "unapproved, stand-in for tests"},
-        },
-        "spec": {
-            "group": group,
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": version,
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                    },
-                }
-            ],
-        },
-    }
-
 
 @pytest.fixture(scope="module")
 def apiserver(cell_control_plane: ControlPlane) -> ControlPlane:
-    crds = [_stand_in_crd(v, k) for v, k in GENERATED_KINDS]
-    cell_control_plane.apply(crds)
-    cell_control_plane.wait_established([c["metadata"]["name"] for c in crds])
+    cell_control_plane.install_mesh_crds()
     return cell_control_plane
 
 
@@ -126,9 +86,7 @@ async def test_reconciles_services_into_generated_objects(apiserver: ControlPlan
     async with (
         discovery_cell(cell_pki) as cell,
         discovery_agent(cell_pki, "cluster-a", cell.port, [api_v1]) as a,
-        discovery_agent(
-            cell_pki, "cluster-b", cell.port, [], local_services=local, on_changes=requeue
-        ) as b,
+        discovery_agent(cell_pki, "cluster-b", cell.port, [], local_services=local, on_changes=requeue) as b,
     ):
         await wait_until(lambda: a.discovery.syncs >= 1 and b.discovery.syncs >= 1, what="synced")
         await wait_until(lambda: cell.catalog.get("prod", "api") is not None, what="api in the catalog")
@@ -174,11 +132,15 @@ async def test_reconciles_services_into_generated_objects(apiserver: ControlPlan
             assert await a.coordinator.announce_service(narrowed)
             await _eventually(
                 lambda: _objects(api, ns),
-                lambda got: got == want - {
-                    ("ServiceEntry", "remote-cluster-a-api"),
-                    ("AuthorizationPolicy", "allow-frontend-to-remote-api"),
-                    ("CiliumNetworkPolicy", "frontend-remote-egress"),
-                },
+                lambda got: (
+                    got
+                    == want
+                    - {
+                        ("ServiceEntry", "remote-cluster-a-api"),
+                        ("AuthorizationPolicy", "allow-frontend-to-remote-api"),
+                        ("CiliumNetworkPolicy", "frontend-remote-egress"),
+                    }
+                ),
                 "caller side pruned",
             )
             frontend = await _eventually(
