@@ -20,6 +20,8 @@ from attrs import frozen
 from cryptography.hazmat.backends.openssl import backend as cryptography_backend
 from cryptography.hazmat.bindings._rust import openssl as rust_openssl
 
+from lattice.adapters.openssl_lib import mapped_openssl_library
+
 
 @frozen
 class FipsReport:
@@ -43,16 +45,10 @@ class FipsReport:
             found.append(
                 f"the OpenSSL used for TLS ({self.ssl_openssl_version}) does not run a FIPS "
                 "provider by default"
-                + (
-                    " (no FIPS provider is available)"
-                    if self.ssl_fips_provider_available is False
-                    else ""
-                )
+                + (" (no FIPS provider is available)" if self.ssl_fips_provider_available is False else "")
             )
         if not self.cryptography_fips_enabled:
-            found.append(
-                f"cryptography's OpenSSL ({self.cryptography_openssl_version}) is not in FIPS mode"
-            )
+            found.append(f"cryptography's OpenSSL ({self.cryptography_openssl_version}) is not in FIPS mode")
         return found
 
     def to_json(self) -> dict[str, object]:
@@ -72,22 +68,7 @@ class FipsReport:
 
 
 def _libcrypto(maps_path: str = "/proc/self/maps") -> ctypes.CDLL | None:
-    try:
-        with open(maps_path, encoding="ascii", errors="replace") as maps:
-            paths = sorted(
-                {line.split()[-1] for line in maps if "/libcrypto" in line and ".so" in line}
-            )
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-            lib.OpenSSL_version_num.restype = ctypes.c_ulong
-            if lib.OpenSSL_version_num() == ssl.OPENSSL_VERSION_NUMBER:
-                return lib
-        except (OSError, AttributeError):
-            continue
-    return None
+    return mapped_openssl_library("/libcrypto", maps_path)
 
 
 def _ssl_fips_state(lib: ctypes.CDLL | None) -> tuple[bool | None, bool | None]:

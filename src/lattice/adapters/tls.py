@@ -34,6 +34,8 @@ from pathlib import Path
 
 from attrs import frozen
 
+from lattice.adapters.openssl_lib import mapped_openssl_library
+
 log = logging.getLogger(__name__)
 
 TLS12_CIPHERS: tuple[str, ...] = (
@@ -45,9 +47,7 @@ TLS12_CIPHERS: tuple[str, ...] = (
 TLS13_SUITES: tuple[str, ...] = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
 APPROVED_CIPHERS = frozenset(TLS12_CIPHERS + TLS13_SUITES)
 GROUPS = "P-256:P-384"
-SIGALGS = (
-    "ECDSA+SHA256:ECDSA+SHA384:RSA-PSS+SHA256:RSA-PSS+SHA384:RSA+SHA256:RSA+SHA384"
-)
+SIGALGS = "ECDSA+SHA256:ECDSA+SHA384:RSA-PSS+SHA256:RSA-PSS+SHA384:RSA+SHA256:RSA+SHA384"
 GRPC_ALPN = ("h2",)
 HTTP1_ALPN = ("http/1.1",)
 
@@ -84,31 +84,17 @@ class Restrictions:
 
 def _libssl(maps_path: str = "/proc/self/maps") -> ctypes.CDLL | None:
     """The libssl already mapped into this process by :mod:`ssl`, if it can be identified."""
-    try:
-        with open(maps_path, encoding="ascii", errors="replace") as maps:
-            paths = sorted(
-                {line.split()[-1] for line in maps if "/libssl" in line and ".so" in line}
-            )
-    except OSError:
+    lib = mapped_openssl_library("/libssl", maps_path)
+    if lib is None:
         return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-            lib.OpenSSL_version_num.restype = ctypes.c_ulong
-            if lib.OpenSSL_version_num() == ssl.OPENSSL_VERSION_NUMBER:
-                lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-                lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
-                lib.SSL_CTX_ctrl.argtypes = [
-                    ctypes.c_void_p,
-                    ctypes.c_int,
-                    ctypes.c_long,
-                    ctypes.c_void_p,
-                ]
-                lib.SSL_CTX_ctrl.restype = ctypes.c_long
-                return lib
-        except (OSError, AttributeError):
-            continue
-    return None
+    try:
+        lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+    except AttributeError:  # an OpenSSL without TLS 1.3 suites: the caller caps at TLS 1.2
+        return None
+    return lib
 
 
 _LIBSSL: ctypes.CDLL | None = None
@@ -137,16 +123,11 @@ def _restrict_with_openssl(ctx: ssl.SSLContext, lib: ctypes.CDLL | None) -> Rest
     names = {cipher["name"] for cipher in ctx.get_ciphers()}
     suites_ok = suites_ok and names <= APPROVED_CIPHERS and set(TLS13_SUITES) <= names
     groups = ctypes.create_string_buffer(GROUPS.encode())
-    groups_ok = (
-        lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, ctypes.addressof(groups)) == 1
-    )
+    groups_ok = lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, ctypes.addressof(groups)) == 1
     sigalgs = ctypes.create_string_buffer(SIGALGS.encode())
     sigalgs_ok = (
         lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_SIGALGS_LIST, 0, ctypes.addressof(sigalgs)) == 1
-        and lib.SSL_CTX_ctrl(
-            pointer, _SSL_CTRL_SET_CLIENT_SIGALGS_LIST, 0, ctypes.addressof(sigalgs)
-        )
-        == 1
+        and lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_CLIENT_SIGALGS_LIST, 0, ctypes.addressof(sigalgs)) == 1
     )
     return Restrictions(tls13_suites=suites_ok, groups=groups_ok, sigalgs=sigalgs_ok)
 
@@ -177,9 +158,7 @@ def _load_identity(ctx: ssl.SSLContext, files: TlsFiles) -> None:
     try:
         ctx.load_cert_chain(certfile=str(files.cert), keyfile=str(files.key))
     except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(
-            f"cannot load certificate {files.cert} with key {files.key}: {exc}"
-        ) from exc
+        raise TlsConfigError(f"cannot load certificate {files.cert} with key {files.key}: {exc}") from exc
     try:
         ctx.load_verify_locations(cafile=str(files.ca))
     except (ssl.SSLError, OSError) as exc:
