@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from attrs import define
 
+from lattice.adapters import mesh_crds
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, stop_all
@@ -178,3 +179,22 @@ def own_cell(toolchain: Toolchain, tmp_path: Path) -> Iterator[Cell]:
         yield c
     finally:
         _stop(c)
+
+
+def install_mesh_crds(toolchain: Toolchain, kubeconfig: Path) -> None:
+    """The real Istio/Cilium/Gateway API/external-dns CRDs, as a platform's mesh install would."""
+    crds = mesh_crds.load_mesh_crds(mesh_crds.locate_mesh_crds(), mesh_crds.DISCOVERY_CRDS)
+    base = [str(toolchain.kubectl), f"--kubeconfig={kubeconfig}"]
+    subprocess.run(
+        [*base, "apply", "--server-side", "-f", "-"],
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    names = [f"crd/{crd['metadata']['name']}" for crd in crds]
+    subprocess.run(
+        [*base, "wait", "--for=condition=Established", "--timeout=60s", *names],
+        check=True,
+        capture_output=True,
+    )
