@@ -164,15 +164,12 @@ def test_controller_manager_collects_garbage_and_deletes_namespaces(
 
 
 def test_three_at_once(control_plane_factory: ControlPlaneFactory) -> None:
-    started = time.monotonic()
+    # How long this takes is measured by benchmarks/controlplane.py, not asserted here.
     cps = control_plane_factory(3)
-    elapsed = time.monotonic() - started
     assert len({cp.url for cp in cps}) == 3
     for cp in cps:
         assert cp.ready()
         cp.kubectl("get", "namespaces")
-    # Generous bound for a loaded 2-core machine; benchmarks/controlplane.py measures it.
-    assert elapsed < 60, elapsed
 
 
 def test_async_use(toolchain: Toolchain, tmp_path: Path) -> None:
