@@ -54,7 +54,20 @@ def _condition(
     )
 
 
+def capi_applied(status: models.LatticeClusterStatus) -> bool:
+    """Whether the reconciler's last pass applied every Cluster API object of the spec.
+
+    A child is bootstrapped, and so pivoted, only then: the phase is already ``Provisioning``
+    when an apply failed (``CapiApplied=False``), and a pivot started in that window would
+    export a partial graph while the reconciler may not add the rest during the pivot."""
+    return any(
+        c.type == conditions.CAPI_APPLIED and c.status is ConditionStatus.TRUE for c in status.conditions
+    )
+
+
 def agent_connected(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
+    if status.phase is Phase.PROVISIONING and not capi_applied(status):
+        raise StepRejected("the Cluster API objects are not all applied yet")
     phase = _advance(status, lifecycle.Event.AGENT_CONNECTED)
     conds = _condition(
         status,

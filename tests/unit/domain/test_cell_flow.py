@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lattice.domain import cell, install, local_machines, models, reconcile
-from lattice.domain.models import Phase, PivotStep
+from lattice.domain import cell, conditions, install, local_machines, models, reconcile
+from lattice.domain.models import ConditionStatus, Phase, PivotStep
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -15,8 +15,13 @@ def status(phase: Phase, **kw: object) -> models.LatticeClusterStatus:
     return models.LatticeClusterStatus(phase=phase, **kw)  # type: ignore[arg-type]
 
 
+def applied(value: ConditionStatus = ConditionStatus.TRUE) -> tuple[models.Condition, ...]:
+    reason = "Applied" if value is ConditionStatus.TRUE else "ApplyFailed"
+    return conditions.set_condition((), conditions.CAPI_APPLIED, value, reason, "", now=NOW, generation=1)
+
+
 def test_happy_path_through_bootstrap_and_pivot() -> None:
-    s = cell.agent_connected(status(Phase.PROVISIONING), NOW)
+    s = cell.agent_connected(status(Phase.PROVISIONING, conditions=applied()), NOW)
     assert s.phase is Phase.BOOTSTRAPPING
     assert s.message == "agent connected; bootstrapping"
     s = cell.bootstrap_completed(s, NOW)
@@ -44,6 +49,20 @@ def test_failures_retry_then_abandon() -> None:
     s = cell.pivot_failed(s, "final", NOW)
     assert s.phase is Phase.FAILED
     assert "abandoned" in (s.message or "")
+
+
+@pytest.mark.parametrize(
+    "conds",
+    [(), applied(ConditionStatus.FALSE), applied(ConditionStatus.UNKNOWN)],
+    ids=["never-applied", "apply-failed", "unknown"],
+)
+def test_no_bootstrap_before_every_capi_object_is_applied(conds: tuple[models.Condition, ...]) -> None:
+    # A pivot started now would export a partial graph (e.g. without the MachineDeployment).
+    s = status(Phase.PROVISIONING, conditions=conds)
+    assert not cell.capi_applied(s)
+    with pytest.raises(cell.StepRejected, match="not all applied"):
+        cell.agent_connected(s, NOW)
+    assert cell.capi_applied(status(Phase.PROVISIONING, conditions=applied()))
 
 
 @pytest.mark.parametrize(

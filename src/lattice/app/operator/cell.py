@@ -143,6 +143,11 @@ class CellCoordinator:
                 status = cell.parse_status(raw)
                 now = self.controller.clock.now()
                 if status.phase is Phase.PROVISIONING:
+                    if not cell.capi_applied(status):
+                        # The reconciler is still applying (or retrying a failed apply); bootstrap
+                        # and pivot wait for the whole graph while the agent stays connected.
+                        await asyncio.sleep(RETRY_DELAY_S)
+                        continue
                     if await self._transition(name, functools.partial(cell.agent_connected, now=now)) is None:
                         return
                 elif status.phase is Phase.BOOTSTRAPPING:
