@@ -9,18 +9,32 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import free_port
+from lattice.domain import pivot
 from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-KINDS = (
-    "clusters.cluster.x-k8s.io,kubeadmcontrolplanes,machinedeployments,kubeadmconfigtemplates,localclusters"
+# What clusterctl moves for a local cluster (kinds labelled for move, plus the soft-owned Secrets).
+MOVED_KINDS = ",".join(
+    [
+        "clusters.cluster.x-k8s.io",
+        "kubeadmcontrolplanes",
+        "machinedeployments",
+        "kubeadmconfigtemplates",
+        "machines.cluster.x-k8s.io",
+        "localclusters",
+        "localmachinetemplates",
+        "localmachines",
+        "secrets",
+    ]
 )
+SOFT_OWNED_SECRETS = ("kubeconfig", "ca", "etcd", "sa", "proxy", "apiserver-etcd-client")
 
 
 def pivot_step(cell: Cell, name: str) -> str:
@@ -28,14 +42,27 @@ def pivot_step(cell: Cell, name: str) -> str:
     return str((status.get("pivot") or {}).get("step", ""))
 
 
-def assert_moved_exactly_once(cell: Cell, toolchain: Toolchain, name: str) -> None:
-    on_cell = cell.kubectl("get", KINDS, "-A", "-o", "name", check=False)
-    assert name not in on_cell, on_cell
+def moved_objects(toolchain: Toolchain, kubeconfig: Path, name: str) -> list[dict[str, Any]]:
+    """The objects of ``name``'s move graph in one cluster (none once its namespace is gone)."""
+    out = kubectl(toolchain, kubeconfig, "get", MOVED_KINDS, "-n", f"capi-{name}", "-o", "json")
+    secrets = {f"{name}-{suffix}" for suffix in SOFT_OWNED_SECRETS}
+    return [o for o in json.loads(out)["items"] if o["kind"] != "Secret" or o["metadata"]["name"] in secrets]
+
+
+def assert_moved_exactly_once(
+    cell: Cell, toolchain: Toolchain, name: str, before: list[dict[str, Any]]
+) -> None:
+    """``before``: the source's objects when the fault struck. Each is now on the child only,
+    with the same content hash (spec, data, labels, annotations, owners by kind and name)."""
+    assert {o["kind"] for o in before} >= {"Cluster", "KubeadmControlPlane", "MachineDeployment", "Secret"}
     child = child_kubeconfig(cell, name)
-    items = json.loads(kubectl(toolchain, child, "get", KINDS, "-n", f"capi-{name}", "-o", "json"))["items"]
-    names = [f"{o['kind']}/{o['metadata']['name']}" for o in items]
-    assert len(names) == len(set(names)) == 5, names
-    assert all(not o["spec"].get("paused") for o in items if o["kind"] == "Cluster")
+    on_cell = moved_objects(toolchain, cell.kubeconfig, name)
+    on_child = moved_objects(toolchain, child, name)
+    report = pivot.compare_sides(before, on_cell, on_child)
+    assert report.moved_exactly_once, report
+    ids = [str(pivot.object_id(o)) for o in on_child]
+    assert len(ids) == len(set(ids)), ids
+    assert all(not o["spec"].get("paused") for o in on_child if o["kind"] == "Cluster")
 
 
 def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: Toolchain) -> None:
@@ -49,6 +76,7 @@ def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: T
         "the pivot to start",
         cell.log,
     )
+    before = moved_objects(toolchain, cell.kubeconfig, "fault-1")
     assert cell.operator is not None
     os.killpg(cell.operator.pid, signal.SIGKILL)  # no graceful anything
     cell.operator.wait(30)
@@ -61,16 +89,17 @@ def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: T
         cell.log,
     )
     print(f"\ncell killed at pivot step {step}; the restarted cell resumed and finished the pivot")
-    assert_moved_exactly_once(cell, toolchain, "fault-1")
+    assert_moved_exactly_once(cell, toolchain, "fault-1", before)
 
 
 def test_agent_killed_mid_import_converges(cell: Cell, toolchain: Toolchain) -> None:
     cell.control_plane.apply([local_cluster("fault-2", cell.name, workers=1)])
     wait_for(lambda: pivot_step(cell, "fault-2") == "Importing", 240, "the import to start", cell.log)
+    before = moved_objects(toolchain, cell.kubeconfig, "fault-2")
     pid_file = next((cell.state_dir / "local-provider" / "machines").glob("fault-2-*/pods/lattice-agent.pid"))
     os.killpg(int(pid_file.read_text()), signal.SIGKILL)
     wait_for(lambda: cell.lc("fault-2").get("status", {}).get("phase") == "Ready", 240, "Ready", cell.log)
-    assert_moved_exactly_once(cell, toolchain, "fault-2")
+    assert_moved_exactly_once(cell, toolchain, "fault-2", before)
 
 
 def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) -> None:
