@@ -143,7 +143,10 @@ def pivot_failed(
     attempt = status.pivot.attempt
     if attempt >= MAX_PIVOT_ATTEMPTS:
         phase = _advance(status, lifecycle.Event.PIVOT_ABANDONED)
-        message = f"pivot abandoned after {attempt} attempts: {error}; the source stays in charge"
+        message = (
+            f"pivot abandoned after {attempt} attempts: {error}; the source stays in charge "
+            "until the spec changes"
+        )
         pivot = attrs.evolve(status.pivot, last_error=error)
     else:
         phase = _advance(status, lifecycle.Event.PIVOT_FAILED)
@@ -163,6 +166,21 @@ def pivot_failed(
             now,
             status.observed_generation,
         ),
+    )
+
+
+def pivot_abandoned(status: models.LatticeClusterStatus, generation: int) -> bool:
+    """Whether the cell gave up pivoting this spec (``Failed`` after the last attempt).
+
+    Such a cluster stays ``Failed`` with the source in charge until its spec changes: a new
+    generation starts over from ``Provisioning`` with fresh attempts. Without this the reconciler
+    would take ``Failed`` back to ``Provisioning`` at once and, the agent being connected, the
+    cell would start the same failing pivot again, forever."""
+    return (
+        status.phase is Phase.FAILED
+        and status.pivot is not None
+        and status.pivot.attempt >= MAX_PIVOT_ATTEMPTS
+        and status.observed_generation == generation
     )
 
 

@@ -124,6 +124,9 @@ def plan_cluster(
     if cell.pivoted_away(status) and valid.name != context.self_name:
         # The child manages itself; this cell keeps the record and never re-creates its objects.
         return Plan()
+    if cell.pivot_abandoned(status, generation):
+        # The objects are applied for this generation; the failure stays visible until a new spec.
+        return Plan()
     desired = capi.compile_cluster(valid, compile_context)
     return _plan_apply(raw, status, valid, desired, capi_objects, generation, now)
 

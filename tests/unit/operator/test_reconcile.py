@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lattice.domain import capi, conditions, models, reconcile, serde, validation
+from lattice.domain import capi, cell, conditions, models, reconcile, serde, validation
 from lattice.domain.models import Phase
 from lattice.domain.reconcile import FINALIZER, ObjectKey, OperatorContext, plan_cluster
 
@@ -201,6 +201,31 @@ def test_spec_changes_wait_during_a_pivot() -> None:
     assert plan.apply == ()
     assert plan.status is not None
     assert plan.status["phase"] == "Pivoting"
+
+
+def abandoned(observed_generation: int) -> dict[str, Any]:
+    status = models.LatticeClusterStatus(
+        phase=Phase.PIVOTING,
+        observed_generation=observed_generation,
+        pivot=models.PivotStatus(models.PivotStep.EXPORTING, cell.MAX_PIVOT_ATTEMPTS),
+    )
+    return serde.status_to_dict(cell.pivot_failed(status, "preflight refused", NOW))
+
+
+def test_an_abandoned_pivot_stays_failed_until_the_spec_changes() -> None:
+    raw = lc()
+    raw["status"] = abandoned(observed_generation=1)
+    assert raw["status"]["phase"] == "Failed"
+    # Not Provisioning again (which, with the agent connected, restarts the pivot at attempt 1).
+    plan = plan_cluster(raw, desired(raw), CELL, NOW)
+    assert not plan.writes
+    assert plan.status is None
+
+    raw["metadata"]["generation"] = 2  # the user changed the spec: try again from the start
+    plan = plan_cluster(raw, desired(raw), CELL, NOW)
+    assert plan.status is not None
+    assert plan.status["phase"] == "Provisioning"
+    assert plan.status["observedGeneration"] == 2
 
 
 def test_ready_cluster_reapplies_and_stays_ready() -> None:
