@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import itertools
 from collections.abc import Iterable
 
 from attrs import evolve, frozen
@@ -103,8 +102,12 @@ class CatalogEntry:
 
 def _normalised_ports(ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
     """One port per name (the last wins), sorted by name; usually already so (fast path)."""
-    names = [port.name for port in ports]
-    if all(a < b for a, b in itertools.pairwise(names)):
+    previous = ""
+    for port in ports:  # a plain loop: this runs once per announcement of every full sync
+        if port.name <= previous:
+            break
+        previous = port.name
+    else:
         return ports
     by_name = {port.name: port for port in ports}
     return tuple(by_name[name] for name in sorted(by_name))
