@@ -8,6 +8,7 @@ imports kr8s or httpx for Kubernetes, and it translates their errors into ``latt
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,13 @@ from lattice.ports import kube
 from lattice.ports.kube import Obj, ResourceRef
 
 REQUEST_TIMEOUT_S = 30.0
+# Requests in flight per API server. httpcore (1.0.9) closes every connection that becomes idle
+# while its pool holds more than 20 connections in all (its idle check counts every connection,
+# not the idle ones), so with long-lived watches and bursts of applies in one pool nearly every
+# request paid a new mutual-TLS handshake on both sides: a third of the operator's CPU in
+# benchmarks/reconcile.py. Watches therefore get a session of their own, and requests queue
+# below that limit on warm connections.
+MAX_IN_FLIGHT = 16
 
 
 @frozen
@@ -32,18 +40,22 @@ class ResourceInfo:
 class Kr8sKube:
     """A :class:`lattice.ports.kube.KubeApi` for one API server."""
 
-    def __init__(self, api: Any) -> None:
+    def __init__(self, api: Any, *, watch_api: Any = None, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._api = api
+        self._watch_api = api if watch_api is None else watch_api
         self._resources: dict[tuple[str, str], ResourceInfo] = {}
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None) -> Kr8sKube:
         try:
             api = await kr8s.asyncio.api(kubeconfig=kubeconfig)
+            # A second, independent session (what kr8s's own factory builds) for watches only.
+            watch_api = await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
         except (httpx.HTTPError, kr8s.ServerError, OSError) as exc:
             where = kubeconfig or "the in-cluster service account"
             raise kube.Unavailable(f"cannot reach the API server of {where}: {exc}") from exc
-        return cls(api)
+        return cls(api, watch_api=watch_api)
 
     # ------------------------------------------------------------------ discovery
 
@@ -96,16 +108,19 @@ class Kr8sKube:
     ) -> Obj:
         try:
             base, url = _split(path)
-            async with self._api.call_api(
-                method,
-                version="",
-                base=base,
-                url=url,
-                params=params,
-                content=body,
-                headers={"Content-Type": content_type},
-                timeout=REQUEST_TIMEOUT_S,
-            ) as response:
+            async with (
+                self._in_flight,
+                self._api.call_api(
+                    method,
+                    version="",
+                    base=base,
+                    url=url,
+                    params=params,
+                    content=body,
+                    headers={"Content-Type": content_type},
+                    timeout=REQUEST_TIMEOUT_S,
+                ) as response,
+            ):
                 result: Obj = response.json() if response.content else {}
                 return result
         except kr8s.ServerError as exc:
@@ -159,7 +174,7 @@ class Kr8sKube:
             params["labelSelector"] = label_selector
         base, url = _split(path)
         try:
-            async with self._api.call_api(
+            async with self._watch_api.call_api(
                 "GET",
                 version="",
                 base=base,
