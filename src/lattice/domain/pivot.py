@@ -100,21 +100,33 @@ def statuses_to_restore(objects: Sequence[ExportedObject]) -> list[tuple[ObjectI
     return [(o.id, o.status) for o in objects if o.status is not None]
 
 
+def _delete_rank(oid: ObjectId) -> int:
+    if oid.kind in _DELETE_RANK:
+        return _DELETE_RANK[oid.kind]
+    if oid.kind.endswith("MachineTemplate"):
+        return 5
+    if oid.kind.endswith("Cluster"):  # the infrastructure cluster
+        return 6
+    return 8
+
+
 def deletion_order(ids: Iterable[ObjectId]) -> list[ObjectId]:
     """Source objects in the order to delete them after a successful import."""
+    return sorted(ids, key=lambda oid: (_delete_rank(oid), oid.kind, oid.name))
 
-    def rank(oid: ObjectId) -> tuple[int, str, str]:
-        if oid.kind in _DELETE_RANK:
-            value = _DELETE_RANK[oid.kind]
-        elif oid.kind.endswith("MachineTemplate"):
-            value = 5
-        elif oid.kind.endswith("Cluster"):  # the infrastructure cluster
-            value = 6
-        else:
-            value = 8
-        return (value, oid.kind, oid.name)
 
-    return sorted(ids, key=rank)
+def deletion_waves(ids: Iterable[ObjectId]) -> list[list[ObjectId]]:
+    """:func:`deletion_order` cut into waves of one rank each: a wave may be deleted at once
+    (no object in it owns another), the next only after it."""
+    waves: list[list[ObjectId]] = []
+    last: int | None = None
+    for oid in deletion_order(ids):
+        rank = _delete_rank(oid)
+        if rank != last:
+            waves.append([])
+            last = rank
+        waves[-1].append(oid)
+    return waves
 
 
 def content_hash(obj: Mapping[str, Any]) -> str:

@@ -135,3 +135,29 @@ def test_move_kinds_are_the_served_storage_versions_of_labelled_crds() -> None:
         ("cluster.x-k8s.io/v1beta2", "Machine"),
         ("infrastructure.lattice.dev/v1alpha1", "LocalCluster"),
     ]
+
+
+def test_deletion_waves_keep_the_order_and_group_one_rank_each() -> None:
+    def oid(kind: str, name: str) -> pivot.ObjectId:
+        return pivot.ObjectId("v1", kind, "ns", name)
+
+    ids = [
+        oid("Cluster", "c"),
+        oid("Secret", "c-kubeconfig"),
+        oid("Machine", "m-1"),
+        oid("LocalMachineTemplate", "t-1"),
+        oid("Machine", "m-0"),
+        oid("KubeadmConfigTemplate", "k"),
+        oid("LocalCluster", "c"),
+        oid("Secret", "c-ca"),
+    ]
+    waves = pivot.deletion_waves(ids)
+    assert [w for wave in waves for w in wave] == pivot.deletion_order(ids)
+    assert [[f"{o.kind}/{o.name}" for o in wave] for wave in waves] == [
+        ["Machine/m-0", "Machine/m-1"],
+        ["KubeadmConfigTemplate/k", "LocalMachineTemplate/t-1"],
+        ["LocalCluster/c"],
+        ["Secret/c-ca", "Secret/c-kubeconfig"],
+        ["Cluster/c"],
+    ]
+    assert pivot.deletion_waves([]) == []

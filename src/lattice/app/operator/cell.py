@@ -63,6 +63,7 @@ class CellCoordinator:
         self.work_dir = work_dir
         self.bootstrap_manifests = bootstrap_manifests
         self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._warm_kinds: set[tuple[str, str]] = set()
         self.pivot_timings: dict[str, dict[str, float]] = {}
 
     # The AgentStatusSink port: the hub reports every change of an agent's connection.
@@ -246,7 +247,11 @@ class CellCoordinator:
     async def warm_move_kinds(self, namespace: str | None = None) -> int:
         """List every kind ``clusterctl move`` lists, concurrently, so that no export waits for the
         API server to build their watch caches one by one (see :func:`pivot.move_kinds`).
-        Returns how many kinds answered; failures only cost the warm-up."""
+
+        A watch cache, once built, lasts as long as the API server, so each kind is listed once
+        per cell process (at start, and before an export only the kinds not seen yet: CRDs
+        installed since). After an API server restart the next export is slower, never wrong.
+        Returns how many kinds are warm; failures only cost the warm-up."""
         api = self.controller.api
         try:
             crds = await api.list(
@@ -264,8 +269,10 @@ class CellCoordinator:
                 return False
             return True
 
-        kinds = pivot.move_kinds(crds.items)
-        return sum(await asyncio.gather(*(warm(v, k) for v, k in kinds)))
+        kinds = [kind for kind in pivot.move_kinds(crds.items) if kind not in self._warm_kinds]
+        answered = await asyncio.gather(*(warm(v, k) for v, k in kinds))
+        self._warm_kinds.update(kind for kind, ok in zip(kinds, answered, strict=True) if ok)
+        return len(self._warm_kinds)
 
     async def _set_paused(self, namespace: str, name: str, *, paused: bool) -> None:
         ref = ResourceRef(f"{capi.CLUSTER_API}/v1beta2", "Cluster", name, namespace)
@@ -284,7 +291,8 @@ class CellCoordinator:
         if not ids:  # resumed after a restart that lost the export: delete by label
             ids = await self._labelled_ids(namespace)
         api = self.controller.api
-        for oid in pivot.deletion_order(ids):
+
+        async def delete(oid: pivot.ObjectId) -> None:
             ref = ResourceRef(oid.api_version, oid.kind, oid.name, oid.namespace)
             try:
                 await api.merge_patch(
@@ -293,7 +301,13 @@ class CellCoordinator:
                 )
                 await api.delete(ref)
             except kube.NotFound:
-                continue
+                return
+
+        for wave in pivot.deletion_waves(ids):  # dependants first; one wave at a time
+            results = await asyncio.gather(*(delete(oid) for oid in wave), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
         await api.delete(ResourceRef("v1", "Namespace", namespace))
 
     async def _labelled_ids(self, namespace: str) -> list[pivot.ObjectId]:
