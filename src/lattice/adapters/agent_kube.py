@@ -101,7 +101,7 @@ class KubePivotImporter:
         )
 
     async def _restore_statuses(self, objects: Sequence[pivot.ExportedObject]) -> None:
-        for oid, status in pivot.statuses_to_restore(objects):
+        async def restore(oid: pivot.ObjectId, status: dict[str, Any]) -> None:
             body: dict[str, Any] = {
                 "apiVersion": oid.api_version,
                 "kind": oid.kind,
@@ -112,6 +112,15 @@ class KubePivotImporter:
                 await self.api.apply_status(body, PIVOT_FIELD_MANAGER)
             except kube.KubeError as exc:
                 raise ExecutionError(f"restoring the status of {oid}: {exc}") from exc
+
+        # Independent writes (the objects exist already): all at once, the first failure reported.
+        results = await asyncio.gather(
+            *(restore(oid, status) for oid, status in pivot.statuses_to_restore(objects)),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
 
     async def _store_own_cluster(self, lattice_cluster: Obj) -> None:
         status = lattice_cluster.pop("status", None)
