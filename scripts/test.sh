@@ -4,7 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python -m coverage erase
-python -m coverage run -m pytest -p no:cacheprovider "$@"
+# Two workers, each taking whole files (a module's shared cell is never started twice): the
+# integration and E2E tests wait on real control planes much of the time, so they overlap well.
+python -m coverage run -m pytest -p no:cacheprovider -n "${LATTICE_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "ERROR: pytest collected no tests; an empty selection is a failure" >&2
