@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,26 @@ def _examples() -> list[dict[str, Any]]:
     return [copy.deepcopy(d) for d in YAML(typ="safe", pure=True).load_all(EXAMPLE.read_text())]
 
 
-def _namespace(cp: ControlPlane, name: str) -> None:
-    cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
+@pytest.fixture
+def namespace(cell_control_plane: ControlPlane) -> Iterator[Callable[[str], None]]:
+    """Namespaces for this test's services, emptied afterwards: the control plane is shared by
+    the session, and a LatticeService left behind is a local service to any LatticeService
+    controller that runs on it later (tests/integration/discovery/test_service_controller.py)."""
+    created: list[str] = []
+
+    def make(name: str) -> None:
+        cell_control_plane.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
+        created.append(name)
+
+    yield make
+    for name in created:  # the (empty) namespaces stay: a terminating one refuses the next test's
+        cell_control_plane.kubectl("delete", "latticeservices", "--all", "-n", name, "--wait=true")
 
 
-def test_examples_are_accepted_and_read_back(cell_control_plane: ControlPlane) -> None:
-    _namespace(cell_control_plane, "shop")
+def test_examples_are_accepted_and_read_back(
+    cell_control_plane: ControlPlane, namespace: Callable[[str], None]
+) -> None:
+    namespace("shop")
     cell_control_plane.apply(_examples())
     stored = json.loads(cell_control_plane.kubectl("get", "ls", "-n", "shop", "-o", "json").stdout)
     by_name = {item["metadata"]["name"]: item for item in stored["items"]}
@@ -44,8 +59,8 @@ def test_examples_are_accepted_and_read_back(cell_control_plane: ControlPlane) -
     assert by_name["frontend"]["spec"]["service"]["ports"]["http"]["protocol"] == "HTTP"
 
 
-def test_printer_columns(cell_control_plane: ControlPlane) -> None:
-    _namespace(cell_control_plane, "cols")
+def test_printer_columns(cell_control_plane: ControlPlane, namespace: Callable[[str], None]) -> None:
+    namespace("cols")
     doc = _examples()[0]
     doc["metadata"]["namespace"] = "cols"
     cell_control_plane.apply([doc])
@@ -79,8 +94,10 @@ def test_printer_columns(cell_control_plane: ControlPlane) -> None:
         ),
     ],
 )
-def test_cel_and_schema_rules(cell_control_plane: ControlPlane, mutate: Any, message: str) -> None:
-    _namespace(cell_control_plane, "rules")
+def test_cel_and_schema_rules(
+    cell_control_plane: ControlPlane, namespace: Callable[[str], None], mutate: Any, message: str
+) -> None:
+    namespace("rules")
     doc = _examples()[0]
     doc["metadata"]["namespace"] = "rules"
     mutate(doc["spec"])
