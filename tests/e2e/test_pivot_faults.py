@@ -20,24 +20,9 @@ from lattice.app.operator.cell import RETRY_DELAY_S
 from lattice.domain import cell as cell_flow
 from lattice.domain import pivot
 from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, wait_for
+from tests.moved import MOVED_KINDS, move_graph
 
 pytestmark = pytest.mark.e2e
-
-# What clusterctl moves for a local cluster (kinds labelled for move, plus the soft-owned Secrets).
-MOVED_KINDS = ",".join(
-    [
-        "clusters.cluster.x-k8s.io",
-        "kubeadmcontrolplanes",
-        "machinedeployments",
-        "kubeadmconfigtemplates",
-        "machines.cluster.x-k8s.io",
-        "localclusters",
-        "localmachinetemplates",
-        "localmachines",
-        "secrets",
-    ]
-)
-SOFT_OWNED_SECRETS = ("kubeconfig", "ca", "etcd", "sa", "proxy", "apiserver-etcd-client")
 
 
 def pivot_step(cell: Cell, name: str) -> str:
@@ -48,8 +33,7 @@ def pivot_step(cell: Cell, name: str) -> str:
 def moved_objects(toolchain: Toolchain, kubeconfig: Path, name: str) -> list[dict[str, Any]]:
     """The objects of ``name``'s move graph in one cluster (none once its namespace is gone)."""
     out = kubectl(toolchain, kubeconfig, "get", MOVED_KINDS, "-n", f"capi-{name}", "-o", "json")
-    secrets = {f"{name}-{suffix}" for suffix in SOFT_OWNED_SECRETS}
-    return [o for o in json.loads(out)["items"] if o["kind"] != "Secret" or o["metadata"]["name"] in secrets]
+    return move_graph(json.loads(out)["items"], name)
 
 
 def assert_moved_exactly_once(

@@ -26,24 +26,12 @@ from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, LocalProvider, Mach
 from lattice.domain import agent, capi, models, pivot, serde, validation
 from lattice.ports.kube import ResourceRef
 from lattice.testing.fixtures import ControlPlaneFactory
+from tests.moved import MOVED_KINDS, move_graph
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 NAME = "moved"
 NAMESPACE = models.capi_namespace(NAME)
-MOVED_KINDS = ",".join(
-    [
-        "clusters.cluster.x-k8s.io",
-        "kubeadmcontrolplanes",
-        "machinedeployments",
-        "kubeadmconfigtemplates",
-        "machines.cluster.x-k8s.io",
-        "localclusters",
-        "localmachinetemplates",
-        "localmachines",
-        "secrets",
-    ]
-)
 
 
 @pytest.fixture
@@ -88,7 +76,7 @@ async def provisioned_graph(
 
 def objects_in(cp: ControlPlane) -> list[dict[str, Any]]:
     items = json.loads(cp.kubectl("get", MOVED_KINDS, "-n", NAMESPACE, "-o", "json").stdout)["items"]
-    return [o for o in items if o["kind"] != "Secret" or o["metadata"]["name"].startswith(f"{NAME}-")]
+    return move_graph(items, NAME)
 
 
 def command(files: list[Path], attempt: int = 1) -> agent.PivotManifests:
