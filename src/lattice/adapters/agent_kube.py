@@ -20,6 +20,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from lattice.adapters.concurrency import gather_settled
 from lattice.domain import agent, cell, pivot
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
@@ -114,13 +115,11 @@ class KubePivotImporter:
                 raise ExecutionError(f"restoring the status of {oid}: {exc}") from exc
 
         # Independent writes (the objects exist already): all at once, the first failure reported.
-        results = await asyncio.gather(
-            *(restore(oid, status) for oid, status in pivot.statuses_to_restore(objects)),
-            return_exceptions=True,
+        _, error = await gather_settled(
+            restore(oid, status) for oid, status in pivot.statuses_to_restore(objects)
         )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        if error is not None:
+            raise error
 
     async def _store_own_cluster(self, lattice_cluster: Obj) -> None:
         status = lattice_cluster.pop("status", None)

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from lattice.adapters.concurrency import gather_settled
 from lattice.app.operator.controller import ClusterController
 from lattice.domain import agent, capi, cell, models, pivot, serde
 from lattice.domain.models import Phase, PivotStep
@@ -304,10 +305,9 @@ class CellCoordinator:
                 return
 
         for wave in pivot.deletion_waves(ids):  # dependants first; one wave at a time
-            results = await asyncio.gather(*(delete(oid) for oid in wave), return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
+            _, error = await gather_settled(delete(oid) for oid in wave)
+            if error is not None:
+                raise error
         await api.delete(ResourceRef("v1", "Namespace", namespace))
 
     async def _labelled_ids(self, namespace: str) -> list[pivot.ObjectId]:

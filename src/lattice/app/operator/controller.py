@@ -16,6 +16,7 @@ from typing import Any
 
 from attrs import frozen
 
+from lattice.adapters.concurrency import gather_settled
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.app.operator.workqueue import WorkQueue
@@ -285,15 +286,11 @@ class ClusterController:
         if before_rest is not None:
             await before_rest()
         rest = [o for o in objects if o["kind"] != "Namespace"]
-        results = await asyncio.gather(
-            *(self.api.apply(o, reconcile.FIELD_MANAGER) for o in rest), return_exceptions=True
-        )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for stored in results:
-            if not isinstance(stored, BaseException):
-                self._remember(stored)
-        if errors:
-            raise errors[0]
+        stored, error = await gather_settled(self.api.apply(o, reconcile.FIELD_MANAGER) for o in rest)
+        for obj in stored:
+            self._remember(obj)
+        if error is not None:
+            raise error
 
     def _event_soon(self, raw: Obj, event: reconcile.EventSpec) -> None:
         """Events are best-effort and off the reconcile's critical path."""
