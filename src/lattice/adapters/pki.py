@@ -261,6 +261,24 @@ def issue_certificate(
     return IssuedCertificate(cert=cert, key=leaf_key)
 
 
+def _requested_sans(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str | IPAddress]]:
+    """The DNS names and IP addresses a request asks for; none when it has no SAN extension.
+
+    A request without the extension asks for no names. (cryptography >= 51 refuses to build an
+    empty ``SubjectAlternativeName``, so "no extension" must not be modelled as an empty one.)
+    """
+    try:
+        requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    ips: list[str | IPAddress] = [
+        ip
+        for ip in requested.get_values_for_type(x509.IPAddress)
+        if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    ]
+    return list(requested.get_values_for_type(x509.DNSName)), ips
+
+
 def sign_csr(
     ca: CertificateAuthority,
     csr: x509.CertificateSigningRequest,
@@ -280,20 +298,9 @@ def sign_csr(
     if not csr.is_signature_valid:
         raise PKIError("the certificate signing request has an invalid signature")
     public = _check_public_key(csr.public_key())
-    try:
-        requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        requested = x509.SubjectAlternativeName([])
-    dns: Sequence[str] = requested.get_values_for_type(x509.DNSName) if dns_names is None else dns_names
-    ips: Sequence[str | IPAddress] = (
-        [
-            ip
-            for ip in requested.get_values_for_type(x509.IPAddress)
-            if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
-        ]
-        if ip_addresses is None
-        else ip_addresses
-    )
+    requested_dns, requested_ips = _requested_sans(csr)
+    dns: Sequence[str] = requested_dns if dns_names is None else dns_names
+    ips: Sequence[str | IPAddress] = requested_ips if ip_addresses is None else ip_addresses
     return _leaf(
         ca,
         csr.subject,
