@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The README's main job, from a fresh machine: install Lattice into .venv, build (or reuse) the
+# The README's main job, from a fresh machine: install Lattice into .venv from uv.lock, build (or reuse) the
 # Kubernetes binaries from the official Go modules, then run `lattice demo`: a self-managing
 # local management cell that provisions two workload clusters through the runtime flow.
 # `lattice down --state-dir .lattice` removes everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+bash scripts/python-env.sh
 bash scripts/build-k8s.sh
 LATTICE_BIN_DIR="$(bash scripts/build-k8s.sh --print-bin-dir)"
 export LATTICE_BIN_DIR PATH="$LATTICE_BIN_DIR:$PATH"
