@@ -10,9 +10,14 @@
 #   bash scripts/build-k8s.sh --force          rebuild even if the cache holds a build
 #
 # Outputs, all under ${LATTICE_CACHE:-~/.cache/lattice}:
-#   bin/<key>/{kube-apiserver,kube-controller-manager,kubectl,etcd,clusterctl,build-info.txt}
+#   bin/<key>/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,clusterctl,
+#              capi-controller-manager,capi-kubeadm-bootstrap-controller-manager,
+#              capi-kubeadm-control-plane-controller-manager,build-info.txt}
+#     (the three CAPI managers are the packages core, bootstrap/kubeadm and controlplane/kubeadm
+#     of sigs.k8s.io/cluster-api, named after the Deployments `clusterctl init` creates)
 #     <key> = versions + a hash of tools/ sources and of this script; ".complete" marks a build
 #   crds/<capi+provider versions>/<provider>/{bases/*.yaml,kustomization.yaml,metadata.yaml,VERSION}
+#     and, for the three CAPI managers' providers, webhook.yaml (their config/webhook/manifests.yaml)
 #   gomod/ (GOMODCACHE) and gocache/ (GOCACHE), so a machine's whole cache is in one place.
 # Any failure is fatal and loud; nothing is ever faked or skipped.
 set -euo pipefail
@@ -50,7 +55,9 @@ KEY="k8s-${KUBERNETES_VERSION}-etcd-${ETCD_VERSION}-capi-${CAPI_VERSION}-$(sourc
 BIN_DIR="$CACHE/bin/$KEY"
 CRD_KEY="capi-${CAPI_VERSION}-capa-${CAPA_VERSION}-capg-${CAPG_VERSION}-capz-${CAPZ_VERSION}"
 CRD_DIR="$CACHE/crds/$CRD_KEY"
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd clusterctl)
+CAPI_MANAGERS=(capi-controller-manager capi-kubeadm-bootstrap-controller-manager
+  capi-kubeadm-control-plane-controller-manager)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd clusterctl "${CAPI_MANAGERS[@]}")
 
 MODE=build
 FORCE=0
@@ -72,7 +79,8 @@ case "$MODE" in
     [ -f "$BIN_DIR/.complete" ] || die "no build at $BIN_DIR; run: bash scripts/build-k8s.sh"
     echo "$BIN_DIR"; exit 0 ;;
   print-crd)
-    [ -f "$CRD_DIR/.complete" ] || die "no CRDs at $CRD_DIR; run: bash scripts/build-k8s.sh"
+    [ -f "$CRD_DIR/.complete" ] && [ -f "$CRD_DIR/control-plane-kubeadm/webhook.yaml" ] \
+      || die "no CRDs at $CRD_DIR; run: bash scripts/build-k8s.sh"
     echo "$CRD_DIR"; exit 0 ;;
 esac
 
@@ -123,6 +131,14 @@ sync_modules() {
       -replace="sigs.k8s.io/cluster-api/api=sigs.k8s.io/cluster-api/api@${CAPI_VERSION}"
     go mod tidy
   )
+  (
+    cd "$TOOLS/capi"
+    # The three managers are `tool`s of this module; api is a module of its own since v1.14,
+    # which cluster-api's go.mod replaces with ./api (a replace the module zip cannot honour).
+    go mod edit -go="$GO_VERSION" -require="sigs.k8s.io/cluster-api@${CAPI_VERSION}" \
+      -replace="sigs.k8s.io/cluster-api/api=sigs.k8s.io/cluster-api/api@${CAPI_VERSION}"
+    go mod tidy
+  )
   step "synced; commit tools/*/go.mod and tools/*/go.sum"
 }
 
@@ -139,11 +155,12 @@ check_modules() {
   done
   grep -Eq "^(require |replace |[[:space:]]+)go.etcd.io/etcd/server/v3 ${ETCD_VERSION}\$" "$TOOLS/etcd/go.mod" \
     || die "tools/etcd/go.mod does not require etcd ${ETCD_VERSION}; run --sync"
-  grep -Eq "^(require |replace |[[:space:]]+)sigs.k8s.io/cluster-api ${CAPI_VERSION}\$" "$TOOLS/clusterctl/go.mod" \
-    || die "tools/clusterctl/go.mod does not require cluster-api ${CAPI_VERSION}; run --sync"
-  grep -Eq "sigs.k8s.io/cluster-api/api => sigs.k8s.io/cluster-api/api ${CAPI_VERSION}\$" \
-    "$TOOLS/clusterctl/go.mod" \
-    || die "tools/clusterctl/go.mod lacks the cluster-api/api ${CAPI_VERSION} replace; run --sync"
+  for d in clusterctl capi; do
+    grep -Eq "^(require |replace |[[:space:]]+)sigs.k8s.io/cluster-api ${CAPI_VERSION}( // indirect)?\$" \
+      "$TOOLS/$d/go.mod" || die "tools/$d/go.mod does not require cluster-api ${CAPI_VERSION}; run --sync"
+    grep -Eq "sigs.k8s.io/cluster-api/api => sigs.k8s.io/cluster-api/api ${CAPI_VERSION}\$" \
+      "$TOOLS/$d/go.mod" || die "tools/$d/go.mod lacks the cluster-api/api ${CAPI_VERSION} replace; run --sync"
+  done
 }
 
 if [ "$MODE" = sync ]; then
@@ -152,11 +169,17 @@ if [ "$MODE" = sync ]; then
 fi
 
 # go build with a heartbeat: the package count goes to stderr every 30 s.
+# OUT is a directory (ending in /) or a file; EXTRA go build flags may follow in GO_BUILD_FLAGS.
 go_build() {
   local dir="$1" out="$2" ldflags="$3" log pid n rc
   shift 3
-  log="$out/.build-$(basename "$dir").log"
-  (cd "$dir" && exec go build -mod=readonly -v -p "$(nproc)" -ldflags "$ldflags" -o "$out/" "$@") \
+  case "$out" in
+    */) log="$out.build-$(basename "$dir").log" ;;
+    *) log="$(dirname "$out")/.build-$(basename "$out").log" ;;
+  esac
+  # shellcheck disable=SC2086
+  (cd "$dir" && exec go build -mod=readonly -v -p "$(nproc)" ${GO_BUILD_FLAGS:-} -ldflags "$ldflags" \
+    -o "$out" "$@") \
     >"$log" 2>&1 &
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
@@ -175,7 +198,7 @@ go_build() {
 }
 
 build_binaries() {
-  local tmp minor ldk ldc
+  local tmp minor ldk ldc help
   check_modules
   tmp="$CACHE/bin/.tmp-$KEY-$$"
   rm -rf "$tmp"
@@ -200,15 +223,27 @@ build_binaries() {
   ldc+=" -X k8s.io/client-go/pkg/version.gitVersion=${KUBERNETES_VERSION}"
 
   step "download Go modules (GOMODCACHE=$GOMODCACHE)"
-  for d in k8s etcd clusterctl; do
+  for d in k8s etcd clusterctl capi; do
     (cd "$TOOLS/$d" && go mod download) || die "go mod download failed in tools/$d"
   done
   step "go build kube-apiserver kube-controller-manager kubectl (k8s.io/kubernetes ${KUBERNETES_VERSION})"
-  go_build "$TOOLS/k8s" "$tmp" "$ldk" ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kubectl
+  go_build "$TOOLS/k8s" "$tmp/" "$ldk" ./cmd/kube-apiserver ./cmd/kube-controller-manager \
+    ./cmd/kube-scheduler ./cmd/kubectl
   step "go build etcd (${ETCD_VERSION})"
-  go_build "$TOOLS/etcd" "$tmp" "-s -w" ./cmd/etcd
+  go_build "$TOOLS/etcd" "$tmp/" "-s -w" ./cmd/etcd
   step "go build clusterctl (${CAPI_VERSION})"
-  go_build "$TOOLS/clusterctl" "$tmp" "$ldc" ./cmd/clusterctl
+  go_build "$TOOLS/clusterctl" "$tmp/" "$ldc" ./cmd/clusterctl
+  # The managers as upstream's Dockerfile builds them (-tags=fieldsv1string).
+  local pkg name
+  for pkg in core bootstrap/kubeadm controlplane/kubeadm; do
+    case "$pkg" in
+      core) name=capi-controller-manager ;;
+      bootstrap/kubeadm) name=capi-kubeadm-bootstrap-controller-manager ;;
+      controlplane/kubeadm) name=capi-kubeadm-control-plane-controller-manager ;;
+    esac
+    step "go build $name (sigs.k8s.io/cluster-api/$pkg ${CAPI_VERSION})"
+    GO_BUILD_FLAGS=-tags=fieldsv1string go_build "$TOOLS/capi" "$tmp/$name" "$ldc" "sigs.k8s.io/cluster-api/$pkg"
+  done
 
   for b in "${BINARIES[@]}"; do
     [ -x "$tmp/$b" ] || die "the build produced no $b"
@@ -219,6 +254,12 @@ build_binaries() {
     || die "etcd reports: $("$tmp/etcd" --version)"
   "$tmp/clusterctl" version -o short | grep -qx "${CAPI_VERSION}" \
     || die "clusterctl reports: $("$tmp/clusterctl" version -o short)"
+  "$tmp/kube-scheduler" --version | grep -qx "Kubernetes ${KUBERNETES_VERSION}" \
+    || die "kube-scheduler reports $("$tmp/kube-scheduler" --version), not ${KUBERNETES_VERSION}"
+  for b in "${CAPI_MANAGERS[@]}"; do
+    help="$("$tmp/$b" --help 2>&1 || true)"
+    grep -q -- '--webhook-port' <<<"$help" || die "$b does not look like a CAPI manager: $help"
+  done
   {
     echo "key=$KEY"
     echo "go=$(go env GOVERSION)"
@@ -268,10 +309,14 @@ collect_crds() {
   capg="$(module_dir "sigs.k8s.io/cluster-api-provider-gcp@${CAPG_VERSION}")"
   capz="$(module_dir "sigs.k8s.io/cluster-api-provider-azure@${CAPZ_VERSION}")"
   copy_provider cluster-api "$CAPI_VERSION" "$capi" core/config/crd "$capi/metadata.yaml" "$tmp"
-  copy_provider bootstrap-kubeadm "$CAPI_VERSION" "$capi" bootstrap/kubeadm/config/crd \
-    "$capi/metadata.yaml" "$tmp"
-  copy_provider control-plane-kubeadm "$CAPI_VERSION" "$capi" controlplane/kubeadm/config/crd \
-    "$capi/metadata.yaml" "$tmp"
+  local sub
+  for sub in cluster-api:core bootstrap-kubeadm:bootstrap/kubeadm control-plane-kubeadm:controlplane/kubeadm; do
+    [ -d "$tmp/${sub%%:*}" ] || copy_provider "${sub%%:*}" "$CAPI_VERSION" "$capi" "${sub#*:}/config/crd" \
+      "$capi/metadata.yaml" "$tmp"
+    [ -f "$capi/${sub#*:}/config/webhook/manifests.yaml" ] || die "no webhook manifests in ${sub#*:}"
+    cp "$capi/${sub#*:}/config/webhook/manifests.yaml" "$tmp/${sub%%:*}/webhook.yaml"
+    chmod u+w "$tmp/${sub%%:*}/webhook.yaml"
+  done
   copy_provider clusterctl "$CAPI_VERSION" "$capi" cmd/clusterctl/config/crd \
     "$capi/metadata.yaml" "$tmp"
   copy_provider infrastructure-docker "$CAPI_VERSION" "$capi_test" \
@@ -293,7 +338,8 @@ else
   build_binaries
   step "binaries built: $BIN_DIR ($(du -sh "$BIN_DIR" | cut -f1))"
 fi
-if [ "$FORCE" = 0 ] && [ -f "$CRD_DIR/.complete" ]; then
+# A collection from before the webhook manifests were collected is collected again.
+if [ "$FORCE" = 0 ] && [ -f "$CRD_DIR/.complete" ] && [ -f "$CRD_DIR/control-plane-kubeadm/webhook.yaml" ]; then
   step "CRDs cached: $CRD_DIR"
 else
   step "collect Cluster API CRDs"

@@ -22,6 +22,7 @@ import attrs
 __all__ = [
     "BINARIES",
     "BUILD_SCRIPT",
+    "CAPI_MANAGERS",
     "BinariesNotBuiltError",
     "Toolchain",
     "Versions",
@@ -34,17 +35,28 @@ __all__ = [
     "read_versions",
 ]
 
+CAPI_MANAGERS: tuple[str, ...] = (
+    "capi-controller-manager",
+    "capi-kubeadm-bootstrap-controller-manager",
+    "capi-kubeadm-control-plane-controller-manager",
+)
+"""The real Cluster API managers (packages core, bootstrap/kubeadm, controlplane/kubeadm)."""
+
 BINARIES: tuple[str, ...] = (
     "kube-apiserver",
     "kube-controller-manager",
+    "kube-scheduler",
     "kubectl",
     "etcd",
     "clusterctl",
+    *CAPI_MANAGERS,
 )
 BUILD_SCRIPT = "scripts/build-k8s.sh"
 VERSIONS_FILE = "tools/versions.env"
 BUILD_INFO = "build-info.txt"
 COMPLETE_MARKER = ".complete"
+WEBHOOKS_MARKER = "control-plane-kubeadm/webhook.yaml"
+"""Collected since the CAPI managers run: an older collection lacks it and is collected again."""
 
 
 class BinariesNotBuiltError(RuntimeError):
@@ -189,6 +201,10 @@ class Toolchain:
         return self.binary("kube-controller-manager")
 
     @property
+    def kube_scheduler(self) -> Path:
+        return self.binary("kube-scheduler")
+
+    @property
     def kubectl(self) -> Path:
         return self.binary("kubectl")
 
@@ -228,6 +244,6 @@ def locate(repo_root: Path | None = None) -> Toolchain:
     missing = [name for name in BINARIES if not os.access(bin_dir / name, os.X_OK)]
     if missing:
         raise _not_built(f"binaries {', '.join(missing)}", bin_dir)
-    if not (crd_dir / COMPLETE_MARKER).is_file():
+    if not (crd_dir / COMPLETE_MARKER).is_file() or not (crd_dir / WEBHOOKS_MARKER).is_file():
         raise _not_built("Cluster API CRDs", crd_dir)
     return Toolchain(bin_dir=bin_dir, crd_dir=crd_dir, versions=versions)

@@ -55,6 +55,8 @@ def _fake_build(bin_dir: Path, crd_dir: Path) -> None:
     (bin_dir / ".complete").touch()
     crd_dir.mkdir(parents=True)
     (crd_dir / ".complete").touch()
+    (crd_dir / binaries.WEBHOOKS_MARKER).parent.mkdir(parents=True)
+    (crd_dir / binaries.WEBHOOKS_MARKER).write_text("")
 
 
 def test_parse_env_file() -> None:
@@ -178,6 +180,12 @@ def test_locate_names_missing_binaries_and_crds(
     os.chmod(bin_dir / "etcd", 0o755)
     (bin_dir / "clusterctl").write_text("")
     os.chmod(bin_dir / "clusterctl", 0o755)
+    # A collection from before the webhook manifests were collected is not enough.
+    (crd_dir / binaries.WEBHOOKS_MARKER).unlink()
+    with pytest.raises(BinariesNotBuiltError, match="Cluster API CRDs"):
+        binaries.locate(root)
+    (crd_dir / binaries.WEBHOOKS_MARKER).write_text("")
+    assert binaries.locate(root).crd_dir == crd_dir
     (crd_dir / ".complete").unlink()
     with pytest.raises(BinariesNotBuiltError, match="Cluster API CRDs"):
         binaries.locate(root)
