@@ -48,6 +48,8 @@ from lattice.adapters.binaries import Toolchain, locate
 __all__ = [
     "ControlPlane",
     "ControlPlaneError",
+    "ManagedProcess",
+    "crd_name_of_file",
     "free_port",
     "live_control_planes",
     "start_control_planes",
@@ -97,7 +99,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 @attrs.define(eq=False)
-class _Process:
+class ManagedProcess:
     """One child process, in its own process group, logging to a file it appends to."""
 
     name: str
@@ -221,7 +223,7 @@ class ControlPlane:
     etcd_peer_port: int = 0
     apiserver_port: int = 0
     kcm_port: int = 0
-    _procs: dict[str, _Process] = attrs.field(factory=dict)
+    _procs: dict[str, ManagedProcess] = attrs.field(factory=dict)
     _ssl: ssl.SSLContext | None = None
 
     @classmethod
@@ -337,6 +339,10 @@ class ControlPlane:
         env["KUBERC"] = "off"
         return env
 
+    def env(self) -> dict[str, str]:
+        """The environment its processes run with (no ``KUBE*`` variables of the caller)."""
+        return self._env()
+
     def _etcd_argv(self) -> list[str]:
         client = f"http://{LOOPBACK}:{self.etcd_port}"
         peer = f"http://{LOOPBACK}:{self.etcd_peer_port}"
@@ -396,10 +402,10 @@ class ControlPlane:
             "--profiling=false",
         ]
 
-    def _process(self, name: str, argv: list[str]) -> _Process:
+    def _process(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = self._procs.get(name)
         if proc is None:
-            proc = _Process(name=name, argv=argv, log_path=self.logs_dir / f"{name}.log")
+            proc = ManagedProcess(name=name, argv=argv, log_path=self.logs_dir / f"{name}.log")
             self._procs[name] = proc
         else:
             proc.argv = argv
@@ -658,7 +664,7 @@ class ControlPlane:
         loaded = capi_crds.load_providers(self.toolchain.crd_dir, providers)
         files = [arg for p in loaded for f in p.files for arg in ("-f", str(f))]
         converted = self.kubectl("create", "--dry-run=client", "-o", "json", *files, timeout=300)
-        by_file = {_crd_name_of_file(f): p for p in loaded for f in p.files}
+        by_file = {crd_name_of_file(f): p for p in loaded for f in p.files}
         crds: list[dict[str, Any]] = []
         for crd in _json_stream(converted.stdout):
             name = str(crd["metadata"]["name"])
@@ -734,7 +740,7 @@ def _json_stream(text: str) -> list[Mapping[str, Any]]:
         objects.extend(_items(obj))
 
 
-def _crd_name_of_file(path: Path) -> str:
+def crd_name_of_file(path: Path) -> str:
     """``<group>_<plural>.yaml`` (the controller-gen file name) -> ``<plural>.<group>``."""
     group, _, plural = path.stem.partition("_")
     return f"{plural}.{group}"

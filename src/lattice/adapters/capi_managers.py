@@ -1,0 +1,235 @@
+"""The real Cluster API managers as processes against one control plane (not a stand-in).
+
+A cluster that manages clusters runs three managers built from ``sigs.k8s.io/cluster-api``
+(``scripts/build-k8s.sh``): the core manager, the kubeadm bootstrap provider (CABPK) and the
+kubeadm control-plane provider (KCP). In a real installation they are Deployments behind a
+Service; here they are local processes (the stand-in for the kubelet running those
+Deployments) and their admission and conversion webhooks are registered the way envtest does
+it: a generated CA, a serving certificate for the loopback address, and webhook
+configurations whose ``clientConfig.url`` points at the process. So defaulting, validation and
+conversion happen exactly as in a real installation, and with ``failurePolicy: Fail``: while a
+manager is down, writes to its kinds are refused, as they would be.
+
+:meth:`CapiManagers.stop` removes the webhook configurations and the conversion settings
+before it stops the processes, leaving the control plane writable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from ruamel.yaml import YAML
+
+from lattice.adapters import capi_crds, pki
+from lattice.adapters.controlplane import (
+    LOOPBACK,
+    ControlPlane,
+    ControlPlaneError,
+    ManagedProcess,
+    crd_name_of_file,
+    free_port,
+)
+from lattice.domain import capi_managers
+from lattice.domain.capi_managers import MANAGERS, Manager, Ports
+
+__all__ = ["CapiManagers", "CapiManagersError"]
+
+FIELD_MANAGER = "lattice-capi-managers"
+
+
+class CapiManagersError(ControlPlaneError):
+    """A manager did not start, or its webhooks could not be registered; with its log."""
+
+
+def _yaml_all(path: Path) -> list[Any]:
+    return [doc for doc in YAML(typ="safe", pure=True).load_all(path.read_text()) if doc]
+
+
+def _yaml_one(path: Path) -> Any:
+    return YAML(typ="safe", pure=True).load(path.read_text()) or {}
+
+
+_live_lock = threading.Lock()
+_live: set[CapiManagers] = set()
+
+
+def _stop_live() -> None:
+    with _live_lock:
+        live = list(_live)
+    for managers in live:
+        managers.stop(unregister=False)
+
+
+atexit.register(_stop_live)
+
+
+class CapiManagers:
+    """The core, CABPK and KCP managers of one control plane, with their webhooks."""
+
+    def __init__(self, control_plane: ControlPlane, *, directory: Path | None = None) -> None:
+        self.control_plane = control_plane
+        self.dir = directory if directory is not None else control_plane.dir / "capi-managers"
+        self.ports: dict[str, Ports] = {}
+        self._procs: dict[str, ManagedProcess] = {}
+        self._ca_bundle = ""
+        self._registered: list[dict[str, Any]] = []
+        self._conversions: list[str] = []
+
+    # -- paths and files ------------------------------------------------------------------
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.dir / "serving-certs"
+
+    def _write_serving_cert(self) -> None:
+        """One CA and one serving certificate (IP SAN 127.0.0.1) shared by the three managers,
+        as envtest's TinyCA does; ``tls.crt``/``tls.key`` are what controller-runtime reads."""
+        ca = pki.new_ca("lattice-capi-webhooks-ca", organizations=["lattice"])
+        serving = ca.issue("capi-webhooks", dns_names=["localhost"], ip_addresses=[LOOPBACK], server=True)
+        pki.write_private_file(self.cert_dir / "tls.key", serving.key_pem)
+        pki.write_private_file(self.cert_dir / "tls.crt", serving.cert_pem)
+        self._ca_bundle = base64.b64encode(ca.cert_pem).decode()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _argv(self, manager: Manager) -> list[str]:
+        ports = self.ports[manager.binary]
+        return capi_managers.manager_argv(
+            str(self.control_plane.toolchain.binary(manager.binary)),
+            kubeconfig=str(self.control_plane.kubeconfig),
+            cert_dir=str(self.cert_dir),
+            host=LOOPBACK,
+            ports=ports,
+        )
+
+    def _health_ok(self, manager: Manager) -> bool:
+        url = f"http://{LOOPBACK}:{self.ports[manager.binary].health}/readyz"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _check_alive(self) -> None:
+        for proc in self._procs.values():
+            if proc.popen is not None and proc.popen.poll() is not None:
+                raise CapiManagersError(
+                    f"{proc.name} exited with code {proc.popen.returncode}\n{proc.tail(40)}"
+                )
+
+    def start(self, timeout: float = 120.0) -> Self:
+        """Start the managers, wait until each is ready (webhook server included), then
+        register their webhooks and conversion; a manager that exits fails with its log."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._write_serving_cert()
+        env = self.control_plane.env()
+        with _live_lock:
+            _live.add(self)
+        for manager in MANAGERS:
+            self.ports[manager.binary] = Ports(
+                webhook=free_port(), health=free_port(), diagnostics=free_port()
+            )
+            proc = ManagedProcess(
+                name=manager.binary,
+                argv=self._argv(manager),
+                log_path=self.control_plane.logs_dir / f"{manager.binary}.log",
+            )
+            self._procs[manager.binary] = proc
+            proc.start(env)
+        deadline = time.monotonic() + timeout
+        waiting = list(MANAGERS)
+        while waiting:
+            self._check_alive()
+            waiting = [m for m in waiting if not self._health_ok(m)]
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(m.binary for m in waiting)
+                tails = "\n".join(self._procs[m.binary].tail(40) for m in waiting)
+                raise CapiManagersError(f"not ready after {timeout:.0f}s: {names}\n{tails}")
+            if waiting:
+                time.sleep(0.2)
+        self.register_webhooks()
+        return self
+
+    def _provider_files(self, manager: Manager) -> tuple[Path, Sequence[Path]]:
+        provider_dir = self.control_plane.toolchain.crd_dir / manager.provider
+        loaded = capi_crds.load_providers(self.control_plane.toolchain.crd_dir, [manager.provider])
+        return provider_dir, loaded[0].files
+
+    def desired_objects(self) -> list[dict[str, Any]]:
+        """The webhook configurations and CRD conversion settings of the three managers."""
+        objects: list[dict[str, Any]] = []
+        for manager in MANAGERS:
+            provider_dir, files = self._provider_files(manager)
+            base = f"https://{LOOPBACK}:{self.ports[manager.binary].webhook}"
+            objects.extend(
+                capi_managers.webhook_configurations(
+                    _yaml_all(provider_dir / "webhook.yaml"),
+                    prefix=manager.prefix,
+                    base_url=base,
+                    ca_bundle=self._ca_bundle,
+                )
+            )
+            plurals = set(capi_managers.conversion_plurals(_yaml_one(provider_dir / "kustomization.yaml")))
+            for path in files:
+                name = crd_name_of_file(path)
+                if name.split(".", 1)[0] in plurals:
+                    objects.append(
+                        capi_managers.conversion_patch(name, url=f"{base}/convert", ca_bundle=self._ca_bundle)
+                    )
+        return objects
+
+    def register_webhooks(self) -> None:
+        """Apply the webhook configurations and conversion settings (server-side apply)."""
+        objects = self.desired_objects()
+        self.control_plane.apply(objects, field_manager=FIELD_MANAGER, extra_args=["--force-conflicts"])
+        self._registered = [o for o in objects if o["kind"] in capi_managers.WEBHOOK_KINDS]
+        self._conversions = [
+            o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"
+        ]
+
+    def unregister_webhooks(self) -> None:
+        """Delete the webhook configurations and take conversion back to ``None``."""
+        if self._conversions:
+            self.control_plane.apply(
+                [capi_managers.without_conversion(name) for name in self._conversions],
+                field_manager=FIELD_MANAGER,
+                extra_args=["--force-conflicts"],
+            )
+        for obj in self._registered:
+            self.control_plane.kubectl(
+                "delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", "--wait=false"
+            )
+        self._registered = []
+        self._conversions = []
+
+    def stop(self, timeout: float = 10.0, *, unregister: bool = True) -> None:
+        """Unregister the webhooks (while the apiserver is there), then stop the processes."""
+        if unregister and self.control_plane.running:
+            with contextlib.suppress(ControlPlaneError):
+                self.unregister_webhooks()
+        for proc in self._procs.values():
+            proc.stop(timeout)
+        with _live_lock:
+            _live.discard(self)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs.values() if p.running() and p.pid is not None]
+
+    def log_tails(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {p.log_path} ---\n{p.tail(lines)}" for p in self._procs.values())
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,226 @@
+"""The real Cluster API managers (core, CABPK, KCP, built from sigs.k8s.io/cluster-api) on a
+real control plane, driving what ``lattice compile`` produces for a local cluster.
+
+Nothing here writes what a CAPI controller owns. The test plays only the infrastructure
+provider's part of the contract (``LocalCluster.spec.controlPlaneEndpoint`` and
+``status.initialization.provisioned``, which the local provider owns); everything else
+(defaulting, validation, conversion, the Cluster's status, the certificates, the kubeconfig,
+the first control-plane Machine, its KubeadmConfig and the rendered bootstrap data) is the
+real controllers' work.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from lattice.adapters.capi_managers import CapiManagers
+from lattice.adapters.controlplane import ControlPlane, ControlPlaneError
+from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS
+from lattice.domain import capi, models, serde, validation
+from lattice.testing.fixtures import ControlPlaneFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+NAME = "real"
+NAMESPACE = models.capi_namespace(NAME)
+KCP = f"{NAME}-control-plane"
+REGISTRATION_SECRET = f"{NAME}-lattice-registration"
+
+T = TypeVar("T")
+
+
+def compiled(control_plane: int = 1, workers: int = 2) -> tuple[dict[str, Any], ...]:
+    raw = {
+        "apiVersion": "lattice.dev/v1alpha1",
+        "kind": "LatticeCluster",
+        "metadata": {"name": NAME},
+        "spec": {
+            "cellRef": "mgmt",
+            "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
+            "nodes": {"controlPlane": control_plane, "workers": workers},
+        },
+    }
+    cluster = serde.cluster_from_dict(raw)
+    assert isinstance(cluster, models.LatticeCluster)
+    valid = validation.validate_cluster(cluster)
+    assert isinstance(valid, validation.ValidCluster)
+    return capi.compile_cluster(valid, capi.CompileContext(parent=capi.ParentEndpoint(host="127.0.0.1")))
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def get(cp: ControlPlane, kind: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+    result = cp.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def listed(cp: ControlPlane, kind: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(cp.kubectl("get", kind, "-n", namespace, "-o", "json").stdout)[
+        "items"
+    ]
+    return items
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return None
+
+
+@pytest.fixture
+def managed(control_plane_factory: ControlPlaneFactory) -> Iterator[tuple[ControlPlane, CapiManagers]]:
+    cp = control_plane_factory.one(controller_manager=True)
+    cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
+    cp.install_lattice_crds()
+    managers = CapiManagers(cp).start()
+    try:
+        yield cp, managers
+    finally:
+        managers.stop()
+
+
+def test_real_managers_drive_a_compiled_local_cluster(managed: tuple[ControlPlane, CapiManagers]) -> None:
+    cp, managers = managed
+    assert len(managers.pids()) == 3
+
+    # The real validating webhook refuses what CAPI refuses: an even stacked-etcd control plane.
+    objects = compiled()
+    even = next(o for o in objects if o["kind"] == "KubeadmControlPlane")
+    even = {**even, "spec": {**even["spec"], "replicas": 2}}
+    refused = cp.apply([objects[0], even], check=False)
+    assert refused.returncode != 0
+    assert "spec.replicas: Forbidden: cannot be an even number when etcd is stacked" in refused.stderr
+
+    cp.apply(objects)
+
+    # The real defaulting webhook filled in what the controllers dereference.
+    kcp = wait_for("the KubeadmControlPlane", lambda: get(cp, "kubeadmcontrolplane", KCP))
+    assert kcp["spec"]["rollout"]["strategy"]["type"] == "RollingUpdate"
+
+    # The real conversion webhook answers a v1beta1 read (stored as v1beta2).
+    old = json.loads(
+        cp.kubectl("get", f"clusters.v1beta1.{capi.CLUSTER_API}", NAME, "-n", NAMESPACE, "-o", "json").stdout
+    )
+    assert old["apiVersion"] == f"{capi.CLUSTER_API}/v1beta1"
+    assert old["spec"]["infrastructureRef"]["apiVersion"] == "infrastructure.lattice.dev/v1alpha1"
+
+    # The infrastructure provider's part (the local provider owns LocalCluster): an endpoint,
+    # then provisioned. Everything after this is the real controllers' work.
+    cp.kubectl(
+        "patch", "localcluster", NAME, "-n", NAMESPACE, "--type=merge",
+        "-p", json.dumps({"spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": 6443}}}),
+    )  # fmt: skip
+    cp.kubectl(
+        "patch", "localcluster", NAME, "-n", NAMESPACE, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"initialization": {"provisioned": True}}}),
+    )  # fmt: skip
+
+    def infrastructure_provisioned() -> dict[str, Any] | None:
+        cluster = get(cp, "cluster", NAME)
+        init = ((cluster or {}).get("status") or {}).get("initialization") or {}
+        return cluster if init.get("infrastructureProvisioned") else None
+
+    cluster = wait_for("the core controller to see the infrastructure", infrastructure_provisioned)
+    assert cluster["spec"]["controlPlaneEndpoint"] == {"host": "127.0.0.1", "port": 6443}
+    assert (condition(cluster, "InfrastructureReady") or {}).get("status") == "True"
+    assert "cluster.cluster.x-k8s.io" in cluster["metadata"]["finalizers"]
+
+    # KCP generates the cluster's certificates and admin kubeconfig, owned by the KCP.
+    for suffix in ("ca", "etcd", "sa", "proxy", "kubeconfig"):
+        secret = wait_for(f"Secret {NAME}-{suffix}", lambda s=suffix: get(cp, "secret", f"{NAME}-{s}"))
+        assert secret["type"] == "cluster.x-k8s.io/secret"
+        assert secret["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == NAME
+    kubeconfig = base64.b64decode(get(cp, "secret", f"{NAME}-kubeconfig")["data"]["value"]).decode()  # type: ignore[index]
+    assert "server: https://127.0.0.1:6443" in kubeconfig
+
+    # KCP creates the first control-plane Machine with its KubeadmConfig and LocalMachine,
+    # all named alike and owned as CAPI owns them.
+    machine = wait_for(
+        "the first control-plane Machine",
+        lambda: next(
+            (
+                m
+                for m in listed(cp, "machines")
+                if "cluster.x-k8s.io/control-plane" in m["metadata"]["labels"]
+            ),
+            None,
+        ),
+    )
+    name = machine["metadata"]["name"]
+    assert machine["metadata"]["ownerReferences"][0]["kind"] == "KubeadmControlPlane"
+    assert machine["spec"]["infrastructureRef"]["kind"] == "LocalMachine"
+    local_machine = wait_for("the LocalMachine KCP cloned", lambda: get(cp, "localmachine", name))
+    assert local_machine["spec"]["bootTimeoutSeconds"] == 120
+
+    # The compiled files name a registration Secret that does not exist yet: CABPK cannot
+    # render, and says so in its own condition.
+    def render_failure() -> dict[str, Any] | None:
+        found = condition(get(cp, "kubeadmconfig", name), "DataSecretAvailable")
+        failed = found is not None and found.get("status") == "False"
+        return found if failed and REGISTRATION_SECRET in (found or {}).get("message", "") else None
+
+    failure = wait_for("CABPK to report the missing Secret", render_failure)
+    print(f"\nCABPK: {failure['reason']}: {failure['message']}")
+
+    cp.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": REGISTRATION_SECRET, "namespace": NAMESPACE},
+                "stringData": {"token": "t0ken", "ca.crt": "CA PEM"},
+            }
+        ]
+    )
+    config = wait_for(
+        "the rendered bootstrap data",
+        lambda: (c := get(cp, "kubeadmconfig", name)) and c.get("status", {}).get("dataSecretName") and c,
+    )
+    secret = get(cp, "secret", config["status"]["dataSecretName"])
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["format"]) == b"cloud-config"
+    data = base64.b64decode(secret["data"]["value"]).decode()
+    assert data.startswith("## template: jinja\n#cloud-config")
+    assert "kubeadm init --config /run/kubeadm/kubeadm.yaml" in data
+    assert "path: /etc/lattice/bootstrap-token" in data
+    assert "t0ken" in data  # contentFrom.secret inlined by CABPK
+    kcp_commands = kcp["spec"]["kubeadmConfigSpec"]["postKubeadmCommands"]
+    assert kcp_commands
+    assert kcp_commands[0].splitlines()[0] in data
+    machine = wait_for(
+        "the Machine to take the bootstrap data",
+        lambda: (m := get(cp, "machine", name)) and m["spec"]["bootstrap"].get("dataSecretName") and m,
+    )
+    assert machine["status"]["phase"] in ("Pending", "Provisioning")
+
+    # Stopping the managers leaves the control plane writable (webhooks unregistered), and the
+    # even control plane is then accepted: it was the webhook, not the schema, that refused it.
+    managers.stop()
+    assert cp.kubectl("get", "validatingwebhookconfigurations", "-o", "name").stdout.strip() == ""
+    cp.apply([{**even, "metadata": {**even["metadata"], "name": "after-stop"}}])
+
+
+def test_a_manager_that_exits_fails_start_with_its_log(control_plane_factory: ControlPlaneFactory) -> None:
+    # No CAPI CRDs: the core manager cannot set up its watches and exits; start says which.
+    cp = control_plane_factory.one()
+    managers = CapiManagers(cp)
+    with pytest.raises(ControlPlaneError, match=r"exited with code|not ready"):
+        managers.start(timeout=60)
+    managers.stop()
+    assert managers.pids() == []
