@@ -62,13 +62,10 @@ def csr_facts(csr: x509.CertificateSigningRequest) -> agent_identity.CsrFacts:
     except (UnsupportedAlgorithm, ValueError):
         signature_valid = False
     common_names = tuple(
-        str(attribute.value)
-        for attribute in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        str(attribute.value) for attribute in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     )
     others = tuple(
-        attribute.rfc4514_attribute_name
-        for attribute in csr.subject
-        if attribute.oid != NameOID.COMMON_NAME
+        attribute.rfc4514_attribute_name for attribute in csr.subject if attribute.oid != NameOID.COMMON_NAME
     )
     return agent_identity.CsrFacts(
         signature_valid=signature_valid,
@@ -140,9 +137,7 @@ class CellCertificateAuthority:
         )
         return (
             x509.CertificateBuilder()
-            .subject_name(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster_name)])
-            )
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster_name)]))
             .issuer_name(ca_cert.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
@@ -163,9 +158,7 @@ class CellCertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(
                 x509.SubjectAlternativeName(
                     [x509.UniformResourceIdentifier(agent_identity.spiffe_id(cluster_name))]
@@ -173,9 +166,7 @@ class CellCertificateAuthority:
                 critical=False,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False
-            )
+            .add_extension(pki.authority_key_identifier(ca_cert), critical=False)
             .sign(self._ca.key, digest)
         )
 

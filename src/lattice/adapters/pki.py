@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -167,6 +167,23 @@ def new_ca(
     return CertificateAuthority(cert=cert, key=ca_key)
 
 
+def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AuthorityKeyIdentifier of what ``issuer`` signs: its own SubjectKeyIdentifier when it
+    has one (RFC 5280 4.2.1.1), else computed from its public key.
+
+    Copying matters: CAs made elsewhere compute key identifiers differently (Go, for example,
+    since 1.25 uses a truncated SHA-256, RFC 7093), and verifiers match the two byte for byte.
+    """
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        public = issuer.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            raise PKIError("an issuer needs an ECDSA or RSA key") from None
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public)
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
 def _sans(dns_names: Sequence[str], ip_addresses: Sequence[str | IPAddress]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     names.extend(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses)
@@ -218,10 +235,7 @@ def _leaf(
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(_check_public_key(ca.cert.public_key())),
-            critical=False,
-        )
+        .add_extension(authority_key_identifier(ca.cert), critical=False)
     )
     sans = _sans(dns_names, ip_addresses)
     if sans:

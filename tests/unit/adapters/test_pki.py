@@ -148,7 +148,10 @@ def test_bad_pem_is_a_pki_error() -> None:
 def test_sign_csr_keeps_requested_sans(ca: pki.CertificateAuthority) -> None:
     key = pki.generate_key()
     csr = pki.new_csr(
-        key, "agent", organizations=["cells"], dns_names=["agent.local"],
+        key,
+        "agent",
+        organizations=["cells"],
+        dns_names=["agent.local"],
         ip_addresses=["10.1.2.3"],
     )
     parsed = pki.csr_from_pem(pki.csr_to_pem(csr))
@@ -201,3 +204,43 @@ def test_write_private_file_cleans_up_on_failure(tmp_path: Path) -> None:
     with pytest.raises(OSError, match=r"."):
         pki.write_private_file(target, b"x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir-in-the-way"]
+
+
+def test_issued_certificates_name_the_issuers_own_key_identifier() -> None:
+    """A CA made elsewhere (Go's RFC 7093 key identifiers, as the real KCP makes them) is matched
+    by its SubjectKeyIdentifier as it is, not by one recomputed here."""
+    key = pki.generate_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    now = dt.datetime.now(dt.UTC)
+    foreign = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(b"\x01" * 20), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    ca = pki.CertificateAuthority(cert=foreign, key=key)
+    leaf = ca.issue("kube-apiserver", server=True).cert
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == b"\x01" * 20
+    leaf.verify_directly_issued_by(foreign)
+    # Without a SubjectKeyIdentifier on the issuer, the identifier comes from its key.
+    bare = pki.authority_key_identifier(
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    assert (
+        bare.key_identifier
+        == x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()).key_identifier
+    )
