@@ -42,7 +42,7 @@ from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.informer import Informer
-from lattice.app.operator.workqueue import WorkQueue
+from lattice.app.operator.workqueue import WorkQueue, serve
 from lattice.domain import capi, install, local_machines, local_provider
 from lattice.domain.agent_payload import NAMESPACE as AGENT_NAMESPACE
 from lattice.ports import kube
@@ -119,22 +119,7 @@ class LocalProvider:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _worker(self) -> None:
-        while True:
-            key = await self.queue.get()
-            try:
-                requeue = await self.reconcile(*key)
-            except Exception as exc:
-                delay = self.queue.add_rate_limited(key)
-                log.warning(
-                    "local provider reconcile failed; will retry",
-                    extra={"cluster": key[1], "error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
-                )
-            else:
-                self.queue.forget(key)
-                if requeue:
-                    self.queue.add_after(key, requeue)
-            finally:
-                self.queue.done(key)
+        await serve(self.queue, lambda key: self.reconcile(*key), logger=log, what="local provider")
 
     # ------------------------------------------------------------------ reconcile
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Hashable
+import logging
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -104,3 +105,36 @@ class WorkQueue(Generic[K]):
             while True:
                 self._queue.get_nowait()
         self._queued.clear()
+
+
+async def serve(
+    queue: WorkQueue[K],
+    reconcile: Callable[[K], Awaitable[float | None]],
+    *,
+    logger: logging.Logger,
+    what: str,
+) -> None:
+    """The one worker loop of the app's controllers: take a key, reconcile it, then requeue it
+    after the delay the reconcile returned, or retry it with backoff if it raised (logged with
+    the key and the error; a failing reconcile never ends the loop). Runs until cancelled."""
+    while True:
+        key = await queue.get()
+        try:
+            requeue = await reconcile(key)
+        except Exception as exc:
+            delay = queue.add_rate_limited(key)
+            logger.warning(
+                "%s reconcile failed; will retry",
+                what,
+                extra={
+                    "key": str(key),
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "retry_in_s": round(delay, 2),
+                },
+            )
+        else:
+            queue.forget(key)
+            if requeue is not None:
+                queue.add_after(key, requeue)
+        finally:
+            queue.done(key)
