@@ -58,6 +58,7 @@ __all__ = [
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 KCM_CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
+KUBEADM_KCM_CONTROLLERS = "csrapproving,csrsigning,csrcleaner,bootstrapsigner,tokencleaner,nodelifecycle"
 ADMIN_USER = "lattice-admin"
 LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -223,6 +224,16 @@ class ControlPlane:
     etcd_peer_port: int = 0
     apiserver_port: int = 0
     kcm_port: int = 0
+    kubeadm: bool = False
+    """Run as a kubeadm control-plane node does: Node authorization and NodeRestriction,
+    bootstrap-token authentication, the controller-manager's CSR signing/approval, bootstrap
+    signer, token cleaner and node lifecycle controllers, and a kube-scheduler."""
+    pki_source: Path | None = None
+    """A kubeadm ``pki`` directory whose ``ca.crt``/``ca.key``/``sa.key``/``sa.pub`` this control
+    plane uses (the certificates the real KCP generated) instead of generating its own."""
+    scheduler_port: int = 0
+    pinned_apiserver_port: int = 0
+    """The apiserver always listens here (a machine's apiserver serves the cluster's endpoint)."""
     _procs: dict[str, ManagedProcess] = attrs.field(factory=dict)
     _ssl: ssl.SSLContext | None = None
 
@@ -277,7 +288,13 @@ class ControlPlane:
     def _write_pki(self) -> None:
         if self.ca_file.is_file():
             return
-        ca = pki.new_ca(f"{self.name}-ca", organizations=["lattice-test"])
+        if self.pki_source is not None:
+            ca = pki.CertificateAuthority(
+                cert=pki.cert_from_pem((self.pki_source / "ca.crt").read_bytes()),
+                key=pki.key_from_pem((self.pki_source / "ca.key").read_bytes()),
+            )
+        else:
+            ca = pki.new_ca(f"{self.name}-ca", organizations=["lattice-test"])
         serving = ca.issue(
             "kube-apiserver",
             dns_names=["localhost", "kubernetes", "kubernetes.default"],
@@ -294,8 +311,15 @@ class ControlPlane:
             ip_addresses=[LOOPBACK],
             server=True,
         )
-        sa = pki.generate_key()
+        sa = (
+            pki.generate_key()
+            if self.pki_source is None
+            else pki.key_from_pem((self.pki_source / "sa.key").read_bytes())
+        )
+        scheduler = ca.issue("system:kube-scheduler", client=True)
         files = {
+            "scheduler.crt": scheduler.cert_pem,
+            "scheduler.key": scheduler.key_pem,
             "ca.key": ca.key_pem,
             "apiserver.crt": serving.cert_pem,
             "apiserver.key": serving.key_pem,
@@ -317,6 +341,7 @@ class ControlPlane:
         for path, cert, user in (
             (self.kubeconfig, "admin", ADMIN_USER),
             (self.dir / "kcm.kubeconfig", "kcm", "system:kube-controller-manager"),
+            (self.dir / "scheduler.kubeconfig", "scheduler", "system:kube-scheduler"),
         ):
             text = _kubeconfig(
                 self.name,
@@ -331,8 +356,9 @@ class ControlPlane:
     def _allocate_ports(self) -> None:
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
-        self.apiserver_port = free_port()
+        self.apiserver_port = self.pinned_apiserver_port or free_port()
         self.kcm_port = free_port()
+        self.scheduler_port = free_port()
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
@@ -372,7 +398,12 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
             "--disable-admission-plugins=ServiceAccount",
-            "--authorization-mode=RBAC",
+            *(
+                ["--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction"]
+                if self.kubeadm
+                else ["--authorization-mode=RBAC"]
+            ),
+            *(["--enable-bootstrap-token-auth=true"] if self.kubeadm else []),
             f"--client-ca-file={self.ca_file}",
             f"--service-account-issuer=https://{LOOPBACK}:{self.apiserver_port}",
             f"--service-account-key-file={self._pki('sa.pub')}",
@@ -394,7 +425,18 @@ class ControlPlane:
             f"--cert-dir={self.dir / 'kcm-certs'}",
             f"--tls-cert-file={self._pki('kcm-serving.crt')}",
             f"--tls-private-key-file={self._pki('kcm-serving.key')}",
-            f"--controllers={KCM_CONTROLLERS}",
+            f"--controllers={KCM_CONTROLLERS},{KUBEADM_KCM_CONTROLLERS}"
+            if self.kubeadm
+            else f"--controllers={KCM_CONTROLLERS}",
+            *(
+                [
+                    f"--cluster-signing-cert-file={self.ca_file}",
+                    f"--cluster-signing-key-file={self._pki('ca.key')}",
+                    "--node-monitor-grace-period=40s",
+                ]
+                if self.kubeadm
+                else []
+            ),
             "--use-service-account-credentials=false",
             "--leader-elect=false",
             f"--service-account-private-key-file={self._pki('sa.key')}",
@@ -428,14 +470,19 @@ class ControlPlane:
         self._process("kube-apiserver", self._apiserver_argv()).start(env)
         # The controller-manager starts once the apiserver is ready (see ready()): before
         # RBAC is bootstrapped it cannot read its authentication config and exits.
-        kcm = self._procs.get("kube-controller-manager")
-        if kcm is not None:
-            kcm.popen = None
+        for late in ("kube-controller-manager", "kube-scheduler"):
+            proc = self._procs.get(late)
+            if proc is not None:
+                proc.popen = None
 
     @property
     def running(self) -> bool:
         """Whether any of its processes runs."""
         return any(p.running() for p in self._procs.values())
+
+    def running_processes(self) -> list[str]:
+        """The names of its processes that run now (``etcd``, ``kube-apiserver``, ...)."""
+        return [name for name, p in self._procs.items() if p.running()]
 
     def pids(self) -> list[int]:
         """The process ids of its running processes."""
@@ -479,6 +526,10 @@ class ControlPlane:
         self._check_alive()
         if not self._get_ok(f"{self.url}/readyz"):
             return False
+        if self.kubeadm:
+            scheduler = self._process("kube-scheduler", self._scheduler_argv())
+            if scheduler.popen is None:
+                scheduler.start(self._env())
         if not self.controller_manager:
             return True
         kcm = self._process("kube-controller-manager", self._kcm_argv())
@@ -486,6 +537,19 @@ class ControlPlane:
             kcm.start(self._env())
             return False
         return self._get_ok(f"https://{LOOPBACK}:{self.kcm_port}/healthz")
+
+    def _scheduler_argv(self) -> list[str]:
+        kubeconfig = self.dir / "scheduler.kubeconfig"
+        return [
+            str(self.toolchain.kube_scheduler),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={self.scheduler_port}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until :meth:`ready`; raise :class:`ControlPlaneError` with the logs if not."""
@@ -502,7 +566,7 @@ class ControlPlane:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every process (SIGTERM, SIGKILL after ``timeout``); the directory stays."""
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self._procs.get(name)
             if proc is not None:
                 proc.stop(min(timeout, APISERVER_GRACE) if name == "kube-apiserver" else timeout)
@@ -615,10 +679,7 @@ class ControlPlane:
             for line in listed.splitlines():
                 name, _, conditions = line.partition(" ")
                 parsed = json.loads(conditions) if conditions.strip() else None
-                if any(
-                    c.get("type") == "Established" and c.get("status") == "True"
-                    for c in parsed or []
-                ):
+                if any(c.get("type") == "Established" and c.get("status") == "True" for c in parsed or []):
                     established.add(name)
             pending -= established
             if not pending:

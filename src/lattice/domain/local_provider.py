@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from lattice.domain.models import describe
+from lattice.domain.models import Condition, describe
 
 GROUP = "infrastructure.lattice.dev"
 VERSION = "v1alpha1"
@@ -68,5 +68,16 @@ class LocalMachineTemplateSpec:
 
 
 @frozen
+class MachineAddress:
+    type: str = describe("Hostname, ExternalIP, InternalIP, ExternalDNS or InternalDNS.")
+    address: str = describe("The address.")
+
+
+@frozen
 class LocalMachineStatus:
     initialization: Initialization | None = describe("Provisioning progress.", default=None)
+    addresses: tuple[MachineAddress, ...] = describe("Addresses of the machine's node.", default=())
+    conditions: tuple[Condition, ...] = describe(
+        "Ready is False with reason BootFailed when the machine could not boot from its bootstrap data.",
+        default=(),
+    )

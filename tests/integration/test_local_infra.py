@@ -1,0 +1,146 @@
+"""The real Cluster API managers plus the contract-shaped local infrastructure provider: a
+compiled local cluster (one control plane, two workers) comes up the way CAPI brings up any
+cluster. The machines boot from the bootstrap data the real CABPK rendered; nothing in Lattice
+writes a Cluster, Machine, Secret or ownerReference the controllers own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lattice.adapters.capi_managers import CapiManagers
+from lattice.adapters.clock import SystemClock
+from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.local_machine_host import LocalMachineHost
+from lattice.app.local_infra import LocalInfraProvider
+from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS
+from lattice.testing.fixtures import ControlPlaneFactory
+from tests.integration.test_capi_managers import NAME, NAMESPACE, REGISTRATION_SECRET, compiled, condition
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(420)]
+
+# Stands in for the registration call (tested end to end with a real cell elsewhere): it must run
+# after kubeadm, verbatim, with kubectl reaching the new cluster as its admin.
+POST_KUBEADM = 'kubectl get --raw /version > "$LATTICE_BOOTSTRAP_DIR/version.json"'
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def managed(control_plane_factory: ControlPlaneFactory) -> Iterator[tuple[ControlPlane, CapiManagers]]:
+    cp = control_plane_factory.one(controller_manager=True)
+    cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
+    cp.install_lattice_crds()
+    managers = CapiManagers(cp).start()
+    try:
+        yield cp, managers
+    finally:
+        managers.stop()
+
+
+def objects() -> list[dict[str, Any]]:
+    out = []
+    for obj in compiled(control_plane=1, workers=2):
+        if obj["kind"] == "KubeadmControlPlane":
+            spec = obj["spec"]["kubeadmConfigSpec"]
+            kcp_spec = {**obj["spec"], "kubeadmConfigSpec": {**spec, "postKubeadmCommands": [POST_KUBEADM]}}
+            out.append({**obj, "spec": kcp_spec})
+        else:
+            out.append(obj)
+    registration = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": REGISTRATION_SECRET, "namespace": NAMESPACE},
+        "stringData": {"token": "t0ken", "ca.crt": "CA"},
+    }
+    return [*out, registration]
+
+
+async def wait_until(what: str, probe: Any, within: float = 180.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
+        await asyncio.sleep(1.0)
+
+
+async def test_real_capi_brings_up_a_local_cluster(
+    managed: tuple[ControlPlane, CapiManagers], tmp_path: Path
+) -> None:
+    cp, _ = managed
+    cp.apply(objects())
+    api = await Kr8sKube.connect(str(cp.kubeconfig))
+    host = LocalMachineHost(cp.toolchain, tmp_path / "machines", SystemClock(), heartbeat_seconds=2.0)
+    provider = LocalInfraProvider(api, host, SystemClock(), random=random.random, free_port=free_port)
+    stop = asyncio.Event()
+    running = asyncio.create_task(provider.run(stop))
+
+    def get(kind: str, name: str = "") -> Any:
+        args = ["get", kind, *([name] if name else []), "-n", NAMESPACE, "-o", "json"]
+        return json.loads(cp.kubectl(*args).stdout)
+
+    async def machines_running() -> list[dict[str, Any]] | None:
+        items: list[dict[str, Any]] = get("machines")["items"]
+        ok = [m for m in items if m["status"].get("phase") == "Running" and m["status"].get("nodeRef")]
+        return items if len(items) == 3 and len(ok) == 3 else None
+
+    try:
+
+        async def initialized() -> bool:
+            kcp = get("kubeadmcontrolplane", f"{NAME}-control-plane")
+            initialization = (kcp.get("status") or {}).get("initialization") or {}
+            return bool(initialization.get("controlPlaneInitialized"))
+
+        await wait_until("KCP controlPlaneInitialized (kubeadm-config seen by the real KCP)", initialized)
+        machines = await wait_until("three Machines Running with a nodeRef", machines_running)
+    finally:
+        stop.set()
+        await running
+        shown = cp.kubectl("get", "clusters,machines,localmachines", "-n", NAMESPACE, "-o", "wide")
+        print("\n" + shown.stdout)
+
+    try:
+        cluster = get("cluster", NAME)
+        assert (condition(cluster, "ControlPlaneInitialized") or {}).get("status") == "True"
+        assert (condition(cluster, "InfrastructureReady") or {}).get("status") == "True"
+        for machine in machines:
+            assert machine["spec"]["providerID"] == f"local://{NAME}/{machine['metadata']['name']}"
+        workers = [m for m in machines if "cluster.x-k8s.io/control-plane" not in m["metadata"]["labels"]]
+        assert len(workers) == 2
+
+        # The Nodes exist in the new cluster, registered by each machine's own identity.
+        control_plane = next(m for m in machines if m not in workers)
+        root = host.machine_dir(control_plane["metadata"]["name"]) / "root"
+        admin = root / "etc" / "kubernetes" / "admin.conf"
+        child = await Kr8sKube.connect(str(admin))
+        nodes = {n["metadata"]["name"]: n for n in (await child.list("v1", "Node")).items}
+        assert set(nodes) == {m["metadata"]["name"] for m in machines}
+        cp_node = nodes[control_plane["metadata"]["name"]]
+        assert "node-role.kubernetes.io/control-plane" in cp_node["metadata"]["labels"]
+        assert cp_node["metadata"]["labels"]["lattice.dev/cluster"] == NAME
+        pods = {p["metadata"]["name"] for p in (await child.list("v1", "Pod", "kube-system")).items}
+        assert f"etcd-{control_plane['metadata']['name']}" in pods
+        kubeadm_config = (await child.list("v1", "ConfigMap", "kube-system")).items
+        assert "kubeadm-config" in {c["metadata"]["name"] for c in kubeadm_config}
+
+        # postKubeadmCommands ran verbatim after kubeadm, against the new cluster.
+        version = json.loads((root / "etc" / "lattice" / "version.json").read_text())
+        assert version["gitVersion"] == cp.toolchain.versions.kubernetes
+        assert (root / "run" / "cluster-api" / "bootstrap-success.complete").read_text() == "success\n"
+    finally:
+        for machine in list(host._machines):
+            await host.stop(machine)
