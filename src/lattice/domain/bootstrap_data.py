@@ -17,6 +17,7 @@ import base64
 import binascii
 import gzip
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -101,7 +102,7 @@ def _file(index: int, entry: Any, problems: list[str]) -> File | None:
         return None
     try:
         content = _decode(str(entry.get("content") or ""), encoding)
-    except (binascii.Error, OSError, EOFError) as exc:
+    except (binascii.Error, OSError, EOFError, zlib.error) as exc:
         problems.append(f"{where}.content: cannot decode {encoding} content of {path}: {exc}")
         return None
     return File(
@@ -126,9 +127,9 @@ def parse_cloud_config(text: str) -> BootstrapData:
     if not isinstance(data, Mapping):
         raise BootstrapDataError("the cloud-config is not a mapping")
     problems: list[str] = []
-    unknown = sorted(set(data) - {"write_files", "runcmd"})
+    unknown = sorted(map(str, set(data) - {"write_files", "runcmd"}))
     if unknown:
-        problems.append(f"unsupported cloud-init modules: {', '.join(map(str, unknown))}")
+        problems.append(f"unsupported cloud-init modules: {', '.join(unknown)}")
     files: list[File] = []
     raw_files = data.get("write_files") or []
     if not isinstance(raw_files, Sequence) or isinstance(raw_files, str):
