@@ -167,6 +167,13 @@ class LocalInfraProvider:
         )
         if isinstance(plan, local_infra.Wait):
             return None
+        if isinstance(plan, local_infra.AddFinalizer):
+            finalizers = [*(local_machine["metadata"].get("finalizers") or []), local_infra.FINALIZER]
+            updated = await self.api.merge_patch(
+                ResourceRef.of(local_machine), {"metadata": {"finalizers": finalizers}}
+            )
+            self.local_machines.update(updated)
+            return 0.0
         if isinstance(plan, local_infra.Boot):
             return await self._boot(local_machine, plan)
         if isinstance(plan, local_infra.Report):
@@ -191,10 +198,7 @@ class LocalInfraProvider:
         return 0.0
 
     async def _report(self, local_machine: Obj, plan: local_infra.Report) -> None:
-        meta = local_machine["metadata"]
         patch: dict[str, Any] = {"spec": {"providerID": plan.provider_id}}
-        if plan.add_finalizer:
-            patch["metadata"] = {"finalizers": [*(meta.get("finalizers") or []), local_infra.FINALIZER]}
         updated = await self.api.merge_patch(ResourceRef.of(local_machine), patch)
         self.local_machines.update(updated)
         status = {

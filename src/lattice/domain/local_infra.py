@@ -19,6 +19,7 @@ from attrs import frozen
 
 __all__ = [
     "FINALIZER",
+    "AddFinalizer",
     "Boot",
     "ClusterPlan",
     "MachinePlan",
@@ -114,12 +115,16 @@ class Boot:
 
 
 @frozen
+class AddFinalizer:
+    """Claim the LocalMachine before anything runs for it, so its deletion waits for the stop."""
+
+
+@frozen
 class Report:
     """Record the booted machine on the LocalMachine (spec.providerID, then status)."""
 
     provider_id: str
     addresses: tuple[tuple[str, str], ...]
-    add_finalizer: bool
 
 
 @frozen
@@ -131,7 +136,7 @@ class Release:
     stop: bool
 
 
-MachinePlan = Wait | Boot | Report | Release
+MachinePlan = Wait | AddFinalizer | Boot | Report | Release
 
 
 def plan_local_machine(
@@ -146,15 +151,21 @@ def plan_local_machine(
     infrastructure and bootstrap data first; then boot; then report."""
     meta = _meta(local_machine)
     name = str(meta.get("name", ""))
+    finalized = FINALIZER in (meta.get("finalizers") or [])
+    # Paused first, deletion second: while clusterctl moves a cluster its source is paused and
+    # then deleted, and that deletion must not stop the machines (clusterctl itself removes
+    # the finalizers of what it moved).
+    if _paused(cluster, local_machine):
+        return Wait("paused")
     if meta.get("deletionTimestamp"):
-        if FINALIZER not in (meta.get("finalizers") or []):
+        if not finalized:
             return Wait("deleting")
         moving = DELETE_FOR_MOVE in (meta.get("annotations") or {})
         return Release(machine=name, stop=not moving)
-    if _paused(cluster, local_machine):
-        return Wait("paused")
     if machine is None or _owner(local_machine, "Machine") is None:
         return Wait("waiting for a Machine to own this LocalMachine")
+    if not finalized:
+        return AddFinalizer()
     if cluster is None or local_cluster is None:
         return Wait("waiting for the Cluster and its LocalCluster")
     cluster_init = (cluster.get("status") or {}).get("initialization") or {}
@@ -181,15 +192,6 @@ def plan_local_machine(
     addresses = (("InternalIP", LOOPBACK), ("Hostname", name))
     spec = local_machine.get("spec") or {}
     status = local_machine.get("status") or {}
-    done = (
-        spec.get("providerID") == wanted_id
-        and (status.get("initialization") or {}).get("provisioned")
-        and FINALIZER in (meta.get("finalizers") or [])
-    )
-    if done:
+    if spec.get("providerID") == wanted_id and (status.get("initialization") or {}).get("provisioned"):
         return Wait("provisioned")
-    return Report(
-        provider_id=wanted_id,
-        addresses=addresses,
-        add_finalizer=FINALIZER not in (meta.get("finalizers") or []),
-    )
+    return Report(provider_id=wanted_id, addresses=addresses)
