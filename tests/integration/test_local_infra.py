@@ -98,22 +98,23 @@ async def test_real_capi_brings_up_a_local_cluster(
         ok = [m for m in items if m["status"].get("phase") == "Running" and m["status"].get("nodeRef")]
         return items if len(items) == 3 and len(ok) == 3 else None
 
-    try:
+    async def initialized() -> bool:
+        kcp = get("kubeadmcontrolplane", f"{NAME}-control-plane")
+        initialization = (kcp.get("status") or {}).get("initialization") or {}
+        return bool(initialization.get("controlPlaneInitialized"))
 
-        async def initialized() -> bool:
-            kcp = get("kubeadmcontrolplane", f"{NAME}-control-plane")
-            initialization = (kcp.get("status") or {}).get("initialization") or {}
-            return bool(initialization.get("controlPlaneInitialized"))
-
-        await wait_until("KCP controlPlaneInitialized (kubeadm-config seen by the real KCP)", initialized)
-        machines = await wait_until("three Machines Running with a nodeRef", machines_running)
-    finally:
-        stop.set()
-        await running
-        shown = cp.kubectl("get", "clusters,machines,localmachines", "-n", NAMESPACE, "-o", "wide")
-        print("\n" + shown.stdout)
+    async def all_gone() -> bool:
+        left = get("machines,localmachines,kubeadmcontrolplanes,machinedeployments")["items"]
+        return not left and get("clusters")["items"] == []
 
     try:
+        try:
+            await wait_until("KCP controlPlaneInitialized (kubeadm-config seen by the real KCP)", initialized)
+            machines = await wait_until("three Machines Running with a nodeRef", machines_running)
+        finally:
+            shown = cp.kubectl("get", "clusters,machines,localmachines", "-n", NAMESPACE, "-o", "wide")
+            print("\n" + shown.stdout)
+
         cluster = get("cluster", NAME)
         assert (condition(cluster, "ControlPlaneInitialized") or {}).get("status") == "True"
         assert (condition(cluster, "InfrastructureReady") or {}).get("status") == "True"
@@ -141,6 +142,29 @@ async def test_real_capi_brings_up_a_local_cluster(
         version = json.loads((root / "etc" / "lattice" / "version.json").read_text())
         assert version["gitVersion"] == cp.toolchain.versions.kubernetes
         assert (root / "run" / "cluster-api" / "bootstrap-success.complete").read_text() == "success\n"
+
+        # Deleting the Cluster: the real controllers drain and delete the Machines, each
+        # LocalMachine's finalizer stops its machine's processes, nothing is left.
+        assert host.pids()
+        cp.kubectl("delete", "cluster", NAME, "-n", NAMESPACE, "--wait=false")
+        try:
+            await wait_until("the Cluster and all its Machines deleted", all_gone)
+        except AssertionError:
+            for obj in get("clusters,machines,localmachines,kubeadmcontrolplanes,machinedeployments")[
+                "items"
+            ]:
+                deleting = condition(obj, "Deleting") or {}
+                print(
+                    obj["kind"],
+                    obj["metadata"]["name"],
+                    obj["metadata"].get("finalizers"),
+                    deleting.get("message"),
+                )
+            raise
+        assert host.pids() == []
+        assert host.machines() == []
     finally:
-        for machine in list(host._machines):
+        stop.set()
+        await running
+        for machine in host.machines():
             await host.stop(machine)

@@ -464,6 +464,19 @@ class LocalMachineHost:
                     # A machine whose apiserver is down reports nothing, as a real kubelet.
                     log.info("heartbeat of %s failed: %s", machine.name, exc)
 
+    def machines(self) -> list[str]:
+        """The machines that have booted here and were not stopped."""
+        return list(self._machines)
+
+    def pids(self) -> list[int]:
+        """The process ids of every running machine process (control planes)."""
+        return [
+            pid
+            for m in self._machines.values()
+            if m.control_plane is not None
+            for pid in m.control_plane.pids()
+        ]
+
     def remove(self, machine: str) -> None:
         """Forget a stopped machine's directory (the logs go with it)."""
         shutil.rmtree(self.machine_dir(machine), ignore_errors=True)
