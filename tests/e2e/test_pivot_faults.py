@@ -36,12 +36,41 @@ def moved_objects(toolchain: Toolchain, kubeconfig: Path, name: str) -> list[dic
     return move_graph(json.loads(out)["items"], name)
 
 
+REQUIRED_KINDS = {"Cluster", "KubeadmControlPlane", "MachineDeployment", "Secret"}
+BEFORE_DELETION = ("Exporting", "Transferring", "Importing")
+
+
+def graph_until_step(
+    cell: Cell, toolchain: Toolchain, name: str, steps: tuple[str, ...]
+) -> tuple[str, list[dict[str, Any]]]:
+    """Wait for a pivot step in ``steps``; return it with the source's move graph as last listed
+    before the source deletion began.
+
+    Each poll lists the graph first and reads the step second: a pivot step read before
+    ``DeletingSource`` proves the graph listed just before it was the exported one, whole.
+    Listing after the step was seen (as this test did first) raced the deletion waves when the
+    pivot moved on quickly (seen in CI: KubeadmControlPlane and MachineDeployment already gone).
+    """
+    whole: list[dict[str, Any]] = []
+
+    def poll() -> str | None:
+        nonlocal whole
+        graph = moved_objects(toolchain, cell.kubeconfig, name)
+        step = pivot_step(cell, name)
+        if step in BEFORE_DELETION and {o["kind"] for o in graph} >= REQUIRED_KINDS:
+            whole = graph
+        return step if step in steps and whole else None
+
+    step = wait_for(poll, 240, f"pivot step {' or '.join(steps)}", cell.log)
+    return str(step), whole
+
+
 def assert_moved_exactly_once(
     cell: Cell, toolchain: Toolchain, name: str, before: list[dict[str, Any]]
 ) -> None:
-    """``before``: the source's objects when the fault struck. Each is now on the child only,
+    """``before``: the source's objects before its deletion began. Each is now on the child only,
     with the same content hash (spec, data, labels, annotations, owners by kind and name)."""
-    assert {o["kind"] for o in before} >= {"Cluster", "KubeadmControlPlane", "MachineDeployment", "Secret"}
+    assert {o["kind"] for o in before} >= REQUIRED_KINDS
     child = child_kubeconfig(cell, name)
     on_cell = moved_objects(toolchain, cell.kubeconfig, name)
     on_child = moved_objects(toolchain, child, name)
@@ -54,16 +83,9 @@ def assert_moved_exactly_once(
 
 def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: Toolchain) -> None:
     cell.control_plane.apply([local_cluster("fault-1", cell.name, workers=1)])
-    step = wait_for(
-        lambda: (
-            pivot_step(cell, "fault-1") in ("Transferring", "Importing", "DeletingSource")
-            and pivot_step(cell, "fault-1")
-        ),
-        240,
-        "the pivot to start",
-        cell.log,
+    step, before = graph_until_step(
+        cell, toolchain, "fault-1", ("Transferring", "Importing", "DeletingSource")
     )
-    before = moved_objects(toolchain, cell.kubeconfig, "fault-1")
     assert cell.operator is not None
     os.killpg(cell.operator.pid, signal.SIGKILL)  # no graceful anything
     cell.operator.wait(30)
