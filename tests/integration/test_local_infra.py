@@ -138,6 +138,10 @@ async def test_real_capi_brings_up_a_local_cluster(
         kubeadm_config = (await child.list("v1", "ConfigMap", "kube-system")).items
         assert "kubeadm-config" in {c["metadata"]["name"] for c in kubeadm_config}
 
+        # Each machine's boot is an Event on its LocalMachine.
+        booted = [e for e in get("events")["items"] if e["reason"] == "Booted"]
+        assert {e["involvedObject"]["name"] for e in booted} == {m["metadata"]["name"] for m in machines}
+
         # postKubeadmCommands ran verbatim after kubeadm, against the new cluster.
         version = json.loads((root / "etc" / "lattice" / "version.json").read_text())
         assert version["gitVersion"] == cp.toolchain.versions.kubernetes

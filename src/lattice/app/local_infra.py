@@ -13,12 +13,13 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.workqueue import WorkQueue, serve
-from lattice.domain import capi, local_infra, local_provider
+from lattice.domain import capi, events, local_infra, local_provider
 from lattice.domain.bootstrap_data import BootstrapDataError, parse_cloud_config
 from lattice.ports import kube
 from lattice.ports.clock import Clock
@@ -52,6 +53,8 @@ class LocalInfraProvider:
         self.api = api
         self.host = host
         self.clock = clock
+        self.instance = f"lattice-local-infra-{uuid.uuid4().hex[:8]}"
+        self._background: set[asyncio.Task[None]] = set()
         self.free_port = free_port
         self.queue: WorkQueue[Key] = WorkQueue(random=random)
         self.local_clusters = Informer(
@@ -129,6 +132,7 @@ class LocalInfraProvider:
             )
             self.local_clusters.update(updated)
             log.info("control-plane endpoint chosen", extra={"cluster": name, "endpoint": f"{host}:{port}"})
+            self._event(updated, "Normal", "EndpointChosen", f"control-plane endpoint {host}:{port}")
             return 0.0
         if plan.provisioned:
             updated = await self.api.apply_status(
@@ -193,8 +197,11 @@ class LocalInfraProvider:
         except (BootstrapDataError, MachineBootError, UnicodeDecodeError) as exc:
             await self._set_condition(local_machine, "False", "BootFailed", str(exc))
             log.warning("%s", exc, extra={"machine": plan.machine})
+            self._event(local_machine, "Warning", "BootFailed", str(exc))
             return None
         log.info("machine booted", extra={"machine": plan.machine})
+        kind = "control-plane" if plan.control_plane else "worker"
+        self._event(local_machine, "Normal", "Booted", f"{kind} machine booted from {plan.bootstrap_secret}")
         return 0.0
 
     async def _report(self, local_machine: Obj, plan: local_infra.Report) -> None:
@@ -211,6 +218,9 @@ class LocalInfraProvider:
         if plan.stop:
             await self.host.stop(plan.machine)
             log.info("machine stopped", extra={"machine": plan.machine})
+            self._event(
+                local_machine, "Normal", "Stopped", "machine stopped: its LocalMachine is being deleted"
+            )
         finalizers = [
             f for f in local_machine["metadata"].get("finalizers") or [] if f != local_infra.FINALIZER
         ]
@@ -220,6 +230,31 @@ class LocalInfraProvider:
             )
         except kube.NotFound:
             return
+
+    def _event(
+        self, involved: Obj, event_type: Literal["Normal", "Warning"], reason: str, message: str
+    ) -> None:
+        """Record an Event, best-effort and off the reconcile's path."""
+        body = events.event_object(
+            involved,
+            event_type=event_type,
+            reason=reason,
+            message=message,
+            now=self.clock.now().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            suffix=uuid.uuid4().hex[:16],
+            component=FIELD_MANAGER,
+            instance=self.instance,
+        )
+
+        async def create() -> None:
+            try:
+                await self.api.create(body)
+            except kube.KubeError as exc:
+                log.info("could not record event %s: %s", reason, exc)
+
+        task = asyncio.create_task(create())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _set_condition(
         self, local_machine: Obj, status: str, reason: str, message: str, *, extra: Obj | None = None

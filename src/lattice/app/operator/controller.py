@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from attrs import frozen
 
@@ -20,7 +19,7 @@ from lattice.adapters.concurrency import gather_settled
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.app.operator.workqueue import WorkQueue
-from lattice.domain import capi, conditions, models, reconcile
+from lattice.domain import capi, conditions, events, models, reconcile
 from lattice.ports import kube
 from lattice.ports.clock import Clock
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
@@ -315,29 +314,19 @@ class ClusterController:
             self.clusters.update(stored)
 
     async def _event(self, raw: Obj, event: reconcile.EventSpec) -> None:
-        now = conditions.rfc3339(self.clock.now())
         meta = raw["metadata"]
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": EVENT_NAMESPACE},
-            "involvedObject": {
-                "apiVersion": models.API_VERSION,
-                "kind": models.KIND,
-                "name": meta["name"],
-                "uid": meta.get("uid", ""),
-                "resourceVersion": meta.get("resourceVersion", ""),
-            },
-            "reason": event.reason,
-            "message": event.message[:1024],
-            "type": event.type,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": reconcile.FIELD_MANAGER},
-            "reportingComponent": "lattice.dev/operator",
-            "reportingInstance": self.config.identity,
-        }
+        body = events.event_object(
+            {**raw, "apiVersion": models.API_VERSION, "kind": models.KIND},
+            event_type=event.type,
+            reason=event.reason,
+            message=event.message,
+            now=conditions.rfc3339(self.clock.now()),
+            suffix=uuid.uuid4().hex[:16],
+            component=reconcile.FIELD_MANAGER,
+            instance=self.config.identity,
+            namespace=EVENT_NAMESPACE,
+        )
+        body["reportingComponent"] = "lattice.dev/operator"
         try:
             await self.api.create(body)
         except kube.KubeError as exc:  # events are best-effort
