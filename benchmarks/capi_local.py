@@ -13,7 +13,7 @@ Prints one JSON line per figure: ``{"metric": ..., "value": ..., "unit": ...}``:
   scheduler of the cluster's control-plane machine), ``rss_capi_managers_total``.
 
 Usage (from a clone, after ``bash scripts/build-k8s.sh`` and ``bash scripts/python-env.sh --dev``):
-``.venv/bin/python benchmarks/capi_local.py [--workers N]``.
+``PYTHONPATH=. .venv/bin/python benchmarks/capi_local.py [--workers N]``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.app.local_infra import LocalInfraProvider
 from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS
-from lattice.domain import capi, models, serde, validation
+from lattice.domain import models
+from tests.compiled import compiled_local, with_post_kubeadm
 
 NAME = "bench"
 NAMESPACE = models.capi_namespace(NAME)
@@ -53,28 +54,8 @@ def emit(metric: str, value: float, unit: str) -> None:
 
 
 def compiled(workers: int) -> list[dict[str, Any]]:
-    raw = {
-        "apiVersion": "lattice.dev/v1alpha1",
-        "kind": "LatticeCluster",
-        "metadata": {"name": NAME},
-        "spec": {
-            "cellRef": "mgmt",
-            "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
-            "nodes": {"controlPlane": 1, "workers": workers},
-        },
-    }
-    cluster = serde.cluster_from_dict(raw)
-    assert isinstance(cluster, models.LatticeCluster)
-    valid = validation.validate_cluster(cluster)
-    assert isinstance(valid, validation.ValidCluster)
-    out: list[dict[str, Any]] = []
-    for obj in capi.compile_cluster(valid, capi.CompileContext(parent=capi.ParentEndpoint(host="127.0.0.1"))):
-        if obj["kind"] == "KubeadmControlPlane":
-            # No cell to register with here: the registration call is replaced by a no-op.
-            spec = {**obj["spec"]["kubeadmConfigSpec"], "postKubeadmCommands": ["true"]}
-            out.append({**obj, "spec": {**obj["spec"], "kubeadmConfigSpec": spec}})
-        else:
-            out.append(obj)
+    # No cell to register with here: the registration call is replaced by a no-op.
+    out = with_post_kubeadm(compiled_local(NAME, control_plane=1, workers=workers), ["true"])
     out.append(
         {
             "apiVersion": "v1",

@@ -14,16 +14,16 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane, ControlPlaneError
-from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS
-from lattice.domain import capi, models, serde, validation
+from lattice.domain import capi, models
 from lattice.testing.fixtures import ControlPlaneFactory
+from tests.compiled import compiled_local
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -36,21 +36,7 @@ T = TypeVar("T")
 
 
 def compiled(control_plane: int = 1, workers: int = 2) -> tuple[dict[str, Any], ...]:
-    raw = {
-        "apiVersion": "lattice.dev/v1alpha1",
-        "kind": "LatticeCluster",
-        "metadata": {"name": NAME},
-        "spec": {
-            "cellRef": "mgmt",
-            "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
-            "nodes": {"controlPlane": control_plane, "workers": workers},
-        },
-    }
-    cluster = serde.cluster_from_dict(raw)
-    assert isinstance(cluster, models.LatticeCluster)
-    valid = validation.validate_cluster(cluster)
-    assert isinstance(valid, validation.ValidCluster)
-    return capi.compile_cluster(valid, capi.CompileContext(parent=capi.ParentEndpoint(host="127.0.0.1")))
+    return compiled_local(NAME, control_plane=control_plane, workers=workers)
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
@@ -81,18 +67,6 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
         if c.get("type") == kind:
             return dict(c)
     return None
-
-
-@pytest.fixture
-def managed(control_plane_factory: ControlPlaneFactory) -> Iterator[tuple[ControlPlane, CapiManagers]]:
-    cp = control_plane_factory.one(controller_manager=True)
-    cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
-    cp.install_lattice_crds()
-    managers = CapiManagers(cp).start()
-    try:
-        yield cp, managers
-    finally:
-        managers.stop()
 
 
 def test_real_managers_drive_a_compiled_local_cluster(managed: tuple[ControlPlane, CapiManagers]) -> None:

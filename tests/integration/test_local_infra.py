@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.app.local_infra import LocalInfraProvider
-from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS
-from lattice.testing.fixtures import ControlPlaneFactory
+from tests.compiled import with_post_kubeadm
 from tests.integration.test_capi_managers import NAME, NAMESPACE, REGISTRATION_SECRET, compiled, condition
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(420)]
@@ -36,27 +34,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def managed(control_plane_factory: ControlPlaneFactory) -> Iterator[tuple[ControlPlane, CapiManagers]]:
-    cp = control_plane_factory.one(controller_manager=True)
-    cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
-    cp.install_lattice_crds()
-    managers = CapiManagers(cp).start()
-    try:
-        yield cp, managers
-    finally:
-        managers.stop()
-
-
 def objects() -> list[dict[str, Any]]:
-    out = []
-    for obj in compiled(control_plane=1, workers=2):
-        if obj["kind"] == "KubeadmControlPlane":
-            spec = obj["spec"]["kubeadmConfigSpec"]
-            kcp_spec = {**obj["spec"], "kubeadmConfigSpec": {**spec, "postKubeadmCommands": [POST_KUBEADM]}}
-            out.append({**obj, "spec": kcp_spec})
-        else:
-            out.append(obj)
+    out = with_post_kubeadm(compiled(control_plane=1, workers=2), [POST_KUBEADM])
     registration = {
         "apiVersion": "v1",
         "kind": "Secret",

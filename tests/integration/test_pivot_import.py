@@ -23,9 +23,10 @@ from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, LocalProvider, Machine
-from lattice.domain import agent, capi, models, pivot, serde, validation
+from lattice.domain import agent, capi, models, pivot
 from lattice.ports.kube import ResourceRef
 from lattice.testing.fixtures import ControlPlaneFactory
+from tests.compiled import compiled_local
 from tests.moved import MOVED_KINDS, move_graph
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -40,21 +41,7 @@ def anyio_backend() -> str:
 
 
 def compiled() -> tuple[dict[str, Any], ...]:
-    raw = {
-        "apiVersion": "lattice.dev/v1alpha1",
-        "kind": "LatticeCluster",
-        "metadata": {"name": NAME},
-        "spec": {
-            "cellRef": "mgmt",
-            "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
-            "nodes": {"controlPlane": 1, "workers": 2},
-        },
-    }
-    cluster = serde.cluster_from_dict(raw)
-    assert isinstance(cluster, models.LatticeCluster)
-    valid = validation.validate_cluster(cluster)
-    assert isinstance(valid, validation.ValidCluster)
-    return capi.compile_cluster(valid, capi.CompileContext(parent=capi.ParentEndpoint(host="127.0.0.1")))
+    return compiled_local(NAME, control_plane=1, workers=2)
 
 
 async def provisioned_graph(

@@ -21,8 +21,6 @@ import base64
 import contextlib
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -37,6 +35,7 @@ from lattice.adapters.controlplane import (
     ManagedProcess,
     crd_name_of_file,
     free_port,
+    http_ok,
 )
 from lattice.domain import capi_managers
 from lattice.domain.capi_managers import MANAGERS, Manager, Ports
@@ -112,13 +111,7 @@ class CapiManagers:
         )
 
     def _health_ok(self, manager: Manager) -> bool:
-        url = f"http://{LOOPBACK}:{self.ports[manager.binary].health}/readyz"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://{LOOPBACK}:{self.ports[manager.binary].health}/readyz")
 
     def _check_alive(self) -> None:
         for proc in self._procs.values():

@@ -17,10 +17,8 @@ the same code in a worker thread for async callers.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import ctypes
-import io
 import json
 import os
 import signal
@@ -40,10 +38,10 @@ from typing import Any, Self
 
 import anyio.to_thread
 import attrs
-from ruamel.yaml import YAML
 
 from lattice.adapters import capi_crds, mesh_crds, pki
 from lattice.adapters.binaries import Toolchain, locate
+from lattice.domain import yaml_text
 
 __all__ = [
     "ControlPlane",
@@ -51,6 +49,7 @@ __all__ = [
     "ManagedProcess",
     "crd_name_of_file",
     "free_port",
+    "http_ok",
     "live_control_planes",
     "start_control_planes",
     "stop_all",
@@ -159,38 +158,22 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """Whether a GET of ``url`` answers 200 within 2 s. Loopback only: never through an
+    HTTP(S)_PROXY from the environment."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    try:
+        with urllib.request.build_opener(*handlers).open(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _yaml_dump(data: Any) -> str:
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    out = io.StringIO()
-    yaml.dump(data, out)
-    return out.getvalue()
-
-
-def _kubeconfig(name: str, *, url: str, ca: bytes, cert: bytes, key: bytes, user: str) -> str:
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return _yaml_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": name, "cluster": {"server": url, "certificate-authority-data": b64(ca)}}],
-            "users": [
-                {
-                    "name": user,
-                    "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
-                }
-            ],
-            "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
-            "current-context": name,
-        }
-    )
 
 
 _live_lock = threading.Lock()
@@ -343,7 +326,7 @@ class ControlPlane:
             (self.dir / "kcm.kubeconfig", "kcm", "system:kube-controller-manager"),
             (self.dir / "scheduler.kubeconfig", "scheduler", "system:kube-scheduler"),
         ):
-            text = _kubeconfig(
+            text = yaml_text.kubeconfig(
                 self.name,
                 url=self.url,
                 ca=ca,
@@ -413,15 +396,22 @@ class ControlPlane:
             "--profiling=false",
         ]
 
-    def _kcm_argv(self) -> list[str]:
-        kubeconfig = self.dir / "kcm.kubeconfig"
+    def _component_argv(self, binary: Path, kubeconfig: Path, port: int) -> list[str]:
+        """What kube-controller-manager and kube-scheduler share: one kubeconfig for the API,
+        authentication and authorization, serving on loopback."""
         return [
-            str(self.toolchain.kube_controller_manager),
+            str(binary),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             f"--bind-address={LOOPBACK}",
-            f"--secure-port={self.kcm_port}",
+            f"--secure-port={port}",
+        ]
+
+    def _kcm_argv(self) -> list[str]:
+        kubeconfig = self.dir / "kcm.kubeconfig"
+        return [
+            *self._component_argv(self.toolchain.kube_controller_manager, kubeconfig, self.kcm_port),
             f"--cert-dir={self.dir / 'kcm-certs'}",
             f"--tls-cert-file={self._pki('kcm-serving.crt')}",
             f"--tls-private-key-file={self._pki('kcm-serving.key')}",
@@ -500,15 +490,7 @@ class ControlPlane:
         return self._ssl
 
     def _get_ok(self, url: str) -> bool:
-        # Loopback only: never through an HTTP(S)_PROXY from the environment.
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self._ssl_context())
-        )
-        try:
-            with opener.open(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(url, self._ssl_context())
 
     def _check_alive(self) -> None:
         for proc in self._procs.values():
@@ -541,12 +523,7 @@ class ControlPlane:
     def _scheduler_argv(self) -> list[str]:
         kubeconfig = self.dir / "scheduler.kubeconfig"
         return [
-            str(self.toolchain.kube_scheduler),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            f"--bind-address={LOOPBACK}",
-            f"--secure-port={self.scheduler_port}",
+            *self._component_argv(self.toolchain.kube_scheduler, kubeconfig, self.scheduler_port),
             "--leader-elect=false",
             "--profiling=false",
         ]

@@ -47,7 +47,7 @@ from lattice.adapters import pki
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane, ControlPlaneError
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.domain import kubeadm_node
+from lattice.domain import kubeadm_node, yaml_text
 from lattice.domain.bootstrap_data import (
     BootstrapData,
     BootstrapDataError,
@@ -79,39 +79,6 @@ class _Machine:
     version: str
     node_uid: str
     mirror_pods: bool = False
-
-
-def _yaml_dump(data: Any) -> str:
-    import io  # noqa: PLC0415 - only here
-
-    out = io.StringIO()
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    yaml.dump(data, out)
-    return out.getvalue()
-
-
-def _kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, user: str) -> str:
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return _yaml_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": "cluster", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
-            ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)},
-                }
-            ],
-            "contexts": [{"name": "default", "context": {"cluster": "cluster", "user": user}}],
-            "current-context": "default",
-        }
-    )
 
 
 def _under(root: Path, path: str) -> Path:
@@ -397,7 +364,14 @@ class LocalMachineHost:
     ) -> _Machine:
         """Write ``kubelet.conf`` and register the Node with the node's own credentials."""
         kubelet_conf = root / "etc" / "kubernetes" / "kubelet.conf"
-        text = _kubeconfig(server, ca_pem, cert_pem, key_pem, f"system:node:{request.machine}")
+        text = yaml_text.kubeconfig(
+            "cluster",
+            url=server,
+            ca=ca_pem,
+            cert=cert_pem,
+            key=key_pem,
+            user=f"system:node:{request.machine}",
+        )
         pki.write_private_file(kubelet_conf, text.encode())
         node_api = await Kr8sKube.connect(str(kubelet_conf))
         extra = ((config.get("nodeRegistration") or {}).get("kubeletExtraArgs")) or []

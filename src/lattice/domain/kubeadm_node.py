@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ruamel.yaml import YAML
+from lattice.domain import yaml_text
 
 __all__ = [
     "CONTROL_PLANE_COMPONENTS",
@@ -51,23 +51,13 @@ KUBELET_FIELD_MANAGER = "lattice-kubelet"
 Obj = dict[str, Any]
 
 
-def _dump(data: Any) -> str:
-    import io  # noqa: PLC0415 - only here
-
-    out = io.StringIO()
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    yaml.dump(data, out)
-    return out.getvalue()
-
-
 def kubeadm_config(cluster_configuration: Mapping[str, Any]) -> Obj:
     """``kube-system/kubeadm-config`` as ``kubeadm init`` uploads it (phase upload-config)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
-        "data": {"ClusterConfiguration": _dump(dict(cluster_configuration))},
+        "data": {"ClusterConfiguration": yaml_text.dump(dict(cluster_configuration))},
     }
 
 
@@ -153,7 +143,7 @@ def cluster_info(server: str, ca_pem: bytes) -> Obj:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "cluster-info", "namespace": "kube-public"},
-        "data": {"kubeconfig": _dump(kubeconfig)},
+        "data": {"kubeconfig": yaml_text.dump(kubeconfig)},
     }
 
 
