@@ -151,3 +151,56 @@ async def test_real_capi_brings_up_a_local_cluster(
         await running
         for machine in host.machines():
             await host.stop(machine)
+
+
+async def test_a_failing_bootstrap_command_is_reported_and_its_machine_released(
+    managed: tuple[ControlPlane, CapiManagers], tmp_path: Path
+) -> None:
+    """A command of the bootstrap data that fails leaves the machine running, as a VM whose
+    cloud-init failed: the LocalMachine says why (condition and Warning Event, with the step and
+    its output), and deleting the Cluster still stops the machine's processes."""
+    cp, _ = managed
+    failing = 'echo "registration refused" >&2; exit 3'
+    registration = next(o for o in objects() if o["kind"] == "Secret")
+    cp.apply([*with_post_kubeadm(compiled(control_plane=1, workers=1), [failing]), registration])
+    api = await Kr8sKube.connect(str(cp.kubeconfig))
+    host = LocalMachineHost(cp.toolchain, tmp_path / "machines", SystemClock(), heartbeat_seconds=2.0)
+    provider = LocalInfraProvider(api, host, SystemClock(), random=random.random, free_port=free_port)
+    stop = asyncio.Event()
+    running = asyncio.create_task(provider.run(stop))
+
+    def get(kind: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(
+            cp.kubectl("get", kind, "-n", NAMESPACE, "-o", "json").stdout
+        )["items"]
+        return items
+
+    async def boot_failed() -> dict[str, Any] | None:
+        for machine in get("localmachines"):
+            ready = condition(machine, "Ready") or {}
+            if ready.get("reason") == "BootFailed":
+                return machine
+        return None
+
+    try:
+        failed = await wait_until("the LocalMachine to report BootFailed", boot_failed)
+        message = (condition(failed, "Ready") or {})["message"]
+        assert "runcmd[1] exited with code 3" in message
+        assert "registration refused" in message
+        assert not ((failed.get("status") or {}).get("initialization") or {}).get("provisioned")
+        warnings = [e for e in get("events") if e["reason"] == "BootFailed" and e["type"] == "Warning"]
+        assert {e["involvedObject"]["name"] for e in warnings} == {failed["metadata"]["name"]}
+        assert host.pids(), "the failed machine keeps running until its LocalMachine goes"
+
+        cp.kubectl("delete", "cluster", NAME, "-n", NAMESPACE, "--wait=false")
+
+        async def all_gone() -> bool:
+            return not get("machines,localmachines") and not get("clusters")
+
+        await wait_until("the Cluster and its Machines deleted", all_gone)
+        assert host.pids() == []
+    finally:
+        stop.set()
+        await running
+        for machine in host.machines():
+            await host.stop(machine)

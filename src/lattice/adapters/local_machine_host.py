@@ -105,6 +105,9 @@ class LocalMachineHost:
         self.heartbeat_seconds = heartbeat_seconds
         self._machines: dict[str, _Machine] = {}
         self._failed: dict[str, str] = {}
+        # Control planes started by a boot, successful or not: a machine whose bootstrap failed
+        # keeps running (as a VM does when cloud-init fails) until its LocalMachine goes.
+        self._control_planes: dict[str, ControlPlane] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -133,10 +136,11 @@ class LocalMachineHost:
             self._ensure_heartbeat()
 
     async def stop(self, machine: str) -> None:
-        booted = self._machines.pop(machine, None)
+        self._machines.pop(machine, None)
         self._failed.pop(machine, None)
-        if booted is not None and booted.control_plane is not None:
-            await anyio.to_thread.run_sync(booted.control_plane.stop)
+        control_plane = self._control_planes.pop(machine, None)
+        if control_plane is not None:
+            await anyio.to_thread.run_sync(control_plane.stop)
 
     async def close(self) -> None:
         if self._heartbeat is not None:
@@ -231,6 +235,7 @@ class LocalMachineHost:
             pki_source=pki_dir,
             pinned_apiserver_port=request.endpoint[1],
         )
+        self._control_planes[request.machine] = cp
         await anyio.to_thread.run_sync(lambda: cp.start(120.0))
         admin = root / "etc" / "kubernetes" / "admin.conf"
         pki.write_private_file(admin, cp.kubeconfig.read_bytes())
@@ -439,17 +444,12 @@ class LocalMachineHost:
                     log.info("heartbeat of %s failed: %s", machine.name, exc)
 
     def machines(self) -> list[str]:
-        """The machines that have booted here and were not stopped."""
-        return list(self._machines)
+        """The machines that have booted here, or failed to and still run, and were not stopped."""
+        return sorted({*self._machines, *self._control_planes})
 
     def pids(self) -> list[int]:
         """The process ids of every running machine process (control planes)."""
-        return [
-            pid
-            for m in self._machines.values()
-            if m.control_plane is not None
-            for pid in m.control_plane.pids()
-        ]
+        return [pid for cp in self._control_planes.values() for pid in cp.pids()]
 
     def remove(self, machine: str) -> None:
         """Forget a stopped machine's directory (the logs go with it)."""
