@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import shutil
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,9 +114,6 @@ class LocalMachineHost:
 
     def booted(self, machine: str) -> bool:
         return machine in self._machines
-
-    def failure(self, machine: str) -> str | None:
-        return self._failed.get(machine)
 
     async def boot(self, request: Boot, data: BootstrapData) -> None:
         lock = self._locks.setdefault(request.machine, asyncio.Lock())
@@ -450,7 +446,3 @@ class LocalMachineHost:
     def pids(self) -> list[int]:
         """The process ids of every running machine process (control planes)."""
         return [pid for cp in self._control_planes.values() for pid in cp.pids()]
-
-    def remove(self, machine: str) -> None:
-        """Forget a stopped machine's directory (the logs go with it)."""
-        shutil.rmtree(self.machine_dir(machine), ignore_errors=True)
