@@ -52,17 +52,19 @@ def graph_until_step(
     pivot moved on quickly (seen in CI: KubeadmControlPlane and MachineDeployment already gone).
     """
     whole: list[dict[str, Any]] = []
-
-    def poll() -> str | None:
-        nonlocal whole
+    deadline = time.monotonic() + 240
+    seen = ""
+    # A tight loop (no 0.5 s pause as in wait_for): the Importing step lasts about a second.
+    while time.monotonic() < deadline:
         graph = moved_objects(toolchain, cell.kubeconfig, name)
-        step = pivot_step(cell, name)
-        if step in BEFORE_DELETION and {o["kind"] for o in graph} >= REQUIRED_KINDS:
+        seen = pivot_step(cell, name)
+        if seen in BEFORE_DELETION and {o["kind"] for o in graph} >= REQUIRED_KINDS:
             whole = graph
-        return step if step in steps and whole else None
-
-    step = wait_for(poll, 240, f"pivot step {' or '.join(steps)}", cell.log)
-    return str(step), whole
+        if seen in steps and whole:
+            return seen, whole
+        time.sleep(0.05)
+    tail = "\n".join(cell.log.read_text(errors="replace").splitlines()[-40:]) if cell.log.exists() else ""
+    raise AssertionError(f"pivot step {' or '.join(steps)} not seen in 240 s (last: {seen!r})\n{tail}")
 
 
 def assert_moved_exactly_once(
@@ -103,8 +105,7 @@ def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: T
 
 def test_agent_killed_mid_import_converges(cell: Cell, toolchain: Toolchain) -> None:
     cell.control_plane.apply([local_cluster("fault-2", cell.name, workers=1)])
-    wait_for(lambda: pivot_step(cell, "fault-2") == "Importing", 240, "the import to start", cell.log)
-    before = moved_objects(toolchain, cell.kubeconfig, "fault-2")
+    _, before = graph_until_step(cell, toolchain, "fault-2", ("Importing",))
     pid_file = next((cell.state_dir / "local-provider" / "machines").glob("fault-2-*/pods/lattice-agent.pid"))
     os.killpg(int(pid_file.read_text()), signal.SIGKILL)
     wait_for(lambda: cell.lc("fault-2").get("status", {}).get("phase") == "Ready", 240, "Ready", cell.log)
