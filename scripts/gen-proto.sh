@@ -44,7 +44,9 @@ ensure_buf() {
   if [ ! -x "$BUF" ]; then
     echo "building buf $BUF_VERSION into $BUF_DIR" >&2
     mkdir -p "$BUF_DIR"
-    GOBIN="$BUF_DIR" GOFLAGS=-buildvcs=false go install "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
+    # Go's module and build caches under LATTICE_CACHE too, as scripts/build-k8s.sh keeps them.
+    GOMODCACHE="${LATTICE_GOMODCACHE:-$LATTICE_CACHE/gomod}" GOCACHE="${LATTICE_GOCACHE:-$LATTICE_CACHE/gocache}" \
+      GOBIN="$BUF_DIR" GOFLAGS=-buildvcs=false go install "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
   fi
 }
 
