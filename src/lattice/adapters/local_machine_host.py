@@ -46,7 +46,7 @@ from lattice.adapters import pki
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane, ControlPlaneError
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.domain import kubeadm_node, yaml_text
+from lattice.domain import conditions, kubeadm_node, yaml_text
 from lattice.domain.bootstrap_data import (
     BootstrapData,
     BootstrapDataError,
@@ -72,8 +72,6 @@ KUBELET_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 @attrs.define(eq=False)
 class _Machine:
     name: str
-    dir: Path
-    control_plane: ControlPlane | None
     node_api: Kr8sKube
     version: str
     node_uid: str
@@ -183,7 +181,7 @@ class LocalMachineHost:
         env["LATTICE_BOOTSTRAP_DIR"] = str(root / "etc" / "lattice")
         env["LATTICE_MACHINE_ROOT"] = str(root)
         admin = root / "etc" / "kubernetes" / "admin.conf"
-        if machine is not None and machine.control_plane is not None and admin.is_file():
+        if machine is not None and machine.name in self._control_planes and admin.is_file():
             env["KUBECONFIG"] = str(admin)
         return env
 
@@ -250,19 +248,10 @@ class LocalMachineHost:
         )
         node_cert = ca.issue(f"system:node:{request.machine}", organizations=["system:nodes"], client=True)
         machine = await self._kubelet(
-            request, root, server, ca_pem, node_cert.cert_pem, node_cert.key_pem, init, control_plane=cp
+            request, root, server, ca_pem, node_cert.cert_pem, node_cert.key_pem, init
         )
-        # kubeadm's mark-control-plane phase (as the admin: a kubelet may not set these).
-        labels = {kubeadm_node.CONTROL_PLANE_LABEL: "", kubeadm_node.EXCLUDE_LB_LABEL: ""}
-        await admin_api.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": request.machine, "labels": labels},
-                "spec": {"taints": [{"key": kubeadm_node.CONTROL_PLANE_LABEL, "effect": "NoSchedule"}]},
-            },
-            kubeadm_node.FIELD_MANAGER,
-        )
+        # kubeadm's mark-control-plane phase, as the admin.
+        await admin_api.apply(kubeadm_node.mark_control_plane(request.machine), kubeadm_node.FIELD_MANAGER)
         for component in kubeadm_node.CONTROL_PLANE_COMPONENTS:
             pod = kubeadm_node.mirror_pod(
                 component, request.machine, node_uid=machine.node_uid, command=[component]
@@ -293,9 +282,7 @@ class LocalMachineHost:
         key = pki.generate_key()
         csr = pki.new_csr(key, f"system:node:{request.machine}", organizations=["system:nodes"])
         cert_pem = await self._tls_bootstrap(server, ca_pem, token, request.machine, pki.csr_to_pem(csr))
-        return await self._kubelet(
-            request, root, server, ca_pem, cert_pem, pki.key_to_pem(key), join, control_plane=None
-        )
+        return await self._kubelet(request, root, server, ca_pem, cert_pem, pki.key_to_pem(key), join)
 
     async def _discover_ca(self, server: str, pins: list[str]) -> bytes:
         """kubeadm's token discovery: read ``cluster-info`` without trusting the server yet, then
@@ -360,8 +347,6 @@ class LocalMachineHost:
         cert_pem: bytes,
         key_pem: bytes,
         config: Mapping[str, Any],
-        *,
-        control_plane: ControlPlane | None,
     ) -> _Machine:
         """Write ``kubelet.conf`` and register the Node with the node's own credentials."""
         kubelet_conf = root / "etc" / "kubernetes" / "kubelet.conf"
@@ -376,19 +361,15 @@ class LocalMachineHost:
         pki.write_private_file(kubelet_conf, text.encode())
         node_api = await Kr8sKube.connect(str(kubelet_conf))
         extra = ((config.get("nodeRegistration") or {}).get("kubeletExtraArgs")) or []
-        labels = kubeadm_node.node_labels(extra, control_plane=False)
         node = kubeadm_node.node(
             request.machine,
             provider_id=provider_id(request.cluster, request.machine),
-            labels=labels,
-            control_plane=False,
+            labels=kubeadm_node.node_labels(extra),
         )
         registered = await node_api.apply(node, kubeadm_node.KUBELET_FIELD_MANAGER)
         machine = _Machine(
             node_uid=str(registered["metadata"]["uid"]),
             name=request.machine,
-            dir=self.machine_dir(request.machine),
-            control_plane=control_plane,
             node_api=node_api,
             version=request.version,
         )
@@ -397,11 +378,9 @@ class LocalMachineHost:
 
     # -- the kubelet stand-in ---------------------------------------------------------------
 
-    def _now(self) -> str:
-        return self.clock.now().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
     async def _report(self, machine: _Machine) -> None:
-        now = self._now()
+        moment = self.clock.now()
+        now = conditions.rfc3339(moment)
         api = machine.node_api
         await api.apply_status(
             kubeadm_node.node_status(
@@ -409,11 +388,12 @@ class LocalMachineHost:
             ),
             kubeadm_node.KUBELET_FIELD_MANAGER,
         )
-        micro = self.clock.now().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # a MicroTime
+        micro = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # a MicroTime
         await api.apply(kubeadm_node.lease(machine.name, now=micro), kubeadm_node.KUBELET_FIELD_MANAGER)
-        if machine.control_plane is None or not machine.mirror_pods:
+        control_plane = self._control_planes.get(machine.name)
+        if control_plane is None or not machine.mirror_pods:
             return
-        running = set(machine.control_plane.running_processes())
+        running = set(control_plane.running_processes())
         for component in kubeadm_node.CONTROL_PLANE_COMPONENTS:
             try:
                 await api.apply_status(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
@@ -19,8 +18,9 @@ from typing import Any, Literal
 
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.workqueue import WorkQueue, serve
-from lattice.domain import capi, events, local_infra, local_provider
+from lattice.domain import capi, conditions, events, local_infra, local_provider
 from lattice.domain.bootstrap_data import BootstrapDataError, parse_cloud_config
+from lattice.domain.models import ConditionStatus
 from lattice.ports import kube
 from lattice.ports.clock import Clock
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
@@ -195,7 +195,7 @@ class LocalInfraProvider:
             log.info("booting machine", extra={"machine": plan.machine, "control_plane": plan.control_plane})
             await self.host.boot(plan, data)
         except (BootstrapDataError, MachineBootError, UnicodeDecodeError) as exc:
-            await self._set_condition(local_machine, "False", "BootFailed", str(exc))
+            await self._set_condition(local_machine, ConditionStatus.FALSE, "BootFailed", str(exc))
             log.warning("%s", exc, extra={"machine": plan.machine})
             self._event(local_machine, "Warning", "BootFailed", str(exc))
             return None
@@ -212,7 +212,7 @@ class LocalInfraProvider:
             "initialization": {"provisioned": True},
             "addresses": [{"type": kind, "address": address} for kind, address in plan.addresses],
         }
-        await self._set_condition(local_machine, "True", "Booted", "", extra=status)
+        await self._set_condition(local_machine, ConditionStatus.TRUE, "Booted", "", extra=status)
 
     async def _release(self, local_machine: Obj, plan: local_infra.Release) -> None:
         if plan.stop:
@@ -240,7 +240,7 @@ class LocalInfraProvider:
             event_type=event_type,
             reason=reason,
             message=message,
-            now=self.clock.now().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            now=conditions.rfc3339(self.clock.now()),
             suffix=uuid.uuid4().hex[:16],
             component=FIELD_MANAGER,
             instance=self.instance,
@@ -257,33 +257,22 @@ class LocalInfraProvider:
         task.add_done_callback(self._background.discard)
 
     async def _set_condition(
-        self, local_machine: Obj, status: str, reason: str, message: str, *, extra: Obj | None = None
+        self,
+        local_machine: Obj,
+        status: ConditionStatus,
+        reason: str,
+        message: str,
+        *,
+        extra: Obj | None = None,
     ) -> None:
         meta = local_machine["metadata"]
-        current: Obj = next(
-            (
-                c
-                for c in (local_machine.get("status") or {}).get("conditions") or []
-                if c.get("type") == "Ready"
-            ),
-            {},
-        )
-        condition = {
-            "type": "Ready",
-            "status": status,
-            "reason": reason,
-            "message": message[:32768],
-            "lastTransitionTime": current.get("lastTransitionTime")
-            if current.get("status") == status and current.get("reason") == reason
-            else self.clock.now().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "observedGeneration": meta.get("generation", 0),
-        }
+        ready = local_infra.ready_conditions(local_machine, status, reason, message, now=self.clock.now())
         updated = await self.api.apply_status(
             {
                 "apiVersion": local_provider.API_VERSION,
                 "kind": "LocalMachine",
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                "status": {**(extra or {}), "conditions": [condition]},
+                "status": {**(extra or {}), "conditions": ready},
             },
             FIELD_MANAGER,
         )

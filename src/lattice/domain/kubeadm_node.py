@@ -31,6 +31,7 @@ __all__ = [
     "cluster_info",
     "kubeadm_config",
     "lease",
+    "mark_control_plane",
     "mirror_pod",
     "mirror_pod_status",
     "node",
@@ -152,8 +153,8 @@ def ca_cert_hash(spki_der: bytes) -> str:
     return "sha256:" + hashlib.sha256(spki_der).hexdigest()
 
 
-def node_labels(kubelet_extra_args: Sequence[Mapping[str, Any]], *, control_plane: bool) -> dict[str, str]:
-    """The labels the kubelet registers with: ``--node-labels`` plus kubeadm's control-plane ones."""
+def node_labels(kubelet_extra_args: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The labels the kubelet registers with (``--node-labels``)."""
     labels: dict[str, str] = {}
     for arg in kubelet_extra_args:
         if arg.get("name") == "node-labels":
@@ -161,17 +162,11 @@ def node_labels(kubelet_extra_args: Sequence[Mapping[str, Any]], *, control_plan
                 key, _, value = pair.partition("=")
                 if key.strip():
                     labels[key.strip()] = value.strip()
-    if control_plane:
-        labels[CONTROL_PLANE_LABEL] = ""
-        labels[EXCLUDE_LB_LABEL] = ""
     return labels
 
 
-def node(name: str, *, provider_id: str, labels: Mapping[str, str], control_plane: bool) -> Obj:
-    """The Node as the kubelet registers it (kubeadm adds the control-plane taint)."""
-    spec: Obj = {"providerID": provider_id}
-    if control_plane:
-        spec["taints"] = [{"key": CONTROL_PLANE_LABEL, "effect": "NoSchedule"}]
+def node(name: str, *, provider_id: str, labels: Mapping[str, str]) -> Obj:
+    """The Node as the kubelet registers it (:func:`mark_control_plane` is kubeadm's part)."""
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -187,7 +182,18 @@ def node(name: str, *, provider_id: str, labels: Mapping[str, str], control_plan
                 "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/containerd/containerd.sock"
             },
         },
-        "spec": spec,
+        "spec": {"providerID": provider_id},
+    }
+
+
+def mark_control_plane(name: str) -> Obj:
+    """kubeadm's mark-control-plane phase, applied as the cluster admin: NodeRestriction forbids a
+    kubelet to set ``node-role.kubernetes.io/*`` labels on itself."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {CONTROL_PLANE_LABEL: "", EXCLUDE_LB_LABEL: ""}},
+        "spec": {"taints": [{"key": CONTROL_PLANE_LABEL, "effect": "NoSchedule"}]},
     }
 
 

@@ -12,10 +12,14 @@ the caller observed (what the machine host has booted) and returns what to do. N
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 from attrs import frozen
+
+from lattice.domain import conditions, serde
+from lattice.domain.models import Condition, ConditionStatus
 
 __all__ = [
     "FINALIZER",
@@ -29,6 +33,7 @@ __all__ = [
     "plan_local_cluster",
     "plan_local_machine",
     "provider_id",
+    "ready_conditions",
 ]
 
 FINALIZER = "localmachine.infrastructure.lattice.dev"
@@ -195,3 +200,27 @@ def plan_local_machine(
     if spec.get("providerID") == wanted_id and (status.get("initialization") or {}).get("provisioned"):
         return Wait("provisioned")
     return Report(provider_id=wanted_id, addresses=addresses)
+
+
+def ready_conditions(
+    local_machine: Obj, status: ConditionStatus, reason: str, message: str, *, now: dt.datetime
+) -> list[Any]:
+    """The LocalMachine's ``status.conditions`` with ``Ready`` set (its lastTransitionTime kept
+    unless the status flips, as :func:`lattice.domain.conditions.set_condition` keeps it).
+    Conditions that do not parse are dropped: this provider owns them."""
+    current: list[Condition] = []
+    for raw in (local_machine.get("status") or {}).get("conditions") or []:
+        parsed = serde.structure(raw, Condition)
+        if isinstance(parsed, Condition):
+            current.append(parsed)
+    generation = _meta(local_machine).get("generation")
+    updated = conditions.set_condition(
+        current,
+        conditions.READY,
+        status,
+        reason,
+        message[:32768],
+        now=now,
+        generation=generation if isinstance(generation, int) else None,
+    )
+    return [serde.unstructure(c) for c in updated]

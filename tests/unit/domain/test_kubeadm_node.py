@@ -18,6 +18,7 @@ from lattice.domain.kubeadm_node import (
     cluster_info,
     kubeadm_config,
     lease,
+    mark_control_plane,
     mirror_pod,
     mirror_pod_status,
     node,
@@ -201,17 +202,17 @@ def test_node_labels_from_kubelet_args() -> None:
         {"name": "node-labels", "value": "pool=md-0,tier=web"},
         {"name": "eviction-hard", "value": "nodefs.available<0%"},
     ]
-    assert node_labels(args, control_plane=False) == {"pool": "md-0", "tier": "web"}
+    assert node_labels(args) == {"pool": "md-0", "tier": "web"}
 
 
 def test_node_labels_ignore_empty_pieces_and_strip() -> None:
     args = [{"name": "node-labels", "value": ",, a=1 , =orphan,b= 2 ,,c=,d"}]
-    assert node_labels(args, control_plane=False) == {"a": "1", "b": "2", "c": "", "d": ""}
+    assert node_labels(args) == {"a": "1", "b": "2", "c": "", "d": ""}
 
 
 def test_node_labels_value_may_hold_equals() -> None:
     args = [{"name": "node-labels", "value": "example.com/expr=a=b"}]
-    assert node_labels(args, control_plane=False) == {"example.com/expr": "a=b"}
+    assert node_labels(args) == {"example.com/expr": "a=b"}
 
 
 def test_node_labels_of_several_args_later_wins() -> None:
@@ -219,7 +220,7 @@ def test_node_labels_of_several_args_later_wins() -> None:
         {"name": "node-labels", "value": "a=1,b=1"},
         {"name": "node-labels", "value": "b=2"},
     ]
-    assert node_labels(args, control_plane=False) == {"a": "1", "b": "2"}
+    assert node_labels(args) == {"a": "1", "b": "2"}
 
 
 @pytest.mark.parametrize(
@@ -233,13 +234,7 @@ def test_node_labels_of_several_args_later_wins() -> None:
     ],
 )
 def test_node_labels_none(args: list[dict[str, Any]]) -> None:
-    assert node_labels(args, control_plane=False) == {}
-
-
-def test_node_labels_of_a_control_plane() -> None:
-    assert node_labels([], control_plane=True) == {CP_LABEL: "", EXCLUDE_LB: ""}
-    args = [{"name": "node-labels", "value": f"pool=cp,{CP_LABEL}=yes"}]
-    assert node_labels(args, control_plane=True) == {"pool": "cp", CP_LABEL: "", EXCLUDE_LB: ""}
+    assert node_labels(args) == {}
 
 
 @given(
@@ -248,24 +243,17 @@ def test_node_labels_of_a_control_plane() -> None:
         st.from_regex(r"[A-Za-z0-9_.-]{0,20}", fullmatch=True),
         max_size=6,
     ),
-    control_plane=st.booleans(),
 )
-def test_node_labels_round_trip(labels: dict[str, str], control_plane: bool) -> None:
+def test_node_labels_round_trip(labels: dict[str, str]) -> None:
     value = ",".join(f"{k}={v}" for k, v in labels.items())
-    parsed = node_labels([{"name": "node-labels", "value": value}], control_plane=control_plane)
-    expected = dict(labels)
-    if control_plane:
-        expected |= {CP_LABEL: "", EXCLUDE_LB: ""}
-    assert parsed == expected
+    assert node_labels([{"name": "node-labels", "value": value}]) == labels
 
 
 # -- Node ------------------------------------------------------------------------------------------
 
 
 def test_node_of_a_worker() -> None:
-    assert node(
-        "w1-md-0-abc", provider_id="local://w1/w1-md-0-abc", labels={"pool": "md-0"}, control_plane=False
-    ) == {
+    assert node("w1-md-0-abc", provider_id="local://w1/w1-md-0-abc", labels={"pool": "md-0"}) == {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -284,19 +272,17 @@ def test_node_of_a_worker() -> None:
     }
 
 
-def test_node_of_a_control_plane_is_tainted() -> None:
-    labels = node_labels([], control_plane=True)
-    n = node("w1-cp-x", provider_id="local://w1/w1-cp-x", labels=labels, control_plane=True)
-    assert n["spec"] == {
-        "providerID": "local://w1/w1-cp-x",
-        "taints": [{"key": CP_LABEL, "effect": "NoSchedule"}],
+def test_mark_control_plane_is_kubeadms_label_and_taint() -> None:
+    assert mark_control_plane("w1-cp-x") == {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "w1-cp-x", "labels": {CP_LABEL: "", EXCLUDE_LB: ""}},
+        "spec": {"taints": [{"key": CP_LABEL, "effect": "NoSchedule"}]},
     }
-    assert n["metadata"]["labels"][CP_LABEL] == ""
-    assert n["metadata"]["labels"][EXCLUDE_LB] == ""
 
 
 def test_node_labels_given_override_the_defaults() -> None:
-    n = node("n", provider_id="p", labels={"kubernetes.io/arch": "arm64"}, control_plane=False)
+    n = node("n", provider_id="p", labels={"kubernetes.io/arch": "arm64"})
     assert n["metadata"]["labels"]["kubernetes.io/arch"] == "arm64"
     assert n["metadata"]["labels"]["kubernetes.io/hostname"] == "n"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lattice.domain import local_infra
 from lattice.domain.local_infra import (
     FINALIZER,
     AddFinalizer,
@@ -21,6 +23,7 @@ from lattice.domain.local_infra import (
     plan_local_machine,
     provider_id,
 )
+from lattice.domain.models import ConditionStatus
 
 Obj = dict[str, Any]
 
@@ -624,3 +627,29 @@ def test_machine_moved_by_clusterctl() -> None:
     lm["metadata"]["deletionTimestamp"] = NOW
     assert plan(lm, c=paused, booted=True) == Wait("paused")
     assert plan(lm, booted=True) == Release(machine="w1-cp-x7k2p", stop=False)
+
+
+def test_ready_condition_keeps_its_transition_time_until_the_status_flips() -> None:
+    t0 = dt.datetime(2026, 12, 6, 1, 0, tzinfo=dt.UTC)
+    machine: dict[str, Any] = {"metadata": {"name": "m", "generation": 3}, "status": {}}
+    first = local_infra.ready_conditions(machine, ConditionStatus.FALSE, "BootFailed", "x", now=t0)
+    assert first == [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "BootFailed",
+            "message": "x",
+            "lastTransitionTime": "2026-12-06T01:00:00Z",
+            "observedGeneration": 3,
+        }
+    ]
+    machine["status"]["conditions"] = [*first, {"type": "Other"}]  # unparseable: dropped
+    later = t0 + dt.timedelta(minutes=5)
+    same = local_infra.ready_conditions(machine, ConditionStatus.FALSE, "BootFailed", "y" * 40000, now=later)
+    assert same[0]["lastTransitionTime"] == "2026-12-06T01:00:00Z"
+    assert len(same[0]["message"]) == 32768
+    assert len(same) == 1
+    flipped = local_infra.ready_conditions(machine, ConditionStatus.TRUE, "Booted", "", now=later)
+    assert flipped[0]["lastTransitionTime"] == "2026-12-06T01:05:00Z"
+    no_generation = local_infra.ready_conditions({"metadata": {}}, ConditionStatus.TRUE, "Booted", "", now=t0)
+    assert "observedGeneration" not in no_generation[0]
