@@ -115,10 +115,9 @@ class CapiManagers:
 
     def _check_alive(self) -> None:
         for proc in self._procs.values():
-            if proc.popen is not None and proc.popen.poll() is not None:
-                raise CapiManagersError(
-                    f"{proc.name} exited with code {proc.popen.returncode}\n{proc.tail(40)}"
-                )
+            code = proc.exit_code()
+            if code is not None:
+                raise CapiManagersError(f"{proc.name} exited with code {code}\n{proc.tail(40)}")
 
     def start(self, timeout: float = 120.0) -> Self:
         """Start the managers, wait until each is ready (webhook server included), then

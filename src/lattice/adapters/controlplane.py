@@ -131,6 +131,10 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def exit_code(self) -> int | None:
+        """The exit code of a process that was started and has exited, else ``None``."""
+        return self.popen.poll() if self.popen is not None else None
+
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None
@@ -494,8 +498,8 @@ class ControlPlane:
 
     def _check_alive(self) -> None:
         for proc in self._procs.values():
-            if proc.popen is not None and proc.popen.poll() is not None:
-                code = proc.popen.returncode
+            code = proc.exit_code()
+            if code is not None:
                 raise ControlPlaneError(
                     f"{self.name}: {proc.name} exited with code {code}\n{self.log_tails()}"
                 )
