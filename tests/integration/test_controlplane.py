@@ -231,6 +231,24 @@ def test_not_ready_in_time_is_reported(toolchain: Toolchain, tmp_path: Path) -> 
         cp.stop()
 
 
+def test_an_interrupted_first_etcd_start_is_started_again_from_scratch(
+    toolchain: Toolchain, tmp_path: Path
+) -> None:
+    cp = ControlPlane.create("interrupted", base_dir=tmp_path, toolchain=toolchain)
+    wal = cp.dir / "etcd" / "member" / "wal"
+    wal.mkdir(parents=True)
+    (wal / "0000000000000000-0000000000000000.wal").write_bytes(b"cut short")
+    (cp.dir / "etcd.bootstrapping").touch()
+    with cp.start():
+        assert not (cp.dir / "etcd.bootstrapping").exists()
+        cp.kubectl("create", "namespace", "kept")
+    cp.start()
+    try:
+        assert cp.kubectl("get", "namespace", "kept", "-o", "name").stdout.strip() == "namespace/kept"
+    finally:
+        cp.stop()
+
+
 def test_a_taken_port_is_retried(
     toolchain: Toolchain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

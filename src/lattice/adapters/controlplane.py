@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -372,6 +373,25 @@ class ControlPlane:
             "--log-level=warn",
         ]
 
+    @property
+    def _etcd_bootstrapping(self) -> Path:
+        return self.dir / "etcd.bootstrapping"
+
+    def _discard_interrupted_etcd_bootstrap(self) -> None:
+        """Start etcd from an empty data directory unless a start of it ever got ready.
+
+        etcd stopped during its very first start can leave a WAL without its own
+        membership; started again on it, it never elects itself and the apiserver gives
+        up (etcd-io/etcd#10688). A marker is written before the first start and removed
+        by the first ready probe, so only a directory that never served is discarded.
+        """
+        data = self.dir / "etcd"
+        if self._etcd_bootstrapping.exists():
+            shutil.rmtree(data, ignore_errors=True)
+        elif data.exists():
+            return
+        self._etcd_bootstrapping.touch()
+
     def _apiserver_argv(self) -> list[str]:
         return [
             str(self.toolchain.kube_apiserver),
@@ -459,6 +479,7 @@ class ControlPlane:
         self._ssl = None
         with _live_lock:
             _live.add(self)
+        self._discard_interrupted_etcd_bootstrap()
         env = self._env()
         self._process("etcd", self._etcd_argv()).start(env)
         self._process("kube-apiserver", self._apiserver_argv()).start(env)
@@ -512,6 +533,7 @@ class ControlPlane:
         self._check_alive()
         if not self._get_ok(f"{self.url}/readyz"):
             return False
+        self._etcd_bootstrapping.unlink(missing_ok=True)
         if self.kubeadm:
             scheduler = self._process("kube-scheduler", self._scheduler_argv())
             if scheduler.popen is None:
