@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.app.local_infra import LocalInfraProvider
+from lattice.ports.kube import ResourceRef
 from tests.compiled import with_post_kubeadm
 from tests.integration.test_capi_managers import NAME, NAMESPACE, REGISTRATION_SECRET, compiled, condition
 
@@ -116,6 +119,27 @@ async def test_real_capi_brings_up_a_local_cluster(
         assert f"etcd-{control_plane['metadata']['name']}" in pods
         kubeadm_config = (await child.list("v1", "ConfigMap", "kube-system")).items
         assert "kubeadm-config" in {c["metadata"]["name"] for c in kubeadm_config}
+
+        # A machine outlives the host that booted it: another host sharing the machines
+        # directory (the cluster's own provider after a pivot) finds every one booted.
+        adopter = LocalMachineHost(cp.toolchain, tmp_path / "machines", SystemClock())
+        assert all(adopter.booted(m["metadata"]["name"]) for m in machines)
+
+        # Mirror pods follow the real processes: a dead scheduler shows as a failed pod.
+        scheduler = next(
+            pid
+            for pid in host.pids()
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "kube-scheduler"
+        )
+        os.kill(scheduler, signal.SIGKILL)
+
+        async def scheduler_pod_failed() -> bool:
+            pod = await child.get(
+                ResourceRef("v1", "Pod", f"kube-scheduler-{control_plane['metadata']['name']}", "kube-system")
+            )
+            return bool((pod.get("status") or {}).get("phase") == "Failed")
+
+        await wait_until("the kube-scheduler mirror pod to show its process died", scheduler_pod_failed, 30)
 
         # Each machine's boot is an Event on its LocalMachine.
         booted = [e for e in get("events")["items"] if e["reason"] == "Booted"]

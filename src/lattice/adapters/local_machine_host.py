@@ -6,21 +6,24 @@ bootstrap data writes) plus processes. Booting one does what cloud-init does wit
 ``runcmd`` entry in order, verbatim, with ``/bin/sh -c``, except the one kubeadm command, which
 is emulated:
 
-* ``kubeadm init``: start etcd, kube-apiserver (on the cluster's control-plane endpoint),
-  kube-controller-manager and kube-scheduler as real processes with the certificates the real
-  KCP generated (``/etc/kubernetes/pki`` from the bootstrap data); write ``admin.conf``; upload
-  ``kubeadm-config``, the bootstrap-token RBAC and ``cluster-info``; register the Node with a
-  node certificate signed by the cluster CA (as kubeadm writes ``kubelet.conf``); mark it as a
-  control plane; create the mirror pods of the four static pods.
+* ``kubeadm init``: start the machine's kubelet stand-in (``lattice local-kubelet``,
+  :mod:`lattice.adapters.local_kubelet`), which runs etcd, kube-apiserver (on the cluster's
+  control-plane endpoint), kube-controller-manager and kube-scheduler as real processes with
+  the certificates the real KCP generated (``/etc/kubernetes/pki`` from the bootstrap data);
+  write ``admin.conf``; upload ``kubeadm-config``, the bootstrap-token RBAC and
+  ``cluster-info``; mark the Node the kubelet registered (with a node certificate signed by
+  the cluster CA, as kubeadm writes ``kubelet.conf``) as a control plane.
 * ``kubeadm join`` (worker): discover the cluster CA from ``cluster-info``, checked against the
   ``caCertHashes`` pin; TLS-bootstrap a node client certificate with the bootstrap token (a real
-  CertificateSigningRequest, approved and signed by the workload's controller-manager); register
-  the Node with it.
+  CertificateSigningRequest, approved and signed by the workload's controller-manager); start
+  the kubelet stand-in with it, which registers the Node.
 
 The commands run on this host, not in a chroot: ``KUBECONFIG`` (control planes) and
-``LATTICE_BOOTSTRAP_DIR`` point into the machine's root, ``kubectl`` is on ``PATH``. A kubelet
-stand-in then keeps each Node's Lease and Ready condition fresh and reports each mirror pod as
-Running and Ready exactly while its real process runs. Nothing here writes a CAPI object.
+``LATTICE_BOOTSTRAP_DIR`` point into the machine's root, ``kubectl`` is on ``PATH``. The
+kubelet stand-in keeps each Node's Lease and Ready condition fresh and reports each mirror pod
+as Running and Ready exactly while its real process runs. It runs in a session of its own, so a
+machine outlives the provider process that booted it; any host sharing the machines directory
+finds it by its record. Nothing here writes a CAPI object.
 """
 
 from __future__ import annotations
@@ -28,10 +31,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
+import json
 import logging
 import os
+import signal
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,9 +51,8 @@ from ruamel.yaml import YAML
 
 from lattice.adapters import pki
 from lattice.adapters.binaries import Toolchain
-from lattice.adapters.controlplane import ControlPlane, ControlPlaneError
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.domain import conditions, kubeadm_node, yaml_text
+from lattice.domain import kubeadm_node, yaml_text
 from lattice.domain.bootstrap_data import (
     BootstrapData,
     BootstrapDataError,
@@ -55,6 +61,17 @@ from lattice.domain.bootstrap_data import (
     kubeadm_step,
 )
 from lattice.domain.local_infra import Boot, provider_id
+from lattice.domain.local_kubelet import (
+    CONFIG_FILE,
+    STATUS_FILE,
+    KubeletConfig,
+    KubeletFileError,
+    KubeletStatus,
+    Phase,
+    StaticControlPlane,
+    dump_config,
+    parse_status,
+)
 from lattice.ports import kube
 from lattice.ports.clock import Clock
 from lattice.ports.machine_host import MachineBootError
@@ -64,18 +81,20 @@ __all__ = ["LocalMachineHost"]
 log = logging.getLogger("lattice.local_machines")
 
 HEARTBEAT_SECONDS = 10.0
+KUBELET_TIMEOUT_SECONDS = 180.0
+STOP_TIMEOUT_SECONDS = 45.0
 CSR_TIMEOUT_SECONDS = 60.0
 COMMAND_TIMEOUT_SECONDS = 600.0
 KUBELET_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 
 
-@attrs.define(eq=False)
+@attrs.frozen
 class _Machine:
+    """A machine that has booted: its kubelet stand-in's process and its role."""
+
     name: str
-    node_api: Kr8sKube
-    version: str
-    node_uid: str
-    mirror_pods: bool = False
+    pid: int
+    control_plane: bool
 
 
 def _under(root: Path, path: str) -> Path:
@@ -86,7 +105,12 @@ def _under(root: Path, path: str) -> Path:
 
 
 class LocalMachineHost:
-    """The :class:`lattice.ports.machine_host.MachineHost` of this host."""
+    """The :class:`lattice.ports.machine_host.MachineHost` of this host.
+
+    Every machine lives in ``<state_dir>/machines/<name>``; its record there (``machine.json``:
+    the kubelet's pid, booted or failed) lets any host that shares the directory (this
+    cluster's provider after a pivot, or this one after a restart) find the machines that run.
+    """
 
     def __init__(
         self,
@@ -95,52 +119,66 @@ class LocalMachineHost:
         clock: Clock,
         *,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        python: str = sys.executable,
     ) -> None:
         self.toolchain = toolchain
         self.state_dir = state_dir
         self.clock = clock
         self.heartbeat_seconds = heartbeat_seconds
-        self._machines: dict[str, _Machine] = {}
-        self._failed: dict[str, str] = {}
-        # Control planes started by a boot, successful or not: a machine whose bootstrap failed
-        # keeps running (as a VM does when cloud-init fails) until its LocalMachine goes.
-        self._control_planes: dict[str, ControlPlane] = {}
+        self.python = python
         self._locks: dict[str, asyncio.Lock] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._spawned: dict[int, subprocess.Popen[bytes]] = {}  # kubelets started here, to reap
 
     # -- the port ---------------------------------------------------------------------------
 
     def booted(self, machine: str) -> bool:
-        return machine in self._machines
+        record = self._record(machine) or {}
+        return record.get("state") == "booted" and self._alive(record.get("pid"), self.machine_dir(machine))
 
     async def boot(self, request: Boot, data: BootstrapData) -> None:
         lock = self._locks.setdefault(request.machine, asyncio.Lock())
         async with lock:
-            if request.machine in self._machines:
+            record = self._record(request.machine) or {}
+            if record.get("state") == "failed":
+                # As a VM whose cloud-init failed: it stays failed until it is deleted.
+                raise MachineBootError(str(record.get("message", "")))
+            if self.booted(request.machine):
                 return
-            if request.machine in self._failed:
-                raise MachineBootError(self._failed[request.machine])
             try:
                 machine = await self._boot(request, data)
-            except (MachineBootError, BootstrapDataError, ControlPlaneError, kube.KubeError, OSError) as exc:
+            except (MachineBootError, BootstrapDataError, kube.KubeError, OSError) as exc:
                 message = f"machine {request.machine} failed to boot: {exc}"[:4000]
-                self._failed[request.machine] = message
+                self._update_record(request.machine, state="failed", message=message)
                 raise MachineBootError(message) from exc
-            self._machines[request.machine] = machine
-            self._ensure_heartbeat()
+            self._update_record(machine.name, state="booted", message="")
 
     async def stop(self, machine: str) -> None:
-        self._machines.pop(machine, None)
-        self._failed.pop(machine, None)
-        control_plane = self._control_planes.pop(machine, None)
-        if control_plane is not None:
-            await anyio.to_thread.run_sync(control_plane.stop)
+        record = self._record(machine)
+        if record is not None:
+            await anyio.to_thread.run_sync(self._terminate, record.get("pid"), self.machine_dir(machine))
+            self._record_path(machine).unlink(missing_ok=True)
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        """Nothing to stop: the machines run on, each with its own kubelet stand-in."""
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _record_path(self, machine: str) -> Path:
+        return self.machine_dir(machine) / "machine.json"
+
+    def _record(self, machine: str) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self._record_path(machine).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _update_record(self, machine: str, **values: Any) -> None:
+        path = self._record_path(machine)
+        record = {**(self._record(machine) or {}), **values}
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(record, sort_keys=True))
+        os.replace(partial, path)
 
     # -- booting ----------------------------------------------------------------------------
 
@@ -181,7 +219,7 @@ class LocalMachineHost:
         env["LATTICE_BOOTSTRAP_DIR"] = str(root / "etc" / "lattice")
         env["LATTICE_MACHINE_ROOT"] = str(root)
         admin = root / "etc" / "kubernetes" / "admin.conf"
-        if machine is not None and machine.name in self._control_planes and admin.is_file():
+        if machine is not None and machine.control_plane and admin.is_file():
             env["KUBECONFIG"] = str(admin)
         return env
 
@@ -214,53 +252,44 @@ class LocalMachineHost:
             raise MachineBootError(f"runcmd[{index}] exited with code {code}:\n{tail}")
 
     async def _init(self, request: Boot, root: Path, step: KubeadmStep) -> _Machine:
+        """kubeadm init: certificates are laid out already; the kubelet runs the static pods,
+        then kubeadm uploads its config, the bootstrap-token RBAC and ``cluster-info``, and
+        marks the Node as a control plane once the kubelet has registered it."""
         docs = kubeadm_documents(_under(root, step.config_path).read_bytes())
         cluster_configuration = docs.get("ClusterConfiguration")
         if cluster_configuration is None:
             raise MachineBootError(f"{step.config_path} holds no ClusterConfiguration")
         init = docs.get("InitConfiguration") or {}
         pki_dir = root / "etc" / "kubernetes" / "pki"
-        cp = ControlPlane(
-            name=request.machine,
-            dir=self.machine_dir(request.machine) / "control-plane",
-            toolchain=self.toolchain,
-            controller_manager=True,
-            kubeadm=True,
-            pki_source=pki_dir,
-            pinned_apiserver_port=request.endpoint[1],
-        )
-        self._control_planes[request.machine] = cp
-        await anyio.to_thread.run_sync(lambda: cp.start(120.0))
-        admin = root / "etc" / "kubernetes" / "admin.conf"
-        pki.write_private_file(admin, cp.kubeconfig.read_bytes())
-        admin_api = await Kr8sKube.connect(str(admin))
         ca_pem = (pki_dir / "ca.crt").read_bytes()
         server = f"https://{request.endpoint[0]}:{request.endpoint[1]}"
+        # kubeadm writes kubelet.conf with a node certificate signed by the cluster CA.
+        ca = pki.CertificateAuthority(
+            cert=pki.cert_from_pem(ca_pem), key=pki.key_from_pem((pki_dir / "ca.key").read_bytes())
+        )
+        node_cert = ca.issue(f"system:node:{request.machine}", organizations=["system:nodes"], client=True)
+        static = StaticControlPlane(
+            dir=str(self.machine_dir(request.machine) / "control-plane"),
+            pki_dir=str(pki_dir),
+            apiserver_port=request.endpoint[1],
+        )
+        pid = self._start_kubelet(
+            request, root, server, ca_pem, node_cert.cert_pem, node_cert.key_pem, init, static
+        )
+        status = await self._wait_kubelet(request.machine, pid, Phase.CONTROL_PLANE_READY)
+        admin = root / "etc" / "kubernetes" / "admin.conf"
+        pki.write_private_file(admin, Path(status.admin_kubeconfig).read_bytes())
+        admin_api = await Kr8sKube.connect(str(admin))
         for obj in [
             kubeadm_node.kubeadm_config(cluster_configuration),
             *kubeadm_node.bootstrap_rbac(),
             kubeadm_node.cluster_info(server, ca_pem),
         ]:
             await admin_api.apply(obj, kubeadm_node.FIELD_MANAGER)
-        # kubeadm writes kubelet.conf with a node certificate signed by the cluster CA.
-        ca = pki.CertificateAuthority(
-            cert=pki.cert_from_pem(ca_pem), key=pki.key_from_pem((pki_dir / "ca.key").read_bytes())
-        )
-        node_cert = ca.issue(f"system:node:{request.machine}", organizations=["system:nodes"], client=True)
-        machine = await self._kubelet(
-            request, root, server, ca_pem, node_cert.cert_pem, node_cert.key_pem, init
-        )
+        await self._wait_kubelet(request.machine, pid, Phase.NODE_REGISTERED)
         # kubeadm's mark-control-plane phase, as the admin.
         await admin_api.apply(kubeadm_node.mark_control_plane(request.machine), kubeadm_node.FIELD_MANAGER)
-        for component in kubeadm_node.CONTROL_PLANE_COMPONENTS:
-            pod = kubeadm_node.mirror_pod(
-                component, request.machine, node_uid=machine.node_uid, command=[component]
-            )
-            with contextlib.suppress(kube.Conflict):
-                await machine.node_api.create(pod)
-        machine.mirror_pods = True
-        await self._report(machine)
-        return machine
+        return _Machine(name=request.machine, pid=pid, control_plane=True)
 
     async def _join(self, request: Boot, root: Path, step: KubeadmStep) -> _Machine:
         if request.control_plane:
@@ -282,7 +311,9 @@ class LocalMachineHost:
         key = pki.generate_key()
         csr = pki.new_csr(key, f"system:node:{request.machine}", organizations=["system:nodes"])
         cert_pem = await self._tls_bootstrap(server, ca_pem, token, request.machine, pki.csr_to_pem(csr))
-        return await self._kubelet(request, root, server, ca_pem, cert_pem, pki.key_to_pem(key), join)
+        pid = self._start_kubelet(request, root, server, ca_pem, cert_pem, pki.key_to_pem(key), join, None)
+        await self._wait_kubelet(request.machine, pid, Phase.NODE_REGISTERED)
+        return _Machine(name=request.machine, pid=pid, control_plane=False)
 
     async def _discover_ca(self, server: str, pins: list[str]) -> bytes:
         """kubeadm's token discovery: read ``cluster-info`` without trusting the server yet, then
@@ -338,7 +369,7 @@ class LocalMachineHost:
                     )
                 await asyncio.sleep(0.5)
 
-    async def _kubelet(
+    def _start_kubelet(
         self,
         request: Boot,
         root: Path,
@@ -347,8 +378,11 @@ class LocalMachineHost:
         cert_pem: bytes,
         key_pem: bytes,
         config: Mapping[str, Any],
-    ) -> _Machine:
-        """Write ``kubelet.conf`` and register the Node with the node's own credentials."""
+        static: StaticControlPlane | None,
+    ) -> int:
+        """Write ``kubelet.conf`` and the kubelet's config, then start the machine's kubelet
+        stand-in in a session of its own: it outlives this process, as a machine does."""
+        mdir = self.machine_dir(request.machine)
         kubelet_conf = root / "etc" / "kubernetes" / "kubelet.conf"
         text = yaml_text.kubeconfig(
             "cluster",
@@ -359,70 +393,135 @@ class LocalMachineHost:
             user=f"system:node:{request.machine}",
         )
         pki.write_private_file(kubelet_conf, text.encode())
-        node_api = await Kr8sKube.connect(str(kubelet_conf))
         extra = ((config.get("nodeRegistration") or {}).get("kubeletExtraArgs")) or []
-        node = kubeadm_node.node(
-            request.machine,
+        kubelet_config = KubeletConfig(
+            node=request.machine,
             provider_id=provider_id(request.cluster, request.machine),
-            labels=kubeadm_node.node_labels(extra),
-        )
-        registered = await node_api.apply(node, kubeadm_node.KUBELET_FIELD_MANAGER)
-        machine = _Machine(
-            node_uid=str(registered["metadata"]["uid"]),
-            name=request.machine,
-            node_api=node_api,
             version=request.version,
+            kubeconfig=str(kubelet_conf),
+            labels=kubeadm_node.node_labels(extra),
+            heartbeat_seconds=self.heartbeat_seconds,
+            control_plane=static,
         )
-        await self._report(machine)
-        return machine
-
-    # -- the kubelet stand-in ---------------------------------------------------------------
-
-    async def _report(self, machine: _Machine) -> None:
-        moment = self.clock.now()
-        now = conditions.rfc3339(moment)
-        api = machine.node_api
-        await api.apply_status(
-            kubeadm_node.node_status(
-                machine.name, address="127.0.0.1", version=machine.version, kubelet_port=0, now=now
-            ),
-            kubeadm_node.KUBELET_FIELD_MANAGER,
+        (mdir / CONFIG_FILE).write_text(dump_config(kubelet_config))
+        (mdir / STATUS_FILE).unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env.update(
+            LATTICE_BIN_DIR=str(self.toolchain.bin_dir),
+            LATTICE_CRD_DIR=str(self.toolchain.crd_dir),
+            PYTHONUNBUFFERED="1",
         )
-        micro = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # a MicroTime
-        await api.apply(kubeadm_node.lease(machine.name, now=micro), kubeadm_node.KUBELET_FIELD_MANAGER)
-        control_plane = self._control_planes.get(machine.name)
-        if control_plane is None or not machine.mirror_pods:
-            return
-        running = set(control_plane.running_processes())
-        for component in kubeadm_node.CONTROL_PLANE_COMPONENTS:
-            try:
-                await api.apply_status(
-                    kubeadm_node.mirror_pod_status(
-                        component, machine.name, running=component in running, now=now
-                    ),
-                    kubeadm_node.KUBELET_FIELD_MANAGER,
-                )
-            except kube.NotFound:
-                continue
+        argv = [self.python, "-m", "lattice.app.cli", "local-kubelet", "--machine-dir", str(mdir)]
+        with (mdir / "kubelet.log").open("ab") as out:
+            popen = subprocess.Popen(  # noqa: S603 - our own program
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self._spawned[popen.pid] = popen
+        self._update_record(request.machine, pid=popen.pid, state="booting", controlPlane=static is not None)
+        return popen.pid
 
-    def _ensure_heartbeat(self) -> None:
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="local-machine-heartbeats")
-
-    async def _heartbeat_loop(self) -> None:
+    async def _wait_kubelet(self, machine: str, pid: int, phase: Phase) -> KubeletStatus:
+        """Wait until the kubelet reports ``phase``; its log tail if it fails or exits."""
+        order = [Phase.STARTING, Phase.CONTROL_PLANE_READY, Phase.NODE_REGISTERED]
+        mdir = self.machine_dir(machine)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KUBELET_TIMEOUT_SECONDS
         while True:
-            await asyncio.sleep(self.heartbeat_seconds)
-            for machine in list(self._machines.values()):
-                try:
-                    await self._report(machine)
-                except (kube.KubeError, OSError) as exc:
-                    # A machine whose apiserver is down reports nothing, as a real kubelet.
-                    log.info("heartbeat of %s failed: %s", machine.name, exc)
+            status: KubeletStatus | None = None
+            with contextlib.suppress(OSError, KubeletFileError):
+                status = parse_status((mdir / STATUS_FILE).read_text())
+            if status is not None and status.phase is Phase.FAILED:
+                raise MachineBootError(f"the kubelet failed: {status.message}\n{self._kubelet_log(machine)}")
+            if status is not None and order.index(status.phase) >= order.index(phase):
+                return status
+            if not self._alive(pid, mdir):
+                raise MachineBootError(f"the kubelet exited\n{self._kubelet_log(machine)}")
+            if loop.time() > deadline:
+                raise MachineBootError(
+                    f"the kubelet did not reach {phase.value} in {KUBELET_TIMEOUT_SECONDS:.0f}s\n"
+                    f"{self._kubelet_log(machine)}"
+                )
+            await asyncio.sleep(0.2)
+
+    def _kubelet_log(self, machine: str, lines: int = 15) -> str:
+        try:
+            text = (self.machine_dir(machine) / "kubelet.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- processes --------------------------------------------------------------------------
+
+    def _alive(self, pid: object, mdir: Path) -> bool:
+        """Whether ``pid`` is this machine's kubelet and has not exited."""
+        if not isinstance(pid, int):
+            return False
+        popen = self._spawned.get(pid)
+        if popen is not None and popen.poll() is not None:
+            return False
+        return _is_kubelet_of(pid, mdir)
+
+    def _terminate(self, pid: object, mdir: Path) -> None:
+        if not isinstance(pid, int) or not self._alive(pid, mdir):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while self._alive(pid, mdir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._alive(pid, mdir):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # its static pods die with it (parent-death signal)
+        popen = self._spawned.pop(pid, None)
+        if popen is not None:
+            popen.wait()
 
     def machines(self) -> list[str]:
-        """The machines that have booted here, or failed to and still run, and were not stopped."""
-        return sorted({*self._machines, *self._control_planes})
+        """The machines with a record here: booted, booting or failed, and not stopped."""
+        base = self.state_dir / "machines"
+        if not base.is_dir():
+            return []
+        return sorted(d.name for d in base.iterdir() if (d / "machine.json").is_file())
 
     def pids(self) -> list[int]:
-        """The process ids of every running machine process (control planes)."""
-        return [pid for cp in self._control_planes.values() for pid in cp.pids()]
+        """The process ids of every running machine: each kubelet stand-in and its static pods."""
+        out: list[int] = []
+        for machine in self.machines():
+            pid = (self._record(machine) or {}).get("pid")
+            if isinstance(pid, int) and self._alive(pid, self.machine_dir(machine)):
+                out.extend([pid, *_descendants(pid)])
+        return out
+
+
+def _is_kubelet_of(pid: int, mdir: Path) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    state = stat.rpartition(")")[2].split()[0]
+    return state not in ("Z", "X") and b"local-kubelet" in cmdline and str(mdir).encode() in cmdline
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lattice.app.cmd_fips_check",
     "lattice.app.cmd_operator",
     "lattice.app.cmd_install",
+    "lattice.app.cmd_local_kubelet",
 )
 
 
