@@ -21,6 +21,8 @@ from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.app.local_infra import LocalInfraProvider
+from lattice.domain import crds, deploy
+from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 from tests.compiled import with_post_kubeadm
 from tests.integration.test_capi_managers import NAME, NAMESPACE, REGISTRATION_SECRET, compiled, condition
@@ -119,6 +121,37 @@ async def test_real_capi_brings_up_a_local_cluster(
         assert f"etcd-{control_plane['metadata']['name']}" in pods
         kubeadm_config = (await child.list("v1", "ConfigMap", "kube-system")).items
         assert "kubeadm-config" in {c["metadata"]["name"] for c in kubeadm_config}
+
+        # The real scheduler binds the operator's pod to a worker; that machine's kubelet
+        # stand-in runs it with a token for its ServiceAccount, so the RBAC shipped by
+        # `lattice deploy-manifests` is what it runs with: it takes its Lease, nothing refused.
+        for crd in crds.all_crds():
+            await child.apply(crd, "test")
+        for manifest in deploy.operator_manifests("ghcr.io/lattice-dev/lattice:test", replicas=1):
+            await child.apply(manifest, "test")
+
+        async def operator_leads() -> dict[str, Any] | None:
+            try:
+                lease = await child.get(
+                    ResourceRef("coordination.k8s.io/v1", "Lease", "lattice-operator", "lattice-system")
+                )
+            except kube.NotFound:
+                return None
+            deployment = await child.get(
+                ResourceRef("apps/v1", "Deployment", "lattice-operator", "lattice-system")
+            )
+            ready = (deployment.get("status") or {}).get("readyReplicas") == 1
+            return lease if ready else None
+
+        lease = await wait_until("the operator pod Ready and holding its Lease", operator_leads, 120)
+        pod = next(iter((await child.list("v1", "Pod", "lattice-system")).items))
+        assert pod["spec"]["nodeName"] in {w["metadata"]["name"] for w in workers}
+        assert lease["spec"]["holderIdentity"]
+        pod_dir = next((host.machine_dir(pod["spec"]["nodeName"]) / "pods").iterdir())
+        assert "token:" in (pod_dir / "kubeconfig").read_text()
+        assert "client-certificate" not in (pod_dir / "kubeconfig").read_text()
+        log_text = (pod_dir / "container.log").read_text()
+        assert "forbidden" not in log_text.lower(), log_text[-2000:]
 
         # A machine outlives the host that booted it: another host sharing the machines
         # directory (the cluster's own provider after a pivot) finds every one booted.

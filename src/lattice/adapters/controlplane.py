@@ -58,7 +58,11 @@ __all__ = [
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 KCM_CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
-KUBEADM_KCM_CONTROLLERS = "csrapproving,csrsigning,csrcleaner,bootstrapsigner,tokencleaner,nodelifecycle"
+# What a workload cluster needs of kube-controller-manager here: node bootstrap (CSRs, tokens),
+# node lifecycle, and Deployments for the workloads its kubelet stand-ins run.
+KUBEADM_KCM_CONTROLLERS = (
+    "csrapproving,csrsigning,csrcleaner,bootstrapsigner,tokencleaner,nodelifecycle,deployment,replicaset"
+)
 ADMIN_USER = "lattice-admin"
 LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -404,11 +408,12 @@ class ControlPlane:
             f"--advertise-address={LOOPBACK}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
-            "--disable-admission-plugins=ServiceAccount",
             *(
+                # As kubeadm runs it: pods get their ServiceAccount token volume, which is what
+                # lets a node request a token for them (the Node authorizer checks its audience).
                 ["--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction"]
                 if self.kubeadm
-                else ["--authorization-mode=RBAC"]
+                else ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"]
             ),
             *(["--enable-bootstrap-token-auth=true"] if self.kubeadm else []),
             f"--client-ca-file={self.ca_file}",

@@ -165,9 +165,13 @@ class Kr8sKube:
         kind: str,
         namespace: str | None = None,
         label_selector: str | None = None,
+        *,
+        field_selector: str | None = None,
     ) -> kube.ListResult:
         path = await self._path(api_version, kind, namespace)
         params = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            params["fieldSelector"] = field_selector
         items: list[Obj] = []
         while True:
             body = await self._request("GET", path, params={**params, "limit": "500"})
@@ -255,6 +259,11 @@ class Kr8sKube:
         path = await self._path(ref.api_version, ref.kind, ref.namespace)
         return await self._request("POST", path, body=json.dumps(obj).encode())
 
+    async def create_subresource(self, ref: ResourceRef, subresource: str, body: Obj) -> Obj:
+        """POST to a subresource (``serviceaccounts/<name>/token``, for instance)."""
+        path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        return await self._request("POST", f"{path}/{subresource}", body=json.dumps(body).encode())
+
     async def replace(self, obj: Obj) -> Obj:
         ref = ResourceRef.of(obj)
         path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
@@ -266,9 +275,16 @@ class Kr8sKube:
             "PATCH", path, body=json.dumps(patch).encode(), content_type="application/merge-patch+json"
         )
 
-    async def delete(self, ref: ResourceRef) -> None:
+    async def delete(self, ref: ResourceRef, *, grace_period_seconds: int | None = None) -> None:
         path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
-        body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+        options: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": "Background",
+        }
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        body = json.dumps(options)
         try:
             await self._request("DELETE", path, body=body.encode())
         except kube.NotFound:

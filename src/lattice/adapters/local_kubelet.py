@@ -9,7 +9,11 @@ kubeadm node's kubelet does, and no more (docs/local-provider.md):
 * it registers the Node with the node's own client certificate (``kubelet.conf``) and keeps
   its Lease and Ready condition fresh;
 * it creates the four mirror pods and reports each Running and Ready exactly while its process
-  runs, so a dead etcd shows as an unhealthy etcd pod.
+  runs, so a dead etcd shows as an unhealthy etcd pod;
+* it runs the pods the real scheduler binds to its Node when they are Lattice's own program
+  (:mod:`lattice.domain.local_pods`), each with a token for its own ServiceAccount from the
+  TokenRequest API, reports their status, restarts them when they exit, and confirms their
+  deletion once it has stopped them.
 
 The static pods are its children and die with it (a parent-death signal), as a machine's
 processes die with the machine. On SIGTERM it stops them and exits.
@@ -18,25 +22,45 @@ processes die with the machine. On SIGTERM it stops them and exits.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Any
+
+import attrs
+from ruamel.yaml import YAML
 
 from lattice.adapters.binaries import Toolchain
-from lattice.adapters.controlplane import ControlPlane
+from lattice.adapters.controlplane import ControlPlane, ManagedProcess
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.domain import conditions, kubeadm_node
+from lattice.domain import conditions, kubeadm_node, local_pods, yaml_text
 from lattice.domain.local_kubelet import STATUS_FILE, KubeletConfig, KubeletStatus, Phase, dump_status
 from lattice.ports import kube
 from lattice.ports.clock import Clock
+from lattice.ports.kube import ResourceRef
 
 __all__ = ["LocalKubelet", "write_status"]
 
 log = logging.getLogger("lattice.local_kubelet")
 
 REGISTER_TIMEOUT_SECONDS = 120.0
+POD_SYNC_SECONDS = 1.0
+RESTART_BACKOFF_SECONDS = 10.0
+
+
+@attrs.define(eq=False)
+class _Pod:
+    namespace: str
+    name: str
+    process: ManagedProcess
+    started_at: str
+    restarts: int = 0
+    next_start: float = 0.0
+    reported: tuple[bool, int] | None = None  # (running, restarts) last reported
 
 
 def write_status(machine_dir: Path, status: KubeletStatus) -> None:
@@ -55,6 +79,9 @@ class LocalKubelet:
         self.clock = clock
         self.control_plane: ControlPlane | None = None
         self.node_uid = ""
+        self.python = sys.executable
+        self.pods: dict[str, _Pod] = {}  # by pod uid
+        self._refused: set[str] = set()
 
     def _status(self, phase: Phase, message: str = "") -> None:
         admin = str(self.control_plane.kubeconfig) if self.control_plane is not None else ""
@@ -87,6 +114,9 @@ class LocalKubelet:
         self._status(Phase.CONTROL_PLANE_READY)
 
     def stop_static_pods(self) -> None:
+        for pod in self.pods.values():
+            pod.process.stop(10.0)
+        self.pods.clear()
         if self.control_plane is not None:
             self.control_plane.stop()
 
@@ -118,16 +148,146 @@ class LocalKubelet:
             await self._report(api)
         self._status(Phase.NODE_REGISTERED)
         log.info("node registered", extra={"node": self.config.node})
+        loop_time = asyncio.get_running_loop().time
+        next_report = loop_time() + self.config.heartbeat_seconds
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.heartbeat_seconds)
+                await asyncio.wait_for(stop.wait(), POD_SYNC_SECONDS)
             if stop.is_set():
                 break
             try:
-                await self._report(api)
+                if loop_time() >= next_report:
+                    next_report = loop_time() + self.config.heartbeat_seconds
+                    await self._report(api)
+                await self._sync_pods(api)
             except (kube.KubeError, OSError) as exc:
                 # A machine whose apiserver is down reports nothing, as a real kubelet.
-                log.info("heartbeat failed: %s", exc, extra={"node": self.config.node})
+                log.info("node sync failed: %s", exc, extra={"node": self.config.node})
+
+    # -- pods ---------------------------------------------------------------------------------
+
+    async def _sync_pods(self, api: Kr8sKube) -> None:
+        listed = (await api.list("v1", "Pod", field_selector=f"spec.nodeName={self.config.node}")).items
+        pods = [
+            p
+            for p in listed
+            if kubeadm_node.MIRROR_ANNOTATION not in (p["metadata"].get("annotations") or {})
+        ]
+        wanted = {str(p["metadata"]["uid"]): p for p in local_pods.runnable_pods(pods)}
+        for uid in [u for u in self.pods if u not in wanted]:
+            gone = self.pods.pop(uid)
+            await asyncio.to_thread(gone.process.stop, 10.0)
+            log.info("pod stopped", extra={"pod": f"{gone.namespace}/{gone.name}"})
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") and str(meta["uid"]) not in self.pods:
+                # Its process has stopped: confirm the deletion, as a kubelet does.
+                await api.delete(
+                    ResourceRef("v1", "Pod", meta["name"], meta["namespace"]), grace_period_seconds=0
+                )
+        for uid, runnable in wanted.items():
+            await self._sync_pod(api, uid, runnable)
+
+    async def _sync_pod(self, api: Kr8sKube, uid: str, pod: local_pods.Obj) -> None:
+        meta = pod["metadata"]
+        where = f"{meta['namespace']}/{meta['name']}"
+        reason = local_pods.refusal(pod)
+        if reason is not None:
+            if uid not in self._refused:
+                self._refused.add(uid)
+                log.warning("pod not run: %s", reason, extra={"pod": where})
+            return
+        running = self.pods.get(uid)
+        now = asyncio.get_running_loop().time()
+        if running is None:
+            argv = await self._prepare(api, pod)
+            if argv is None:
+                return
+            process = ManagedProcess(name=where, argv=argv, log_path=self._pod_dir(pod) / "container.log")
+            running = _Pod(meta["namespace"], meta["name"], process, started_at=self._now())
+            self.pods[uid] = running
+            process.start(self._pod_env())
+            log.info("pod started", extra={"pod": where, "pid": process.pid})
+        elif not running.process.running():
+            if running.next_start == 0.0:
+                running.next_start = now + RESTART_BACKOFF_SECONDS
+                log.info("pod exited", extra={"pod": where, "code": running.process.exit_code()})
+            elif now >= running.next_start:
+                running.restarts += 1
+                running.next_start = 0.0
+                running.started_at = self._now()
+                running.process.popen = None
+                running.process.start(self._pod_env())
+        alive = running.process.running()
+        if running.reported != (alive, running.restarts):
+            message = "" if alive else f"exited with code {running.process.exit_code()}"
+            status = local_pods.pod_status(
+                pod,
+                running=alive,
+                restarts=running.restarts,
+                started_at=running.started_at,
+                now=self._now(),
+                message=message,
+            )
+            await api.apply_status(status, kubeadm_node.KUBELET_FIELD_MANAGER)
+            running.reported = (alive, running.restarts)
+
+    def _pod_dir(self, pod: local_pods.Obj) -> Path:
+        meta = pod["metadata"]
+        return self.machine_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+
+    def _pod_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _now(self) -> str:
+        return conditions.rfc3339(self.clock.now())
+
+    async def _prepare(self, api: Kr8sKube, pod: local_pods.Obj) -> list[str] | None:
+        """Volumes as directories, a ServiceAccount token kubeconfig, then the command line;
+        ``None`` while a Secret it needs does not exist yet (a kubelet waits too)."""
+        meta = pod["metadata"]
+        pod_dir = self._pod_dir(pod)
+        mounts = local_pods.volume_mounts(pod)
+        replacements: dict[str, str] = {}
+        for volume in (pod.get("spec") or {}).get("volumes") or []:
+            name = str(volume.get("name"))
+            if name not in mounts:
+                continue
+            target = pod_dir / "volumes" / name
+            target.mkdir(parents=True, exist_ok=True)
+            replacements[mounts[name]] = str(target)
+            for secret_name in local_pods.secret_sources(volume):
+                try:
+                    secret = await api.get(ResourceRef("v1", "Secret", secret_name, meta["namespace"]))
+                except kube.NotFound:
+                    return None
+                for key, value in (secret.get("data") or {}).items():
+                    path = target / key
+                    path.write_bytes(base64.b64decode(value))
+                    path.chmod(0o600)
+        account = local_pods.service_account(pod)
+        token = await api.create_subresource(
+            ResourceRef("v1", "ServiceAccount", account, meta["namespace"]),
+            "token",
+            local_pods.token_request(pod),
+        )
+        kubeconfig = pod_dir / "kubeconfig"
+        kubelet_conf: Any = YAML(typ="safe", pure=True).load(Path(self.config.kubeconfig).read_text())
+        cluster = kubelet_conf["clusters"][0]["cluster"]
+        kubeconfig.write_text(
+            yaml_text.dump(
+                local_pods.token_kubeconfig(
+                    cluster["server"],
+                    cluster["certificate-authority-data"],
+                    str(token["status"]["token"]),
+                    f"system:serviceaccount:{meta['namespace']}:{account}",
+                )
+            )
+        )
+        kubeconfig.chmod(0o600)
+        return local_pods.pod_argv(pod, python=self.python, kubeconfig=str(kubeconfig), mounts=replacements)
 
     async def _report(self, api: Kr8sKube) -> None:
         moment = self.clock.now()

@@ -47,6 +47,8 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 FIELD_MANAGER = "lattice-kubeadm"
 """kubeadm's writes (as the cluster admin)."""
 KUBELET_FIELD_MANAGER = "lattice-kubelet"
+# What the scheduler sees of a local machine; the pods it runs are local processes, unlimited.
+NODE_CAPACITY = {"cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
 """The kubelet stand-in's writes (as the node), a manager of their own so neither drops the other's fields."""
 
 Obj = dict[str, Any]
@@ -229,6 +231,8 @@ def node_status(name: str, *, address: str, version: str, kubelet_port: int, now
                     "Ready", "True", "KubeletReady", "kubelet is posting ready status (lattice stand-in)"
                 ),
             ],
+            "capacity": dict(NODE_CAPACITY),
+            "allocatable": dict(NODE_CAPACITY),
             "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
