@@ -169,6 +169,9 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
             "replicas": valid.spec.nodes.control_plane,
             "version": valid.kubernetes_version,
             "machineTemplate": {
+                # Copied by KCP to each Machine, KubeadmConfig and infrastructure machine, so
+                # the operator finds what the controllers report about them.
+                "metadata": {"labels": _labels(name)},
                 "spec": {
                     "infrastructureRef": {
                         "apiGroup": group,
@@ -211,7 +214,7 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
             "replicas": valid.spec.nodes.workers,
             "selector": {"matchLabels": md_labels},
             "template": {
-                "metadata": {"labels": md_labels},
+                "metadata": {"labels": {**md_labels, **_labels(name)}},
                 "spec": {
                     "clusterName": name,
                     "version": valid.kubernetes_version,

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import attrs
 from attrs import frozen
 
-from lattice.domain import capi, cell, conditions, lifecycle, models, serde, validation
+from lattice.domain import capi, capi_reports, cell, conditions, lifecycle, models, serde, validation
 from lattice.domain.errors import FieldError
 from lattice.domain.models import ConditionStatus, Phase
 
@@ -100,7 +100,10 @@ def plan_cluster(
     capi_objects: Sequence[Manifest] | None,
     context: OperatorContext,
     now: dt.datetime,
+    reports: Sequence[Manifest] = (),
 ) -> Plan:
+    """``reports``: the objects the CAPI controllers and the infrastructure provider create for
+    the cluster's machines (KubeadmConfigs, infrastructure machines), read for failures."""
     reason = is_mine(raw, context)
     if reason is not None:
         return Plan(ignored=reason)
@@ -128,7 +131,9 @@ def plan_cluster(
         # The objects are applied for this generation; the failure stays visible until a new spec.
         return Plan()
     desired = capi.compile_cluster(valid, compile_context)
-    return _plan_apply(raw, status, valid, desired, capi_objects, generation, now)
+    return _plan_apply(
+        raw, status, valid, desired, capi_objects, generation, now, capi_reports.failures(reports)
+    )
 
 
 def _compile_context(
@@ -228,6 +233,7 @@ def _plan_apply(
     capi_objects: Sequence[Manifest] | None,
     generation: int,
     now: dt.datetime,
+    failures: Sequence[capi_reports.CapiFailure] = (),
 ) -> Plan:
     transition = lifecycle.transition(status.phase, lifecycle.Event.SPEC_ACCEPTED)
     conds = conditions.set_condition(
@@ -292,6 +298,7 @@ def _plan_apply(
         now=now,
         generation=generation,
     )
+    conds = _provisioning_health(status.conditions, conds, failures, events, now, generation)
     phase = transition.phase
     ready = phase is Phase.READY
     conds = conditions.set_condition(
@@ -308,7 +315,7 @@ def _plan_apply(
     new_status = attrs.evolve(
         status,
         phase=phase,
-        message=_phase_message(phase, infra, control_plane),
+        message=_failure_message(failures) if failures else _phase_message(phase, infra, control_plane),
         conditions=conds,
         observed_generation=generation,
         capi_namespace=namespace,
@@ -318,6 +325,50 @@ def _plan_apply(
         status=_status_plan(raw, new_status),
         events=tuple(events),
         requeue_after=None if ready else PROVISIONING_RECHECK_S,
+    )
+
+
+MAX_FAILURES_SHOWN = 3
+
+
+def _failure_message(failures: Sequence[capi_reports.CapiFailure]) -> str:
+    shown = "; ".join(f.describe() for f in failures[:MAX_FAILURES_SHOWN])
+    more = len(failures) - MAX_FAILURES_SHOWN
+    return f"{shown}; and {more} more" if more > 0 else shown
+
+
+def _provisioning_health(
+    before: Sequence[models.Condition],
+    conds: Sequence[models.Condition],
+    failures: Sequence[capi_reports.CapiFailure],
+    events: list[EventSpec],
+    now: dt.datetime,
+    generation: int,
+) -> tuple[models.Condition, ...]:
+    """``ProvisioningHealthy``: False with CAPI's own message while a controller or the
+    infrastructure provider reports a failure; a Warning Event each time that message changes."""
+    if not failures:
+        return conditions.set_condition(
+            conds,
+            conditions.PROVISIONING_HEALTHY,
+            ConditionStatus.TRUE,
+            "NoFailures",
+            "",
+            now=now,
+            generation=generation,
+        )
+    message = _failure_message(failures)
+    previous = next((c for c in before if c.type == conditions.PROVISIONING_HEALTHY), None)
+    if previous is None or previous.status is not ConditionStatus.FALSE or previous.message != message:
+        events.append(EventSpec("Warning", failures[0].reason, message))
+    return conditions.set_condition(
+        conds,
+        conditions.PROVISIONING_HEALTHY,
+        ConditionStatus.FALSE,
+        failures[0].reason,
+        message,
+        now=now,
+        generation=generation,
     )
 
 

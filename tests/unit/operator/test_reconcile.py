@@ -75,6 +75,7 @@ def test_new_cluster_applies_everything_and_moves_to_provisioning() -> None:
         "CapiApplied": "True",
         "InfrastructureReady": "False",
         "ControlPlaneInitialized": "False",
+        "ProvisioningHealthy": "True",
     }
     assert [e.reason for e in plan.events] == ["Applying", "Provisioning"]
     assert plan.requeue_after == reconcile.PROVISIONING_RECHECK_S
@@ -125,6 +126,45 @@ def test_capi_progress_is_reflected_in_conditions_and_message() -> None:
     assert conds["InfrastructureReady"]["status"] == "True"
     assert conds["ControlPlaneInitialized"]["status"] == "True"
     assert plan.status["message"] == "control plane initialized; waiting for the agent to connect"
+
+
+def test_capi_failures_surface_as_a_condition_and_one_warning_per_message() -> None:
+    raw = lc()
+    first = plan_cluster(raw, [], CELL, NOW)
+    objects = copy.deepcopy(list(first.apply))
+    files = 'Failed to prepare spec.files: secrets "w1-lattice-registration" not found'
+    report = {
+        "kind": "KubeadmConfig",
+        "metadata": {"name": "w1-control-plane-abc"},
+        "status": {
+            "conditions": [
+                {"type": "DataSecretAvailable", "status": "False", "reason": "NotAvailable", "message": files}
+            ]
+        },
+    }
+    failing = plan_cluster(with_status(raw, first), objects, CELL, NOW, [report])
+    assert failing.status is not None
+    health = {c["type"]: c for c in failing.status["conditions"]}["ProvisioningHealthy"]
+    assert (health["status"], health["reason"]) == ("False", "BootstrapDataFailed")
+    assert health["message"] == f"KubeadmConfig w1-control-plane-abc: {files}"
+    assert failing.status["message"] == health["message"]
+    warnings = [e for e in failing.events if e.type == "Warning"]
+    assert [(e.reason, e.message) for e in warnings] == [("BootstrapDataFailed", health["message"])]
+
+    # The same failure again: the condition stays, no second Warning.
+    again = plan_cluster(with_status(raw, failing), objects, CELL, NOW, [report])
+    assert not [e for e in again.events if e.type == "Warning"]
+
+    # Many failures: three shown, the rest counted.
+    many = [{**report, "metadata": {"name": f"w1-{i}"}} for i in range(5)]
+    crowded = plan_cluster(with_status(raw, failing), objects, CELL, NOW, many)
+    assert crowded.status is not None
+    assert crowded.status["message"].endswith("; and 2 more")
+
+    # Fixed: healthy again.
+    healed = plan_cluster(with_status(raw, failing), objects, CELL, NOW, [])
+    assert healed.status is not None
+    assert {c["type"]: c["status"] for c in healed.status["conditions"]}["ProvisioningHealthy"] == "True"
 
 
 def test_invalid_spec_fails_with_every_field_named_and_no_apply() -> None:

@@ -38,6 +38,12 @@ CAPI_KINDS: tuple[tuple[str, str], ...] = (
         for suffix in ("Cluster", "MachineTemplate")
     ),
 )
+# What the controllers create per machine and report failures on (lattice.domain.capi_reports);
+# read only, never applied or deleted by the operator.
+REPORT_KINDS: tuple[tuple[str, str], ...] = (
+    (f"{capi.BOOTSTRAP_API}/v1beta2", "KubeadmConfig"),
+    (f"{capi.LOCAL_INFRA_API}/v1alpha1", "LocalMachine"),
+)
 MANAGED_SELECTOR = f"{capi.LABEL_MANAGED_BY}=lattice"
 EVENT_NAMESPACE = "default"
 
@@ -68,6 +74,7 @@ class ClusterController:
         self.queue: WorkQueue[str] = WorkQueue(random=random)
         self.clusters = Informer(api, models.API_VERSION, models.KIND, handler=self._on_cluster)
         self.capi: list[Informer] = []
+        self.reports: list[Informer] = []
         self._active = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -94,7 +101,12 @@ class ClusterController:
                     )
                 )
         self.capi = served
-        return [asyncio.create_task(i.run()) for i in (self.clusters, *self.capi)]
+        self.reports = [
+            Informer(self.api, api_version, kind, label_selector=MANAGED_SELECTOR, handler=self._on_capi)
+            for api_version, kind in REPORT_KINDS
+            if await self._serves(api_version, kind)
+        ]
+        return [asyncio.create_task(i.run()) for i in (self.clusters, *self.capi, *self.reports)]
 
     async def _serves(self, api_version: str, kind: str) -> bool:
         resource = getattr(self.api, "resource", None)
@@ -114,7 +126,7 @@ class ClusterController:
                 return True
 
     async def wait_synced(self) -> None:
-        await asyncio.gather(*(i.synced.wait() for i in (self.clusters, *self.capi)))
+        await asyncio.gather(*(i.synced.wait() for i in (self.clusters, *self.capi, *self.reports)))
 
     @property
     def synced(self) -> bool:
@@ -215,11 +227,26 @@ class ClusterController:
                     out.append(obj)
         return out
 
+    def _reports(self, name: str) -> list[Obj]:
+        namespace = models.capi_namespace(name)
+        return [
+            obj
+            for informer in self.reports
+            for obj in informer.items()
+            if obj["metadata"].get("namespace") == namespace
+            and obj["metadata"].get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER) == name
+        ]
+
+    def _plan(self, raw: Obj, name: str) -> reconcile.Plan:
+        return reconcile.plan_cluster(
+            raw, self._capi_objects(name), self.context, self.clock.now(), self._reports(name)
+        )
+
     async def _reconcile(self, name: str) -> float | None:
         raw = self.clusters.get(None, name)
         if raw is None:
             return None
-        plan = reconcile.plan_cluster(raw, self._capi_objects(name), self.context, self.clock.now())
+        plan = self._plan(raw, name)
         if plan.ignored:
             return None
         if plan.finalizers is not None:
@@ -229,7 +256,7 @@ class ClusterController:
                     self._event_soon(raw, event)
                 return plan.requeue_after
             # Finalizer in place: carry on in this same pass instead of a queue round trip.
-            plan = reconcile.plan_cluster(raw, self._capi_objects(name), self.context, self.clock.now())
+            plan = self._plan(raw, name)
         if not plan.writes and not plan.events:
             return plan.requeue_after
         log.info(

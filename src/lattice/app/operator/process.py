@@ -78,7 +78,8 @@ def probe_app(
 
     async def metrics_endpoint(_: Request) -> Response:
         metrics.leader.set(1 if elector is None or elector.is_leader.is_set() else 0)
-        metrics.watch_restarts.set(sum(i.restarts for i in (controller.clusters, *controller.capi)))
+        informers = (controller.clusters, *controller.capi, *controller.reports)
+        metrics.watch_restarts.set(sum(i.restarts for i in informers))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(

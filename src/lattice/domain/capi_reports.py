@@ -1,0 +1,66 @@
+"""What the Cluster API controllers and the infrastructure provider report as failed (pure).
+
+The operator compiles and applies a cluster's CAPI objects; the real controllers then render
+bootstrap data and boot machines. When one of them cannot (a ``files`` entry of the compiled
+KubeadmControlPlane whose Secret does not exist, a machine whose bootstrap commands fail), it
+says so in a condition on the object it owns. This module finds those reports among the
+objects the operator watches, so the LatticeCluster carries CAPI's own message instead of
+waiting in silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from attrs import frozen
+
+Obj = Mapping[str, Any]
+
+DATA_SECRET_AVAILABLE = "DataSecretAvailable"  # noqa: S105 - a KubeadmConfig condition (CABPK)
+BOOT_FAILED = "BootFailed"  # LocalMachine Ready reason (lattice.domain.local_infra)
+
+
+@frozen
+class CapiFailure:
+    kind: str
+    name: str
+    reason: str
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}: {self.message}"
+
+
+def _condition(obj: Obj, kind: str) -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == kind:
+            return cond
+    return None
+
+
+def _failure(obj: Obj) -> CapiFailure | None:
+    kind = str(obj.get("kind", ""))
+    name = str((obj.get("metadata") or {}).get("name", ""))
+    if kind == "KubeadmConfig":
+        cond = _condition(obj, DATA_SECRET_AVAILABLE)
+        # CABPK uses one reason for waiting and failing; its waiting messages say "Waiting".
+        if cond is not None and cond.get("status") == "False":
+            message = str(cond.get("message") or "")
+            if message and not message.startswith("Waiting"):
+                return CapiFailure(kind, name, "BootstrapDataFailed", message)
+    if kind == "LocalMachine":
+        cond = _condition(obj, "Ready")
+        if cond is not None and cond.get("status") == "False" and cond.get("reason") == BOOT_FAILED:
+            return CapiFailure(kind, name, "MachineBootFailed", str(cond.get("message") or ""))
+    return None
+
+
+def failures(objects: Iterable[Obj]) -> tuple[CapiFailure, ...]:
+    """Every failure reported, in a stable order (by kind, then name)."""
+    found = [
+        f
+        for f in (_failure(o) for o in objects if not (o.get("metadata") or {}).get("deletionTimestamp"))
+        if f
+    ]
+    return tuple(sorted(found, key=lambda f: (f.kind, f.name)))
