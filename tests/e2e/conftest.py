@@ -30,6 +30,7 @@ class Cell:
     bootstrap_port: int
     grpc_port: int
     operator: subprocess.Popen[bytes] | None = None
+    provider_flag: str = "--local-provider"  # or --local-infra (the real CAPI managers run)
 
     @property
     def kubeconfig(self) -> Path:
@@ -63,7 +64,7 @@ class Cell:
                 str(self.grpc_port),
                 "--state-dir",
                 str(self.state_dir),
-                "--local-provider",
+                self.provider_flag,
                 "--no-leader-elect",
                 "--health-port",
                 str(free_port()),

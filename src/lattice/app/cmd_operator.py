@@ -74,6 +74,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also run the local infrastructure provider (control planes as local processes)",
     )
+    cell.add_argument(
+        "--local-infra",
+        action="store_true",
+        help="run the contract-shaped local infrastructure provider (LocalCluster, LocalMachine); "
+        "the real Cluster API managers must run against this cluster",
+    )
     parser.set_defaults(func=run)
 
     manifests = subparsers.add_parser(
@@ -96,6 +102,9 @@ def run_manifests(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
+    if args.local_provider and args.local_infra:
+        print("lattice operator: --local-provider and --local-infra exclude each other", file=sys.stderr)
+        return 2
     duration = args.lease_duration
     cell = None
     cell_endpoint = args.cell_endpoint
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             bind_host=args.bind_host,
             agent_image=args.agent_image,
             local_provider=args.local_provider,
+            local_infra=args.local_infra,
             machines_dir=args.machines_dir,
         )
         cell_endpoint = cell_endpoint or cell.endpoint

@@ -64,3 +64,24 @@ def failures(objects: Iterable[Obj]) -> tuple[CapiFailure, ...]:
         if f
     ]
     return tuple(sorted(found, key=lambda f: (f.kind, f.name)))
+
+
+def move_blockers(objects: Iterable[Obj]) -> tuple[str, ...]:
+    """Why ``clusterctl move`` would refuse the cluster now (its preflight), if it would.
+
+    clusterctl moves a Cluster only once its infrastructure is provisioned, its control plane
+    initialized and every Machine has a Node; a pivot waits for that instead of failing."""
+    blockers: list[str] = []
+    for obj in objects:
+        kind = obj.get("kind")
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        if kind == "Cluster":
+            initialization = status.get("initialization") or {}
+            if not initialization.get("infrastructureProvisioned"):
+                blockers.append(f"Cluster {meta.get('name')}: the infrastructure is not provisioned yet")
+            if not initialization.get("controlPlaneInitialized"):
+                blockers.append(f"Cluster {meta.get('name')}: the control plane is not initialized yet")
+        elif kind == "Machine" and not meta.get("deletionTimestamp") and not status.get("nodeRef"):
+            blockers.append(f"Machine {meta.get('name')}: no Node yet")
+    return tuple(sorted(blockers))

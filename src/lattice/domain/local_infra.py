@@ -184,6 +184,15 @@ def plan_local_machine(
     if not secret:
         return Wait("waiting for the bootstrap data (Machine.spec.bootstrap.dataSecretName)")
     cluster_name = str(_meta(cluster).get("name", ""))
+    spec = local_machine.get("spec") or {}
+    status = local_machine.get("status") or {}
+    provisioned = bool(spec.get("providerID")) and bool(
+        (status.get("initialization") or {}).get("provisioned")
+    )
+    if not booted and provisioned:
+        # It runs, booted by another provider (the cell, before this cluster's pivot): a cloud
+        # provider finds such a VM by its providerID and never creates a second one.
+        return Wait("provisioned by another host")
     if not booted:
         return Boot(
             cluster=cluster_name,
@@ -195,9 +204,7 @@ def plan_local_machine(
         )
     wanted_id = provider_id(cluster_name, name)
     addresses = (("InternalIP", LOOPBACK), ("Hostname", name))
-    spec = local_machine.get("spec") or {}
-    status = local_machine.get("status") or {}
-    if spec.get("providerID") == wanted_id and (status.get("initialization") or {}).get("provisioned"):
+    if spec.get("providerID") == wanted_id and provisioned:
         return Wait("provisioned")
     return Report(provider_id=wanted_id, addresses=addresses)
 

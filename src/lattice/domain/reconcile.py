@@ -252,11 +252,18 @@ def _plan_apply(
         return Plan(status=_status_plan(raw, new_status), requeue_after=PROVISIONING_RECHECK_S)
 
     observed = None if capi_objects is None else {ObjectKey.of(o): o for o in capi_objects}
+    namespace = models.capi_namespace(valid.name)
     if observed is None:
         to_apply = tuple(desired)
     else:
-        to_apply = tuple(d for d in desired if not is_subset(d, observed.get(ObjectKey.of(d))))
-    namespace = models.capi_namespace(valid.name)
+        # Namespaces are not watched: one that holds the cluster's objects exists.
+        in_namespace = any(key.namespace == namespace for key in observed)
+        to_apply = tuple(
+            d
+            for d in desired
+            if not (d["kind"] == "Namespace" and in_namespace)
+            and not is_subset(d, observed.get(ObjectKey.of(d)))
+        )
     if to_apply:
         events.append(
             EventSpec(

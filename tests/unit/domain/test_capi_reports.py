@@ -64,3 +64,21 @@ def test_boot_failures_sorted_and_deleting_objects_skipped() -> None:
         ("LocalMachine", "m1", "MachineBootFailed"),
         ("LocalMachine", "m2", "MachineBootFailed"),
     ]
+
+
+def test_move_blockers_follow_clusterctls_preflight() -> None:
+    cluster = {"kind": "Cluster", "metadata": {"name": "c"}, "status": {}}
+    machine = {"kind": "Machine", "metadata": {"name": "m"}, "status": {}}
+    assert capi_reports.move_blockers([cluster, machine]) == (
+        "Cluster c: the control plane is not initialized yet",
+        "Cluster c: the infrastructure is not provisioned yet",
+        "Machine m: no Node yet",
+    )
+    ready = {
+        **cluster,
+        "status": {"initialization": {"infrastructureProvisioned": True, "controlPlaneInitialized": True}},
+    }
+    with_node = {**machine, "status": {"nodeRef": {"name": "m"}}}
+    leaving = {"kind": "Machine", "metadata": {"name": "x", "deletionTimestamp": "t"}, "status": {}}
+    assert capi_reports.move_blockers([ready, with_node, leaving, obj("KubeadmConfig", "k")]) == ()
+    assert capi_reports.move_blockers([]) == ()

@@ -592,10 +592,14 @@ def test_machine_provisioned_with_other_finalizers() -> None:
     assert plan(lm, booted=True) == Wait("provisioned")
 
 
-def test_machine_provisioned_is_booted_again_when_the_host_lost_it() -> None:
-    """A fully recorded LocalMachine whose machine is not running (say, after a restart) boots."""
+def test_machine_provisioned_elsewhere_is_not_booted_twice() -> None:
+    """A fully recorded LocalMachine that this host did not boot runs on another host (the cell,
+    before this cluster's pivot): booting it again would start a second machine for it. (A
+    restarted host still knows its own machines: they outlive it and it reads their records.)"""
     lm = local_machine(provider=WANTED_ID, provisioned=True)
-    assert isinstance(plan(lm, booted=False), Boot)
+    assert plan(lm, booted=False) == Wait("provisioned by another host")
+    half = local_machine(provider=WANTED_ID, provisioned=False)
+    assert isinstance(plan(half, booted=False), Boot)
 
 
 def test_machine_lifecycle() -> None:

@@ -94,6 +94,18 @@ def test_unchanged_spec_makes_no_writes() -> None:
     assert not second.writes
 
 
+def test_the_unwatched_namespace_is_not_reapplied_once_it_holds_the_objects() -> None:
+    """The operator watches the CAPI kinds, not Namespaces: as the controllers report on
+    machines the cluster is reconciled again and again, and none of those passes writes."""
+    raw = lc()
+    first = plan_cluster(raw, [], CELL, NOW)
+    stored = [o for o in first.apply if o["kind"] != "Namespace"]
+    again = plan_cluster(with_status(raw, first), stored, CELL, NOW)
+    assert again.apply == ()
+    nothing_yet = plan_cluster(with_status(raw, first), [], CELL, NOW)
+    assert next(o["kind"] for o in nothing_yet.apply) == "Namespace"
+
+
 def test_workers_change_reapplies_only_the_machine_deployment() -> None:
     raw = lc()
     first = plan_cluster(raw, [], CELL, NOW)

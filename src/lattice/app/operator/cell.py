@@ -28,7 +28,7 @@ import attrs
 
 from lattice.adapters.concurrency import gather_settled
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import agent, capi, cell, models, pivot, serde
+from lattice.domain import agent, capi, capi_reports, cell, models, pivot, serde
 from lattice.domain.models import Phase, PivotStep
 from lattice.ports import kube
 from lattice.ports.agent import AgentChannel, AgentNotConnected, CommandTimeout
@@ -187,6 +187,13 @@ class CellCoordinator:
         namespace = models.capi_namespace(name)
         attempt_dir = self.work_dir / name / f"attempt-{status.pivot.attempt}"
         timings = self.pivot_timings.setdefault(name, {})
+        if status.pivot.step is PivotStep.EXPORTING:
+            blockers = capi_reports.move_blockers(self.controller.observed(name))
+            if blockers:
+                # Not an attempt: clusterctl's preflight would refuse; wait for CAPI instead.
+                log.info("pivot waits for Cluster API", extra={"cluster": name, "blockers": list(blockers)})
+                await asyncio.sleep(RETRY_DELAY_S)
+                return
         try:
             if status.pivot.step in (PivotStep.EXPORTING, PivotStep.TRANSFERRING, PivotStep.IMPORTING):
                 started = _clock()

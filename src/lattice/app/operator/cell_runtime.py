@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import json
 import logging
 import random
 from pathlib import Path
@@ -22,15 +23,18 @@ from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
 from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
 from lattice.adapters.clusterctl import ClusterctlMover
+from lattice.adapters.controlplane import free_port
+from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
 from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import yamlio
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
+from lattice.app.local_infra import LocalInfraProvider
 from lattice.app.local_provider import LocalProvider
 from lattice.app.operator.cell import CellCoordinator
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import agent, agent_payload, capi, crds, deploy, install, models
+from lattice.domain import agent, agent_payload, capi, child_capi, crds, deploy, install, models
 from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
 from lattice.domain.discovery.catalog import ServiceCatalog
 from lattice.ports import kube
@@ -48,6 +52,9 @@ class CellSettings:
     bind_host: str = "127.0.0.1"
     agent_image: str = "ghcr.io/lattice-dev/lattice:0.1.0"
     local_provider: bool = False
+    # The contract-shaped local provider (LocalCluster/LocalMachine) with the real CAPI
+    # managers running against this cluster; children are sent the CAPI CRDs to pivot into.
+    local_infra: bool = False
     machines_dir: Path | None = None  # where the local provider keeps machines (default: state)
     catalog_refresh: float = DEFAULT_REFRESH_INTERVAL
     """Seconds between the catalog's periodic pushes of what each child depends on."""
@@ -139,6 +146,8 @@ class CellRuntime:
         self.webhook: RegistrationServer | None = None
         self.coordinator: CellCoordinator | None = None
         self.local_provider: LocalProvider | None = None
+        self.local_infra: LocalInfraProvider | None = None
+        self._child_capi_crds: bytes | None = None
         self.catalog = CatalogService(
             ServiceCatalog(controller.context.self_name or "cell"), controller.clock
         )
@@ -165,7 +174,19 @@ class CellRuntime:
             ],
             state_volume=bool(cell_args),
         )
-        return (yamlio.dump_all(crds.all_crds()).encode(), yamlio.dump_all(operator).encode())
+        capi_crds = () if self._child_capi_crds is None else (self._child_capi_crds,)
+        return (yamlio.dump_all(crds.all_crds()).encode(), *capi_crds, yamlio.dump_all(operator).encode())
+
+    async def _load_child_capi_crds(self) -> None:
+        """The CAPI CRDs this cell serves, as each child needs them to pivot into (one JSON list)."""
+        found: dict[str, kube.Obj] = {}
+        for selector in child_capi.SELECTORS:
+            listed = await self.controller.api.list(
+                "apiextensions.k8s.io/v1", "CustomResourceDefinition", label_selector=selector
+            )
+            found.update({str(c["metadata"]["name"]): c for c in listed.items})
+        self._child_capi_crds = json.dumps(child_capi.crd_list(found.values())).encode()
+        log.info("children get the Cluster API CRDs", extra={"crds": len(found)})
 
     async def start(self) -> None:
         tls.set_ssl_read_buffer(agent_cell.CELL_SSL_READ_BUFFER)  # memory per agent stream
@@ -220,6 +241,21 @@ class CellRuntime:
                 machines_dir=self.settings.machines_dir,
             )
             self._tasks.append(asyncio.create_task(self.local_provider.run(self._stop)))
+        if self.settings.local_infra:
+            await self._load_child_capi_crds()
+            host = LocalMachineHost(
+                toolchain,
+                self.settings.machines_dir or self.settings.state_dir / "local-infra",
+                self.controller.clock,
+            )
+            self.local_infra = LocalInfraProvider(
+                self.controller.api,
+                host,
+                self.controller.clock,
+                random=random.Random().random,  # noqa: S311 - jitter
+                free_port=free_port,
+            )
+            self._tasks.append(asyncio.create_task(self.local_infra.run(self._stop)))
         self._tasks.append(
             asyncio.create_task(
                 every(

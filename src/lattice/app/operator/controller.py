@@ -41,6 +41,7 @@ CAPI_KINDS: tuple[tuple[str, str], ...] = (
 # What the controllers create per machine and report failures on (lattice.domain.capi_reports);
 # read only, never applied or deleted by the operator.
 REPORT_KINDS: tuple[tuple[str, str], ...] = (
+    (f"{capi.CLUSTER_API}/v1beta2", "Machine"),
     (f"{capi.BOOTSTRAP_API}/v1beta2", "KubeadmConfig"),
     (f"{capi.LOCAL_INFRA_API}/v1alpha1", "LocalMachine"),
 )
@@ -237,6 +238,10 @@ class ClusterController:
             and obj["metadata"].get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER) == name
         ]
 
+    def observed(self, name: str) -> list[Obj]:
+        """What the informers hold of cluster ``name``'s CAPI objects and their machines."""
+        return [*(self._capi_objects(name) or []), *self._reports(name)]
+
     def _plan(self, raw: Obj, name: str) -> reconcile.Plan:
         return reconcile.plan_cluster(
             raw, self._capi_objects(name), self.context, self.clock.now(), self._reports(name)
@@ -264,6 +269,7 @@ class ClusterController:
             extra={
                 "cluster": name,
                 "apply": len(plan.apply),
+                "applying": sorted(f"{o['kind']}/{o['metadata']['name']}" for o in plan.apply)[:10],
                 "delete": len(plan.delete),
                 "status": plan.status is not None,
                 "phase": (plan.status or raw.get("status") or {}).get("phase"),
