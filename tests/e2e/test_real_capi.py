@@ -4,7 +4,8 @@ provisioned by them (its machines boot from CABPK's bootstrap data, the registra
 what CABPK rendered from the compiled KubeadmControlPlane), its agent runs in the child as a pod
 with its own ServiceAccount token, and the pivot moves the graph the real controllers own.
 
-Not yet here (issue 14): the child does not run its own managers after the pivot."""
+After the pivot the child runs its own provider and managers: raising its workers from 1 to 2
+on the child gives a second worker Machine and Node, made by the child's own CAPI."""
 
 from __future__ import annotations
 
@@ -114,3 +115,24 @@ def test_real_capi_provisions_registers_and_pivots_a_child(real_cell: Cell, tool
     # The cell no longer holds them; the machines run on (the child is alive).
     assert "rc-1" not in cell.kubectl("get", MOVED_KINDS, "-A", "-o", "name", check=False)
     assert "rc-1" in kubectl(toolchain, child, "get", "lc", "-o", "name")
+
+    # The child manages itself with its own CAPI: one more worker, by the child's controllers.
+    kubectl(toolchain, child, "patch", "lc", "rc-1", "--type=merge", "-p", '{"spec":{"nodes":{"workers":2}}}')
+
+    def two_workers() -> list[dict[str, Any]] | None:
+        found = json.loads(kubectl(toolchain, child, "get", "machines", "-n", "capi-rc-1", "-o", "json"))[
+            "items"
+        ]
+        workers = [m for m in found if "cluster.x-k8s.io/control-plane" not in m["metadata"]["labels"]]
+        running = [m for m in workers if m["status"].get("phase") == "Running" and m["status"].get("nodeRef")]
+        return workers if len(running) == 2 else None
+
+    scaled_at = time.monotonic()
+    try:
+        workers = wait_for(two_workers, 300, "a second worker Machine Running on the child")
+    finally:
+        print(kubectl(toolchain, child, "get", "machines,localmachines", "-A", "-o", "wide", check=False))
+    print(f"rc-1 scaled 1 → 2 workers by its own CAPI in {time.monotonic() - scaled_at:.1f} s")
+    nodes = json.loads(kubectl(toolchain, child, "get", "nodes", "-o", "json"))["items"]
+    assert {w["metadata"]["name"] for w in workers} <= {n["metadata"]["name"] for n in nodes}
+    assert "rc-1" not in cell.kubectl("get", MOVED_KINDS, "-A", "-o", "name", check=False)

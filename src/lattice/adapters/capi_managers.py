@@ -19,15 +19,20 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import json
+import os
+import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
+import attrs
 from ruamel.yaml import YAML
 
 from lattice.adapters import capi_crds, pki
+from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import (
     LOOPBACK,
     ControlPlane,
@@ -40,7 +45,7 @@ from lattice.adapters.controlplane import (
 from lattice.domain import capi_managers
 from lattice.domain.capi_managers import MANAGERS, Manager, Ports
 
-__all__ = ["CapiManagers", "CapiManagersError"]
+__all__ = ["CapiManagers", "CapiManagersError", "KubeconfigTarget", "Target"]
 
 FIELD_MANAGER = "lattice-capi-managers"
 
@@ -71,12 +76,88 @@ def _stop_live() -> None:
 atexit.register(_stop_live)
 
 
-class CapiManagers:
-    """The core, CABPK and KCP managers of one control plane, with their webhooks."""
+class Target(Protocol):
+    """The cluster the managers run against: a harness control plane, or any kubeconfig."""
 
-    def __init__(self, control_plane: ControlPlane, *, directory: Path | None = None) -> None:
+    @property
+    def toolchain(self) -> Toolchain: ...
+
+    @property
+    def kubeconfig(self) -> Path: ...
+
+    @property
+    def logs_dir(self) -> Path: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def env(self) -> dict[str, str]: ...
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+
+    def apply(
+        self,
+        manifests: Sequence[Mapping[str, Any]],
+        *,
+        field_manager: str = "lattice",
+        extra_args: Sequence[str] = (),
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@attrs.frozen
+class KubeconfigTarget:
+    """A cluster reached through a kubeconfig (an operator's own cluster), driven with kubectl."""
+
+    kubeconfig: Path
+    toolchain: Toolchain
+    dir: Path
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def running(self) -> bool:
+        return True
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env["KUBERC"] = "off"
+        return env
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.toolchain.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
+        result = subprocess.run(  # noqa: S603 - our kubectl
+            argv, input=input, capture_output=True, text=True, env=self.env(), timeout=120, check=False
+        )
+        if check and result.returncode != 0:
+            raise CapiManagersError(f"kubectl {' '.join(args)[:300]} failed: {result.stderr.strip()[:2000]}")
+        return result
+
+    def apply(
+        self,
+        manifests: Sequence[Mapping[str, Any]],
+        *,
+        field_manager: str = "lattice",
+        extra_args: Sequence[str] = (),
+    ) -> subprocess.CompletedProcess[str]:
+        text = "".join(f"---\n{json.dumps(doc)}\n" for doc in manifests)
+        args = ["apply", "--server-side", f"--field-manager={field_manager}", "-f", "-", *extra_args]
+        return self.kubectl(*args, input=text)
+
+
+class CapiManagers:
+    """The core, CABPK and KCP managers of one cluster, with their webhooks."""
+
+    def __init__(self, control_plane: Target, *, directory: Path | None = None) -> None:
         self.control_plane = control_plane
-        self.dir = directory if directory is not None else control_plane.dir / "capi-managers"
+        if directory is None:
+            if not isinstance(control_plane, ControlPlane):
+                raise ValueError("a directory is needed for the managers of a kubeconfig target")
+            directory = control_plane.dir / "capi-managers"
+        self.dir = directory
         self.ports: dict[str, Ports] = {}
         self._procs: dict[str, ManagedProcess] = {}
         self._ca_bundle = ""

@@ -111,6 +111,7 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None
 
     def start(self, env: Mapping[str, str]) -> None:
         if self.running():
@@ -129,6 +130,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(env),
+                cwd=self.cwd,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if in_main else None,  # noqa: PLW1509
             )

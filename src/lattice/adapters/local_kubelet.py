@@ -203,7 +203,8 @@ class LocalKubelet:
             argv = await self._prepare(api, pod)
             if argv is None:
                 return
-            process = ManagedProcess(name=where, argv=argv, log_path=self._pod_dir(pod) / "container.log")
+            pod_dir = self._pod_dir(pod)
+            process = ManagedProcess(name=where, argv=argv, log_path=pod_dir / "container.log", cwd=pod_dir)
             running = _Pod(meta["namespace"], meta["name"], process, started_at=self._now())
             self.pods[uid] = running
             process.start(self._pod_env())

@@ -11,6 +11,7 @@ from typing import Any
 from lattice.app import logs, yamlio
 from lattice.app.operator.cell_runtime import CellSettings
 from lattice.app.operator.leader import LeaseConfig
+from lattice.app.operator.local_infra_runtime import LocalInfraSettings
 from lattice.app.operator.process import OperatorSettings, default_identity, run_operator
 from lattice.domain import capi, deploy, reconcile
 
@@ -80,6 +81,11 @@ def register(subparsers: Any) -> None:
         help="run the contract-shaped local infrastructure provider (LocalCluster, LocalMachine); "
         "the real Cluster API managers must run against this cluster",
     )
+    cell.add_argument(
+        "--capi-managers",
+        action="store_true",
+        help="with --local-infra: also run the real Cluster API managers against this cluster",
+    )
     parser.set_defaults(func=run)
 
     manifests = subparsers.add_parser(
@@ -121,6 +127,15 @@ def run(args: argparse.Namespace) -> int:
             machines_dir=args.machines_dir,
         )
         cell_endpoint = cell_endpoint or cell.endpoint
+    local_infra = (
+        LocalInfraSettings(
+            machines_dir=args.machines_dir or args.state_dir / "local-infra",
+            state_dir=args.state_dir,
+            capi_managers=args.capi_managers,
+        )
+        if args.local_infra
+        else None
+    )
     settings = OperatorSettings(
         kubeconfig=args.kubeconfig,
         context=reconcile.OperatorContext(
@@ -141,5 +156,6 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         resync_s=args.resync,
         cell=cell,
+        local_infra=local_infra,
     )
     return asyncio.run(run_operator(settings))

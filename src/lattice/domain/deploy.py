@@ -150,3 +150,29 @@ def operator_manifests(
             },
         },
     ]
+
+
+def capi_managers_rbac() -> list[Manifest]:
+    """What a child's operator needs to run the Cluster API managers against its own cluster
+    (``--capi-managers``, the local stand-in for their Deployments): everything, since the
+    managers run with the operator's identity here. Real installations run each manager with
+    its own ServiceAccount and the ClusterRole its provider ships."""
+    name = "lattice-capi-managers"
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": LABELS},
+            "rules": [
+                _rule(["*"], ["*"], ["*"]),
+                {"nonResourceURLs": ["*"], "verbs": ["*"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name, "labels": LABELS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
+        },
+    ]

@@ -85,6 +85,11 @@ def _bind_host(host: str) -> str:
     return host
 
 
+def is_local(spec: dict[str, Any]) -> bool:
+    """Whether the cluster's provider is ``local``."""
+    return bool((spec.get("provider") or {}).get("type") == models.ProviderType.LOCAL.value)
+
+
 def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
     """Arguments that make a child's own operator a cell (when its spec has parentConfig)."""
     parent = spec.get("parentConfig")
@@ -102,6 +107,6 @@ def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
         "--state-dir",
         state_dir,
     ]
-    if (spec.get("provider") or {}).get("type") == models.ProviderType.LOCAL.value:
+    if is_local(spec):
         args.append("--local-provider")
     return args

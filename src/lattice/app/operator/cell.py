@@ -301,13 +301,14 @@ class CellCoordinator:
         api = self.controller.api
 
         async def delete(oid: pivot.ObjectId) -> None:
+            # clusterctl's order (deleteSourceObject): annotate, delete, then drop the
+            # finalizers. Dropping them first lets a running controller add its own back before
+            # the delete, and the object stays behind; once deleting, none can be added.
             ref = ResourceRef(oid.api_version, oid.kind, oid.name, oid.namespace)
             try:
-                await api.merge_patch(
-                    ref,
-                    {"metadata": {"annotations": {pivot.DELETE_FOR_MOVE: ""}, "finalizers": None}},
-                )
+                await api.merge_patch(ref, {"metadata": {"annotations": {pivot.DELETE_FOR_MOVE: ""}}})
                 await api.delete(ref)
+                await api.merge_patch(ref, {"metadata": {"finalizers": None}})
             except kube.NotFound:
                 return
 

@@ -23,14 +23,11 @@ from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
 from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
 from lattice.adapters.clusterctl import ClusterctlMover
-from lattice.adapters.controlplane import free_port
-from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
 from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import yamlio
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
-from lattice.app.local_infra import LocalInfraProvider
 from lattice.app.local_provider import LocalProvider
 from lattice.app.operator.cell import CellCoordinator
 from lattice.app.operator.controller import ClusterController
@@ -52,8 +49,8 @@ class CellSettings:
     bind_host: str = "127.0.0.1"
     agent_image: str = "ghcr.io/lattice-dev/lattice:0.1.0"
     local_provider: bool = False
-    # The contract-shaped local provider (LocalCluster/LocalMachine) with the real CAPI
-    # managers running against this cluster; children are sent the CAPI CRDs to pivot into.
+    # Children use the contract-shaped local provider and the real CAPI managers: each is sent
+    # the CAPI CRDs to pivot into, and its operator runs its own provider and managers after.
     local_infra: bool = False
     machines_dir: Path | None = None  # where the local provider keeps machines (default: state)
     catalog_refresh: float = DEFAULT_REFRESH_INTERVAL
@@ -146,12 +143,15 @@ class CellRuntime:
         self.webhook: RegistrationServer | None = None
         self.coordinator: CellCoordinator | None = None
         self.local_provider: LocalProvider | None = None
-        self.local_infra: LocalInfraProvider | None = None
         self._child_capi_crds: bytes | None = None
         self.catalog = CatalogService(
             ServiceCatalog(controller.context.self_name or "cell"), controller.clock
         )
         self.discovery = CatalogStreamHandler(self.catalog)
+
+    @property
+    def machines_dir(self) -> Path:
+        return self.settings.machines_dir or self.settings.state_dir / "local-infra"
 
     def agent_args(self, cluster_name: str) -> tuple[str, ...]:
         """Extra flags for a registering child's agent: discovery as its LatticeCluster asks."""
@@ -162,7 +162,17 @@ class CellRuntime:
         """What a new child applies before its pivot: the Lattice CRDs and its own operator."""
         endpoint = self.settings.endpoint
         child = self.controller.clusters.get(None, cluster_name) or {}
-        cell_args = install.cell_operator_args(child.get("spec") or {}, deploy.STATE_DIR)
+        spec = child.get("spec") or {}
+        cell_args = install.cell_operator_args(spec, deploy.STATE_DIR)
+        infra_args: list[str] = []
+        if self.settings.local_infra and install.is_local(spec):
+            cell_args = [a for a in cell_args if a != "--local-provider"]
+            infra_args = [
+                "--local-infra",
+                "--capi-managers",
+                "--machines-dir",
+                str(self.machines_dir.resolve()),
+            ]
         operator = deploy.operator_manifests(
             self.settings.agent_image,
             cluster_name=cluster_name,
@@ -171,9 +181,12 @@ class CellRuntime:
                 "--parent-endpoint",
                 f"{endpoint.host}:{endpoint.bootstrap_port}:{endpoint.grpc_port}",
                 *cell_args,
+                *infra_args,
             ],
             state_volume=bool(cell_args),
         )
+        if infra_args:
+            operator = [*operator, *deploy.capi_managers_rbac()]
         capi_crds = () if self._child_capi_crds is None else (self._child_capi_crds,)
         return (yamlio.dump_all(crds.all_crds()).encode(), *capi_crds, yamlio.dump_all(operator).encode())
 
@@ -243,19 +256,6 @@ class CellRuntime:
             self._tasks.append(asyncio.create_task(self.local_provider.run(self._stop)))
         if self.settings.local_infra:
             await self._load_child_capi_crds()
-            host = LocalMachineHost(
-                toolchain,
-                self.settings.machines_dir or self.settings.state_dir / "local-infra",
-                self.controller.clock,
-            )
-            self.local_infra = LocalInfraProvider(
-                self.controller.api,
-                host,
-                self.controller.clock,
-                random=random.Random().random,  # noqa: S311 - jitter
-                free_port=free_port,
-            )
-            self._tasks.append(asyncio.create_task(self.local_infra.run(self._stop)))
         self._tasks.append(
             asyncio.create_task(
                 every(

@@ -30,6 +30,7 @@ from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.cell_runtime import CellRuntime, CellSettings
 from lattice.app.operator.controller import ClusterController, ControllerConfig
 from lattice.app.operator.leader import LeaderElector, LeaseConfig
+from lattice.app.operator.local_infra_runtime import LocalInfraRuntime, LocalInfraSettings
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.domain import reconcile
 from lattice.ports import kube
@@ -51,6 +52,7 @@ class OperatorSettings:
     grace_s: float = 10.0
     handle_signals: bool = True  # False when embedded (tests, the local provider)
     cell: CellSettings | None = None  # set: this operator also serves as a cell
+    local_infra: LocalInfraSettings | None = None  # set: run the local provider (and managers)
 
 
 class QuietServer(uvicorn.Server):
@@ -93,7 +95,7 @@ def probe_app(
 
 def _kubeconfig_path(kubeconfig: str | None) -> Path:
     if kubeconfig is None:
-        raise ValueError("a cell needs --kubeconfig (clusterctl reads the management cluster from it)")
+        raise ValueError("a cell and --local-infra need --kubeconfig (clusterctl and the managers read it)")
     return Path(kubeconfig)
 
 
@@ -148,6 +150,7 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
     log.info("operator started", extra={"identity": settings.identity, "cell": settings.context.self_name})
     rc = 0
     cell: CellRuntime | None = None
+    infra: LocalInfraRuntime | None = None
     try:
         if elector is not None:
             tasks.append(asyncio.create_task(elector.run()))
@@ -158,6 +161,9 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
             await asyncio.wait(leader_or_stop, return_when=asyncio.FIRST_COMPLETED)
             for task in leader_or_stop:
                 task.cancel()
+        if not stop.is_set() and settings.local_infra is not None:
+            infra = LocalInfraRuntime(settings.local_infra, api, clock, _kubeconfig_path(settings.kubeconfig))
+            await infra.start()
         if not stop.is_set() and settings.cell is not None:
             cell = CellRuntime(settings.cell, controller, _kubeconfig_path(settings.kubeconfig))
             controller.before_child_apply = cell.registrations.ensure
@@ -182,6 +188,8 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
     finally:
         if cell is not None:
             await cell.close()
+        if infra is not None:
+            await infra.close()
         if elector is not None:
             await elector.release()
         server.should_exit = True

@@ -1,0 +1,87 @@
+"""What an operator started with ``--local-infra`` runs besides its controller: the
+contract-shaped local infrastructure provider and, with ``--capi-managers``, the real Cluster
+API managers against its own cluster (the local stand-in for their Deployments: a child that
+has pivoted runs its own, as every cluster must after its pivot).
+
+Starting the managers waits for the CAPI CRDs (a child receives them in its bootstrap
+manifests); a failure is logged and retried, never fatal to the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+
+import anyio.to_thread
+from attrs import frozen
+
+from lattice.adapters.binaries import locate
+from lattice.adapters.capi_managers import CapiManagers, CapiManagersError, KubeconfigTarget
+from lattice.adapters.controlplane import ControlPlaneError, free_port
+from lattice.adapters.local_machine_host import LocalMachineHost
+from lattice.app.local_infra import LocalInfraProvider
+from lattice.ports.clock import Clock
+from lattice.ports.kube import KubeApi
+
+log = logging.getLogger("lattice.local_infra")
+
+MANAGERS_RETRY_S = 5.0
+
+
+@frozen
+class LocalInfraSettings:
+    machines_dir: Path  # shared by every provider on this host: its "cloud account"
+    state_dir: Path  # the managers' certificates and logs
+    capi_managers: bool = False
+
+
+class LocalInfraRuntime:
+    def __init__(self, settings: LocalInfraSettings, api: KubeApi, clock: Clock, kubeconfig: Path) -> None:
+        self.settings = settings
+        self.api = api
+        self.clock = clock
+        self.kubeconfig = kubeconfig
+        self.managers: CapiManagers | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        toolchain = locate()
+        host = LocalMachineHost(toolchain, self.settings.machines_dir, self.clock)
+        provider = LocalInfraProvider(
+            self.api,
+            host,
+            self.clock,
+            random=random.Random().random,  # noqa: S311 - jitter
+            free_port=free_port,
+        )
+        self._tasks.append(asyncio.create_task(provider.run(self._stop), name="local-infra"))
+        if self.settings.capi_managers:
+            target = KubeconfigTarget(self.kubeconfig, toolchain, self.settings.state_dir / "capi-managers")
+            self.managers = CapiManagers(target, directory=target.dir)
+            self._tasks.append(asyncio.create_task(self._run_managers(self.managers), name="capi-managers"))
+
+    async def _run_managers(self, managers: CapiManagers) -> None:
+        while not self._stop.is_set():
+            try:
+                await anyio.to_thread.run_sync(managers.start)
+            except (CapiManagersError, ControlPlaneError, OSError) as exc:
+                log.warning(
+                    "the Cluster API managers did not start; retrying", extra={"error": str(exc)[:2000]}
+                )
+                await anyio.to_thread.run_sync(lambda: managers.stop(unregister=False))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), MANAGERS_RETRY_S)
+                except TimeoutError:
+                    continue
+            else:
+                log.info("the Cluster API managers run against this cluster", extra={"pids": managers.pids()})
+                return
+
+    async def close(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.managers is not None:
+            await anyio.to_thread.run_sync(self.managers.stop)
