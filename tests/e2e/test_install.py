@@ -92,7 +92,7 @@ def test_install_interrupted_after_provisioning_resumes(tmp_path: Path, toolchai
         assert "is self-managing" in resumed.stderr
         record = json.loads((state / "install.json").read_text())
         # Exactly one management machine: nothing was duplicated by the resume.
-        assert len(list((state / "machines").glob("mgmt-*/admin.kubeconfig"))) == 1
+        assert len(list((state / "machines").glob("mgmt-control-plane-*/machine.json"))) == 1
         assert not (state / "bootstrap").exists()
         assert "Ready" in kubectl(toolchain, Path(record["kubeconfig"]), "get", "lc", "mgmt")
         again = install(manifest, state, 60)  # once more: a no-op

@@ -53,7 +53,7 @@ def real_cell(toolchain: Toolchain, tmp_path: Path) -> Iterator[Cell]:
 
 def admin_kubeconfig(cell: Cell, cluster: str) -> Path:
     found = sorted(
-        (cell.state_dir / "local-infra" / "machines").glob(
+        (cell.state_dir / "local-infra").glob(
             f"{cluster}-control-plane-*/root/etc/kubernetes/admin.conf"
         )
     )

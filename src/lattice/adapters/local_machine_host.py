@@ -107,7 +107,7 @@ def _under(root: Path, path: str) -> Path:
 class LocalMachineHost:
     """The :class:`lattice.ports.machine_host.MachineHost` of this host.
 
-    Every machine lives in ``<state_dir>/machines/<name>``; its record there (``machine.json``:
+    Every machine lives in ``<machines_dir>/<name>``; its record there (``machine.json``:
     the kubelet's pid, booted or failed) lets any host that shares the directory (this
     cluster's provider after a pivot, or this one after a restart) find the machines that run.
     """
@@ -115,14 +115,14 @@ class LocalMachineHost:
     def __init__(
         self,
         toolchain: Toolchain,
-        state_dir: Path,
+        machines_dir: Path,
         clock: Clock,
         *,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         python: str = sys.executable,
     ) -> None:
         self.toolchain = toolchain
-        self.state_dir = state_dir
+        self.machines_dir = machines_dir
         self.clock = clock
         self.heartbeat_seconds = heartbeat_seconds
         self.python = python
@@ -183,7 +183,7 @@ class LocalMachineHost:
     # -- booting ----------------------------------------------------------------------------
 
     def machine_dir(self, machine: str) -> Path:
-        return self.state_dir / "machines" / machine
+        return self.machines_dir / machine
 
     async def _boot(self, request: Boot, data: BootstrapData) -> _Machine:
         mdir = self.machine_dir(request.machine)
@@ -483,7 +483,7 @@ class LocalMachineHost:
 
     def machines(self) -> list[str]:
         """The machines with a record here: booted, booting or failed, and not stopped."""
-        base = self.state_dir / "machines"
+        base = self.machines_dir
         if not base.is_dir():
             return []
         return sorted(d.name for d in base.iterdir() if (d / "machine.json").is_file())

@@ -176,7 +176,7 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(f"[green]demo ready in {elapsed:.0f} s[/]")
     print(f"management cell kubeconfig: {kubeconfig}")
     for name in names:
-        found = sorted(state_dir.rglob(f"{name}-*/admin.kubeconfig"))
+        found = sorted(state_dir.rglob(f"{name}-control-plane-*/root/etc/kubernetes/admin.conf"))
         print(f"{name} kubeconfig: {found[-1] if found else '?'}")
     print(f"try: {kubectl} --kubeconfig {kubeconfig} get lc")
     print(f"then: lattice down --state-dir {state_dir}")

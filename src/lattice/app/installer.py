@@ -155,7 +155,10 @@ class Installer:
                 str(self.bootstrap_dir / "cell"),
                 "--machines-dir",
                 str(self.machines_dir),
-                "--local-provider",
+                # The contract-shaped local provider and the real Cluster API managers, which
+                # the management cluster's own operator runs again after the pivot.
+                "--local-infra",
+                "--capi-managers",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -248,7 +251,9 @@ class Installer:
         )
 
     def _management_kubeconfig(self) -> Path:
-        found = sorted(self.machines_dir.glob(f"{self.name}-*/admin.kubeconfig"))
+        found = sorted(
+            self.machines_dir.glob(f"{self.name}-control-plane-*/root/etc/kubernetes/admin.conf")
+        )
         if not found:
             raise InstallError(
                 install.Step.PIVOT, "no machine for the management cluster", "lattice down, then retry"
@@ -262,8 +267,23 @@ class Installer:
             os.kill(saved["pid"], 15)
             _wait(lambda: not _alive(saved["pid"]), 30, step, "the bootstrap operator did not stop", None)
         # The management cluster's agent streamed to the bootstrap cell, which is going away.
-        for pid_file in self.machines_dir.glob(f"{self.name}-*/pods/lattice-agent.pid"):
-            _kill_group(int(pid_file.read_text()))
+        kubeconfig = self._management_kubeconfig()
+        subprocess.run(  # noqa: S603 - our kubectl
+            [
+                str(self.toolchain.kubectl),
+                f"--kubeconfig={kubeconfig}",
+                "delete",
+                "deployment",
+                agent_payload.AGENT_NAME,
+                "-n",
+                agent_payload.NAMESPACE,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
         stop_all(self.bootstrap_dir)
         cp.stop()
         self.progress.step(step, "bootstrap cluster stopped and removed")
@@ -362,13 +382,6 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return not (status.exists() and "\nState:\tZ" in status.read_text())
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, 15)
-    except (ProcessLookupError, PermissionError):
-        return
 
 
 def _wait(

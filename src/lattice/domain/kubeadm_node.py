@@ -309,5 +309,18 @@ def mirror_pod_status(component: str, node_name: str, *, running: bool, now: str
             ],
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",
+            "containerStatuses": [
+                {
+                    "name": component,
+                    "image": f"registry.k8s.io/{component}",
+                    "imageID": "",
+                    "ready": running,
+                    "started": running,
+                    "restartCount": 0,
+                    "state": {"running": {}}
+                    if running
+                    else {"waiting": {"reason": "ProcessExited", "message": "its process has exited"}},
+                }
+            ],
         },
     }

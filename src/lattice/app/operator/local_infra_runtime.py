@@ -45,6 +45,7 @@ class LocalInfraRuntime:
         self.kubeconfig = kubeconfig
         self.managers: CapiManagers | None = None
         self._stop = asyncio.Event()
+        self._managers_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -62,6 +63,8 @@ class LocalInfraRuntime:
             target = KubeconfigTarget(self.kubeconfig, toolchain, self.settings.state_dir / "capi-managers")
             self.managers = CapiManagers(target, directory=target.dir)
             self._tasks.append(asyncio.create_task(self._run_managers(self.managers), name="capi-managers"))
+            # Nothing is applied before the managers' webhooks can default and validate it.
+            await self._managers_up.wait()
 
     async def _run_managers(self, managers: CapiManagers) -> None:
         while not self._stop.is_set():
@@ -78,6 +81,7 @@ class LocalInfraRuntime:
                     continue
             else:
                 log.info("the Cluster API managers run against this cluster", extra={"pids": managers.pids()})
+                self._managers_up.set()
                 return
 
     async def close(self) -> None:
