@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from lattice.adapters.binaries import locate
+from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.clock import SystemClock
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.app.local_infra import LocalInfraProvider
-from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS
 from lattice.domain import models
 from tests.compiled import compiled_local, with_post_kubeadm
 

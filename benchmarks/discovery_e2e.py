@@ -28,7 +28,7 @@ from typing import Any
 
 from lattice.adapters.binaries import locate
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.app.local_provider import stop_all
+from lattice.adapters.local_processes import stop_all
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 from tests.e2e.conftest import child_kubeconfig, install_mesh_crds, local_cluster, start_cell, wait_for

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lattice.adapters.binaries import locate
 from lattice.adapters.controlplane import ControlPlane
-from lattice.app.local_provider import stop_all
+from lattice.adapters.local_processes import stop_all
 from tests.e2e.conftest import child_kubeconfig, local_cluster, start_cell, wait_for
 
 

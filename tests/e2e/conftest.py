@@ -1,5 +1,6 @@
-"""A real cell for E2E tests: a control plane from the harness, and `lattice operator` as its own
-process serving as a cell with the local infrastructure provider. Nothing is mocked."""
+"""A real cell for E2E tests: a control plane from the harness with the real Cluster API managers
+running against it, and `lattice operator` as its own process serving as a cell with the
+contract-shaped local infrastructure provider (`--local-infra`). Nothing is mocked."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from attrs import define
 
 from lattice.adapters import mesh_crds
 from lattice.adapters.binaries import Toolchain
+from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
+from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane, free_port
-from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, stop_all
+from lattice.adapters.local_processes import stop_all
 
 
 @define
@@ -30,7 +33,7 @@ class Cell:
     bootstrap_port: int
     grpc_port: int
     operator: subprocess.Popen[bytes] | None = None
-    provider_flag: str = "--local-provider"  # or --local-infra (the real CAPI managers run)
+    managers: CapiManagers | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -64,7 +67,7 @@ class Cell:
                 str(self.grpc_port),
                 "--state-dir",
                 str(self.state_dir),
-                self.provider_flag,
+                "--local-infra",
                 "--no-leader-elect",
                 "--health-port",
                 str(free_port()),
@@ -90,8 +93,24 @@ class Cell:
 
 
 def child_kubeconfig(cell: Cell, child: str) -> Path:
-    found = sorted((cell.state_dir / "local-provider" / "machines").glob(f"{child}-*/admin.kubeconfig"))
-    assert found, f"no machine for {child} under {cell.state_dir}"
+    """The admin kubeconfig kubeadm wrote on the child's control-plane machine."""
+    found = sorted(machines_dir(cell).glob(f"{child}-control-plane-*/root/etc/kubernetes/admin.conf"))
+    assert found, f"no control-plane machine for {child} under {machines_dir(cell)}"
+    return found[-1]
+
+
+def machines_dir(cell: Cell) -> Path:
+    """Where the cell's provider (and every child's, which share it) keeps machines."""
+    return cell.state_dir / "local-infra"
+
+
+def agent_log(machines: Path, child: str) -> Path:
+    """The log of ``child``'s agent pod, on whichever of its machines the scheduler chose."""
+    found = sorted(
+        machines.glob(f"{child}-*/pods/lattice-system_lattice-agent-*/container.log"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    assert found, f"no agent pod of {child} under {machines}"
     return found[-1]
 
 
@@ -151,13 +170,17 @@ def start_cell(toolchain: Toolchain, base: Path, name: str = "mgmt") -> Cell:
     thread.join()
     cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
     cp.install_lattice_crds()
-    cell = Cell(name, cp, base / "state", free_port(), free_port())
+    # The management cluster's own CAPI installation (clusterctl init), as processes.
+    managers = CapiManagers(cp).start()
+    cell = Cell(name, cp, base / "state", free_port(), free_port(), managers=managers)
     cell.start_operator()
     return cell
 
 
 def _stop(c: Cell) -> None:
     c.stop_operator()
+    if c.managers is not None:
+        c.managers.stop(unregister=c.control_plane.running)
     stop_all(c.state_dir)
     c.control_plane.stop()
 

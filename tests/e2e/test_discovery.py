@@ -26,7 +26,7 @@ from attrs import frozen
 
 from lattice.adapters.binaries import Toolchain
 
-from .conftest import Cell, child_kubeconfig, install_mesh_crds, kubectl, local_cluster, wait_for
+from .conftest import Cell, agent_log, child_kubeconfig, install_mesh_crds, kubectl, local_cluster, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -70,7 +70,7 @@ class Child:
 
     @property
     def agent_log(self) -> Path:
-        return self.kubeconfig.parent / "pods" / "lattice-agent.log"
+        return agent_log(self.kubeconfig.parents[4], self.name)
 
 
 @frozen

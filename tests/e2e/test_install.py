@@ -15,7 +15,7 @@ import pytest
 
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import free_port, port_in_use
-from lattice.app.local_provider import processes_under
+from lattice.adapters.local_processes import processes_under
 from tests.e2e.conftest import kubectl
 
 pytestmark = pytest.mark.e2e

@@ -16,10 +16,19 @@ import pytest
 
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import free_port
+from lattice.adapters.local_processes import processes_under
 from lattice.app.operator.cell import RETRY_DELAY_S
 from lattice.domain import cell as cell_flow
 from lattice.domain import pivot
-from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, wait_for
+from tests.e2e.conftest import (
+    Cell,
+    agent_log,
+    child_kubeconfig,
+    kubectl,
+    local_cluster,
+    machines_dir,
+    wait_for,
+)
 from tests.moved import MOVED_KINDS, move_graph
 
 pytestmark = pytest.mark.e2e
@@ -106,15 +115,19 @@ def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: T
 def test_agent_killed_mid_import_converges(cell: Cell, toolchain: Toolchain) -> None:
     cell.control_plane.apply([local_cluster("fault-2", cell.name, workers=1)])
     _, before = graph_until_step(cell, toolchain, "fault-2", ("Importing",))
-    pid_file = next((cell.state_dir / "local-provider" / "machines").glob("fault-2-*/pods/lattice-agent.pid"))
-    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    pod = agent_log(machines_dir(cell), "fault-2").parent
+    killed = processes_under(pod)
+    assert killed, f"no agent process under {pod}"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)  # its kubelet stand-in starts it again, as a kubelet would
     wait_for(lambda: cell.lc("fault-2").get("status", {}).get("phase") == "Ready", 240, "Ready", cell.log)
     assert_moved_exactly_once(cell, toolchain, "fault-2", before)
 
 
 def stray_machine(cluster: str) -> dict[str, Any]:
-    """A Machine of ``cluster`` that never got a node: clusterctl's move preflight refuses any
-    export while it is there ("still provisioning the node")."""
+    """A Machine of ``cluster`` that never gets a node (its LocalMachine does not exist), and that
+    Lattice does not own (no Lattice labels, so the pivot does not wait for it): clusterctl's move
+    preflight refuses every export while it is there ("still provisioning the node")."""
     name = f"{cluster}-stray-0"
     return {
         "apiVersion": "cluster.x-k8s.io/v1beta2",
@@ -199,11 +212,10 @@ def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) 
 
     wait_for(edge_ready, 300, "edge-1 Ready on region-1")
     # The grandchild's agent dials its direct parent (region-1's ports), not the root cell.
-    machines = Path(region).parent / "pods" / "lattice-operator" / "state" / "local-provider" / "machines"
-    booted = sorted(machines.glob("edge-1-*/admin.kubeconfig"))
-    assert booted, "region-1's own local provider booted edge-1"
-    agent_log = (booted[-1].parent / "pods" / "lattice-agent.log").read_text()
-    assert f"127.0.0.1:{grpc}" in agent_log
-    assert f"127.0.0.1:{cell.grpc_port}" not in agent_log
+    booted = sorted(machines_dir(cell).glob("edge-1-control-plane-*/machine.json"))
+    assert booted, "region-1's own local provider booted edge-1 (in the machines directory it shares)"
+    edge_agent = agent_log(machines_dir(cell), "edge-1").read_text()
+    assert f"127.0.0.1:{grpc}" in edge_agent
+    assert f"127.0.0.1:{cell.grpc_port}" not in edge_agent
     # The root cell never saw edge-1.
     assert "edge-1" not in cell.kubectl("get", "lc", "-o", "name")

@@ -10,59 +10,21 @@ on the child gives a second worker Machine and Node, made by the child's own CAP
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from lattice.adapters.capi_managers import CapiManagers
-from lattice.adapters.controlplane import ControlPlane, free_port
-from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, stop_all
-from tests.e2e.conftest import Cell, kubectl, local_cluster, wait_for
+from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 MOVED_KINDS = "clusters.cluster.x-k8s.io,machines.cluster.x-k8s.io,kubeadmconfigs,localmachines"
 
 
-@pytest.fixture
-def real_cell(toolchain: Toolchain, tmp_path: Path) -> Iterator[Cell]:
-    cp = ControlPlane.create(
-        "mgmt", base_dir=tmp_path / "control-planes", toolchain=toolchain, controller_manager=True
-    )
-    thread = threading.Thread(target=cp.start)  # no parent-death signal: a separate machine
-    thread.start()
-    thread.join()
-    cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
-    cp.install_lattice_crds()
-    managers = CapiManagers(cp).start()
-    cell = Cell("mgmt", cp, tmp_path / "state", free_port(), free_port(), provider_flag="--local-infra")
-    cell.start_operator()
-    try:
-        yield cell
-    finally:
-        cell.stop_operator()
-        managers.stop()
-        stop_all(cell.state_dir)
-        cp.stop()
-
-
-def admin_kubeconfig(cell: Cell, cluster: str) -> Path:
-    found = sorted(
-        (cell.state_dir / "local-infra").glob(
-            f"{cluster}-control-plane-*/root/etc/kubernetes/admin.conf"
-        )
-    )
-    assert found, f"no control-plane machine for {cluster}"
-    return found[-1]
-
-
-def test_real_capi_provisions_registers_and_pivots_a_child(real_cell: Cell, toolchain: Toolchain) -> None:
-    cell = real_cell
+def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolchain: Toolchain) -> None:
+    cell = own_cell
     started = time.monotonic()
     cell.control_plane.apply([local_cluster("rc-1", cell.name, workers=1)])
     seen: list[str] = []
@@ -85,7 +47,7 @@ def test_real_capi_provisions_registers_and_pivots_a_child(real_cell: Cell, tool
 
     # The child holds the graph the real controllers built: its Cluster, both Machines with their
     # nodeRefs, the KubeadmConfigs CABPK rendered and their bootstrap Secrets, the LocalMachines.
-    child = admin_kubeconfig(cell, "rc-1")
+    child = child_kubeconfig(cell, "rc-1")
     moved: list[dict[str, Any]] = json.loads(
         kubectl(toolchain, child, "get", MOVED_KINDS, "-n", "capi-rc-1", "-o", "json")
     )["items"]

@@ -10,7 +10,15 @@ import time
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, wait_for
+from tests.e2e.conftest import (
+    Cell,
+    agent_log,
+    child_kubeconfig,
+    kubectl,
+    local_cluster,
+    machines_dir,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +106,7 @@ def test_child_survives_the_deletion_of_its_cell(own_cell: Cell, toolchain: Tool
     cell.control_plane.apply([local_cluster("orphan-1", cell.name, workers=1)])
     wait_for(lambda: phase(cell, "orphan-1") == "Ready", 240, "orphan-1 Ready", cell.log)
     child = child_kubeconfig(cell, "orphan-1")
-    agent_log = child.parent / "pods" / "lattice-agent.log"
+    log_of_agent = agent_log(machines_dir(cell), "orphan-1")
 
     # The cell goes away entirely: its operator, its control plane, its data.
     cell.stop_operator()
@@ -109,8 +117,8 @@ def test_child_survives_the_deletion_of_its_cell(own_cell: Cell, toolchain: Tool
     # The child's agent notices and keeps retrying with backoff...
     wait_for(
         lambda: (
-            agent_log.read_text(errors="replace").count("reconnect") >= 2
-            or agent_log.read_text(errors="replace").count("retry") >= 2
+            log_of_agent.read_text(errors="replace").count("reconnect") >= 2
+            or log_of_agent.read_text(errors="replace").count("retry") >= 2
         ),
         60,
         "the agent to log the loss and retry",

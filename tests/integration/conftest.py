@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane
-from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS
 from lattice.testing.fixtures import ControlPlaneFactory
 
 

@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 __all__ = [
     "CLUSTERCTL_LABEL",
     "CONTRACT_LABEL_PREFIX",
+    "LOCAL_CAPI_PROVIDERS",
     "PROVIDERS",
     "PROVIDER_LABEL",
     "ProviderCRDs",
@@ -42,6 +43,8 @@ PROVIDER_LABEL = "cluster.x-k8s.io/provider"
 CONTRACT_LABEL_PREFIX = "cluster.x-k8s.io/"
 INVENTORY_CRD_FILE = "clusterctl.cluster.x-k8s.io_providers.yaml"
 
+# What a cluster managed through the local provider needs of Cluster API (no cloud providers).
+LOCAL_CAPI_PROVIDERS = ("cluster-api", "bootstrap-kubeadm", "control-plane-kubeadm", "clusterctl")
 PROVIDERS: tuple[str, ...] = (
     "cluster-api",
     "bootstrap-kubeadm",

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from lattice.adapters.binaries import BinariesNotBuiltError, locate
 from lattice.adapters.controlplane import free_port
+from lattice.adapters.local_processes import stop_all
 from lattice.app import installer
-from lattice.app.local_provider import stop_all
 from lattice.domain import install
 
 DEFAULT_STATE = Path(".lattice")

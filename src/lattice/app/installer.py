@@ -32,9 +32,10 @@ from attrs import define, frozen
 
 from lattice.adapters import pki
 from lattice.adapters.binaries import Toolchain
+from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.adapters.local_processes import stop_all
 from lattice.app import yamlio
-from lattice.app.local_provider import LOCAL_CAPI_PROVIDERS, stop_all
 from lattice.app.operator.cell_runtime import load_or_create_ca
 from lattice.domain import agent_payload, capi, crds, install, models, serde, validation
 

@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from attrs import define, field
 
 from lattice.adapters.agent_kube import KubeManifestApplier
 from lattice.adapters.binaries import Toolchain
+from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.informer import Informer
@@ -53,8 +53,6 @@ log = logging.getLogger("lattice.local_provider")
 
 CLUSTER_API_VERSION = f"{capi.CLUSTER_API}/v1beta2"
 WORKLOADS = ("lattice-agent", "lattice-operator")
-# What a cluster managed through the local provider needs of Cluster API (no cloud providers).
-LOCAL_CAPI_PROVIDERS = ("cluster-api", "bootstrap-kubeadm", "control-plane-kubeadm", "clusterctl")
 
 
 @define
@@ -491,34 +489,3 @@ def _kill_recorded(pid_file: Path) -> None:
 
 def remove_state(state_dir: Path) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
-
-
-def processes_under(state_dir: Path) -> list[int]:
-    """Pids of every process whose command line mentions ``state_dir`` (machines and pods)."""
-    marker = str(state_dir.resolve())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def stop_all(state_dir: Path, timeout: float = 10.0) -> list[int]:
-    """Stop every machine and pod the local provider started under ``state_dir``."""
-    pids = processes_under(state_dir)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
