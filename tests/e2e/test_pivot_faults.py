@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,7 @@ from typing import Any
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from lattice.adapters.controlplane import free_port
 from lattice.adapters.local_processes import processes_under
-from lattice.app.operator.cell import RETRY_DELAY_S
-from lattice.domain import cell as cell_flow
 from lattice.domain import pivot
 from tests.e2e.conftest import (
     Cell,
@@ -122,100 +118,3 @@ def test_agent_killed_mid_import_converges(cell: Cell, toolchain: Toolchain) -> 
         os.kill(pid, signal.SIGKILL)  # its kubelet stand-in starts it again, as a kubelet would
     wait_for(lambda: cell.lc("fault-2").get("status", {}).get("phase") == "Ready", 240, "Ready", cell.log)
     assert_moved_exactly_once(cell, toolchain, "fault-2", before)
-
-
-def stray_machine(cluster: str) -> dict[str, Any]:
-    """A Machine of ``cluster`` that never gets a node (its LocalMachine does not exist), and that
-    Lattice does not own (no Lattice labels, so the pivot does not wait for it): clusterctl's move
-    preflight refuses every export while it is there ("still provisioning the node")."""
-    name = f"{cluster}-stray-0"
-    return {
-        "apiVersion": "cluster.x-k8s.io/v1beta2",
-        "kind": "Machine",
-        "metadata": {
-            "name": name,
-            "namespace": f"capi-{cluster}",
-            "labels": {"cluster.x-k8s.io/cluster-name": cluster},
-        },
-        "spec": {
-            "clusterName": cluster,
-            "bootstrap": {"dataSecretName": f"{cluster}-kubeconfig"},
-            "infrastructureRef": {
-                "apiGroup": "infrastructure.lattice.dev",
-                "kind": "LocalMachine",
-                "name": name,
-            },
-        },
-    }
-
-
-def test_a_pivot_that_keeps_failing_is_abandoned_with_the_source_unpaused(
-    cell: Cell, toolchain: Toolchain
-) -> None:
-    name = "fault-3"
-    cell.control_plane.apply([local_cluster(name, cell.name, workers=1)])
-    wait_for(
-        lambda: f"namespace/capi-{name}" in cell.kubectl("get", "namespaces", "-o", "name"),
-        60,
-        "the CAPI namespace",
-        cell.log,
-    )
-    cell.control_plane.apply([stray_machine(name)])
-
-    wait_for(lambda: cell.lc(name).get("status", {}).get("phase") == "Failed", 300, "abandoned", cell.log)
-    # It stays abandoned: no new round of attempts (the agent is still connected).
-    time.sleep(4 * RETRY_DELAY_S)
-    status = cell.lc(name)["status"]
-    assert status["phase"] == "Failed"
-    attempts = [
-        line
-        for line in cell.log.read_text().splitlines()
-        if '"pivot attempt failed"' in line and f'"cluster": "{name}"' in line
-    ]
-    assert len(attempts) == cell_flow.MAX_PIVOT_ATTEMPTS
-    print(f"\n{name}: {status['message']}")
-    assert status["message"].startswith(f"pivot abandoned after {cell_flow.MAX_PIVOT_ATTEMPTS} attempts")
-    assert status["pivot"]["attempt"] == cell_flow.MAX_PIVOT_ATTEMPTS
-    assert "fault-3-stray-0 is still provisioning the node" in status["pivot"]["lastError"]
-    pivoted = next(c for c in status["conditions"] if c["type"] == "Pivoted")
-    assert (pivoted["status"], pivoted["reason"]) == ("False", "PivotFailed")
-    # The source stays in charge: all of it still on the cell, the Cluster not paused...
-    source = moved_objects(toolchain, cell.kubeconfig, name)
-    assert {o["kind"] for o in source} >= {"Cluster", "KubeadmControlPlane", "MachineDeployment", "Machine"}
-    cluster = next(o for o in source if o["kind"] == "Cluster")
-    assert not cluster["spec"].get("paused")
-    assert "cluster.x-k8s.io/paused" not in (cluster["metadata"].get("annotations") or {})
-    # ...and nothing of it was imported into the child.
-    assert not moved_objects(toolchain, child_kubeconfig(cell, name), name)
-
-
-def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) -> None:
-    grpc, bootstrap = free_port(), free_port()
-    child_cell = local_cluster(
-        "region-1",
-        cell.name,
-        workers=1,
-        parentConfig={"host": "127.0.0.1", "grpcPort": grpc, "bootstrapPort": bootstrap},
-    )
-    cell.control_plane.apply([child_cell])
-    wait_for(
-        lambda: cell.lc("region-1").get("status", {}).get("phase") == "Ready", 240, "region-1 Ready", cell.log
-    )
-    region = child_kubeconfig(cell, "region-1")
-    grandchild = json.dumps(local_cluster("edge-1", "region-1", workers=1))
-    kubectl_apply = [str(toolchain.kubectl), f"--kubeconfig={region}", "apply", "-f", "-"]
-    subprocess.run(kubectl_apply, input=grandchild, text=True, check=True, capture_output=True)
-
-    def edge_ready() -> bool:
-        out = json.loads(kubectl(toolchain, region, "get", "lc", "edge-1", "-o", "json"))
-        return bool((out.get("status") or {}).get("phase") == "Ready")
-
-    wait_for(edge_ready, 300, "edge-1 Ready on region-1")
-    # The grandchild's agent dials its direct parent (region-1's ports), not the root cell.
-    booted = sorted(machines_dir(cell).glob("edge-1-control-plane-*/machine.json"))
-    assert booted, "region-1's own local provider booted edge-1 (in the machines directory it shares)"
-    edge_agent = agent_log(machines_dir(cell), "edge-1").read_text()
-    assert f"127.0.0.1:{grpc}" in edge_agent
-    assert f"127.0.0.1:{cell.grpc_port}" not in edge_agent
-    # The root cell never saw edge-1.
-    assert "edge-1" not in cell.kubectl("get", "lc", "-o", "name")

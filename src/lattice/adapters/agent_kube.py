@@ -2,9 +2,10 @@
 
 ``KubePivotImporter`` is the child's half of a pivot: it writes the export's ``*.yaml`` files to
 a fresh directory and runs ``clusterctl move --from-directory`` into its own API server (which
-skips objects that already exist, so a retried import does not duplicate anything), restores the
-status the import dropped, and finally stores the cluster's own LatticeCluster (sent alongside
-the export) with its pivoted status, so the cluster's operator takes over.
+skips objects that already exist, so a retried import does not duplicate anything), then stores
+the cluster's own LatticeCluster (sent alongside the export) with its pivoted status, so the
+cluster's operator takes over. The status of the Cluster API objects, which the import drops, is
+not written: the cluster's own controllers recompute it, as after any ``clusterctl move``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ruamel.yaml import YAML
 
-from lattice.adapters.concurrency import gather_settled
 from lattice.domain import agent, cell, pivot
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
@@ -95,33 +94,12 @@ class KubePivotImporter:
                 raise ExecutionError(str(exc)) from exc
         finally:
             await asyncio.to_thread(shutil.rmtree, directory, True)
-        await self._restore_statuses(objects)
         if own:
             await self._store_own_cluster(json.loads(own[0].content))
         log.info(
             "pivot imported",
             extra={"cluster": command.cluster_name, "objects": len(objects), "pivot_id": command.pivot_id},
         )
-
-    async def _restore_statuses(self, objects: Sequence[pivot.ExportedObject]) -> None:
-        async def restore(oid: pivot.ObjectId, status: dict[str, Any]) -> None:
-            body: dict[str, Any] = {
-                "apiVersion": oid.api_version,
-                "kind": oid.kind,
-                "metadata": {"name": oid.name, **({"namespace": oid.namespace} if oid.namespace else {})},
-                "status": status,
-            }
-            try:
-                await self.api.apply_status(body, PIVOT_FIELD_MANAGER)
-            except kube.KubeError as exc:
-                raise ExecutionError(f"restoring the status of {oid}: {exc}") from exc
-
-        # Independent writes (the objects exist already): all at once, the first failure reported.
-        _, error = await gather_settled(
-            restore(oid, status) for oid, status in pivot.statuses_to_restore(objects)
-        )
-        if error is not None:
-            raise error
 
     async def _store_own_cluster(self, lattice_cluster: Obj) -> None:
         status = lattice_cluster.pop("status", None)

@@ -71,11 +71,6 @@ def register(subparsers: Any) -> None:
         "--machines-dir", type=Path, help="where local machines live (default: under --state-dir)"
     )
     cell.add_argument(
-        "--local-provider",
-        action="store_true",
-        help="also run the local infrastructure provider (control planes as local processes)",
-    )
-    cell.add_argument(
         "--local-infra",
         action="store_true",
         help="run the contract-shaped local infrastructure provider (LocalCluster, LocalMachine); "
@@ -108,9 +103,6 @@ def run_manifests(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
-    if args.local_provider and args.local_infra:
-        print("lattice operator: --local-provider and --local-infra exclude each other", file=sys.stderr)
-        return 2
     duration = args.lease_duration
     cell = None
     cell_endpoint = args.cell_endpoint
@@ -122,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             bind_host=args.bind_host,
             agent_image=args.agent_image,
-            local_provider=args.local_provider,
             local_infra=args.local_infra,
             machines_dir=args.machines_dir,
         )

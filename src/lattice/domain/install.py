@@ -95,7 +95,7 @@ def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
     parent = spec.get("parentConfig")
     if not parent:
         return []
-    args = [
+    return [
         "--cell-host",
         parent["host"],
         "--bootstrap-port",
@@ -107,6 +107,3 @@ def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
         "--state-dir",
         state_dir,
     ]
-    if is_local(spec):
-        args.append("--local-provider")
-    return args

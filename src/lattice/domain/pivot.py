@@ -1,11 +1,10 @@
 """The pure parts of a pivot: reading a ``clusterctl move --to-directory`` export, deciding what
-to restore and delete, and checking that every object sits exactly once on exactly one side.
+to delete, and checking that every object sits exactly once on exactly one side.
 
 ``clusterctl move`` writes one file per object, named ``Kind_Namespace_Name.yaml``, each holding
 the full object as JSON (status, uid and managedFields included). ``--from-directory`` recreates
-the objects owners-first but drops ``.status`` (the status subresource ignores it on create), so
-Lattice restores status from the export; without it the child could never move its own objects
-on (the to-directory preflight reads provisioning status).
+the objects owners-first but drops ``.status`` (the status subresource ignores it on create);
+the target's own Cluster API controllers recompute it, as after any move.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ DELETE_FOR_MOVE = "clusterctl.cluster.x-k8s.io/delete-for-move"
 # Labels and annotations that differ legitimately between the two sides.
 _VOLATILE_ANNOTATIONS = frozenset({DELETE_FOR_MOVE, "cluster.x-k8s.io/paused"})
 # Kinds without a status subresource (their status, if any, is part of the object).
-_NO_STATUS_SUBRESOURCE = frozenset({"Secret", "ConfigMap", "Namespace"})
 # Delete order in the source: dependants before what they depend on; the Cluster last.
 _DELETE_RANK = {
     "Machine": 0,
@@ -57,13 +55,6 @@ class ExportedObject:
     id: ObjectId
     body: dict[str, Any]
 
-    @property
-    def status(self) -> dict[str, Any] | None:
-        status = self.body.get("status")
-        if self.id.kind in _NO_STATUS_SUBRESOURCE or not isinstance(status, dict) or not status:
-            return None
-        return status
-
 
 def object_id(obj: Mapping[str, Any]) -> ObjectId:
     meta = obj.get("metadata", {})
@@ -93,11 +84,6 @@ def parse_export(files: Iterable[tuple[str, bytes]]) -> list[ExportedObject] | l
             continue
         objects.append(ExportedObject(name, object_id(body), body))
     return errors if errors else sorted(objects, key=lambda o: o.file_name)
-
-
-def statuses_to_restore(objects: Sequence[ExportedObject]) -> list[tuple[ObjectId, dict[str, Any]]]:
-    """The statuses ``--from-directory`` dropped, to be written through the status subresource."""
-    return [(o.id, o.status) for o in objects if o.status is not None]
 
 
 def _delete_rank(oid: ObjectId) -> int:

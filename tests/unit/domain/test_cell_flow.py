@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lattice.domain import cell, conditions, install, local_machines, models, reconcile
+from lattice.domain import cell, conditions, install, models, reconcile
 from lattice.domain.models import ConditionStatus, Phase, PivotStep
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -121,63 +121,6 @@ CLUSTER = {
 }
 
 
-def test_local_machine_decisions() -> None:
-    assert local_machines.is_local(CLUSTER)
-    assert not local_machines.is_local({"spec": {}})
-    assert not local_machines.is_paused(CLUSTER)
-    assert local_machines.is_paused({"spec": {"paused": True}, "metadata": {}})
-    assert local_machines.moving(
-        {"metadata": {"annotations": {"clusterctl.cluster.x-k8s.io/delete-for-move": ""}}}
-    )
-    obj = {
-        "kind": "KubeadmControlPlane",
-        "metadata": {"ownerReferences": [{"uid": "x", "controller": False}]},
-    }
-    patch = local_machines.owner_patch(obj, CLUSTER)
-    assert patch is not None
-    refs = patch["metadata"]["ownerReferences"]
-    assert [r["uid"] for r in refs] == ["x", "uid-c"]
-    obj["metadata"]["ownerReferences"] = refs
-    assert local_machines.owner_patch(obj, CLUSTER) is None
-    kinds = [{"kind": k} for k in ("Cluster", "Namespace", "LocalCluster", "Machine", "MachineDeployment")]
-    assert [o["kind"] for o in local_machines.owned_by_cluster(kinds)] == [
-        "LocalCluster",
-        "MachineDeployment",
-    ]
-    secret = local_machines.kubeconfig_secret(CLUSTER, b"kc")
-    assert secret["metadata"]["name"] == "c-kubeconfig"
-    assert secret["data"]["value"] == "a2M="
-    status = local_machines.cluster_status(NOW)
-    assert status["initialization"] == {"infrastructureProvisioned": True, "controlPlaneInitialized": True}
-    kcp = {
-        "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2",
-        "kind": "KubeadmControlPlane",
-        "metadata": {"name": "c-control-plane", "uid": "k"},
-        "spec": {
-            "kubeadmConfigSpec": {
-                "files": [
-                    {
-                        "path": "/etc/lattice/ca.crt",
-                        "contentFrom": {"secret": {"name": "s", "key": "ca.crt"}},
-                    },
-                    {"path": "/x", "content": "inline"},
-                ],
-                "postKubeadmCommands": ["echo hi"],
-            }
-        },
-    }
-    machine, local_machine = local_machines.control_plane_machines(CLUSTER, kcp, "v1.36.3")
-    assert machine["metadata"]["ownerReferences"][0]["uid"] == "k"
-    assert local_machine["spec"]["providerID"] == "local://c/c-control-plane-0"
-    assert local_machines.machine_status("n")["nodeRef"] == {"name": "n"}
-    assert local_machines.bootstrap_files(kcp) == [("/etc/lattice/ca.crt", "s", "ca.crt")]
-    assert local_machines.post_kubeadm_commands(kcp) == ["echo hi"]
-    provisioned = {"status": {"initialization": {"provisioned": True}}}
-    assert local_machines.provisioned_elsewhere(provisioned, booted_here=False)
-    assert not local_machines.provisioned_elsewhere(provisioned, booted_here=True)
-    assert local_machines.local_cluster_status() == {"initialization": {"provisioned": True}}
-
-
 def test_install_resource_set_and_selectors() -> None:
     secret, crs = install.agent_resource_set("mgmt", "kind: X\n")
     assert secret["type"] == install.CRS_SECRET_TYPE
@@ -211,11 +154,9 @@ def test_cell_operator_args() -> None:
         "127.0.0.1",
         "--state-dir",
         "/s",
-        "--local-provider",
     ]
     named = install.cell_operator_args(
         {"parentConfig": {"host": "cell.example"}, "provider": {"type": "aws"}}, "/s"
     )
     assert named[named.index("--bind-host") + 1] == "0.0.0.0"
-    assert "--local-provider" not in named
     assert Path("/s").name == "s"

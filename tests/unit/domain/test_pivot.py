@@ -26,7 +26,7 @@ def files(*objects: dict[str, Any]) -> list[tuple[str, bytes]]:
     ]
 
 
-def test_parse_export_and_statuses_to_restore() -> None:
+def test_parse_export() -> None:
     cluster = obj(
         "Cluster", "w1", spec={"paused": True}, status={"initialization": {"infrastructureProvisioned": True}}
     )
@@ -38,10 +38,10 @@ def test_parse_export_and_statuses_to_restore() -> None:
     assert len(parsed) == 3
     names = [o.file_name for o in parsed]
     assert names == sorted(names)
-    restore = pivot.statuses_to_restore(parsed)
-    assert [(str(i), s) for i, s in restore] == [
-        ("Cluster capi-w1/w1", {"initialization": {"infrastructureProvisioned": True}})
-    ]
+    by_id = {str(o.id): o for o in parsed}
+    assert by_id["Cluster capi-w1/w1"].body["status"] == {
+        "initialization": {"infrastructureProvisioned": True}
+    }
 
 
 def test_parse_export_reports_every_bad_file() -> None:

@@ -13,7 +13,6 @@ import base64
 import ipaddress
 import json
 import logging
-import random
 from pathlib import Path
 
 from attrs import frozen
@@ -28,7 +27,6 @@ from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import yamlio
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
-from lattice.app.local_provider import LocalProvider
 from lattice.app.operator.cell import CellCoordinator
 from lattice.app.operator.controller import ClusterController
 from lattice.domain import agent, agent_payload, capi, child_capi, crds, deploy, install, models
@@ -48,7 +46,6 @@ class CellSettings:
     state_dir: Path
     bind_host: str = "127.0.0.1"
     agent_image: str = "ghcr.io/lattice-dev/lattice:0.1.0"
-    local_provider: bool = False
     # Children use the contract-shaped local provider and the real CAPI managers: each is sent
     # the CAPI CRDs to pivot into, and its operator runs its own provider and managers after.
     local_infra: bool = False
@@ -142,7 +139,6 @@ class CellRuntime:
         self.grpc: CellGrpcServer | None = None
         self.webhook: RegistrationServer | None = None
         self.coordinator: CellCoordinator | None = None
-        self.local_provider: LocalProvider | None = None
         self._child_capi_crds: bytes | None = None
         self.catalog = CatalogService(
             ServiceCatalog(controller.context.self_name or "cell"), controller.clock
@@ -166,7 +162,6 @@ class CellRuntime:
         cell_args = install.cell_operator_args(spec, deploy.STATE_DIR)
         infra_args: list[str] = []
         if self.settings.local_infra and install.is_local(spec):
-            cell_args = [a for a in cell_args if a != "--local-provider"]
             infra_args = [
                 "--local-infra",
                 "--capi-managers",
@@ -244,16 +239,6 @@ class CellRuntime:
         forwarder.target = self.coordinator
         await self.grpc.start()
         await self.webhook.start()
-        if self.settings.local_provider:
-            self.local_provider = LocalProvider(
-                self.controller.api,
-                toolchain,
-                self.settings.state_dir / "local-provider",
-                self.controller.clock,
-                random=random.Random().random,  # noqa: S311 - jitter
-                machines_dir=self.settings.machines_dir,
-            )
-            self._tasks.append(asyncio.create_task(self.local_provider.run(self._stop)))
         if self.settings.local_infra:
             await self._load_child_capi_crds()
         self._tasks.append(

@@ -1,0 +1,55 @@
+"""A child that is a cell creates its own children, whose agents dial their direct parent (real
+control planes, the real Cluster API controllers in every cluster)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from lattice.adapters.binaries import Toolchain
+from lattice.adapters.controlplane import free_port
+from tests.e2e.conftest import (
+    Cell,
+    agent_log,
+    child_kubeconfig,
+    kubectl,
+    local_cluster,
+    machines_dir,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) -> None:
+    grpc, bootstrap = free_port(), free_port()
+    child_cell = local_cluster(
+        "region-1",
+        cell.name,
+        workers=1,
+        parentConfig={"host": "127.0.0.1", "grpcPort": grpc, "bootstrapPort": bootstrap},
+    )
+    cell.control_plane.apply([child_cell])
+    wait_for(
+        lambda: cell.lc("region-1").get("status", {}).get("phase") == "Ready", 240, "region-1 Ready", cell.log
+    )
+    region = child_kubeconfig(cell, "region-1")
+    grandchild = json.dumps(local_cluster("edge-1", "region-1", workers=1))
+    kubectl_apply = [str(toolchain.kubectl), f"--kubeconfig={region}", "apply", "-f", "-"]
+    subprocess.run(kubectl_apply, input=grandchild, text=True, check=True, capture_output=True)
+
+    def edge_ready() -> bool:
+        out = json.loads(kubectl(toolchain, region, "get", "lc", "edge-1", "-o", "json"))
+        return bool((out.get("status") or {}).get("phase") == "Ready")
+
+    wait_for(edge_ready, 300, "edge-1 Ready on region-1")
+    # The grandchild's agent dials its direct parent (region-1's ports), not the root cell.
+    booted = sorted(machines_dir(cell).glob("edge-1-control-plane-*/machine.json"))
+    assert booted, "region-1's own local provider booted edge-1 (in the machines directory it shares)"
+    edge_agent = agent_log(machines_dir(cell), "edge-1").read_text()
+    assert f"127.0.0.1:{grpc}" in edge_agent
+    assert f"127.0.0.1:{cell.grpc_port}" not in edge_agent
+    # The root cell never saw edge-1.
+    assert "edge-1" not in cell.kubectl("get", "lc", "-o", "name")
