@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
-from lattice.adapters.controlplane import ControlPlane
+from lattice.adapters.clock import SystemClock
+from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.local_machine_host import HEARTBEAT_SECONDS, LocalMachineHost
+from lattice.app.local_infra import LocalInfraProvider
 from lattice.testing.fixtures import ControlPlaneFactory
 
 
@@ -23,3 +31,23 @@ def managed(control_plane_factory: ControlPlaneFactory) -> Iterator[tuple[Contro
         yield cp, managers
     finally:
         managers.stop()
+
+
+@contextlib.asynccontextmanager
+async def local_infra(
+    cp: ControlPlane, machines: Path, *, heartbeat_seconds: float = HEARTBEAT_SECONDS
+) -> AsyncIterator[LocalMachineHost]:
+    """The contract-shaped local provider running against ``cp``, its machines under
+    ``machines``; every machine it booted is stopped afterwards."""
+    api = await Kr8sKube.connect(str(cp.kubeconfig))
+    host = LocalMachineHost(cp.toolchain, machines, SystemClock(), heartbeat_seconds=heartbeat_seconds)
+    provider = LocalInfraProvider(api, host, SystemClock(), random=random.random, free_port=free_port)
+    stop = asyncio.Event()
+    running = asyncio.create_task(provider.run(stop))
+    try:
+        yield host
+    finally:
+        stop.set()
+        await running
+        for machine in host.machines():
+            await host.stop(machine)

@@ -5,20 +5,16 @@ and as a Warning Event, instead of a silent wait."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lattice.adapters.capi_managers import CapiManagers
-from lattice.adapters.clock import SystemClock
-from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.adapters.local_machine_host import LocalMachineHost
-from lattice.app.local_infra import LocalInfraProvider
+from tests.integration.conftest import local_infra
 from tests.integration.operator.conftest import CELL, eventually, lc_ref, operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -34,56 +30,48 @@ async def test_bootstrap_data_cabpk_cannot_render_is_reported(
 ) -> None:
     cp, _ = managed
     api = await Kr8sKube.connect(str(cp.kubeconfig))
-    host = LocalMachineHost(cp.toolchain, tmp_path / "machines", SystemClock())
-    provider = LocalInfraProvider(api, host, SystemClock(), random=random.random, free_port=free_port)
-    stop = asyncio.Event()
-    running = asyncio.create_task(provider.run(stop))
-    try:
-        async with operator(cp, context=CELL):
-            await api.create(
-                {
-                    "apiVersion": "lattice.dev/v1alpha1",
-                    "kind": "LatticeCluster",
-                    "metadata": {"name": "broken"},
-                    "spec": {
-                        "cellRef": "mgmt",
-                        "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
-                        "nodes": {"controlPlane": 1, "workers": 0},
-                    },
-                }
-            )
+    async with local_infra(cp, tmp_path / "machines") as host, operator(cp, context=CELL):
+        await api.create(
+            {
+                "apiVersion": "lattice.dev/v1alpha1",
+                "kind": "LatticeCluster",
+                "metadata": {"name": "broken"},
+                "spec": {
+                    "cellRef": "mgmt",
+                    "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
+                    "nodes": {"controlPlane": 1, "workers": 0},
+                },
+            }
+        )
 
-            async def reported() -> dict[str, Any] | None:
-                lc = await api.get(lc_ref("broken"))
-                for cond in (lc.get("status") or {}).get("conditions") or []:
-                    if cond["type"] == "ProvisioningHealthy" and cond["status"] == "False":
-                        return dict(cond)
-                return None
-
-            health = await eventually(reported, within=180, what="ProvisioningHealthy=False")
-            assert health["reason"] == "BootstrapDataFailed"
-            assert "Failed to prepare spec.files" in health["message"]
-            assert "broken-lattice-registration" in health["message"]
+        async def reported() -> dict[str, Any] | None:
             lc = await api.get(lc_ref("broken"))
-            assert lc["status"]["phase"] == "Provisioning"
-            assert lc["status"]["message"] == health["message"]
+            for cond in (lc.get("status") or {}).get("conditions") or []:
+                if cond["type"] == "ProvisioningHealthy" and cond["status"] == "False":
+                    return dict(cond)
+            return None
 
-            events = json.loads(
-                cp.kubectl(
-                    "get",
-                    "events",
-                    "-n",
-                    "default",
-                    "--field-selector",
-                    "involvedObject.name=broken",
-                    "-o",
-                    "json",
-                ).stdout
-            )["items"]
-            warnings = [e for e in events if e["type"] == "Warning"]
-            assert [e["reason"] for e in warnings] == ["BootstrapDataFailed"]
-            assert "Failed to prepare spec.files" in warnings[0]["message"]
-            assert host.machines() == [], "no machine boots without bootstrap data"
-    finally:
-        stop.set()
-        await running
+        health = await eventually(reported, within=180, what="ProvisioningHealthy=False")
+        assert health["reason"] == "BootstrapDataFailed"
+        assert "Failed to prepare spec.files" in health["message"]
+        assert "broken-lattice-registration" in health["message"]
+        lc = await api.get(lc_ref("broken"))
+        assert lc["status"]["phase"] == "Provisioning"
+        assert lc["status"]["message"] == health["message"]
+
+        events = json.loads(
+            cp.kubectl(
+                "get",
+                "events",
+                "-n",
+                "default",
+                "--field-selector",
+                "involvedObject.name=broken",
+                "-o",
+                "json",
+            ).stdout
+        )["items"]
+        warnings = [e for e in events if e["type"] == "Warning"]
+        assert [e["reason"] for e in warnings] == ["BootstrapDataFailed"]
+        assert "Failed to prepare spec.files" in warnings[0]["message"]
+        assert host.machines() == [], "no machine boots without bootstrap data"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,14 @@ import pytest
 
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.clock import SystemClock
-from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
-from lattice.app.local_infra import LocalInfraProvider
 from lattice.domain import crds, deploy
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 from tests.compiled import with_post_kubeadm
+from tests.integration.conftest import local_infra
 from tests.integration.test_capi_managers import NAME, NAMESPACE, REGISTRATION_SECRET, compiled, condition
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(420)]
@@ -67,11 +66,6 @@ async def test_real_capi_brings_up_a_local_cluster(
 ) -> None:
     cp, _ = managed
     cp.apply(objects())
-    api = await Kr8sKube.connect(str(cp.kubeconfig))
-    host = LocalMachineHost(cp.toolchain, tmp_path / "machines", SystemClock(), heartbeat_seconds=2.0)
-    provider = LocalInfraProvider(api, host, SystemClock(), random=random.random, free_port=free_port)
-    stop = asyncio.Event()
-    running = asyncio.create_task(provider.run(stop))
 
     def get(kind: str, name: str = "") -> Any:
         args = ["get", kind, *([name] if name else []), "-n", NAMESPACE, "-o", "json"]
@@ -91,7 +85,7 @@ async def test_real_capi_brings_up_a_local_cluster(
         left = get("machines,localmachines,kubeadmcontrolplanes,machinedeployments")["items"]
         return not left and get("clusters")["items"] == []
 
-    try:
+    async with local_infra(cp, tmp_path / "machines", heartbeat_seconds=2.0) as host:
         try:
             await wait_until("KCP controlPlaneInitialized (kubeadm-config seen by the real KCP)", initialized)
             machines = await wait_until("three Machines Running with a nodeRef", machines_running)
@@ -160,9 +154,7 @@ async def test_real_capi_brings_up_a_local_cluster(
 
         # Mirror pods follow the real processes: a dead scheduler shows as a failed pod.
         scheduler = next(
-            pid
-            for pid in host.pids()
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "kube-scheduler"
+            pid for pid in host.pids() if Path(f"/proc/{pid}/comm").read_text().strip() == "kube-scheduler"
         )
         os.kill(scheduler, signal.SIGKILL)
 
@@ -203,11 +195,6 @@ async def test_real_capi_brings_up_a_local_cluster(
             raise
         assert host.pids() == []
         assert host.machines() == []
-    finally:
-        stop.set()
-        await running
-        for machine in host.machines():
-            await host.stop(machine)
 
 
 async def test_a_failing_bootstrap_command_is_reported_and_its_machine_released(
@@ -220,11 +207,6 @@ async def test_a_failing_bootstrap_command_is_reported_and_its_machine_released(
     failing = 'echo "registration refused" >&2; exit 3'
     registration = next(o for o in objects() if o["kind"] == "Secret")
     cp.apply([*with_post_kubeadm(compiled(control_plane=1, workers=1), [failing]), registration])
-    api = await Kr8sKube.connect(str(cp.kubeconfig))
-    host = LocalMachineHost(cp.toolchain, tmp_path / "machines", SystemClock(), heartbeat_seconds=2.0)
-    provider = LocalInfraProvider(api, host, SystemClock(), random=random.random, free_port=free_port)
-    stop = asyncio.Event()
-    running = asyncio.create_task(provider.run(stop))
 
     def get(kind: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(
@@ -239,7 +221,7 @@ async def test_a_failing_bootstrap_command_is_reported_and_its_machine_released(
                 return machine
         return None
 
-    try:
+    async with local_infra(cp, tmp_path / "machines", heartbeat_seconds=2.0) as host:
         failed = await wait_until("the LocalMachine to report BootFailed", boot_failed)
         message = (condition(failed, "Ready") or {})["message"]
         assert "runcmd[1] exited with code 3" in message
@@ -256,8 +238,3 @@ async def test_a_failing_bootstrap_command_is_reported_and_its_machine_released(
 
         await wait_until("the Cluster and its Machines deleted", all_gone)
         assert host.pids() == []
-    finally:
-        stop.set()
-        await running
-        for machine in host.machines():
-            await host.stop(machine)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,15 +23,14 @@ from lattice.adapters.agent_kube import KubePivotImporter
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
-from lattice.adapters.clock import SystemClock
 from lattice.adapters.clusterctl import ClusterctlMover
-from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
-from lattice.app.local_infra import LocalInfraProvider
 from lattice.domain import agent, capi_reports, models, pivot
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.compiled import compiled_local, with_post_kubeadm
+from tests.integration.conftest import local_infra
 from tests.moved import MOVED_KINDS, move_graph
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(420)]
@@ -64,12 +62,7 @@ async def provisioned_graph(source: ControlPlane, tmp: Path) -> AsyncIterator[Lo
     """The compiled objects on ``source``, brought up by the real managers and the local provider
     until clusterctl's move preflight passes (every Machine has its Node)."""
     source.apply(compiled())
-    api = await Kr8sKube.connect(str(source.kubeconfig))
-    host = LocalMachineHost(source.toolchain, tmp / "machines", SystemClock())
-    provider = LocalInfraProvider(api, host, SystemClock(), random=random.random, free_port=free_port)
-    stop = asyncio.Event()
-    running = asyncio.create_task(provider.run(stop))
-    try:
+    async with local_infra(source, tmp / "machines") as host:
         deadline = asyncio.get_running_loop().time() + 240
         while True:
             listed = json.loads(
@@ -81,11 +74,6 @@ async def provisioned_graph(source: ControlPlane, tmp: Path) -> AsyncIterator[Lo
             assert asyncio.get_running_loop().time() < deadline, f"not provisioned in 240 s: {blockers}"
             await asyncio.sleep(1.0)
         yield host
-    finally:
-        stop.set()
-        await running
-        for machine in host.machines():
-            await host.stop(machine)
 
 
 # What the real controllers add to the move graph of the E2E tests' kinds: MachineSets,

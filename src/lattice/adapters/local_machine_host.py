@@ -462,8 +462,10 @@ class LocalMachineHost:
         if not isinstance(pid, int):
             return False
         popen = self._spawned.get(pid)
-        if popen is not None and popen.poll() is not None:
-            return False
+        if popen is not None:
+            # Started here: its exit status is the truth. (Its command line is the parent's
+            # until it has exec'd, so reading /proc right after the spawn would say "not it".)
+            return popen.poll() is None
         return _is_kubelet_of(pid, mdir)
 
     def _terminate(self, pid: object, mdir: Path) -> None:
