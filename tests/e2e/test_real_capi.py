@@ -62,7 +62,17 @@ def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolc
         "Machine",
     ]
     machines = [o for o in moved if o["kind"] == "Machine"]
-    assert all(m["status"].get("nodeRef", {}).get("name") == m["metadata"]["name"] for m in machines)
+
+    def node_refs_recomputed() -> bool:
+        # The import drops status; the child's own controllers set each nodeRef again.
+        found = json.loads(kubectl(toolchain, child, "get", "machines", "-n", "capi-rc-1", "-o", "json"))[
+            "items"
+        ]
+        return len(found) == 2 and all(
+            (m.get("status") or {}).get("nodeRef", {}).get("name") == m["metadata"]["name"] for m in found
+        )
+
+    wait_for(node_refs_recomputed, 120, "the child's CAPI to set the nodeRefs again")
     nodes = json.loads(kubectl(toolchain, child, "get", "nodes", "-o", "json"))["items"]
     assert {n["metadata"]["name"] for n in nodes} == {m["metadata"]["name"] for m in machines}
     secrets = kubectl(toolchain, child, "get", "secrets", "-n", "capi-rc-1", "-o", "name")
