@@ -20,7 +20,6 @@ import atexit
 import base64
 import contextlib
 import json
-import os
 import subprocess
 import threading
 import time
@@ -38,6 +37,7 @@ from lattice.adapters.controlplane import (
     ControlPlane,
     ControlPlaneError,
     ManagedProcess,
+    clean_env,
     crd_name_of_file,
     free_port,
     http_ok,
@@ -121,9 +121,7 @@ class KubeconfigTarget:
         return True
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-        env["KUBERC"] = "off"
-        return env
+        return clean_env()
 
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None

@@ -98,6 +98,14 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without the caller's ``KUBE*`` settings (a process started
+    for one cluster must never pick up another's ``KUBECONFIG``), with kubectl's rc off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["KUBERC"] = "off"
+    return env
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -355,9 +363,7 @@ class ControlPlane:
         self.scheduler_port = free_port()
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-        env["KUBERC"] = "off"
-        return env
+        return clean_env()
 
     def env(self) -> dict[str, str]:
         """The environment its processes run with (no ``KUBE*`` variables of the caller)."""

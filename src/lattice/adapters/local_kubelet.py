@@ -35,7 +35,7 @@ import attrs
 from ruamel.yaml import YAML
 
 from lattice.adapters.binaries import Toolchain
-from lattice.adapters.controlplane import ControlPlane, ManagedProcess
+from lattice.adapters.controlplane import ControlPlane, ManagedProcess, clean_env
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.domain import conditions, kubeadm_node, local_pods, yaml_text
 from lattice.domain.local_kubelet import STATUS_FILE, KubeletConfig, KubeletStatus, Phase, dump_status
@@ -238,7 +238,7 @@ class LocalKubelet:
         return self.machine_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
 
     def _pod_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env = clean_env()
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -51,6 +51,7 @@ from ruamel.yaml import YAML
 
 from lattice.adapters import pki
 from lattice.adapters.binaries import Toolchain
+from lattice.adapters.controlplane import clean_env
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.domain import kubeadm_node, yaml_text
 from lattice.domain.bootstrap_data import (
@@ -213,9 +214,8 @@ class LocalMachineHost:
         return machine
 
     def _env(self, root: Path, machine: _Machine | None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env = clean_env()
         env["PATH"] = f"{self.toolchain.bin_dir}{os.pathsep}{env.get('PATH', '')}"
-        env["KUBERC"] = "off"
         env["LATTICE_BOOTSTRAP_DIR"] = str(root / "etc" / "lattice")
         env["LATTICE_MACHINE_ROOT"] = str(root)
         admin = root / "etc" / "kubernetes" / "admin.conf"
@@ -405,7 +405,7 @@ class LocalMachineHost:
         )
         (mdir / CONFIG_FILE).write_text(dump_config(kubelet_config))
         (mdir / STATUS_FILE).unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env = clean_env()
         env.update(
             LATTICE_BIN_DIR=str(self.toolchain.bin_dir),
             LATTICE_CRD_DIR=str(self.toolchain.crd_dir),
