@@ -5,7 +5,11 @@ what CABPK rendered from the compiled KubeadmControlPlane), its agent runs in th
 with its own ServiceAccount token, and the pivot moves the graph the real controllers own.
 
 After the pivot the child runs its own provider and managers: raising its workers from 1 to 2
-on the child gives a second worker Machine and Node, made by the child's own CAPI."""
+on the child gives a second worker Machine and Node, made by the child's own CAPI.
+
+Deleting the child's LatticeCluster on the cell unpivots it: the child's agent hands the graph
+back over its outbound stream, the cell's own CAPI deletes the machines, and nothing of the
+child is left on either side."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from typing import Any
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, wait_for
+from lattice.adapters.local_processes import processes_under
+from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, machines_dir, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -108,3 +113,41 @@ def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolc
     nodes = json.loads(kubectl(toolchain, child, "get", "nodes", "-o", "json"))["items"]
     assert {w["metadata"]["name"] for w in workers} <= {n["metadata"]["name"] for n in nodes}
     assert "rc-1" not in cell.kubectl("get", MOVED_KINDS, "-A", "-o", "name", check=False)
+
+    # Deleting it on the cell: the child's agent sends its graph back (ClusterDeleting), the
+    # cell imports it, and the cell's CAPI deletes the Machines and releases the machines.
+    machines = machines_dir(cell)
+    assert _machine_pids(cell, "rc-1")
+    deleting_at = time.monotonic()
+    cell.kubectl("delete", "lc", "rc-1", "--wait=false")
+    steps: list[str] = []
+
+    def gone() -> bool:
+        found = cell.kubectl("get", "lc", "rc-1", "-o", "json", "--ignore-not-found")
+        if not found.strip():
+            return True
+        status = json.loads(found).get("status") or {}
+        step = f"{status.get('phase')}/{(status.get('unpivot') or {}).get('step')}: {status.get('message')}"
+        if not steps or steps[-1] != step:
+            steps.append(step)
+            print(f"  {time.monotonic() - deleting_at:6.1f} s  {step}")
+        return False
+
+    try:
+        wait_for(gone, 300, "rc-1 deleted from the cell (unpivot, then the machines)", cell.log)
+    finally:
+        print(cell.kubectl("get", "lc,clusters,machines,localmachines", "-A", "-o", "wide", check=False))
+    took = time.monotonic() - deleting_at
+    print(f"rc-1 deleted from the cell (unpivot and machines released) in {took:.1f} s")
+    assert any("Imported" in step or "Released" in step for step in steps), steps
+    wait_for(lambda: not _machine_pids(cell, "rc-1"), 60, "every process of rc-1 to end")
+    assert not list(machines.glob("rc-1-*")), "a released machine's directory is left"
+    assert "rc-1" not in cell.kubectl("get", f"{MOVED_KINDS},secrets", "-A", "-o", "name", check=False)
+    wait_for(
+        lambda: "capi-rc-1" not in cell.kubectl("get", "namespaces", "-o", "name"), 60, "capi-rc-1 deleted"
+    )
+    assert not (cell.state_dir / "pivots" / "rc-1").exists()
+
+
+def _machine_pids(cell: Cell, cluster: str) -> list[int]:
+    return [pid for machine in machines_dir(cell).glob(f"{cluster}-*") for pid in processes_under(machine)]

@@ -330,7 +330,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             await self._attach(session, message.ready)
         elif kind == "cluster_health":
             await self._update(cluster, health=agent_wire.health_from_pb(message.cluster_health))
-        elif kind == "cluster_deleting":
+        elif kind == "cluster_deleting" and not message.cluster_deleting.command_id:
             reason = message.cluster_deleting.reason or "deleting"
             await self._update(cluster, deleting_reason=reason)
         elif kind in discovery_wire.AGENT_DISCOVERY_KINDS:

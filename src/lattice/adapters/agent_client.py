@@ -48,7 +48,7 @@ from lattice.domain import agent
 from lattice.domain.backoff import Backoff, jittered
 from lattice.domain.discovery import messages as discovery
 from lattice.domain.heartbeat import HeartbeatPolicy
-from lattice.ports.agent import ClusterProbe, ManifestApplier, PivotImporter
+from lattice.ports.agent import ClusterProbe, ManifestApplier, PivotImporter, Unpivoter
 from lattice.ports.discovery import AgentDiscoveryHandler, ParentUnavailable
 from lattice.proto.agent.v1 import agent_grpc
 from lattice.proto.agent.v1 import agent_pb2 as pb
@@ -95,6 +95,7 @@ class AgentRunner:
         on_heartbeat_rtt: Callable[[float], None] | None = None,
         on_connected: Callable[[], None] | None = None,
         discovery: AgentDiscoveryHandler | None = None,
+        unpivoter: Unpivoter | None = None,
     ) -> None:
         self.settings = settings
         self._ssl = ssl_context
@@ -107,6 +108,7 @@ class AgentRunner:
         self._on_rtt = on_heartbeat_rtt
         self._on_connected = on_connected
         self._discovery = discovery
+        self._unpivoter = unpivoter
         self._stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand] | None = None
         self._send_lock = asyncio.Lock()
         self._done: OrderedDict[str, agent.Reply] = OrderedDict()
@@ -323,6 +325,10 @@ class AgentRunner:
             del self._sent_at[old]
         health = await self._probe.health()
         name = self.settings.cluster_name
+        if self._unpivoter is not None:
+            reason = await self._unpivoter.deleting()
+            if reason is not None:  # every beat until the cell takes the objects back
+                await self._send(agent_wire.deleting_notice(name, reason))
         if health != self._last_health:
             self._last_health = health
             await self._send(
@@ -427,6 +433,8 @@ class AgentRunner:
             return agent.BootstrapResult(command_id=command_id, success=True)
         if isinstance(command, agent.PivotManifests):
             return await self._pivot(command_id, command)
+        if isinstance(command, agent.Unpivot | agent.UnpivotComplete):
+            return await self._unpivot(command_id, command)
         await self._applier.apply(command.manifests)
         return agent.CommandResult(command_id=command_id, success=True)
 
@@ -447,6 +455,25 @@ class AgentRunner:
         self._pivot_failed = False
         self._self_managed = True
         return agent.PivotResult(command_id=command_id, pivot_id=command.pivot_id, success=True)
+
+    async def _unpivot(self, command_id: str, command: agent.Unpivot | agent.UnpivotComplete) -> agent.Reply:
+        if command.cluster_name != self.settings.cluster_name:
+            return agent.failure_reply(
+                command,
+                command_id,
+                f"clusterName is {command.cluster_name!r} but this agent belongs to "
+                f"{self.settings.cluster_name!r}",
+            )
+        if self._unpivoter is None:
+            return agent.failure_reply(
+                command, command_id, "this agent has no access to its cluster (run it with --kubeconfig)"
+            )
+        if isinstance(command, agent.UnpivotComplete):
+            await self._unpivoter.release(command)
+            return agent.CommandResult(command_id=command_id, success=True)
+        files = await self._unpivoter.export_own(command)
+        reason = await self._unpivoter.deleting() or "the cell is deleting this cluster"
+        return agent.UnpivotExport(command_id=command_id, success=True, files=files, reason=reason)
 
     async def _reply(self, reply: agent.Reply) -> None:
         message = agent_wire.reply_to_pb(self.settings.cluster_name, reply)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from lattice.domain import agent, cell, pivot
+from lattice.domain import agent, capi, cell, models, pivot
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
-from lattice.ports.kube import KubeApi, Obj
+from lattice.ports.kube import KubeApi, Obj, ResourceRef
 from lattice.ports.mover import ClusterMover, MoveError
 
 log = logging.getLogger("lattice.agent.kube")
@@ -126,6 +126,108 @@ class KubePivotImporter:
         return any(
             ((item.get("status") or {}).get("pivot") or {}).get("step") == "Complete" for item in listed.items
         )
+
+
+class KubeUnpivoter:
+    """The agent's half of deleting its self-managing cluster (see docs/lifecycle.md).
+
+    The cell asks for the objects; this pauses the cluster's own Cluster (its controllers stop
+    acting on it), exports the graph with ``clusterctl move --to-directory`` and returns the
+    files. A cell that still has children refuses, naming them, unless it is annotated
+    ``lattice.dev/cascade-delete=true``: then it deletes them and refuses until they are gone.
+    Once the cell holds the objects, :meth:`release` marks the own LatticeCluster so that the
+    cluster's operator drops its finalizer (and deletes it, when the deletion started on the
+    cell)."""
+
+    def __init__(self, api: KubeApi, mover: ClusterMover, kubeconfig: Path, cluster_name: str) -> None:
+        self.api = api
+        self.mover = mover
+        self.kubeconfig = kubeconfig
+        self.cluster_name = cluster_name
+
+    def _own_ref(self) -> ResourceRef:
+        return ResourceRef(models.API_VERSION, models.KIND, self.cluster_name)
+
+    async def _own(self) -> Obj | None:
+        try:
+            return await self.api.get(self._own_ref())
+        except kube.NotFound:
+            return None
+
+    async def deleting(self) -> str | None:
+        try:
+            own = await self._own()
+        except kube.KubeError as exc:
+            log.debug("cannot read the own LatticeCluster: %s", exc)
+            return None
+        if own is None or not own["metadata"].get("deletionTimestamp"):
+            return None
+        if cell.annotated(own, cell.UNPIVOTED_ANNOTATION):
+            return None
+        return f"LatticeCluster {self.cluster_name} was deleted on the cluster itself"
+
+    async def export_own(self, command: agent.Unpivot) -> tuple[agent.MoveFile, ...]:
+        try:
+            await self._refuse_with_children()
+            namespace = command.capi_namespace or models.capi_namespace(self.cluster_name)
+            directory = Path(tempfile.mkdtemp(prefix=f"lattice-unpivot-{self.cluster_name}-"))
+            try:
+                # clusterctl refuses a paused Cluster: unpause a previous request's pause.
+                await self._set_paused(namespace, paused=False)
+                exported = await self.mover.export(self.kubeconfig, namespace, directory)
+                await self._set_paused(namespace, paused=True)
+                files = tuple(agent.MoveFile(f.name, f.read_bytes()) for f in sorted(exported))
+            finally:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+        except kube.KubeError as exc:
+            raise ExecutionError(f"exporting the cluster's Cluster API objects: {exc}") from exc
+        except MoveError as exc:
+            raise ExecutionError(str(exc)) from exc
+        if not files:
+            raise ExecutionError(f"namespace {namespace} holds no Cluster API objects to hand back")
+        log.info("unpivot: exported", extra={"cluster": self.cluster_name, "objects": len(files)})
+        return files
+
+    async def _refuse_with_children(self) -> None:
+        listed = await self.api.list(models.API_VERSION, models.KIND)
+        children = cell.own_children(listed.items, self.cluster_name)
+        if not children:
+            return
+        own = await self._own()
+        if own is None or not cell.annotated(own, cell.CASCADE_ANNOTATION):
+            raise ExecutionError(
+                f"{self.cluster_name} is a cell with children ({', '.join(children)}): delete them "
+                f"first, or annotate {cell.CASCADE_ANNOTATION}=true on its LatticeCluster to delete "
+                "them with it"
+            )
+        for child in children:
+            try:
+                await self.api.delete(ResourceRef(models.API_VERSION, models.KIND, child))
+            except kube.NotFound:
+                continue
+        raise ExecutionError(f"deleting the children first ({', '.join(children)})")
+
+    async def _set_paused(self, namespace: str, *, paused: bool) -> None:
+        ref = ResourceRef(f"{capi.CLUSTER_API}/v1beta2", "Cluster", self.cluster_name, namespace)
+        try:
+            await self.api.merge_patch(ref, {"spec": {"paused": True if paused else None}})
+        except kube.NotFound:
+            return
+
+    async def release(self, command: agent.UnpivotComplete) -> None:
+        try:
+            own = await self._own()
+            if own is None:
+                return
+            patch = {"metadata": {"annotations": {cell.UNPIVOTED_ANNOTATION: "true"}}}
+            await self.api.merge_patch(self._own_ref(), patch)
+            if not own["metadata"].get("deletionTimestamp"):
+                await self.api.delete(self._own_ref())
+        except kube.NotFound:
+            return
+        except kube.KubeError as exc:
+            raise ExecutionError(f"releasing the own LatticeCluster: {exc}") from exc
+        log.info("unpivot: released", extra={"cluster": self.cluster_name})
 
 
 class KubeClusterProbe:

@@ -10,6 +10,7 @@ for what they do:
   were asked to do (optionally failing on demand);
 * :class:`DirectoryManifestApplier` and :class:`DirectoryPivotImporter` write what they receive
   into a directory (what ``lattice agent --record-dir`` uses);
+* :class:`RecordingUnpivoter` hands back fixed files and remembers what it was asked;
 * :class:`UnconfiguredApplier` refuses every command with a clear message;
 * :class:`StaticClusterProbe` reports fixed facts.
 """
@@ -51,6 +52,32 @@ class InMemoryAgentStatusSink:
         """Wait until ``predicate(latest)`` holds (raises TimeoutError after ``within`` s)."""
         async with asyncio.timeout(within), self._changed:
             await self._changed.wait_for(lambda: predicate(self.latest))
+
+
+class RecordingUnpivoter:
+    def __init__(
+        self,
+        files: tuple[agent.MoveFile, ...] = (),
+        deleting_reason: str | None = None,
+        fail_with: str | None = None,
+    ) -> None:
+        self.files = files
+        self.deleting_reason = deleting_reason
+        self.fail_with = fail_with
+        self.exported: list[agent.Unpivot] = []
+        self.released: list[agent.UnpivotComplete] = []
+
+    async def deleting(self) -> str | None:
+        return None if self.released else self.deleting_reason
+
+    async def export_own(self, command: agent.Unpivot) -> tuple[agent.MoveFile, ...]:
+        if self.fail_with is not None:
+            raise ExecutionError(self.fail_with)
+        self.exported.append(command)
+        return self.files
+
+    async def release(self, command: agent.UnpivotComplete) -> None:
+        self.released.append(command)
 
 
 class RecordingManifestApplier:

@@ -37,9 +37,7 @@ _STATE_TO_PB = {
     agent.AgentState.DEGRADED: pb.AGENT_STATE_DEGRADED,
     agent.AgentState.FAILED: pb.AGENT_STATE_FAILED,
 }
-_STATE_FROM_PB: dict[int, agent.AgentState] = {
-    int(value): key for key, value in _STATE_TO_PB.items()
-}
+_STATE_FROM_PB: dict[int, agent.AgentState] = {int(value): key for key, value in _STATE_TO_PB.items()}
 
 
 def state_to_pb(state: agent.AgentState) -> pb.AgentState.ValueType:
@@ -98,6 +96,18 @@ def command_to_pb(command_id: str, command: agent.Command) -> pb.CellCommand:
                 files=[pb.MoveFile(name=f.name, content=f.content) for f in command.files],
             ),
         )
+    if isinstance(command, agent.Unpivot):
+        return pb.CellCommand(
+            command_id=command_id,
+            unpivot=pb.UnpivotCommand(
+                cluster_name=command.cluster_name, capi_namespace=command.capi_namespace
+            ),
+        )
+    if isinstance(command, agent.UnpivotComplete):
+        return pb.CellCommand(
+            command_id=command_id,
+            unpivot_complete=pb.UnpivotComplete(cluster_name=command.cluster_name),
+        )
     return pb.CellCommand(
         command_id=command_id,
         sync_resources=pb.SyncDistributedResourcesCommand(
@@ -126,6 +136,12 @@ def command_from_pb(message: pb.CellCommand) -> agent.Command | None:
             manifests=tuple(message.sync_resources.manifests),
             full_sync=message.sync_resources.full_sync,
         )
+    if kind == "unpivot":
+        return agent.Unpivot(
+            cluster_name=message.unpivot.cluster_name, capi_namespace=message.unpivot.capi_namespace
+        )
+    if kind == "unpivot_complete":
+        return agent.UnpivotComplete(cluster_name=message.unpivot_complete.cluster_name)
     return None
 
 
@@ -160,6 +176,18 @@ def reply_to_pb(cluster_name: str, reply: agent.Reply) -> pb.AgentMessage:
         if reply.health is not None:
             response.health.CopyFrom(health_to_pb(reply.health))
         return pb.AgentMessage(cluster_name=cluster_name, status_response=response)
+    if isinstance(reply, agent.UnpivotExport):
+        return pb.AgentMessage(
+            cluster_name=cluster_name,
+            cluster_deleting=pb.ClusterDeleting(
+                cluster_name=cluster_name,
+                reason=reply.reason,
+                command_id=reply.command_id,
+                success=reply.success,
+                error_message=reply.error,
+                files=[pb.MoveFile(name=f.name, content=f.content) for f in reply.files],
+            ),
+        )
     return pb.AgentMessage(
         cluster_name=cluster_name,
         command_result=pb.CommandResult(
@@ -198,7 +226,24 @@ def reply_from_pb(message: pb.AgentMessage) -> agent.Reply | None:
         return agent.CommandResult(
             command_id=result.command_id, success=result.success, error=result.error_message
         )
+    if kind == "cluster_deleting" and message.cluster_deleting.command_id:
+        deleting = message.cluster_deleting
+        return agent.UnpivotExport(
+            command_id=deleting.command_id,
+            success=deleting.success,
+            error=deleting.error_message,
+            files=tuple(agent.MoveFile(name=f.name, content=f.content) for f in deleting.files),
+            reason=deleting.reason,
+        )
     return None
+
+
+def deleting_notice(cluster_name: str, reason: str) -> pb.AgentMessage:
+    """The unsolicited ClusterDeleting: the agent's own LatticeCluster is being deleted."""
+    return pb.AgentMessage(
+        cluster_name=cluster_name,
+        cluster_deleting=pb.ClusterDeleting(cluster_name=cluster_name, reason=reason),
+    )
 
 
 # --- bounded frames --------------------------------------------------------------------------
@@ -247,9 +292,7 @@ async def _read_frame(raw: Any, message_type: type[_M], limit: int) -> _M | None
             Status.INVALID_ARGUMENT, f"truncated gRPC message (announced {length} bytes)"
         ) from exc
     if len(body) != length:
-        raise FrameError(
-            Status.INVALID_ARGUMENT, f"truncated gRPC message (announced {length} bytes)"
-        )
+        raise FrameError(Status.INVALID_ARGUMENT, f"truncated gRPC message (announced {length} bytes)")
     try:
         message = message_type.FromString(body)
     except (DecodeError, ValueError, RuntimeError) as exc:

@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -158,6 +159,8 @@ class LocalMachineHost:
         if record is not None:
             await anyio.to_thread.run_sync(self._terminate, record.get("pid"), self.machine_dir(machine))
             self._record_path(machine).unlink(missing_ok=True)
+        # A released machine's disk goes with it, as a cloud's does.
+        await anyio.to_thread.run_sync(shutil.rmtree, self.machine_dir(machine), True)
 
     async def close(self) -> None:
         """Nothing to stop: the machines run on, each with its own kubelet stand-in."""

@@ -245,7 +245,8 @@ async def _run_with_cluster(
 ) -> None:
     """The agent on a real cluster: its commands act on the cluster's own API server."""
     api = await Kr8sKube.connect(str(args.kubeconfig))
-    importer = agent_kube.KubePivotImporter(api, ClusterctlMover(locate().clusterctl), args.kubeconfig)
+    mover = ClusterctlMover(locate().clusterctl)
+    importer = agent_kube.KubePivotImporter(api, mover, args.kubeconfig)
     wiring = AgentDiscoveryWiring(api, found, SystemClock()) if found is not None else None
     runner = agent_client.AgentRunner(
         settings,
@@ -254,6 +255,7 @@ async def _run_with_cluster(
         importer=importer,
         probe=agent_kube.KubeClusterProbe(api, importer, args.kubernetes_version),
         discovery=wiring.handler if wiring is not None else None,
+        unpivoter=agent_kube.KubeUnpivoter(api, mover, args.kubeconfig, args.cluster_name),
     )
     if wiring is None:
         await _run_until_signalled(runner)

@@ -92,7 +92,24 @@ class SyncResources:
     full_sync: bool = False
 
 
-Command = ApplyManifests | StatusQuery | PivotManifests | SyncResources
+@frozen
+class Unpivot:
+    """Hand this cluster's CAPI objects back to the cell (its LatticeCluster is being deleted).
+    Reply: :class:`UnpivotExport`."""
+
+    cluster_name: str
+    capi_namespace: str
+
+
+@frozen
+class UnpivotComplete:
+    """The cell holds the objects now; the agent lets its own LatticeCluster go.
+    Reply: :class:`CommandResult`."""
+
+    cluster_name: str
+
+
+Command = ApplyManifests | StatusQuery | PivotManifests | SyncResources | Unpivot | UnpivotComplete
 
 
 # --- replies (agent -> cell) -----------------------------------------------------------------
@@ -131,13 +148,26 @@ class CommandResult:
     error: str = ""
 
 
-Reply = BootstrapResult | PivotResult | StatusReport | CommandResult
+@frozen
+class UnpivotExport:
+    """Reply to :class:`Unpivot` (``ClusterDeleting`` on the wire): the cluster's own export."""
+
+    command_id: str
+    success: bool
+    error: str = ""
+    files: tuple[MoveFile, ...] = ()
+    reason: str = ""
+
+
+Reply = BootstrapResult | PivotResult | StatusReport | CommandResult | UnpivotExport
 
 _REPLY_TYPE: dict[type[object], type[object]] = {
     ApplyManifests: BootstrapResult,
     StatusQuery: StatusReport,
     PivotManifests: PivotResult,
     SyncResources: CommandResult,
+    Unpivot: UnpivotExport,
+    UnpivotComplete: CommandResult,
 }
 
 
@@ -162,9 +192,9 @@ def failure_reply(command: Command | None, command_id: str, error: str) -> Reply
     if isinstance(command, ApplyManifests):
         return BootstrapResult(command_id=command_id, success=False, error=error)
     if isinstance(command, PivotManifests):
-        return PivotResult(
-            command_id=command_id, pivot_id=command.pivot_id, success=False, error=error
-        )
+        return PivotResult(command_id=command_id, pivot_id=command.pivot_id, success=False, error=error)
+    if isinstance(command, Unpivot):
+        return UnpivotExport(command_id=command_id, success=False, error=error)
     return CommandResult(command_id=command_id, success=False, error=error)
 
 
@@ -230,19 +260,28 @@ def pivot_errors(command: PivotManifests, own_cluster: str) -> Iterator[FieldErr
         yield FieldError(("pivotManifests", "capiNamespace"), "must not be empty")
     if not command.pivot_id:
         yield FieldError(("pivotManifests", "pivotId"), "must not be empty")
-    if not command.files:
-        yield FieldError(("pivotManifests", "files"), "must hold at least one file")
-    if len(command.files) > MAX_PIVOT_FILES:
-        yield FieldError(("pivotManifests", "files"), f"more than {MAX_PIVOT_FILES} files")
+    yield from _file_errors("pivotManifests", command.files)
+
+
+def unpivot_errors(reply: UnpivotExport) -> Iterator[FieldError]:
+    """Problems with the files a child sent back, before any is written to disk."""
+    yield from _file_errors("clusterDeleting", reply.files)
+
+
+def _file_errors(message: str, files: tuple[MoveFile, ...]) -> Iterator[FieldError]:
+    """File names become paths in a scratch directory handed to ``clusterctl move
+    --from-directory``: they must be plain names (no directories, no ``..``), unique."""
+    if not files:
+        yield FieldError((message, "files"), "must hold at least one file")
+    if len(files) > MAX_PIVOT_FILES:
+        yield FieldError((message, "files"), f"more than {MAX_PIVOT_FILES} files")
     seen: set[str] = set()
-    for index, move_file in enumerate(command.files):
+    for index, move_file in enumerate(files):
         if not _FILE_NAME.match(move_file.name) or move_file.name in {".", ".."}:
             yield FieldError(
-                ("pivotManifests", "files", index, "name"),
+                (message, "files", index, "name"),
                 f"{move_file.name!r} is not a plain file name (letters, digits, '.', '_', '-')",
             )
         elif move_file.name in seen:
-            yield FieldError(
-                ("pivotManifests", "files", index, "name"), f"{move_file.name!r} appears twice"
-            )
+            yield FieldError((message, "files", index, "name"), f"{move_file.name!r} appears twice")
         seen.add(move_file.name)

@@ -14,13 +14,28 @@ from typing import Any
 import attrs
 
 from lattice.domain import conditions, lifecycle, models, serde
-from lattice.domain.models import ConditionStatus, Phase, PivotStatus, PivotStep
+from lattice.domain.models import (
+    ConditionStatus,
+    Phase,
+    PivotStatus,
+    PivotStep,
+    UnpivotStatus,
+    UnpivotStep,
+)
 
 MAX_PIVOT_ATTEMPTS = 5
 # Set on the LatticeCluster a child holds of itself: created by a pivot, so it is Ready at once
 # (status cannot be written on create; this keeps the child's operator from starting over).
 PIVOTED_ANNOTATION = "lattice.dev/pivoted-from"
 LATTICE_CLUSTER_FILE_PREFIX = "LatticeCluster__"
+# Deletion. Set by the agent on its own LatticeCluster once the cell holds the cluster's CAPI
+# objects again (the unpivot is done): the cluster's operator may then drop its finalizer.
+UNPIVOTED_ANNOTATION = "lattice.dev/unpivoted"
+# Set by an administrator: delete the LatticeCluster without unpivoting or deleting the
+# infrastructure (its machines keep running, owned by nobody). For a parent that is gone.
+ABANDON_ANNOTATION = "lattice.dev/abandon-infrastructure"
+# Set by an administrator on a cell: deleting it deletes its children first.
+CASCADE_ANNOTATION = "lattice.dev/cascade-delete"
 
 
 class StepRejected(ValueError):
@@ -246,3 +261,101 @@ def child_copy(raw: dict[str, Any], status: models.LatticeClusterStatus) -> dict
 
 def child_copy_file_name(cluster_name: str) -> str:
     return f"{LATTICE_CLUSTER_FILE_PREFIX}{cluster_name}.json"
+
+
+# --------------------------------------------------------------------------- unpivot
+
+
+def annotated(raw: dict[str, Any], annotation: str) -> bool:
+    return ((raw.get("metadata") or {}).get("annotations") or {}).get(annotation) == "true"
+
+
+def _deleting(
+    status: models.LatticeClusterStatus,
+    unpivot: UnpivotStatus,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+) -> models.LatticeClusterStatus:
+    conds = _condition(
+        status, conditions.DELETING, ConditionStatus.TRUE, reason, message, now, status.observed_generation
+    )
+    conds = conditions.set_condition(
+        conds,
+        conditions.READY,
+        ConditionStatus.FALSE,
+        "Deleting",
+        "the cluster is being deleted",
+        now=now,
+        generation=status.observed_generation,
+    )
+    return attrs.evolve(status, phase=Phase.DELETING, unpivot=unpivot, message=message, conditions=conds)
+
+
+def unpivot_requested(
+    status: models.LatticeClusterStatus, name: str, now: dt.datetime
+) -> models.LatticeClusterStatus:
+    if not pivoted_away(status):
+        raise StepRejected("the cluster does not hold its own objects; nothing to take back")
+    if status.unpivot is not None and status.unpivot.step is not UnpivotStep.REQUESTED:
+        raise StepRejected(f"the unpivot is past the request ({status.unpivot.step.value})")
+    return _deleting(
+        status,
+        UnpivotStatus(step=UnpivotStep.REQUESTED),
+        "Unpivoting",
+        f"asking {name}'s agent to hand its Cluster API objects back to this cell",
+        now,
+    )
+
+
+def unpivot_waiting(
+    status: models.LatticeClusterStatus, error: str, now: dt.datetime
+) -> models.LatticeClusterStatus:
+    """The request failed (refused by the child, or no agent): keep asking, and say why."""
+    if status.unpivot is None or status.unpivot.step is not UnpivotStep.REQUESTED:
+        raise StepRejected("no unpivot request pending")
+    message = (
+        f"waiting to take the cluster's Cluster API objects back: {error}; to delete this "
+        f"record and leave the machines running, annotate {ABANDON_ANNOTATION}=true"
+    )
+    return _deleting(status, attrs.evolve(status.unpivot, last_error=error), "UnpivotPending", message, now)
+
+
+def unpivot_imported(
+    status: models.LatticeClusterStatus, objects: int, now: dt.datetime
+) -> models.LatticeClusterStatus:
+    if status.unpivot is None or status.unpivot.step is not UnpivotStep.REQUESTED:
+        raise StepRejected("no unpivot request pending")
+    return _deleting(
+        status,
+        UnpivotStatus(step=UnpivotStep.IMPORTED, objects=objects),
+        "Unpivoted",
+        f"{objects} Cluster API objects are back on this cell; telling the cluster to let go",
+        now,
+    )
+
+
+def unpivot_released(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
+    if status.unpivot is None or status.unpivot.step is not UnpivotStep.IMPORTED:
+        raise StepRejected("the objects are not back on this cell")
+    return _deleting(
+        status,
+        attrs.evolve(status.unpivot, step=UnpivotStep.RELEASED),
+        "DeletingCapiObjects",
+        "deleting the cluster's Cluster API objects",
+        now,
+    )
+
+
+def unpivot_done(status: models.LatticeClusterStatus) -> bool:
+    """Whether the cell holds a pivoted child's objects again and may delete them."""
+    return status.unpivot is not None and status.unpivot.step is UnpivotStep.RELEASED
+
+
+def own_children(items: list[dict[str, Any]], own_name: str) -> list[str]:
+    """The LatticeClusters this cell created (``spec.cellRef`` names it), by name."""
+    return sorted(
+        str(item["metadata"]["name"])
+        for item in items
+        if (item.get("spec") or {}).get("cellRef") == own_name and item["metadata"]["name"] != own_name
+    )

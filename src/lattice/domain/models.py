@@ -89,6 +89,17 @@ class PivotStep(enum.StrEnum):
     COMPLETE = "Complete"
 
 
+class UnpivotStep(enum.StrEnum):
+    """Persisted progress of handing a self-managing child's CAPI objects back to its cell."""
+
+    REQUESTED = "Requested"
+    """The cell asked the child's agent for its objects (UnpivotCommand)."""
+    IMPORTED = "Imported"
+    """The objects are back on the cell; the child has not yet let its LatticeCluster go."""
+    RELEASED = "Released"
+    """The child let go (or did not answer in time); the cell deletes the infrastructure."""
+
+
 # --------------------------------------------------------------------------- spec
 
 
@@ -363,6 +374,13 @@ class PivotStatus:
 
 
 @frozen
+class UnpivotStatus:
+    step: UnpivotStep = describe("Last unpivot step reached.")
+    objects: int | None = describe("Number of CAPI objects the child sent back.", default=None, minimum=0)
+    last_error: str | None = describe("Why the last request failed (refused, unreachable).", default=None)
+
+
+@frozen
 class AgentStatus:
     connected: bool = describe("Whether the agent's stream to this cell is up.")
     state: str | None = describe("Last state the agent reported.", default=None)
@@ -382,6 +400,10 @@ class LatticeClusterStatus:
     conditions: tuple[Condition, ...] = describe("Current conditions.", default=())
     capi_namespace: str | None = describe("Namespace of the cluster's Cluster API objects.", default=None)
     pivot: PivotStatus | None = describe("Pivot progress.", default=None)
+    unpivot: UnpivotStatus | None = describe(
+        "Progress of taking a self-managing cluster's CAPI objects back before deleting it.",
+        default=None,
+    )
     agent: AgentStatus | None = describe("The cluster's agent, as seen by its cell.", default=None)
 
 

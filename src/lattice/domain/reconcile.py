@@ -77,6 +77,7 @@ class Plan:
     events: tuple[EventSpec, ...] = ()
     requeue_after: float | None = None
     ignored: str | None = None  # why this object is not this operator's business
+    unpivot: bool = False  # a pivoted child is deleted: the cell must take its objects back
 
     @property
     def writes(self) -> bool:
@@ -112,7 +113,7 @@ def plan_cluster(
     finalizers = tuple(meta.get("finalizers", ()))
     status = _current_status(raw)
     if meta.get("deletionTimestamp"):
-        return _plan_delete(raw, status, capi_objects, finalizers, generation, now)
+        return _plan_delete(raw, status, capi_objects, finalizers, generation, now, context)
     if FINALIZER not in finalizers:
         # Ensure the finalizer first and come back: nothing is created that could leak.
         return Plan(finalizers=(*finalizers, FINALIZER), requeue_after=0.0)
@@ -403,6 +404,44 @@ def _phase_message(phase: Phase, infra: bool, control_plane: bool) -> str:
     return phase.value
 
 
+UNPIVOT_RECHECK_S = 10.0
+
+
+def _without_finalizer(finalizers: tuple[str, ...], *events: EventSpec) -> Plan:
+    return Plan(finalizers=tuple(f for f in finalizers if f != FINALIZER), events=events)
+
+
+def _plan_wait(
+    raw: Mapping[str, Any],
+    status: models.LatticeClusterStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    now: dt.datetime,
+    *,
+    phase: Phase = Phase.DELETING,
+    unpivot: bool = False,
+) -> Plan:
+    """Deletion waits (for a pivot, for the child, for an administrator); the status says why."""
+    conds = conditions.set_condition(
+        status.conditions,
+        conditions.DELETING,
+        ConditionStatus.TRUE,
+        reason,
+        message,
+        now=now,
+        generation=generation,
+    )
+    events = () if status.message == message else (EventSpec("Normal", reason, message),)
+    new_status = attrs.evolve(status, phase=phase, message=message, conditions=conds)
+    return Plan(
+        status=_status_plan(raw, new_status),
+        events=events,
+        requeue_after=UNPIVOT_RECHECK_S,
+        unpivot=unpivot,
+    )
+
+
 def _plan_delete(
     raw: Mapping[str, Any],
     status: models.LatticeClusterStatus,
@@ -410,9 +449,46 @@ def _plan_delete(
     finalizers: tuple[str, ...],
     generation: int,
     now: dt.datetime,
+    context: OperatorContext,
 ) -> Plan:
     if FINALIZER not in finalizers:
         return Plan()
+    name = str(raw.get("metadata", {}).get("name", ""))
+    if cell.annotated(dict(raw), cell.ABANDON_ANNOTATION):
+        return _without_finalizer(
+            finalizers,
+            EventSpec(
+                "Warning",
+                "InfrastructureAbandoned",
+                f"deleted with {cell.ABANDON_ANNOTATION}=true: the cluster's machines and Cluster API "
+                "objects are left as they are",
+            ),
+        )
+    if name == context.self_name:
+        return _plan_delete_self(raw, status, finalizers, generation, now, context)
+    if status.phase is Phase.PIVOTING:
+        # The objects may be on either side: finish the pivot, then take them back.
+        return _plan_wait(
+            raw,
+            status,
+            "WaitingForPivot",
+            "deletion waits for the pivot in progress to finish; the objects are then taken back",
+            generation,
+            now,
+            phase=Phase.PIVOTING,
+        )
+    if cell.pivoted_away(status) and not cell.unpivot_done(status):
+        if status.unpivot is not None:  # the cell's driver owns the Deleting condition now
+            return Plan(requeue_after=UNPIVOT_RECHECK_S, unpivot=True)
+        return _plan_wait(
+            raw,
+            status,
+            "Unpivoting",
+            f"waiting for {name} to hand its Cluster API objects back to this cell",
+            generation,
+            now,
+            unpivot=True,
+        )
     events: list[EventSpec] = []
     conds = conditions.set_condition(
         status.conditions,
@@ -444,8 +520,15 @@ def _plan_delete(
     keys = [ObjectKey.of(o) for o in capi_objects if not o["metadata"].get("deletionTimestamp")]
     remaining = len(capi_objects)
     if remaining == 0:
+        # The namespace goes with the cluster: whatever else was kept there for it (its
+        # registration Secret) is the cluster's too.
         events.append(EventSpec("Normal", "Deleted", "all Cluster API objects are gone"))
-        return Plan(finalizers=tuple(f for f in finalizers if f != FINALIZER), events=tuple(events))
+        namespace = ObjectKey("v1", "Namespace", models.capi_namespace(name), None)
+        return Plan(
+            finalizers=tuple(f for f in finalizers if f != FINALIZER),
+            delete=(namespace,),
+            events=tuple(events),
+        )
     # Delete the Cluster first and let CAPI's controllers cascade; whatever no controller
     # removes (no controllers, or objects they do not own) is deleted once the Cluster is gone.
     clusters = [k for k in keys if k.group_kind == (capi.CLUSTER_API, "Cluster")]
@@ -458,6 +541,45 @@ def _plan_delete(
         status=_status_plan(raw, new_status),
         events=tuple(events),
         requeue_after=DELETION_RECHECK_S,
+    )
+
+
+def _plan_delete_self(
+    raw: Mapping[str, Any],
+    status: models.LatticeClusterStatus,
+    finalizers: tuple[str, ...],
+    generation: int,
+    now: dt.datetime,
+    context: OperatorContext,
+) -> Plan:
+    """A cluster's own LatticeCluster: it never deletes its own infrastructure (it would cut the
+    branch it sits on). Its parent takes the objects back over the agent's stream and deletes
+    them; the agent marks the LatticeCluster when that is done."""
+    if cell.annotated(dict(raw), cell.UNPIVOTED_ANNOTATION):
+        return _without_finalizer(
+            finalizers,
+            EventSpec("Normal", "Unpivoted", "the parent cell holds the cluster's Cluster API objects"),
+        )
+    if context.self_parent is None:
+        return _plan_wait(
+            raw,
+            status,
+            "NoParent",
+            "this cluster has no parent to hand its Cluster API objects to, so it cannot delete "
+            "itself: stop its machines by hand (`lattice down` for the local demo), or annotate "
+            f"{cell.ABANDON_ANNOTATION}=true to delete only this record",
+            generation,
+            now,
+        )
+    return _plan_wait(
+        raw,
+        status,
+        "Unpivoting",
+        "the agent is handing the cluster's Cluster API objects back to its parent cell, which "
+        "then deletes the machines; if the parent is gone for good, annotate "
+        f"{cell.ABANDON_ANNOTATION}=true to delete only this record",
+        generation,
+        now,
     )
 
 

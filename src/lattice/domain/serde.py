@@ -40,6 +40,7 @@ _LENIENT: frozenset[type] = frozenset(
         models.LatticeClusterStatus,
         models.Condition,
         models.PivotStatus,
+        models.UnpivotStatus,
         models.AgentStatus,
     }
 )

@@ -3,8 +3,8 @@
 Cell side: :class:`AgentChannel` (send a command to a connected agent and await its reply) and
 :class:`AgentStatusSink` (where agent state goes: the LatticeCluster status in production).
 
-Agent side: :class:`ManifestApplier`, :class:`PivotImporter` and :class:`ClusterProbe`, through
-which the agent executes commands and reports on its own cluster.
+Agent side: :class:`ManifestApplier`, :class:`PivotImporter`, :class:`Unpivoter` and
+:class:`ClusterProbe`, through which the agent executes commands and reports on its own cluster.
 
 Errors are port-level: :class:`AgentNotConnected`, :class:`CommandTimeout` and
 :class:`CommandFailed` on the cell side; agent-side adapters raise :class:`ExecutionError`
@@ -65,6 +65,24 @@ class ManifestApplier(Protocol):
 class PivotImporter(Protocol):
     async def import_move(self, pivot: agent.PivotManifests) -> None:
         """Import a ``clusterctl move --to-directory`` export; idempotent; raise on failure."""
+        ...
+
+
+class Unpivoter(Protocol):
+    """The agent's half of deleting its self-managing cluster: hand the CAPI objects back."""
+
+    async def deleting(self) -> str | None:
+        """Why this cluster's own LatticeCluster is being deleted, or None when it is not (or
+        the cell already holds the objects)."""
+        ...
+
+    async def export_own(self, command: agent.Unpivot) -> tuple[agent.MoveFile, ...]:
+        """Pause the cluster's own Cluster and export its graph (``clusterctl move
+        --to-directory``); raise :class:`ExecutionError` to refuse (a cell with children)."""
+        ...
+
+    async def release(self, command: agent.UnpivotComplete) -> None:
+        """The cell holds the objects: mark the own LatticeCluster so its operator lets go."""
         ...
 
 

@@ -128,6 +128,7 @@ async def running_agent(
     applier: agent_local.RecordingManifestApplier | None = None,
     tls_server_name: str | None = None,
     host: str = "127.0.0.1",
+    unpivoter: agent_local.RecordingUnpivoter | None = None,
 ) -> AsyncIterator[RunningAgent]:
     applier = applier or agent_local.RecordingManifestApplier()
     importer = importer or agent_local.RecordingPivotImporter()
@@ -149,6 +150,7 @@ async def running_agent(
         importer=importer,
         probe=probe,
         on_heartbeat_rtt=rtts.append,
+        unpivoter=unpivoter,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))

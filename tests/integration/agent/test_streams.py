@@ -68,6 +68,47 @@ async def test_connect_ready_commands_replies_and_heartbeats(cell_pki: Pki):
         assert len(ids) == 4
 
 
+async def test_unpivot_notice_export_and_release(cell_pki: Pki):
+    """A deleted cluster's agent says so on every heartbeat (ClusterDeleting without a command
+    id), answers UnpivotCommand with its export (ClusterDeleting as the reply) and lets go on
+    UnpivotComplete; an agent without access to its cluster refuses with the reason."""
+    files = (agent.MoveFile("Cluster_capi-c1_c1.yaml", b'{"kind":"Cluster"}'),)
+    unpivoter = agent_local.RecordingUnpivoter(files, deleting_reason="deleted on the cluster")
+    async with (
+        running_cell(cell_pki) as cell,
+        running_agent(cell_pki.agent_files("c1"), "c1", cell.port, unpivoter=unpivoter),
+        running_agent(cell_pki.agent_files("c2"), "c2", cell.port),
+    ):
+        await cell.wait_connected("c1")
+        await cell.sink.wait_for(lambda latest: latest["c1"].deleting_reason == "deleted on the cluster", 5)
+        export = await cell.hub.send_command("c1", agent.Unpivot("c1", "capi-c1"), 5)
+        assert export == agent.UnpivotExport(
+            export.command_id, True, files=files, reason="deleted on the cluster"
+        )
+        assert unpivoter.exported == [agent.Unpivot("c1", "capi-c1")]
+        done = await cell.hub.send_command("c1", agent.UnpivotComplete("c1"), 5)
+        assert done == agent.CommandResult(done.command_id, True)
+        assert unpivoter.released == [agent.UnpivotComplete("c1")]
+        other = await cell.hub.send_command("c1", agent.Unpivot("c9", "capi-c9"), 5)
+        assert isinstance(other, agent.UnpivotExport)
+        assert not other.success
+        assert "this agent belongs to 'c1'" in other.error
+
+        await cell.wait_connected("c2")
+        refused = await cell.hub.send_command("c2", agent.Unpivot("c2", "capi-c2"), 5)
+        assert isinstance(refused, agent.UnpivotExport)
+        assert not refused.success
+        assert "--kubeconfig" in refused.error
+    unpivoter.fail_with = "c1 is a cell with children (a)"
+    async with (
+        running_cell(cell_pki) as cell,
+        running_agent(cell_pki.agent_files("c1"), "c1", cell.port, unpivoter=unpivoter),
+    ):
+        await cell.wait_connected("c1")
+        failed = await cell.hub.send_command("c1", agent.Unpivot("c1", "capi-c1"), 5)
+        assert failed == agent.UnpivotExport(failed.command_id, False, "c1 is a cell with children (a)")
+
+
 async def test_failed_commands_come_back_as_failed_replies(cell_pki: Pki):
     applier = agent_local.RecordingManifestApplier(fail_with="the API server said no")
     importer = agent_local.RecordingPivotImporter(fail_with="clusterctl move failed")

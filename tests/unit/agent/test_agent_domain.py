@@ -36,6 +36,10 @@ def test_failure_replies_have_the_right_type():
     assert agent.failure_reply(PIVOT, "i", "e") == agent.PivotResult("i", "p1", False, "e")
     assert agent.failure_reply(None, "i", "e") == agent.CommandResult("i", False, "e")
     assert agent.failure_reply(agent.StatusQuery(), "i", "e") == agent.CommandResult("i", False, "e")
+    assert agent.failure_reply(agent.Unpivot("c1", "ns"), "i", "e") == agent.UnpivotExport("i", False, "e")
+    assert agent.failure_reply(agent.UnpivotComplete("c1"), "i", "e") == agent.CommandResult("i", False, "e")
+    assert agent.answers(agent.Unpivot("c1", "ns"), agent.UnpivotExport("i", True))
+    assert not agent.answers(agent.Unpivot("c1", "ns"), agent.CommandResult("i", True))
 
 
 H_OK = agent.ClusterHealth(3, 3)
@@ -111,6 +115,24 @@ def test_too_many_pivot_files():
     many = tuple(agent.MoveFile(f"f{i}", b"") for i in range(agent.MAX_PIVOT_FILES + 1))
     command = agent.PivotManifests("c1", "ns", "p", many)
     assert any("more than" in e.reason for e in agent.pivot_errors(command, "c1"))
+
+
+def test_unpivot_export_errors_name_the_file():
+    good = agent.UnpivotExport("i", True, files=(agent.MoveFile("Cluster_ns_c1.yaml", b"{}"),))
+    assert list(agent.unpivot_errors(good)) == []
+    empty = list(agent.unpivot_errors(agent.UnpivotExport("i", True)))
+    assert [(e.field, e.reason) for e in empty] == [("clusterDeleting.files", "must hold at least one file")]
+    bad = agent.UnpivotExport(
+        "i",
+        True,
+        files=(
+            agent.MoveFile("../x.yaml", b""),
+            agent.MoveFile("a.yaml", b""),
+            agent.MoveFile("a.yaml", b""),
+        ),
+    )
+    fields = [e.field for e in agent.unpivot_errors(bad)]
+    assert fields == ["clusterDeleting.files[0].name", "clusterDeleting.files[2].name"]
 
 
 def test_move_file_repr_hides_content():

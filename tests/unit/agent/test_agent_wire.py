@@ -35,6 +35,8 @@ commands = st.one_of(
         ).map(tuple),
     ),
     st.builds(agent.SyncResources, manifests=blobs, full_sync=st.booleans()),
+    st.builds(agent.Unpivot, cluster_name=st.text(max_size=10), capi_namespace=st.text(max_size=10)),
+    st.builds(agent.UnpivotComplete, cluster_name=st.text(max_size=10)),
 )
 replies = st.one_of(
     st.builds(agent.BootstrapResult, command_id=ids, success=st.booleans(), error=st.text(max_size=20)),
@@ -54,6 +56,16 @@ replies = st.one_of(
         health=st.none() | health,
     ),
     st.builds(agent.CommandResult, command_id=ids, success=st.booleans(), error=st.text(max_size=20)),
+    st.builds(
+        agent.UnpivotExport,
+        command_id=ids,
+        success=st.booleans(),
+        error=st.text(max_size=20),
+        files=st.lists(
+            st.builds(agent.MoveFile, name=st.text(max_size=10), content=st.binary(max_size=32)), max_size=3
+        ).map(tuple),
+        reason=st.text(max_size=20),
+    ),
 )
 
 
@@ -77,6 +89,10 @@ def test_non_commands_and_non_replies():
     assert agent_wire.command_from_pb(pb.CellCommand(heartbeat_ack=pb.HeartbeatAck(sequence=1))) is None
     assert agent_wire.command_from_pb(pb.CellCommand()) is None
     assert agent_wire.reply_from_pb(pb.AgentMessage(heartbeat=pb.Heartbeat())) is None
+    # An unsolicited ClusterDeleting (no command_id) is a notice, not a reply.
+    notice = agent_wire.deleting_notice("c1", "deleted on the cluster")
+    assert agent_wire.reply_from_pb(pb.AgentMessage.FromString(notice.SerializeToString())) is None
+    assert (notice.cluster_name, notice.cluster_deleting.reason) == ("c1", "deleted on the cluster")
 
 
 @given(states)

@@ -160,3 +160,50 @@ def test_cell_operator_args() -> None:
     )
     assert named[named.index("--bind-host") + 1] == "0.0.0.0"
     assert Path("/s").name == "s"
+
+
+def test_unpivot_steps_in_order_and_out_of_place() -> None:
+    done = cell.imported_status()
+    with pytest.raises(cell.StepRejected):
+        cell.unpivot_requested(status(Phase.PROVISIONING), "w1", NOW)
+    requested = cell.unpivot_requested(done, "w1", NOW)
+    assert requested.phase is Phase.DELETING
+    assert requested.unpivot == models.UnpivotStatus(step=models.UnpivotStep.REQUESTED)
+    assert cell.unpivot_requested(requested, "w1", NOW).unpivot == requested.unpivot  # idempotent
+    waiting = cell.unpivot_waiting(requested, "w1's agent is not connected to this cell", NOW)
+    assert waiting.unpivot is not None
+    assert waiting.unpivot.last_error == "w1's agent is not connected to this cell"
+    assert cell.ABANDON_ANNOTATION in (waiting.message or "")
+    deleting_condition = next(c for c in waiting.conditions if c.type == conditions.DELETING)
+    assert deleting_condition.reason == "UnpivotPending"
+    with pytest.raises(cell.StepRejected):
+        cell.unpivot_released(waiting, NOW)
+    imported = cell.unpivot_imported(waiting, 9, NOW)
+    assert imported.unpivot == models.UnpivotStatus(step=models.UnpivotStep.IMPORTED, objects=9)
+    assert not cell.unpivot_done(imported)
+    for step in (cell.unpivot_waiting, lambda s, *_: cell.unpivot_imported(s, 1, NOW)):
+        with pytest.raises(cell.StepRejected):
+            step(imported, "x", NOW)
+    with pytest.raises(cell.StepRejected):
+        cell.unpivot_requested(imported, "w1", NOW)
+    released = cell.unpivot_released(imported, NOW)
+    assert cell.unpivot_done(released)
+    assert released.unpivot is not None
+    assert released.unpivot.objects == 9
+    ready = next(c for c in released.conditions if c.type == conditions.READY)
+    assert ready.status is ConditionStatus.FALSE
+
+
+def test_annotations_and_children() -> None:
+    raw = {"metadata": {"annotations": {cell.CASCADE_ANNOTATION: "true", cell.ABANDON_ANNOTATION: "yes"}}}
+    assert cell.annotated(raw, cell.CASCADE_ANNOTATION)
+    assert not cell.annotated(raw, cell.ABANDON_ANNOTATION)  # only "true" counts
+    assert not cell.annotated({"metadata": {}}, cell.CASCADE_ANNOTATION)
+    items = [
+        {"metadata": {"name": "c"}, "spec": {"cellRef": "mgmt"}},
+        {"metadata": {"name": "mgmt"}, "spec": {"cellRef": "mgmt"}},
+        {"metadata": {"name": "a"}, "spec": {"cellRef": "mgmt"}},
+        {"metadata": {"name": "x"}, "spec": {"cellRef": "other"}},
+        {"metadata": {"name": "y"}},
+    ]
+    assert cell.own_children(items, "mgmt") == ["a", "c"]

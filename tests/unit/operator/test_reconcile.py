@@ -310,6 +310,8 @@ def test_deletion_deletes_the_cluster_first_then_the_rest_then_the_finalizer() -
     plan = plan_cluster(raw, [], CELL, NOW)
     assert plan.finalizers == ()
     assert plan.events[-1].reason == "Deleted"
+    # The namespace goes with the last pass (with whatever else was kept there for the cluster).
+    assert plan.delete == (ObjectKey("v1", "Namespace", "capi-w1", None),)
 
 
 def test_deletion_waits_for_objects_already_being_deleted() -> None:
@@ -377,3 +379,89 @@ def test_condition_transition_time_moves_only_when_status_flips() -> None:
     assert conditions.get(custom, "Zeta") is not None
     assert conditions.get(custom, "Nope") is None
     assert Phase.READY.value == "Ready"
+
+
+def pivoted(raw: dict[str, Any], **status: Any) -> dict[str, Any]:
+    raw["status"] = {"phase": "Ready", "pivot": {"step": "Complete", "attempt": 1}, **status}
+    return raw
+
+
+def test_a_deleted_pivoted_child_waits_for_its_objects_to_come_back() -> None:
+    raw = deleting(pivoted(lc()))
+    # Nothing of it is on the cell: that is not "all gone", the child holds the objects.
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.unpivot
+    assert plan.finalizers is None
+    assert plan.delete == ()
+    assert plan.status is not None
+    assert plan.status["phase"] == "Deleting"
+    deleting_condition = next(c for c in plan.status["conditions"] if c["type"] == "Deleting")
+    assert deleting_condition["reason"] == "Unpivoting"
+    assert [e.reason for e in plan.events] == ["Unpivoting"]
+    # Once the cell's driver records the unpivot, it owns the Deleting condition: no writes.
+    raw["status"]["unpivot"] = {"step": "Imported", "objects": 9}
+    plan = plan_cluster(raw, desired(lc()), CELL, NOW)
+    assert plan.unpivot
+    assert not plan.writes
+    # Released: the imported objects are deleted as for any cluster.
+    raw["status"]["unpivot"] = {"step": "Released", "objects": 9}
+    plan = plan_cluster(raw, desired(lc()), CELL, NOW)
+    assert not plan.unpivot
+    assert [k.kind for k in plan.delete] == ["Cluster"]
+
+
+def test_a_deletion_during_a_pivot_waits_for_the_pivot_and_keeps_its_phase() -> None:
+    raw = deleting(lc())
+    raw["status"] = {"phase": "Pivoting", "pivot": {"step": "Importing", "attempt": 1}}
+    plan = plan_cluster(raw, desired(lc()), CELL, NOW)
+    assert plan.delete == ()
+    assert plan.finalizers is None
+    assert plan.status is not None
+    assert plan.status["phase"] == "Pivoting"
+    assert plan.status["pivot"]["step"] == "Importing"
+    assert "pivot in progress" in plan.status["message"]
+
+
+def test_abandoning_the_infrastructure_drops_the_finalizer_and_deletes_nothing() -> None:
+    raw = deleting(pivoted(lc()))
+    raw["metadata"]["annotations"] = {cell.ABANDON_ANNOTATION: "true"}
+    plan = plan_cluster(raw, desired(lc()), CELL, NOW)
+    assert plan.finalizers == ()
+    assert plan.delete == ()
+    assert plan.events[0].type == "Warning"
+    assert plan.events[0].reason == "InfrastructureAbandoned"
+
+
+SELF = OperatorContext(self_name="w1", self_parent=capi.ParentEndpoint(host="10.0.0.1"))
+
+
+def test_a_cluster_never_deletes_its_own_infrastructure() -> None:
+    raw = deleting(pivoted(lc()))
+    plan = plan_cluster(raw, desired(lc()), SELF, NOW)
+    assert plan.delete == ()
+    assert plan.finalizers is None
+    assert not plan.unpivot
+    assert plan.status is not None
+    assert plan.status["phase"] == "Deleting"
+    assert "parent cell" in plan.status["message"]
+    # The agent marks it once the parent holds the objects: the finalizer goes.
+    raw["metadata"]["annotations"] = {cell.UNPIVOTED_ANNOTATION: "true"}
+    plan = plan_cluster(raw, desired(lc()), SELF, NOW)
+    assert plan.finalizers == ()
+    assert plan.delete == ()
+    assert plan.events[0].reason == "Unpivoted"
+
+
+def test_a_root_cluster_refuses_to_delete_itself_with_the_steps() -> None:
+    root = OperatorContext(self_name="w1")
+    plan = plan_cluster(deleting(lc()), desired(lc()), root, NOW)
+    assert plan.delete == ()
+    assert plan.finalizers is None
+    assert plan.status is not None
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "Deleting")
+    assert condition["reason"] == "NoParent"
+    assert cell.ABANDON_ANNOTATION in condition["message"]
+    # The same message again is not a new event.
+    again = plan_cluster(with_status(deleting(lc()), plan), desired(lc()), root, NOW)
+    assert again.events == ()
+    assert again.status is None

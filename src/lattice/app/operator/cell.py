@@ -29,7 +29,7 @@ import attrs
 from lattice.adapters.concurrency import gather_settled
 from lattice.app.operator.controller import ClusterController
 from lattice.domain import agent, capi, capi_reports, cell, models, pivot, serde
-from lattice.domain.models import Phase, PivotStep
+from lattice.domain.models import Phase, PivotStep, UnpivotStep
 from lattice.ports import kube
 from lattice.ports.agent import AgentChannel, AgentNotConnected, CommandTimeout
 from lattice.ports.kube import Obj, ResourceRef
@@ -40,6 +40,8 @@ log = logging.getLogger("lattice.cell")
 BOOTSTRAP_TIMEOUT_S = 120.0
 PIVOT_TIMEOUT_S = 300.0
 RETRY_DELAY_S = 2.0
+UNPIVOT_RETRY_S = 5.0
+RELEASE_TIMEOUT_S = 30.0
 
 
 class PivotFailure(RuntimeError):
@@ -70,8 +72,26 @@ class CellCoordinator:
     # The AgentStatusSink port: the hub reports every change of an agent's connection.
     async def record(self, status: agent.AgentStatus) -> None:
         await self._record_agent(status)
+        if status.deleting_reason is not None:
+            await self._delete_requested(status.cluster_name, status.deleting_reason)
         if status.connection is agent.Connection.CONNECTED:
             self.kick(status.cluster_name)
+
+    async def _delete_requested(self, name: str, reason: str) -> None:
+        """The child's own LatticeCluster is being deleted: delete this cell's copy too, which
+        starts the unpivot (a cell's copy of a child is deleted the same way from either side)."""
+        raw = self.controller.clusters.get(None, name)
+        if raw is None or raw["metadata"].get("deletionTimestamp"):
+            return
+        if not cell.pivoted_away(cell.parse_status(raw)):
+            return  # not self-managing: the child's LatticeCluster is not the source of truth
+        log.info(
+            "child deleted on itself; deleting the cell's copy", extra={"cluster": name, "reason": reason}
+        )
+        try:
+            await self.controller.api.delete(ResourceRef(models.API_VERSION, models.KIND, name))
+        except kube.NotFound:
+            return
 
     def kick(self, name: str) -> None:
         """Start (or keep) the driver of ``name``."""
@@ -83,7 +103,7 @@ class CellCoordinator:
         """After a restart: continue every child that was mid-flow and whose agent is here."""
         for obj in self.controller.clusters.items():
             phase = (obj.get("status") or {}).get("phase")
-            if phase in (Phase.BOOTSTRAPPING.value, Phase.PIVOTING.value):
+            if phase in (Phase.BOOTSTRAPPING.value, Phase.PIVOTING.value, Phase.DELETING.value):
                 self.kick(obj["metadata"]["name"])
 
     async def close(self) -> None:
@@ -120,11 +140,17 @@ class CellCoordinator:
         return fresh if fresh is not None else raw
 
     async def _transition(
-        self, name: str, change: Callable[[models.LatticeClusterStatus], models.LatticeClusterStatus]
+        self,
+        name: str,
+        change: Callable[[models.LatticeClusterStatus], models.LatticeClusterStatus],
+        *,
+        deleting: bool = False,
     ) -> models.LatticeClusterStatus | None:
+        """Write ``change`` of the current status. Bootstrap steps stop at a deletion; pivot and
+        unpivot steps (``deleting=True``) go on, as a deletion waits for the pivot to finish."""
         async with self.controller.lock(name):
             raw = self.controller.clusters.get(None, name)
-            if raw is None or raw["metadata"].get("deletionTimestamp"):
+            if raw is None or (raw["metadata"].get("deletionTimestamp") and not deleting):
                 return None
             try:
                 status = change(cell.parse_status(raw))
@@ -140,10 +166,16 @@ class CellCoordinator:
         try:
             while True:
                 raw = self.controller.clusters.get(None, name)
-                if raw is None or name not in self.channel.connected():
+                if raw is None:
                     return
                 status = cell.parse_status(raw)
                 now = self.controller.clock.now()
+                if raw["metadata"].get("deletionTimestamp") and cell.pivoted_away(status):
+                    if cell.unpivot_done(status) or not await self._unpivot(name, status):
+                        return
+                    continue
+                if name not in self.channel.connected():
+                    return
                 if status.phase is Phase.PROVISIONING:
                     if not cell.capi_applied(status):
                         # The reconciler is still applying (or retrying a failed apply); bootstrap
@@ -217,7 +249,7 @@ class CellCoordinator:
             await self._delete_source(namespace, attempt_dir)
             timings["delete"] = _clock() - started
             now = self.controller.clock.now()
-            await self._transition(name, lambda s: cell.pivot_succeeded(s, now))
+            await self._transition(name, lambda s: cell.pivot_succeeded(s, now), deleting=True)
             shutil.rmtree(self.work_dir / name, ignore_errors=True)
             log.info(
                 "pivot complete", extra={"cluster": name, **{k: round(v, 3) for k, v in timings.items()}}
@@ -233,12 +265,100 @@ class CellCoordinator:
             log.warning("pivot attempt failed", extra={"cluster": name, "error": error})
             await self._set_paused(namespace, name, paused=False)
             now = self.controller.clock.now()
-            await self._transition(name, lambda s: cell.pivot_failed(s, error, now))
+            await self._transition(name, lambda s: cell.pivot_failed(s, error, now), deleting=True)
             await asyncio.sleep(RETRY_DELAY_S)
+
+    # ------------------------------------------------------------------ the unpivot
+
+    async def _unpivot(self, name: str, status: models.LatticeClusterStatus) -> bool:
+        """One step of taking a deleted, self-managing child's objects back; False to stop
+        driving (wait for the agent to connect)."""
+        now = self.controller.clock.now()
+        step = status.unpivot.step if status.unpivot is not None else None
+        if step is None:
+            return (
+                await self._transition(name, lambda s: cell.unpivot_requested(s, name, now), deleting=True)
+                is not None
+            )
+        if step is UnpivotStep.REQUESTED:
+            return await self._request_objects(name)
+        # Imported: tell the child (best effort, bounded), then let the reconciler delete.
+        try:
+            reply = await self.channel.send_command(name, agent.UnpivotComplete(name), RELEASE_TIMEOUT_S)
+            if not getattr(reply, "success", False):
+                log.warning(
+                    "the child did not let go", extra={"cluster": name, "error": getattr(reply, "error", "")}
+                )
+        except (AgentNotConnected, CommandTimeout) as exc:
+            log.warning(
+                "the child did not confirm the unpivot; deleting anyway",
+                extra={"cluster": name, "error": str(exc)},
+            )
+        await self._transition(name, lambda s: cell.unpivot_released(s, now), deleting=True)
+        self.controller.queue.add(name)
+        return False
+
+    async def _request_objects(self, name: str) -> bool:
+        namespace = models.capi_namespace(name)
+        if name not in self.channel.connected():
+            await self._unpivot_waiting(name, f"{name}'s agent is not connected to this cell")
+            return False
+        try:
+            reply = await self.channel.send_command(name, agent.Unpivot(name, namespace), PIVOT_TIMEOUT_S)
+        except (AgentNotConnected, CommandTimeout) as exc:
+            await self._unpivot_waiting(name, str(exc))
+            return False
+        if not isinstance(reply, agent.UnpivotExport) or not reply.success:
+            await self._unpivot_waiting(name, getattr(reply, "error", "") or "the agent refused")
+            await asyncio.sleep(UNPIVOT_RETRY_S)
+            return True
+        errors = list(agent.unpivot_errors(reply))
+        exported = pivot.parse_export((f.name, f.content) for f in reply.files) if not errors else []
+        errors.extend(e for e in exported if not isinstance(e, pivot.ExportedObject))
+        if errors:
+            await self._unpivot_waiting(
+                name, "the agent sent an unusable export: " + "; ".join(map(str, errors))
+            )
+            await asyncio.sleep(UNPIVOT_RETRY_S)
+            return True
+        directory = self.work_dir / name / "unpivot"
+        try:
+            if directory.exists():
+                shutil.rmtree(directory)
+            directory.mkdir(parents=True)
+            for move_file in reply.files:
+                (directory / move_file.name).write_bytes(move_file.content)
+            await self.warm_move_kinds()
+            await self.mover.import_(self.cell_kubeconfig, directory)
+        except (MoveError, OSError) as exc:
+            await self._unpivot_waiting(name, f"importing the objects failed: {exc}")
+            await asyncio.sleep(UNPIVOT_RETRY_S)
+            return True
+        await self._await_cached(name)
+        now = self.controller.clock.now()
+        await self._transition(name, lambda s: cell.unpivot_imported(s, len(reply.files), now), deleting=True)
+        shutil.rmtree(self.work_dir / name, ignore_errors=True)
+        log.info("unpivot: objects imported", extra={"cluster": name, "objects": len(reply.files)})
+        return True
+
+    async def _await_cached(self, name: str, within: float = 30.0) -> None:
+        """Wait until the reconciler's informers hold the imported Cluster, so that its deletion
+        pass never mistakes an empty cache for objects already gone."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if any(o.get("kind") == "Cluster" for o in self.controller.observed(name)):
+                return
+            await asyncio.sleep(0.2)
+        raise PivotFailure(f"the imported Cluster of {name} did not appear in the cache within {within} s")
+
+    async def _unpivot_waiting(self, name: str, error: str) -> None:
+        log.info("unpivot waits", extra={"cluster": name, "reason": error})
+        now = self.controller.clock.now()
+        await self._transition(name, lambda s: cell.unpivot_waiting(s, error, now), deleting=True)
 
     async def _step(self, name: str, step: PivotStep, objects: int | None = None) -> None:
         now = self.controller.clock.now()
-        await self._transition(name, lambda s: cell.pivot_step(s, step, now, objects))
+        await self._transition(name, lambda s: cell.pivot_step(s, step, now, objects), deleting=True)
 
     async def _export(self, namespace: str, directory: Path) -> list[Path]:
         """Export the namespace's Cluster graph; keep the source paused afterwards."""

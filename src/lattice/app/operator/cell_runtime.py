@@ -237,6 +237,7 @@ class CellRuntime:
             bootstrap_manifests=self.bootstrap_manifests,
         )
         forwarder.target = self.coordinator
+        self.controller.on_unpivot = self.coordinator.kick
         await self.grpc.start()
         await self.webhook.start()
         if self.settings.local_infra:

@@ -85,6 +85,8 @@ class ClusterController:
         self.reconciled: dict[str, float] = {}  # name → monotonic time of last successful apply
         # A cell sets this: issue a child's bootstrap token before its CAPI objects exist.
         self.before_child_apply: Callable[[str], Awaitable[None]] | None = None
+        # A cell sets this: a deleted, self-managing child's objects must be taken back first.
+        self.on_unpivot: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ wiring
 
@@ -255,6 +257,10 @@ class ClusterController:
         if plan.ignored:
             return None
         if plan.finalizers is not None:
+            if plan.requeue_after != 0.0:  # the last pass of a deletion: what goes with it first
+                for key in plan.delete:
+                    with contextlib.suppress(kube.NotFound):
+                        await self.api.delete(ResourceRef(key.api_version, key.kind, key.name, key.namespace))
             raw = await self._set_finalizers(raw, plan.finalizers)
             if plan.requeue_after != 0.0:  # finalizer removed: deletion completes
                 for event in plan.events:
@@ -262,6 +268,8 @@ class ClusterController:
                 return plan.requeue_after
             # Finalizer in place: carry on in this same pass instead of a queue round trip.
             plan = self._plan(raw, name)
+        if plan.unpivot and self.on_unpivot is not None:
+            self.on_unpivot(name)
         if not plan.writes and not plan.events:
             return plan.requeue_after
         log.info(

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lattice/proto/agent/v1/agent.proto\x12\x10lattice.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x05\n\x0c\x41gentMessage\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12-\n\x05ready\x18\x02 \x01(\x0b\x32\x1c.lattice.agent.v1.AgentReadyH\x00\x12\x41\n\x12\x62ootstrap_complete\x18\x03 \x01(\x0b\x32#.lattice.agent.v1.BootstrapCompleteH\x00\x12\x39\n\x0epivot_complete\x18\x04 \x01(\x0b\x32\x1f.lattice.agent.v1.PivotCompleteH\x00\x12\x30\n\theartbeat\x18\x05 \x01(\x0b\x32\x1b.lattice.agent.v1.HeartbeatH\x00\x12\x39\n\x0e\x63luster_health\x18\x06 \x01(\x0b\x32\x1f.lattice.agent.v1.ClusterHealthH\x00\x12;\n\x0fstatus_response\x18\x07 \x01(\x0b\x32 .lattice.agent.v1.StatusResponseH\x00\x12=\n\x10\x63luster_deleting\x18\x08 \x01(\x0b\x32!.lattice.agent.v1.ClusterDeletingH\x00\x12\x45\n\x14service_announcement\x18\t \x01(\x0b\x32%.lattice.agent.v1.ServiceAnnouncementH\x00\x12<\n\x0c\x63\x61talog_sync\x18\n \x01(\x0b\x32$.lattice.agent.v1.ServiceCatalogSyncH\x00\x12\x37\n\rservice_query\x18\x0b \x01(\x0b\x32\x1e.lattice.agent.v1.ServiceQueryH\x00\x12\x39\n\x0e\x63ommand_result\x18\x0c \x01(\x0b\x32\x1f.lattice.agent.v1.CommandResultH\x00\x42\t\n\x07payload\"l\n\nAgentReady\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x1a\n\x12kubernetes_version\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.lattice.agent.v1.AgentState\"O\n\x11\x42ootstrapComplete\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x15\n\rerror_message\x18\x03 \x01(\t\"]\n\rPivotComplete\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x12\n\ncommand_id\x18\x03 \x01(\t\x12\x10\n\x08pivot_id\x18\x04 \x01(\t\"y\n\tHeartbeat\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.lattice.agent.v1.AgentState\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"M\n\rClusterHealth\x12\x13\n\x0bready_nodes\x18\x01 \x01(\x05\x12\x13\n\x0btotal_nodes\x18\x02 \x01(\x05\x12\x12\n\nconditions\x18\x03 \x03(\t\"\xb5\x01\n\x0eStatusResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.lattice.agent.v1.AgentState\x12\x1a\n\x12kubernetes_version\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12/\n\x06health\x18\x05 \x01(\x0b\x32\x1f.lattice.agent.v1.ClusterHealth\"7\n\x0f\x43lusterDeleting\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"K\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x15\n\rerror_message\x18\x03 \x01(\t\"\x87\x04\n\x0b\x43\x65llCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x42\n\x0f\x61pply_manifests\x18\x02 \x01(\x0b\x32\'.lattice.agent.v1.ApplyManifestsCommandH\x00\x12\x39\n\x0estatus_request\x18\x03 \x01(\x0b\x32\x1f.lattice.agent.v1.StatusRequestH\x00\x12\x42\n\x0fpivot_manifests\x18\x04 \x01(\x0b\x32\'.lattice.agent.v1.PivotManifestsCommandH\x00\x12K\n\x0esync_resources\x18\x05 \x01(\x0b\x32\x31.lattice.agent.v1.SyncDistributedResourcesCommandH\x00\x12H\n\x16service_query_response\x18\x06 \x01(\x0b\x32&.lattice.agent.v1.ServiceQueryResponseH\x00\x12\x46\n\x15remote_service_update\x18\x07 \x01(\x0b\x32%.lattice.agent.v1.RemoteServiceUpdateH\x00\x12\x37\n\rheartbeat_ack\x18\x08 \x01(\x0b\x32\x1e.lattice.agent.v1.HeartbeatAckH\x00\x42\t\n\x07\x63ommand\"*\n\x15\x41pplyManifestsCommand\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\"\x0f\n\rStatusRequest\"\x82\x01\n\x15PivotManifestsCommand\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pi_namespace\x18\x02 \x01(\t\x12\x10\n\x08pivot_id\x18\x03 \x01(\t\x12)\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1a.lattice.agent.v1.MoveFile\")\n\x08MoveFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"G\n\x1fSyncDistributedResourcesCommand\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\x12\x11\n\tfull_sync\x18\x02 \x01(\x08\"Q\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\xf7\x01\n\x13ServiceAnnouncement\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\x12,\n\x05ports\x18\x03 \x03(\x0b\x32\x1d.lattice.agent.v1.ServicePort\x12\x17\n\x0f\x61llowed_callers\x18\x04 \x03(\t\x12\x16\n\x0esource_cluster\x18\x05 \x01(\t\x12\x1a\n\x12qualified_dns_name\x18\x06 \x01(\t\x12\x18\n\x10gateway_endpoint\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x08 \x01(\x08\x12\x0f\n\x07version\x18\t \x01(\x03\"v\n\x12ServiceCatalogSync\x12\x37\n\x08services\x18\x01 \x03(\x0b\x32%.lattice.agent.v1.ServiceAnnouncement\x12\x11\n\tfull_sync\x18\x02 \x01(\x08\x12\x14\n\x0c\x63luster_name\x18\x03 \x01(\t\"g\n\x0cServiceQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65nvironment\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x1a\n\x12requesting_service\x18\x04 \x01(\t\"\xa3\x01\n\x14ServiceQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x36\n\x07service\x18\x03 \x01(\x0b\x32%.lattice.agent.v1.ServiceAnnouncement\x12\x1b\n\x13\x62ilateral_agreement\x18\x04 \x01(\x08\x12\x15\n\rerror_message\x18\x05 \x01(\t\"a\n\x13RemoteServiceUpdate\x12\x37\n\x08services\x18\x01 \x03(\x0b\x32%.lattice.agent.v1.ServiceAnnouncement\x12\x11\n\tfull_sync\x18\x02 \x01(\x08*\xa6\x01\n\nAgentState\x12\x17\n\x13\x41GENT_STATE_UNKNOWN\x10\x00\x12\x1c\n\x18\x41GENT_STATE_PROVISIONING\x10\x01\x12\x18\n\x14\x41GENT_STATE_PIVOTING\x10\x02\x12\x15\n\x11\x41GENT_STATE_READY\x10\x03\x12\x18\n\x14\x41GENT_STATE_DEGRADED\x10\x04\x12\x16\n\x12\x41GENT_STATE_FAILED\x10\x05\x32\\\n\x0cLatticeAgent\x12L\n\x07\x43onnect\x12\x1e.lattice.agent.v1.AgentMessage\x1a\x1d.lattice.agent.v1.CellCommand(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lattice/proto/agent/v1/agent.proto\x12\x10lattice.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x05\n\x0c\x41gentMessage\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12-\n\x05ready\x18\x02 \x01(\x0b\x32\x1c.lattice.agent.v1.AgentReadyH\x00\x12\x41\n\x12\x62ootstrap_complete\x18\x03 \x01(\x0b\x32#.lattice.agent.v1.BootstrapCompleteH\x00\x12\x39\n\x0epivot_complete\x18\x04 \x01(\x0b\x32\x1f.lattice.agent.v1.PivotCompleteH\x00\x12\x30\n\theartbeat\x18\x05 \x01(\x0b\x32\x1b.lattice.agent.v1.HeartbeatH\x00\x12\x39\n\x0e\x63luster_health\x18\x06 \x01(\x0b\x32\x1f.lattice.agent.v1.ClusterHealthH\x00\x12;\n\x0fstatus_response\x18\x07 \x01(\x0b\x32 .lattice.agent.v1.StatusResponseH\x00\x12=\n\x10\x63luster_deleting\x18\x08 \x01(\x0b\x32!.lattice.agent.v1.ClusterDeletingH\x00\x12\x45\n\x14service_announcement\x18\t \x01(\x0b\x32%.lattice.agent.v1.ServiceAnnouncementH\x00\x12<\n\x0c\x63\x61talog_sync\x18\n \x01(\x0b\x32$.lattice.agent.v1.ServiceCatalogSyncH\x00\x12\x37\n\rservice_query\x18\x0b \x01(\x0b\x32\x1e.lattice.agent.v1.ServiceQueryH\x00\x12\x39\n\x0e\x63ommand_result\x18\x0c \x01(\x0b\x32\x1f.lattice.agent.v1.CommandResultH\x00\x42\t\n\x07payload\"l\n\nAgentReady\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x1a\n\x12kubernetes_version\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.lattice.agent.v1.AgentState\"O\n\x11\x42ootstrapComplete\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x15\n\rerror_message\x18\x03 \x01(\t\"]\n\rPivotComplete\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x12\n\ncommand_id\x18\x03 \x01(\t\x12\x10\n\x08pivot_id\x18\x04 \x01(\t\"y\n\tHeartbeat\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.lattice.agent.v1.AgentState\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"M\n\rClusterHealth\x12\x13\n\x0bready_nodes\x18\x01 \x01(\x05\x12\x13\n\x0btotal_nodes\x18\x02 \x01(\x05\x12\x12\n\nconditions\x18\x03 \x03(\t\"\xb5\x01\n\x0eStatusResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.lattice.agent.v1.AgentState\x12\x1a\n\x12kubernetes_version\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12/\n\x06health\x18\x05 \x01(\x0b\x32\x1f.lattice.agent.v1.ClusterHealth\"\x9e\x01\n\x0f\x43lusterDeleting\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\ncommand_id\x18\x03 \x01(\t\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12)\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x1a.lattice.agent.v1.MoveFile\"K\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x15\n\rerror_message\x18\x03 \x01(\t\"\xfb\x04\n\x0b\x43\x65llCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x42\n\x0f\x61pply_manifests\x18\x02 \x01(\x0b\x32\'.lattice.agent.v1.ApplyManifestsCommandH\x00\x12\x39\n\x0estatus_request\x18\x03 \x01(\x0b\x32\x1f.lattice.agent.v1.StatusRequestH\x00\x12\x42\n\x0fpivot_manifests\x18\x04 \x01(\x0b\x32\'.lattice.agent.v1.PivotManifestsCommandH\x00\x12K\n\x0esync_resources\x18\x05 \x01(\x0b\x32\x31.lattice.agent.v1.SyncDistributedResourcesCommandH\x00\x12H\n\x16service_query_response\x18\x06 \x01(\x0b\x32&.lattice.agent.v1.ServiceQueryResponseH\x00\x12\x46\n\x15remote_service_update\x18\x07 \x01(\x0b\x32%.lattice.agent.v1.RemoteServiceUpdateH\x00\x12\x37\n\rheartbeat_ack\x18\x08 \x01(\x0b\x32\x1e.lattice.agent.v1.HeartbeatAckH\x00\x12\x33\n\x07unpivot\x18\t \x01(\x0b\x32 .lattice.agent.v1.UnpivotCommandH\x00\x12=\n\x10unpivot_complete\x18\n \x01(\x0b\x32!.lattice.agent.v1.UnpivotCompleteH\x00\x42\t\n\x07\x63ommand\"*\n\x15\x41pplyManifestsCommand\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\"\x0f\n\rStatusRequest\"\x82\x01\n\x15PivotManifestsCommand\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pi_namespace\x18\x02 \x01(\t\x12\x10\n\x08pivot_id\x18\x03 \x01(\t\x12)\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1a.lattice.agent.v1.MoveFile\")\n\x08MoveFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\">\n\x0eUnpivotCommand\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pi_namespace\x18\x02 \x01(\t\"\'\n\x0fUnpivotComplete\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\"G\n\x1fSyncDistributedResourcesCommand\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\x12\x11\n\tfull_sync\x18\x02 \x01(\x08\"Q\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\xf7\x01\n\x13ServiceAnnouncement\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\x12,\n\x05ports\x18\x03 \x03(\x0b\x32\x1d.lattice.agent.v1.ServicePort\x12\x17\n\x0f\x61llowed_callers\x18\x04 \x03(\t\x12\x16\n\x0esource_cluster\x18\x05 \x01(\t\x12\x1a\n\x12qualified_dns_name\x18\x06 \x01(\t\x12\x18\n\x10gateway_endpoint\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x08 \x01(\x08\x12\x0f\n\x07version\x18\t \x01(\x03\"v\n\x12ServiceCatalogSync\x12\x37\n\x08services\x18\x01 \x03(\x0b\x32%.lattice.agent.v1.ServiceAnnouncement\x12\x11\n\tfull_sync\x18\x02 \x01(\x08\x12\x14\n\x0c\x63luster_name\x18\x03 \x01(\t\"g\n\x0cServiceQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65nvironment\x18\x02 \x01(\t\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\x12\x1a\n\x12requesting_service\x18\x04 \x01(\t\"\xa3\x01\n\x14ServiceQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x36\n\x07service\x18\x03 \x01(\x0b\x32%.lattice.agent.v1.ServiceAnnouncement\x12\x1b\n\x13\x62ilateral_agreement\x18\x04 \x01(\x08\x12\x15\n\rerror_message\x18\x05 \x01(\t\"a\n\x13RemoteServiceUpdate\x12\x37\n\x08services\x18\x01 \x03(\x0b\x32%.lattice.agent.v1.ServiceAnnouncement\x12\x11\n\tfull_sync\x18\x02 \x01(\x08*\xa6\x01\n\nAgentState\x12\x17\n\x13\x41GENT_STATE_UNKNOWN\x10\x00\x12\x1c\n\x18\x41GENT_STATE_PROVISIONING\x10\x01\x12\x18\n\x14\x41GENT_STATE_PIVOTING\x10\x02\x12\x15\n\x11\x41GENT_STATE_READY\x10\x03\x12\x18\n\x14\x41GENT_STATE_DEGRADED\x10\x04\x12\x16\n\x12\x41GENT_STATE_FAILED\x10\x05\x32\\\n\x0cLatticeAgent\x12L\n\x07\x43onnect\x12\x1e.lattice.agent.v1.AgentMessage\x1a\x1d.lattice.agent.v1.CellCommand(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lattice.proto.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTSTATE']._serialized_start=3317
-  _globals['_AGENTSTATE']._serialized_end=3483
+  _globals['_AGENTSTATE']._serialized_start=3642
+  _globals['_AGENTSTATE']._serialized_end=3808
   _globals['_AGENTMESSAGE']._serialized_start=90
   _globals['_AGENTMESSAGE']._serialized_end=792
   _globals['_AGENTREADY']._serialized_start=794
@@ -48,36 +48,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTERHEALTH']._serialized_end=1280
   _globals['_STATUSRESPONSE']._serialized_start=1283
   _globals['_STATUSRESPONSE']._serialized_end=1464
-  _globals['_CLUSTERDELETING']._serialized_start=1466
-  _globals['_CLUSTERDELETING']._serialized_end=1521
-  _globals['_COMMANDRESULT']._serialized_start=1523
-  _globals['_COMMANDRESULT']._serialized_end=1598
-  _globals['_CELLCOMMAND']._serialized_start=1601
-  _globals['_CELLCOMMAND']._serialized_end=2120
-  _globals['_APPLYMANIFESTSCOMMAND']._serialized_start=2122
-  _globals['_APPLYMANIFESTSCOMMAND']._serialized_end=2164
-  _globals['_STATUSREQUEST']._serialized_start=2166
-  _globals['_STATUSREQUEST']._serialized_end=2181
-  _globals['_PIVOTMANIFESTSCOMMAND']._serialized_start=2184
-  _globals['_PIVOTMANIFESTSCOMMAND']._serialized_end=2314
-  _globals['_MOVEFILE']._serialized_start=2316
-  _globals['_MOVEFILE']._serialized_end=2357
-  _globals['_SYNCDISTRIBUTEDRESOURCESCOMMAND']._serialized_start=2359
-  _globals['_SYNCDISTRIBUTEDRESOURCESCOMMAND']._serialized_end=2430
-  _globals['_HEARTBEATACK']._serialized_start=2432
-  _globals['_HEARTBEATACK']._serialized_end=2513
-  _globals['_SERVICEPORT']._serialized_start=2515
-  _globals['_SERVICEPORT']._serialized_end=2574
-  _globals['_SERVICEANNOUNCEMENT']._serialized_start=2577
-  _globals['_SERVICEANNOUNCEMENT']._serialized_end=2824
-  _globals['_SERVICECATALOGSYNC']._serialized_start=2826
-  _globals['_SERVICECATALOGSYNC']._serialized_end=2944
-  _globals['_SERVICEQUERY']._serialized_start=2946
-  _globals['_SERVICEQUERY']._serialized_end=3049
-  _globals['_SERVICEQUERYRESPONSE']._serialized_start=3052
-  _globals['_SERVICEQUERYRESPONSE']._serialized_end=3215
-  _globals['_REMOTESERVICEUPDATE']._serialized_start=3217
-  _globals['_REMOTESERVICEUPDATE']._serialized_end=3314
-  _globals['_LATTICEAGENT']._serialized_start=3485
-  _globals['_LATTICEAGENT']._serialized_end=3577
+  _globals['_CLUSTERDELETING']._serialized_start=1467
+  _globals['_CLUSTERDELETING']._serialized_end=1625
+  _globals['_COMMANDRESULT']._serialized_start=1627
+  _globals['_COMMANDRESULT']._serialized_end=1702
+  _globals['_CELLCOMMAND']._serialized_start=1705
+  _globals['_CELLCOMMAND']._serialized_end=2340
+  _globals['_APPLYMANIFESTSCOMMAND']._serialized_start=2342
+  _globals['_APPLYMANIFESTSCOMMAND']._serialized_end=2384
+  _globals['_STATUSREQUEST']._serialized_start=2386
+  _globals['_STATUSREQUEST']._serialized_end=2401
+  _globals['_PIVOTMANIFESTSCOMMAND']._serialized_start=2404
+  _globals['_PIVOTMANIFESTSCOMMAND']._serialized_end=2534
+  _globals['_MOVEFILE']._serialized_start=2536
+  _globals['_MOVEFILE']._serialized_end=2577
+  _globals['_UNPIVOTCOMMAND']._serialized_start=2579
+  _globals['_UNPIVOTCOMMAND']._serialized_end=2641
+  _globals['_UNPIVOTCOMPLETE']._serialized_start=2643
+  _globals['_UNPIVOTCOMPLETE']._serialized_end=2682
+  _globals['_SYNCDISTRIBUTEDRESOURCESCOMMAND']._serialized_start=2684
+  _globals['_SYNCDISTRIBUTEDRESOURCESCOMMAND']._serialized_end=2755
+  _globals['_HEARTBEATACK']._serialized_start=2757
+  _globals['_HEARTBEATACK']._serialized_end=2838
+  _globals['_SERVICEPORT']._serialized_start=2840
+  _globals['_SERVICEPORT']._serialized_end=2899
+  _globals['_SERVICEANNOUNCEMENT']._serialized_start=2902
+  _globals['_SERVICEANNOUNCEMENT']._serialized_end=3149
+  _globals['_SERVICECATALOGSYNC']._serialized_start=3151
+  _globals['_SERVICECATALOGSYNC']._serialized_end=3269
+  _globals['_SERVICEQUERY']._serialized_start=3271
+  _globals['_SERVICEQUERY']._serialized_end=3374
+  _globals['_SERVICEQUERYRESPONSE']._serialized_start=3377
+  _globals['_SERVICEQUERYRESPONSE']._serialized_end=3540
+  _globals['_REMOTESERVICEUPDATE']._serialized_start=3542
+  _globals['_REMOTESERVICEUPDATE']._serialized_end=3639
+  _globals['_LATTICEAGENT']._serialized_start=3810
+  _globals['_LATTICEAGENT']._serialized_end=3902
 # @@protoc_insertion_point(module_scope)

@@ -311,23 +311,45 @@ Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
 
 @_typing.final
 class ClusterDeleting(_message.Message):
-    """Sent when the agent's own LatticeCluster is being deleted."""
+    """Sent when the agent's own LatticeCluster is being deleted (unsolicited: command_id empty;
+    the cell then deletes its copy and starts the unpivot), and as the reply to an
+    UnpivotCommand, carrying the cluster's Cluster API objects back to the cell.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     cluster_name: _builtins.str
     reason: _builtins.str
+    command_id: _builtins.str
+    """Lattice additions: set when this answers UnpivotCommand (CellCommand.command_id)."""
+    success: _builtins.bool
+    """false if the export failed or was refused (e.g. the cluster is a cell with children);
+    error_message says why.
+    """
+    error_message: _builtins.str
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___MoveFile]:
+        """The files written by `clusterctl move --to-directory` on the cluster itself."""
+
     def __init__(
         self,
         *,
         cluster_name: _builtins.str = ...,
         reason: _builtins.str = ...,
+        command_id: _builtins.str = ...,
+        success: _builtins.bool = ...,
+        error_message: _builtins.str = ...,
+        files: _abc.Iterable[Global___MoveFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_name", b"cluster_name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_name", b"cluster_name", "command_id", b"command_id", "error_message", b"error_message", "files", b"files", "reason", b"reason", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,6 +401,8 @@ class CellCommand(_message.Message):
     SERVICE_QUERY_RESPONSE_FIELD_NUMBER: _builtins.int
     REMOTE_SERVICE_UPDATE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
+    UNPIVOT_FIELD_NUMBER: _builtins.int
+    UNPIVOT_COMPLETE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Set by the cell on every command it expects a reply to; the reply carries it back.
     Empty on HeartbeatAck and on pushes (service_query_response, remote_service_update).
@@ -401,6 +425,12 @@ class CellCommand(_message.Message):
     def heartbeat_ack(self) -> Global___HeartbeatAck:
         """Lattice addition: acknowledges a Heartbeat (liveness of the parent, round-trip time)."""
 
+    @_builtins.property
+    def unpivot(self) -> Global___UnpivotCommand:
+        """Lattice additions: the unpivot (deleting a self-managing cluster)."""
+
+    @_builtins.property
+    def unpivot_complete(self) -> Global___UnpivotComplete: ...
     def __init__(
         self,
         *,
@@ -412,12 +442,14 @@ class CellCommand(_message.Message):
         service_query_response: Global___ServiceQueryResponse | None = ...,
         remote_service_update: Global___RemoteServiceUpdate | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
+        unpivot: Global___UnpivotCommand | None = ...,
+        unpivot_complete: Global___UnpivotComplete | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "command", b"command", "command_id", b"command_id", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "command", b"command", "command_id", b"command_id", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["apply_manifests", "status_request", "pivot_manifests", "sync_resources", "service_query_response", "remote_service_update", "heartbeat_ack"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["apply_manifests", "status_request", "pivot_manifests", "sync_resources", "service_query_response", "remote_service_update", "heartbeat_ack", "unpivot", "unpivot_complete"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -526,6 +558,57 @@ class MoveFile(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MoveFile: _TypeAlias = MoveFile  # noqa: Y015
+
+@_typing.final
+class UnpivotCommand(_message.Message):
+    """Lattice addition: hand this cluster's Cluster API objects back to the cell (its
+    LatticeCluster is being deleted). The agent pauses its Cluster, exports the graph with
+    `clusterctl move --to-directory` and answers with ClusterDeleting carrying the files.
+    Idempotent: a repeated command exports again (the Cluster stays paused).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_NAME_FIELD_NUMBER: _builtins.int
+    CAPI_NAMESPACE_FIELD_NUMBER: _builtins.int
+    cluster_name: _builtins.str
+    capi_namespace: _builtins.str
+    def __init__(
+        self,
+        *,
+        cluster_name: _builtins.str = ...,
+        capi_namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capi_namespace", b"capi_namespace", "cluster_name", b"cluster_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpivotCommand: _TypeAlias = UnpivotCommand  # noqa: Y015
+
+@_typing.final
+class UnpivotComplete(_message.Message):
+    """Lattice addition: the cell holds the objects the agent sent (the import succeeded); the
+    agent lets its own LatticeCluster go. Reply: CommandResult.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_NAME_FIELD_NUMBER: _builtins.int
+    cluster_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        cluster_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_name", b"cluster_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpivotComplete: _TypeAlias = UnpivotComplete  # noqa: Y015
 
 @_typing.final
 class SyncDistributedResourcesCommand(_message.Message):
