@@ -46,6 +46,37 @@ def test_provider_type_is_immutable(cell_control_plane: ControlPlane) -> None:
     assert stored["spec"]["provider"]["type"] == cluster["spec"]["provider"]["type"]
 
 
+def test_version_changes_are_checked_by_the_apiserver(cell_control_plane: ControlPlane) -> None:
+    """The CEL rules (Kubernetes' semver library): the supported range on create, and no
+    downgrade or minor skip on update, each naming the field."""
+    cp = cell_control_plane
+    outside = _example("version-range")
+    outside["spec"]["provider"]["kubernetes"]["version"] = "1.29.0"
+    created = cp.apply([outside], check=False)
+    assert created.returncode != 0
+    assert "spec.provider.kubernetes.version" in created.stderr
+    assert "1.29.0 is outside the supported range 1.31 to 1.36" in created.stderr
+
+    cluster = _example("version-moves")
+    cluster["spec"]["provider"]["kubernetes"]["version"] = "1.34.2"
+    cp.apply([cluster])
+
+    def patch(version: str) -> Any:
+        body = {"spec": {"provider": {"kubernetes": {"version": version}}}}
+        return cp.kubectl("patch", "lc", "version-moves", "--type=merge", "-p", json.dumps(body), check=False)
+
+    down = patch("v1.34.1")
+    assert down.returncode != 0
+    assert "downgrading from 1.34.2 to v1.34.1 is not supported" in down.stderr
+    skip = patch("1.36.0")
+    assert skip.returncode != 0
+    assert "skips a minor version" in skip.stderr
+    assert patch("1.35.0").returncode == 0
+    assert patch("1.35.1").returncode == 0
+    stored = json.loads(cp.kubectl("get", "lc", "version-moves", "-o", "json").stdout)
+    assert stored["spec"]["provider"]["kubernetes"]["version"] == "1.35.1"
+
+
 def test_get_shows_printer_columns(cell_control_plane: ControlPlane) -> None:
     cell_control_plane.apply([_example("printed")])
     out = cell_control_plane.kubectl("get", "lc", "printed").stdout

@@ -6,8 +6,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from lattice.domain.validation import MAX_MINOR, MIN_MINOR
+
 names = st.from_regex(r"[a-z]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
-versions = st.tuples(st.integers(20, 40), st.integers(0, 20)).map(lambda t: f"1.{t[0]}.{t[1]}")
+versions = st.tuples(st.integers(MIN_MINOR, MAX_MINOR), st.integers(0, 20)).map(lambda t: f"1.{t[0]}.{t[1]}")
 octet = st.integers(0, 255)
 ipv4 = st.tuples(octet, octet, octet, octet).map(lambda t: ".".join(map(str, t)))
 dns = st.lists(names, min_size=1, max_size=3).map(".".join)

@@ -15,13 +15,37 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import attrs
 
-from lattice.domain import local_provider, models
+from lattice.domain import local_provider, models, validation
 from lattice.domain.serde import wire_name
 
 SchemaDict = dict[str, Any]
 
 # CEL rules, keyed by the attrs class whose schema node they sit on.
+_OLD = "semver(oldSelf.version, true)"
+_NEW = "semver(self.version, true)"
+_BOTH = "!isSemver(self.version, true) || !isSemver(oldSelf.version, true) || "
 _RULES: dict[type, list[dict[str, str]]] = {
+    models.KubernetesSpec: [
+        {
+            "rule": f"!isSemver(self.version, true) || ({_NEW}.major() == 1 && "
+            f"{_NEW}.minor() >= {validation.MIN_MINOR} && {_NEW}.minor() <= {validation.MAX_MINOR})",
+            "messageExpression": f"'version ' + self.version + ' is outside the supported range "
+            f"1.{validation.MIN_MINOR} to 1.{validation.MAX_MINOR}'",
+            "fieldPath": ".version",
+        },
+        {
+            "rule": f"{_BOTH}{_NEW}.compareTo({_OLD}) >= 0",
+            "messageExpression": "'downgrading from ' + oldSelf.version + ' to ' + self.version + "
+            "' is not supported'",
+            "fieldPath": ".version",
+        },
+        {
+            "rule": f"{_BOTH}{_NEW}.major() != {_OLD}.major() || {_NEW}.minor() <= {_OLD}.minor() + 1",
+            "messageExpression": "'from ' + oldSelf.version + ' to ' + self.version + "
+            "' skips a minor version: upgrade one minor version at a time'",
+            "fieldPath": ".version",
+        },
+    ],
     models.ProviderSpec: [
         {"rule": "self.type == oldSelf.type", "message": "provider type is immutable"},
         {

@@ -109,6 +109,7 @@ class KubernetesSpec:
         "Kubernetes version of the control plane and nodes, semantic version such as 1.35.0 "
         "(a leading v is accepted).",
         pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$",
+        maxLength=64,
     )
     cert_sans: tuple[str, ...] = describe(
         "Extra Subject Alternative Names (DNS names or IP addresses) for the API server certificate.",
@@ -405,6 +406,11 @@ class LatticeClusterStatus:
         default=None,
     )
     agent: AgentStatus | None = describe("The cluster's agent, as seen by its cell.", default=None)
+    version: str | None = describe(
+        "Kubernetes version of the spec last applied to Cluster API (downgrades and minor skips "
+        "from it are refused).",
+        default=None,
+    )
 
 
 # --------------------------------------------------------------------------- object

@@ -122,6 +122,14 @@ def plan_cluster(
     valid = parsed if isinstance(parsed, list) else validation.validate_cluster(parsed)
     if isinstance(valid, list):
         return _plan_invalid(raw, status, valid, generation, now)
+    if status.version is not None:
+        changed = validation.version_change_errors(
+            status.version,
+            valid.spec.provider.kubernetes.version,
+            ("spec", "provider", "kubernetes", "version"),
+        )
+        if changed:
+            return _plan_invalid(raw, status, changed, generation, now)
     compile_context = _compile_context(valid, context)
     if isinstance(compile_context, FieldError):
         return _plan_invalid(raw, status, [compile_context], generation, now)
@@ -327,6 +335,7 @@ def _plan_apply(
         conditions=conds,
         observed_generation=generation,
         capi_namespace=namespace,
+        version=valid.spec.provider.kubernetes.version,
     )
     return Plan(
         apply=to_apply,

@@ -19,6 +19,10 @@ from lattice.domain.errors import FieldError, PathSegment
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Kubernetes minor versions Lattice supports for workload clusters (Cluster API v1.14's kubeadm
+# providers; the local provider runs only the version built here, 1.36).
+MIN_MINOR = 31
+MAX_MINOR = 36
 SEMVER = re.compile(
     r"^v?(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
     r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
@@ -127,6 +131,8 @@ def _provider_errors(provider: models.ProviderSpec, path: tuple[PathSegment, ...
         yield FieldError(vpath, f"{version!r} is not a semantic version such as 1.35.0")
     elif match["major"] != "1":
         yield FieldError(vpath, f"Kubernetes major version must be 1, got {match['major']}")
+    elif not MIN_MINOR <= int(match["minor"]) <= MAX_MINOR:
+        yield FieldError(vpath, f"{version!r} is outside the supported range 1.{MIN_MINOR} to 1.{MAX_MINOR}")
     for index, san in enumerate(provider.kubernetes.cert_sans):
         if not (_is_ip(san) or _is_dns_name(san.removeprefix("*."))):
             yield FieldError(
@@ -337,3 +343,28 @@ def _is_ip(value: str) -> bool:
 
 def _is_dns_name(value: str) -> bool:
     return 0 < len(value) <= 253 and DNS1123_SUBDOMAIN.match(value) is not None
+
+
+def _version_key(version: str) -> tuple[int, int, int, int] | None:
+    match = SEMVER.match(version)
+    if match is None:
+        return None
+    # A pre-release sorts before its release (1.36.0-rc.1 < 1.36.0).
+    return (int(match["major"]), int(match["minor"]), int(match["patch"]), 0 if match["pre"] else 1)
+
+
+def version_change_errors(previous: str, new: str, path: tuple[PathSegment, ...]) -> list[FieldError]:
+    """Why moving from ``previous`` (the version last applied) to ``new`` is refused: a
+    downgrade, or a skip of more than one minor version (kubeadm upgrades one minor at a time)."""
+    old_key, new_key = _version_key(previous), _version_key(new)
+    if old_key is None or new_key is None:
+        return []
+    if new_key < old_key:
+        return [FieldError(path, f"downgrading from {previous} to {new} is not supported")]
+    if new_key[0] == old_key[0] and new_key[1] > old_key[1] + 1:
+        return [
+            FieldError(
+                path, f"from {previous} to {new} skips a minor version: upgrade one minor version at a time"
+            )
+        ]
+    return []

@@ -275,3 +275,42 @@ def test_version_with_v_prefix_is_kept() -> None:
     result = _validate(doc)
     assert isinstance(result, validation.ValidCluster)
     assert result.kubernetes_version == "v1.34.2"
+
+
+@pytest.mark.parametrize(
+    ("previous", "new", "fragment"),
+    [
+        ("1.35.2", "1.35.1", "downgrading from 1.35.2 to 1.35.1"),
+        ("1.35.0", "v1.34.9", "downgrading from 1.35.0 to v1.34.9"),
+        ("1.36.0", "1.36.0-rc.1", "downgrading"),
+        ("1.33.4", "1.35.0", "skips a minor version"),
+    ],
+)
+def test_version_changes_that_are_refused(previous: str, new: str, fragment: str) -> None:
+    errors = validation.version_change_errors(previous, new, ("spec", "provider", "kubernetes", "version"))
+    assert len(errors) == 1
+    assert errors[0].field == "spec.provider.kubernetes.version"
+    assert fragment in errors[0].reason
+
+
+@pytest.mark.parametrize(
+    ("previous", "new"),
+    [
+        ("1.35.0", "1.35.0"),
+        ("1.35.0", "v1.35.1"),
+        ("1.35.9", "1.36.0"),
+        ("1.36.0-rc.1", "1.36.0"),
+        ("x", "1.1.1"),
+    ],
+)
+def test_version_changes_that_are_allowed(previous: str, new: str) -> None:
+    assert validation.version_change_errors(previous, new, ("version",)) == []
+
+
+@pytest.mark.parametrize("version", ["1.30.9", "1.37.0"])
+def test_versions_outside_the_supported_range_are_refused(version: str) -> None:
+    doc = _base()
+    doc["spec"]["provider"]["kubernetes"]["version"] = version
+    assert _validate(doc) == {
+        "spec.provider.kubernetes.version": f"{version!r} is outside the supported range 1.31 to 1.36"
+    }

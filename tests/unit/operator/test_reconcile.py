@@ -465,3 +465,20 @@ def test_a_root_cluster_refuses_to_delete_itself_with_the_steps() -> None:
     again = plan_cluster(with_status(deleting(lc()), plan), desired(lc()), root, NOW)
     assert again.events == ()
     assert again.status is None
+
+
+def test_the_version_last_applied_is_kept_and_a_downgrade_is_refused() -> None:
+    raw = lc()
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.status is not None
+    assert plan.status["version"] == "1.35.0"
+    older = with_status(lc(provider={"type": "docker", "kubernetes": {"version": "1.34.2"}}), plan)
+    refused = plan_cluster(older, [], CELL, NOW)
+    assert refused.apply == ()
+    assert refused.status is not None
+    assert "downgrading from 1.35.0 to 1.34.2" in refused.status["message"]
+    assert refused.events[0].reason == "InvalidSpec"
+    newer = with_status(lc(provider={"type": "docker", "kubernetes": {"version": "1.36.0"}}), plan)
+    upgraded = plan_cluster(newer, desired(newer), CELL, NOW)
+    assert upgraded.status is not None
+    assert upgraded.status["version"] == "1.36.0"
