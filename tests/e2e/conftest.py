@@ -22,7 +22,7 @@ from lattice.adapters.binaries import Toolchain
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane, free_port
-from lattice.adapters.local_processes import stop_all
+from lattice.adapters.local_processes import processes_under, stop_all
 
 
 @define
@@ -112,6 +112,46 @@ def agent_log(machines: Path, child: str) -> Path:
     )
     assert found, f"no agent pod of {child} under {machines}"
     return found[-1]
+
+
+def machine_pids(cell: Cell, cluster: str) -> list[int]:
+    """Every process running on one of ``cluster``'s machines (kubelet stand-in, static pods, pods)."""
+    return [pid for machine in machines_dir(cell).glob(f"{cluster}-*") for pid in processes_under(machine)]
+
+
+def wait_deleted(cell: Cell, cluster: str, timeout: float = 300) -> float:
+    """Wait until ``cluster`` is gone from the cell with every process, machine directory and
+    object of it; print the deletion's steps as the cell's status shows them. Returns seconds."""
+    started = time.monotonic()
+    steps: list[str] = []
+
+    def gone() -> bool:
+        found = cell.kubectl("get", "lc", cluster, "-o", "json", "--ignore-not-found")
+        if not found.strip():
+            return True
+        status = json.loads(found).get("status") or {}
+        step = f"{status.get('phase')}/{(status.get('unpivot') or {}).get('step')}: {status.get('message')}"
+        if not steps or steps[-1] != step:
+            steps.append(step)
+            print(f"  {time.monotonic() - started:6.1f} s  {step}")
+        return False
+
+    try:
+        wait_for(gone, timeout, f"{cluster} deleted from the cell", cell.log)
+    finally:
+        print(cell.kubectl("get", "lc,clusters,machines,localmachines", "-A", "-o", "wide", check=False))
+    took = time.monotonic() - started
+    wait_for(lambda: not machine_pids(cell, cluster), 60, f"every process of {cluster} to end")
+    assert not list(machines_dir(cell).glob(f"{cluster}-*")), "a released machine's directory is left"
+    moved = "clusters.cluster.x-k8s.io,machines.cluster.x-k8s.io,kubeadmconfigs,localmachines,secrets"
+    assert f"/{cluster}" not in cell.kubectl("get", moved, "-A", "-o", "name", check=False)
+    wait_for(
+        lambda: f"capi-{cluster}" not in cell.kubectl("get", "namespaces", "-o", "name"),
+        60,
+        f"capi-{cluster} deleted",
+    )
+    assert not (cell.state_dir / "pivots" / cluster).exists()
+    return took
 
 
 def kubectl(toolchain: Toolchain, kubeconfig: Path, *args: str, check: bool = True) -> str:

@@ -16,7 +16,9 @@ from tests.e2e.conftest import (
     child_kubeconfig,
     kubectl,
     local_cluster,
+    machine_pids,
     machines_dir,
+    wait_deleted,
     wait_for,
 )
 
@@ -53,3 +55,24 @@ def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) 
     assert f"127.0.0.1:{cell.grpc_port}" not in edge_agent
     # The root cell never saw edge-1.
     assert "edge-1" not in cell.kubectl("get", "lc", "-o", "name")
+
+    # Deleting region-1 on the root: a cell with a child refuses, naming it...
+    cell.kubectl("delete", "lc", "region-1", "--wait=false")
+
+    def refused() -> str:
+        return str(cell.lc("region-1").get("status", {}).get("message", "")) if _has(cell, "region-1") else ""
+
+    message = wait_for(lambda: "edge-1" in refused() and refused(), 120, "region-1 to refuse, naming edge-1")
+    assert "a cell with children (edge-1)" in message
+    assert "cascade-delete" in message
+    # ...until asked for a cascade: region-1 deletes edge-1 (its own unpivot, on region-1), then
+    # hands itself back to the root, whose CAPI deletes its machines.
+    cell.kubectl("annotate", "lc", "region-1", "lattice.dev/cascade-delete=true")
+    took = wait_deleted(cell, "region-1", timeout=420)
+    print(f"region-1 and edge-1 deleted in cascade in {took:.1f} s")
+    assert not machine_pids(cell, "edge-1")
+    assert not list(machines_dir(cell).glob("edge-1-*"))
+
+
+def _has(cell: Cell, name: str) -> bool:
+    return bool(cell.kubectl("get", "lc", name, "--ignore-not-found", "-o", "name").strip())

@@ -20,8 +20,15 @@ from typing import Any
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from lattice.adapters.local_processes import processes_under
-from tests.e2e.conftest import Cell, child_kubeconfig, kubectl, local_cluster, machines_dir, wait_for
+from tests.e2e.conftest import (
+    Cell,
+    child_kubeconfig,
+    kubectl,
+    local_cluster,
+    machine_pids,
+    wait_deleted,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -116,38 +123,7 @@ def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolc
 
     # Deleting it on the cell: the child's agent sends its graph back (ClusterDeleting), the
     # cell imports it, and the cell's CAPI deletes the Machines and releases the machines.
-    machines = machines_dir(cell)
-    assert _machine_pids(cell, "rc-1")
-    deleting_at = time.monotonic()
+    assert machine_pids(cell, "rc-1")
     cell.kubectl("delete", "lc", "rc-1", "--wait=false")
-    steps: list[str] = []
-
-    def gone() -> bool:
-        found = cell.kubectl("get", "lc", "rc-1", "-o", "json", "--ignore-not-found")
-        if not found.strip():
-            return True
-        status = json.loads(found).get("status") or {}
-        step = f"{status.get('phase')}/{(status.get('unpivot') or {}).get('step')}: {status.get('message')}"
-        if not steps or steps[-1] != step:
-            steps.append(step)
-            print(f"  {time.monotonic() - deleting_at:6.1f} s  {step}")
-        return False
-
-    try:
-        wait_for(gone, 300, "rc-1 deleted from the cell (unpivot, then the machines)", cell.log)
-    finally:
-        print(cell.kubectl("get", "lc,clusters,machines,localmachines", "-A", "-o", "wide", check=False))
-    took = time.monotonic() - deleting_at
+    took = wait_deleted(cell, "rc-1")
     print(f"rc-1 deleted from the cell (unpivot and machines released) in {took:.1f} s")
-    assert any("Imported" in step or "Released" in step for step in steps), steps
-    wait_for(lambda: not _machine_pids(cell, "rc-1"), 60, "every process of rc-1 to end")
-    assert not list(machines.glob("rc-1-*")), "a released machine's directory is left"
-    assert "rc-1" not in cell.kubectl("get", f"{MOVED_KINDS},secrets", "-A", "-o", "name", check=False)
-    wait_for(
-        lambda: "capi-rc-1" not in cell.kubectl("get", "namespaces", "-o", "name"), 60, "capi-rc-1 deleted"
-    )
-    assert not (cell.state_dir / "pivots" / "rc-1").exists()
-
-
-def _machine_pids(cell: Cell, cluster: str) -> list[int]:
-    return [pid for machine in machines_dir(cell).glob(f"{cluster}-*") for pid in processes_under(machine)]

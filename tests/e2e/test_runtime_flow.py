@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     kubectl,
     local_cluster,
     machines_dir,
+    wait_deleted,
     wait_for,
 )
 
@@ -106,6 +107,12 @@ def test_child_is_provisioned_pivoted_and_manages_itself(cell: Cell, toolchain: 
     wait_for(scaled, 60, "the child's MachineDeployment scaled to 3 by the child's operator")
     # The cell kept its hands off: it never re-created the child's objects.
     assert "child-1" not in cell.kubectl("get", CAPI_KINDS, "-A", "-o", "name", check=False)
+
+    # Deleted on the child itself: its agent tells the cell (ClusterDeleting), which deletes its
+    # copy, takes the objects back and deletes the machines; both LatticeClusters go.
+    kubectl(toolchain, child, "delete", "lc", "child-1", "--wait=false")
+    took = wait_deleted(cell, "child-1")
+    print(f"child-1 deleted on itself: gone from the cell with its machines in {took:.1f} s")
 
 
 def test_child_survives_the_deletion_of_its_cell(own_cell: Cell, toolchain: Toolchain) -> None:

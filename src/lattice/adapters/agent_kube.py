@@ -168,7 +168,7 @@ class KubeUnpivoter:
 
     async def export_own(self, command: agent.Unpivot) -> tuple[agent.MoveFile, ...]:
         try:
-            await self._refuse_with_children()
+            await self._refuse_with_children(command.cascade)
             namespace = command.capi_namespace or models.capi_namespace(self.cluster_name)
             directory = Path(tempfile.mkdtemp(prefix=f"lattice-unpivot-{self.cluster_name}-"))
             try:
@@ -188,13 +188,13 @@ class KubeUnpivoter:
         log.info("unpivot: exported", extra={"cluster": self.cluster_name, "objects": len(files)})
         return files
 
-    async def _refuse_with_children(self) -> None:
+    async def _refuse_with_children(self, cascade: bool) -> None:
         listed = await self.api.list(models.API_VERSION, models.KIND)
         children = cell.own_children(listed.items, self.cluster_name)
         if not children:
             return
         own = await self._own()
-        if own is None or not cell.annotated(own, cell.CASCADE_ANNOTATION):
+        if not cascade and (own is None or not cell.annotated(own, cell.CASCADE_ANNOTATION)):
             raise ExecutionError(
                 f"{self.cluster_name} is a cell with children ({', '.join(children)}): delete them "
                 f"first, or annotate {cell.CASCADE_ANNOTATION}=true on its LatticeCluster to delete "

@@ -100,7 +100,9 @@ def command_to_pb(command_id: str, command: agent.Command) -> pb.CellCommand:
         return pb.CellCommand(
             command_id=command_id,
             unpivot=pb.UnpivotCommand(
-                cluster_name=command.cluster_name, capi_namespace=command.capi_namespace
+                cluster_name=command.cluster_name,
+                capi_namespace=command.capi_namespace,
+                cascade=command.cascade,
             ),
         )
     if isinstance(command, agent.UnpivotComplete):
@@ -138,7 +140,9 @@ def command_from_pb(message: pb.CellCommand) -> agent.Command | None:
         )
     if kind == "unpivot":
         return agent.Unpivot(
-            cluster_name=message.unpivot.cluster_name, capi_namespace=message.unpivot.capi_namespace
+            cluster_name=message.unpivot.cluster_name,
+            capi_namespace=message.unpivot.capi_namespace,
+            cascade=message.unpivot.cascade,
         )
     if kind == "unpivot_complete":
         return agent.UnpivotComplete(cluster_name=message.unpivot_complete.cluster_name)

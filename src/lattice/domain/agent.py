@@ -99,6 +99,7 @@ class Unpivot:
 
     cluster_name: str
     capi_namespace: str
+    cascade: bool = False
 
 
 @frozen

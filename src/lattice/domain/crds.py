@@ -287,6 +287,7 @@ def _printer_columns() -> list[SchemaDict]:
         {"name": "Control-Plane", "type": "integer", "jsonPath": ".spec.nodes.controlPlane"},
         {"name": "Workers", "type": "integer", "jsonPath": ".spec.nodes.workers"},
         {"name": "Cell", "type": "string", "jsonPath": ".spec.cellRef"},
+        {"name": "Nodes", "type": "string", "jsonPath": ".status.agent.nodes", "priority": 1},
         {
             "name": "Message",
             "type": "string",

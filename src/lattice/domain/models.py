@@ -389,6 +389,10 @@ class AgentStatus:
     last_heartbeat_time: str | None = describe(
         "Time of the last heartbeat (RFC 3339).", default=None, format="date-time"
     )
+    nodes: str | None = describe(
+        "Ready/total nodes as the agent last reported them (a self-managing child's own count).",
+        default=None,
+    )
 
 
 @frozen

@@ -135,7 +135,7 @@ def plan_cluster(
         return _plan_invalid(raw, status, [compile_context], generation, now)
     if cell.pivoted_away(status) and valid.name != context.self_name:
         # The child manages itself; this cell keeps the record and never re-creates its objects.
-        return Plan()
+        return _plan_record_only(raw, status, generation, now)
     if cell.pivot_abandoned(status, generation):
         # The objects are applied for this generation; the failure stays visible until a new spec.
         return Plan()
@@ -143,6 +143,33 @@ def plan_cluster(
     return _plan_apply(
         raw, status, valid, desired, capi_objects, generation, now, capi_reports.failures(reports)
     )
+
+
+def _plan_record_only(
+    raw: Mapping[str, Any], status: models.LatticeClusterStatus, generation: int, now: dt.datetime
+) -> Plan:
+    """A self-managing child's copy on its cell: its own LatticeCluster is the source of truth.
+    An edit here is not applied (nor forwarded); the status says where to make it."""
+    if status.observed_generation is None or generation <= status.observed_generation:
+        return Plan()
+    name = raw.get("metadata", {}).get("name", "")
+    message = (
+        f"{name} manages itself: this copy's spec (generation {generation}) is not applied; "
+        f"edit the LatticeCluster {name} on the cluster itself"
+    )
+    conds = conditions.set_condition(
+        status.conditions,
+        conditions.SPEC_VALID,
+        ConditionStatus.FALSE,
+        "ManagedByCluster",
+        message,
+        now=now,
+        generation=generation,
+    )
+    new_status = attrs.evolve(status, conditions=conds)
+    status_dict = _status_plan(raw, new_status)
+    events = () if status_dict is None else (EventSpec("Warning", "ManagedByCluster", message),)
+    return Plan(status=status_dict, events=events)
 
 
 def _compile_context(

@@ -35,7 +35,12 @@ commands = st.one_of(
         ).map(tuple),
     ),
     st.builds(agent.SyncResources, manifests=blobs, full_sync=st.booleans()),
-    st.builds(agent.Unpivot, cluster_name=st.text(max_size=10), capi_namespace=st.text(max_size=10)),
+    st.builds(
+        agent.Unpivot,
+        cluster_name=st.text(max_size=10),
+        capi_namespace=st.text(max_size=10),
+        cascade=st.booleans(),
+    ),
     st.builds(agent.UnpivotComplete, cluster_name=st.text(max_size=10)),
 )
 replies = st.one_of(

@@ -482,3 +482,17 @@ def test_the_version_last_applied_is_kept_and_a_downgrade_is_refused() -> None:
     upgraded = plan_cluster(newer, desired(newer), CELL, NOW)
     assert upgraded.status is not None
     assert upgraded.status["version"] == "1.36.0"
+
+
+def test_an_edit_of_a_self_managing_childs_copy_is_not_applied_and_says_where_to_edit() -> None:
+    raw = pivoted(lc(), observedGeneration=1)
+    assert plan_cluster(raw, [], CELL, NOW) == reconcile.Plan()
+    raw["metadata"]["generation"] = 2
+    plan = plan_cluster(raw, [], CELL, NOW)
+    assert plan.apply == ()
+    assert plan.status is not None
+    spec_valid = next(c for c in plan.status["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["reason"] == "ManagedByCluster"
+    assert "edit the LatticeCluster w1 on the cluster itself" in spec_valid["message"]
+    assert [e.reason for e in plan.events] == ["ManagedByCluster"]
+    assert plan_cluster(with_status(raw, plan), [], CELL, NOW).writes is False

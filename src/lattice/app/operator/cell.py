@@ -130,6 +130,9 @@ class CellCoordinator:
                 state=status.state.value,
                 version=status.agent_version or None,
                 last_heartbeat_time=heartbeat,
+                nodes=None
+                if status.health is None
+                else f"{status.health.ready_nodes}/{status.health.total_nodes}",
             )
             if current.agent != updated:
                 await self._write(raw, _evolve(current, agent=updated))
@@ -304,7 +307,9 @@ class CellCoordinator:
             await self._unpivot_waiting(name, f"{name}'s agent is not connected to this cell")
             return False
         try:
-            reply = await self.channel.send_command(name, agent.Unpivot(name, namespace), PIVOT_TIMEOUT_S)
+            raw = self.controller.clusters.get(None, name) or {}
+            command = agent.Unpivot(name, namespace, cascade=cell.annotated(raw, cell.CASCADE_ANNOTATION))
+            reply = await self.channel.send_command(name, command, PIVOT_TIMEOUT_S)
         except (AgentNotConnected, CommandTimeout) as exc:
             await self._unpivot_waiting(name, str(exc))
             return False

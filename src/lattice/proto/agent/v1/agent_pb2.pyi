@@ -571,17 +571,23 @@ class UnpivotCommand(_message.Message):
 
     CLUSTER_NAME_FIELD_NUMBER: _builtins.int
     CAPI_NAMESPACE_FIELD_NUMBER: _builtins.int
+    CASCADE_FIELD_NUMBER: _builtins.int
     cluster_name: _builtins.str
     capi_namespace: _builtins.str
+    cascade: _builtins.bool
+    """The cell's copy asks for a cascade (lattice.dev/cascade-delete=true): a cluster that is a
+    cell deletes its own children first instead of refusing.
+    """
     def __init__(
         self,
         *,
         cluster_name: _builtins.str = ...,
         capi_namespace: _builtins.str = ...,
+        cascade: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capi_namespace", b"capi_namespace", "cluster_name", b"cluster_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capi_namespace", b"capi_namespace", "cascade", b"cascade", "cluster_name", b"cluster_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
