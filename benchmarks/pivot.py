@@ -12,6 +12,12 @@ a kube-apiserver builds a custom resource's watch cache on its first request and
 (Retry-After 1 s) until then, which costs a cold export about a second per kind. The cold
 figure is reported too (`pivot_clusterctl_direct_cold_export`: the first export from the child).
 
+Then the way back: the child's LatticeCluster is deleted on the cell, which takes the objects
+back over the stream (the unpivot: the child's `clusterctl move --to-directory`, the files over
+the stream, the cell's `--from-directory`), then deletes the machines with its own CAPI
+controllers. Reported: delete -> objects back on the cell (`unpivot_lattice`, compared with the
+same direct clusterctl move), and delete -> LatticeCluster gone (`delete_lattice_total`).
+
 Target (issue 7): Lattice's pivot < 3 s, and its overhead over the direct move <= 20%.
 Usage: PYTHONPATH=. python benchmarks/pivot.py
 """
@@ -29,7 +35,7 @@ from pathlib import Path
 from lattice.adapters.binaries import locate
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.local_processes import stop_all
-from tests.e2e.conftest import child_kubeconfig, local_cluster, start_cell, wait_for
+from tests.e2e.conftest import Cell, child_kubeconfig, local_cluster, start_cell, wait_for
 
 
 def pivot_timings(log: Path, name: str) -> dict[str, float]:
@@ -70,6 +76,24 @@ def warm(kubectl: Path, kubeconfig: Path) -> None:
         lister.wait()
 
 
+def time_deletion(cell: Cell, name: str) -> tuple[float, float]:
+    """Seconds from the delete to the objects back on the cell, and to the LatticeCluster gone."""
+    started = time.perf_counter()
+    cell.kubectl("delete", "lc", name, "--wait=false")
+    back: float | None = None
+    while time.perf_counter() - started < 300:
+        found = cell.kubectl("get", "lc", name, "-o", "json", "--ignore-not-found")
+        if not found.strip():
+            return (
+                back if back is not None else time.perf_counter() - started
+            ), time.perf_counter() - started
+        step = ((json.loads(found).get("status") or {}).get("unpivot") or {}).get("step")
+        if back is None and step in ("Imported", "Released"):
+            back = time.perf_counter() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{name} not deleted within 300 s")
+
+
 def main() -> None:
     toolchain = locate()
     with tempfile.TemporaryDirectory(prefix="lattice-pivot-bench-") as tmp:
@@ -104,6 +128,7 @@ def main() -> None:
             direct_import = clusterctl(
                 "move", "--to-kubeconfig", str(target.kubeconfig), "--from-directory", str(export_dir)
             )
+            unpivot, deleted = time_deletion(cell, "bench-1")
         finally:
             cell.stop_operator()
             stop_all(cell.state_dir)
@@ -127,6 +152,9 @@ def main() -> None:
         ("pivot_clusterctl_direct", direct, "s"),
         ("pivot_overhead", overhead, "%"),
         ("pivot_clusterctl_direct_cold_export", cold_export, "s"),
+        ("unpivot_lattice", unpivot, "s"),
+        ("unpivot_vs_clusterctl_direct", unpivot / direct, "ratio"),
+        ("delete_lattice_total", deleted, "s"),
     ):
         print(json.dumps({"metric": metric, "value": round(value, 3), "unit": unit}))
 

@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     kubectl,
     local_cluster,
     machines_dir,
+    wait_deleted,
     wait_for,
 )
 from tests.moved import MOVED_KINDS, move_graph
@@ -106,6 +107,30 @@ def test_cell_killed_mid_pivot_then_restarted_converges(cell: Cell, toolchain: T
     )
     print(f"\ncell killed at pivot step {step}; the restarted cell resumed and finished the pivot")
     assert_moved_exactly_once(cell, toolchain, "fault-1", before)
+
+    # Deleted, and the cell killed again while it takes the objects back: the restarted cell
+    # resumes from status.unpivot and the deletion completes with nothing of fault-1 left.
+    cell.kubectl("delete", "lc", "fault-1", "--wait=false")
+
+    def unpivot_step() -> str:
+        status = cell.lc("fault-1").get("status") or {}
+        return str((status.get("unpivot") or {}).get("step", ""))
+
+    killed_at = ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed_at:
+        killed_at = unpivot_step()
+        time.sleep(0.05)
+    assert killed_at, "the unpivot never started"
+    assert cell.operator is not None
+    os.killpg(cell.operator.pid, signal.SIGKILL)
+    cell.operator.wait(30)
+    cell.operator = None
+    cell.start_operator()
+    took = wait_deleted(cell, "fault-1")
+    print(
+        f"cell killed at unpivot step {killed_at}; the restarted cell finished the deletion in {took:.1f} s"
+    )
 
 
 def test_agent_killed_mid_import_converges(cell: Cell, toolchain: Toolchain) -> None:
