@@ -280,15 +280,7 @@ def _deleting(
     conds = _condition(
         status, conditions.DELETING, ConditionStatus.TRUE, reason, message, now, status.observed_generation
     )
-    conds = conditions.set_condition(
-        conds,
-        conditions.READY,
-        ConditionStatus.FALSE,
-        "Deleting",
-        "the cluster is being deleted",
-        now=now,
-        generation=status.observed_generation,
-    )
+    conds = conditions.not_ready_deleting(conds, now=now, generation=status.observed_generation)
     return attrs.evolve(status, phase=Phase.DELETING, unpivot=unpivot, message=message, conditions=conds)
 
 

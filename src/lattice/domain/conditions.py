@@ -73,3 +73,18 @@ def _ordered(conditions: Sequence[Condition]) -> tuple[Condition, ...]:
         return (index, condition.type)
 
     return tuple(sorted(conditions, key=key))
+
+
+def not_ready_deleting(
+    conditions: Sequence[Condition], *, now: dt.datetime, generation: int | None
+) -> tuple[Condition, ...]:
+    """``Ready=False`` because the cluster is being deleted (whatever the deletion waits for)."""
+    return set_condition(
+        conditions,
+        READY,
+        ConditionStatus.FALSE,
+        "Deleting",
+        "the cluster is being deleted",
+        now=now,
+        generation=generation,
+    )

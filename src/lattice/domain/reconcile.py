@@ -468,6 +468,7 @@ def _plan_wait(
         now=now,
         generation=generation,
     )
+    conds = conditions.not_ready_deleting(conds, now=now, generation=generation)
     events = () if status.message == message else (EventSpec("Normal", reason, message),)
     new_status = attrs.evolve(status, phase=phase, message=message, conditions=conds)
     return Plan(
@@ -535,15 +536,7 @@ def _plan_delete(
         now=now,
         generation=generation,
     )
-    conds = conditions.set_condition(
-        conds,
-        conditions.READY,
-        ConditionStatus.FALSE,
-        "Deleting",
-        "the cluster is being deleted",
-        now=now,
-        generation=generation,
-    )
+    conds = conditions.not_ready_deleting(conds, now=now, generation=generation)
     if status.phase is not Phase.DELETING:
         events.append(EventSpec("Normal", "Deleting", "deleting the cluster's Cluster API objects"))
     if capi_objects is None:
