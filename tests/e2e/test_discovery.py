@@ -132,9 +132,10 @@ def test_basic_dependency(mesh: Mesh) -> None:
     a.apply(service("api", inbound=("web",)))
     b.apply(service("web", outbound=("api",)))
 
+    # One pass applies the objects one after the other: wait for all of them, not the first.
     _eventually(lambda: "remote-svc-a-api" in b.names(SE), "ServiceEntry", b)
-    assert "allow-web-to-remote-api" in b.names(AP)
-    assert "web-remote-egress" in b.names(CNP)
+    _eventually(lambda: "allow-web-to-remote-api" in b.names(AP), "AuthorizationPolicy", b)
+    _eventually(lambda: "web-remote-egress" in b.names(CNP), "CiliumNetworkPolicy", b)
     entry = json.loads(b.kubectl("get", "serviceentry", "remote-svc-a-api", "-n", NAMESPACE, "-o", "json"))
     assert entry["spec"]["hosts"] == [f"api.prod.svc-a.{BASE_DOMAIN}"]
     assert entry["spec"]["location"] == "MESH_INTERNAL"
@@ -169,7 +170,7 @@ def test_update_propagation(mesh: Mesh) -> None:
     a.apply(service("orders", inbound=("*",)))
     b.apply(service("checkout", outbound=("orders",)))
     _eventually(lambda: "remote-svc-a-orders" in b.names(SE), "wired", b)
-    assert "allow-checkout-to-remote-orders" in b.names(AP)
+    _eventually(lambda: "allow-checkout-to-remote-orders" in b.names(AP), "allowed", b)
 
     # orders narrows its allowed callers: catalog updated, dependant re-planned, access removed
     a.apply(service("orders", inbound=("billing",)))
