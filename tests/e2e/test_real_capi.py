@@ -14,6 +14,7 @@ child is left on either side."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -127,3 +128,71 @@ def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolc
     cell.kubectl("delete", "lc", "rc-1", "--wait=false")
     took = wait_deleted(cell, "rc-1")
     print(f"rc-1 deleted from the cell (unpivot and machines released) in {took:.1f} s")
+
+
+def test_an_upgrade_of_a_pivoted_child_reaches_its_own_capi_which_says_why_it_waits(
+    own_cell: Cell, toolchain: Toolchain
+) -> None:
+    """A version change on the child's own LatticeCluster reaches its KubeadmControlPlane and
+    MachineDeployment, and its own controllers start the rollout; the LatticeCluster shows it in
+    CAPI's words. On the local provider the rollout cannot finish: KCP waits for etcd (its
+    member checks need a kubelet API the stand-in does not serve) and CAPI's MachineSet preflight
+    holds the workers while the control plane upgrades. A downgrade is refused at admission."""
+    cell = own_cell
+    cell.control_plane.apply([local_cluster("up-1", cell.name, workers=1)])
+    wait_for(lambda: cell.lc("up-1").get("status", {}).get("phase") == "Ready", 600, "up-1 Ready", cell.log)
+    child = child_kubeconfig(cell, "up-1")
+
+    def child_lc() -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(kubectl(toolchain, child, "get", "lc", "up-1", "-o", "json"))
+        return found
+
+    wait_for(
+        lambda: child_lc().get("status", {}).get("version") == "1.36.3", 120, "the child's own reconcile"
+    )
+    downgrade = '{"spec":{"provider":{"kubernetes":{"version":"1.35.0"}}}}'
+    refused = subprocess.run(
+        [
+            str(toolchain.kubectl),
+            f"--kubeconfig={child}",
+            "patch",
+            "lc",
+            "up-1",
+            "--type=merge",
+            "-p",
+            downgrade,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "downgrading from 1.36.3 to 1.35.0 is not supported" in refused.stderr
+    upgraded_at = time.monotonic()
+    upgrade = '{"spec":{"provider":{"kubernetes":{"version":"1.36.4"}}}}'
+    kubectl(toolchain, child, "patch", "lc", "up-1", "--type=merge", "-p", upgrade)
+    seen: list[str] = []
+
+    def rollout_explained() -> str:
+        conditions = {c["type"]: c for c in child_lc().get("status", {}).get("conditions", [])}
+        rollout = conditions.get("RollingOut") or {}
+        message = str(rollout.get("message", ""))
+        if message and (not seen or seen[-1] != message):
+            seen.append(message)
+            print(f"  {time.monotonic() - upgraded_at:6.1f} s  {message}")
+        explained = "Waiting for etcd" in message and "ControlPlaneIsStable" in message
+        return message if rollout.get("status") == "True" and explained else ""
+
+    try:
+        message = wait_for(
+            rollout_explained, 240, "the child's LatticeCluster to show the rollout and why it waits"
+        )
+    finally:
+        print(kubectl(toolchain, child, "get", "kcp,md,ms,machines", "-A", "-o", "wide", check=False))
+    assert message.startswith("rolling out v1.36.4: control plane 0/1 and workers 0/1 Machines up to date")
+    kcp = json.loads(kubectl(toolchain, child, "get", "kcp", "-n", "capi-up-1", "-o", "json"))["items"][0]
+    assert kcp["spec"]["version"] == "v1.36.4"
+    md = json.loads(kubectl(toolchain, child, "get", "md", "-n", "capi-up-1", "-o", "json"))["items"][0]
+    assert md["spec"]["template"]["spec"]["version"] == "v1.36.4"
+    # The cell's copy of the child is left alone (the child is the source of truth).
+    assert cell.lc("up-1")["spec"]["provider"]["kubernetes"]["version"] == "1.36.3"

@@ -17,6 +17,7 @@ CONTROL_PLANE_INITIALIZED = "ControlPlaneInitialized"
 PROVISIONING_HEALTHY = "ProvisioningHealthy"
 AGENT_CONNECTED = "AgentConnected"
 PIVOTED = "Pivoted"
+ROLLING_OUT = "RollingOut"
 DELETING = "Deleting"
 
 # Display order: the summary first, then the path through the life of a cluster.

@@ -33,6 +33,7 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule([capi.CONTROLPLANE_API], ["kubeadmcontrolplanes"], crud),
         _rule([capi.BOOTSTRAP_API], ["kubeadmconfigtemplates"], crud),
         # read only: what CABPK and the local provider report per machine (capi_reports)
+        _rule([capi.CLUSTER_API], ["machinesets"], ["get", "list", "watch"]),
         _rule([capi.BOOTSTRAP_API], ["kubeadmconfigs"], ["get", "list", "watch"]),
         _rule([capi.LOCAL_INFRA_API], ["localmachines"], ["get", "list", "watch"]),
         *(

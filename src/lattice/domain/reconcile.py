@@ -141,7 +141,15 @@ def plan_cluster(
         return Plan()
     desired = capi.compile_cluster(valid, compile_context)
     return _plan_apply(
-        raw, status, valid, desired, capi_objects, generation, now, capi_reports.failures(reports)
+        raw,
+        status,
+        valid,
+        desired,
+        capi_objects,
+        generation,
+        now,
+        capi_reports.failures(reports),
+        None if capi_objects is None else capi_reports.rollout([*capi_objects, *reports]),
     )
 
 
@@ -270,6 +278,7 @@ def _plan_apply(
     generation: int,
     now: dt.datetime,
     failures: Sequence[capi_reports.CapiFailure] = (),
+    rolling: capi_reports.Rollout | None = None,
 ) -> Plan:
     transition = lifecycle.transition(status.phase, lifecycle.Event.SPEC_ACCEPTED)
     conds = conditions.set_condition(
@@ -342,6 +351,7 @@ def _plan_apply(
         generation=generation,
     )
     conds = _provisioning_health(status.conditions, conds, failures, events, now, generation)
+    conds = _rolling_out(status.conditions, conds, rolling, events, now, generation)
     phase = transition.phase
     ready = phase is Phase.READY
     conds = conditions.set_condition(
@@ -358,7 +368,11 @@ def _plan_apply(
     new_status = attrs.evolve(
         status,
         phase=phase,
-        message=_failure_message(failures) if failures else _phase_message(phase, infra, control_plane),
+        message=_failure_message(failures)
+        if failures
+        else rolling.describe()
+        if rolling is not None
+        else _phase_message(phase, infra, control_plane),
         conditions=conds,
         observed_generation=generation,
         capi_namespace=namespace,
@@ -411,6 +425,44 @@ def _provisioning_health(
         ConditionStatus.FALSE,
         failures[0].reason,
         message,
+        now=now,
+        generation=generation,
+    )
+
+
+def _rolling_out(
+    before: Sequence[models.Condition],
+    conds: Sequence[models.Condition],
+    rolling: capi_reports.Rollout | None,
+    events: list[EventSpec],
+    now: dt.datetime,
+    generation: int,
+) -> tuple[models.Condition, ...]:
+    """``RollingOut``: True with the Machines up to date of total and the controllers' own
+    messages while KCP or a MachineDeployment rolls out a change (a version upgrade); an Event
+    when a rollout starts and when it ends."""
+    previous = next((c for c in before if c.type == conditions.ROLLING_OUT), None)
+    was_rolling = previous is not None and previous.status is ConditionStatus.TRUE
+    if rolling is None:
+        if was_rolling:
+            events.append(EventSpec("Normal", "RolledOut", "every Machine is up to date"))
+        return conditions.set_condition(
+            conds,
+            conditions.ROLLING_OUT,
+            ConditionStatus.FALSE,
+            "UpToDate",
+            "",
+            now=now,
+            generation=generation,
+        )
+    if not was_rolling:
+        events.append(EventSpec("Normal", "RollingOut", rolling.describe()))
+    return conditions.set_condition(
+        conds,
+        conditions.ROLLING_OUT,
+        ConditionStatus.TRUE,
+        "RollingOut",
+        rolling.describe(),
         now=now,
         generation=generation,
     )

@@ -82,3 +82,90 @@ def test_move_blockers_follow_clusterctls_preflight() -> None:
     leaving = {"kind": "Machine", "metadata": {"name": "x", "deletionTimestamp": "t"}, "status": {}}
     assert capi_reports.move_blockers([ready, with_node, leaving, obj("KubeadmConfig", "k")]) == ()
     assert capi_reports.move_blockers([]) == ()
+
+
+def _owner(kind: str, name: str, conditions: list[dict[str, str]], **status: int) -> dict[str, object]:
+    return {
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {"version": "v1.36.4"} if kind == "KubeadmControlPlane" else {},
+        "status": {"conditions": conditions, **status},
+    }
+
+
+def test_rollout_is_none_until_a_controller_reports_one() -> None:
+    idle = _owner("KubeadmControlPlane", "c", [{"type": "RollingOut", "status": "False"}], replicas=1)
+    assert capi_reports.rollout([idle]) is None
+    assert capi_reports.rollout([]) is None
+
+
+def test_rollout_counts_and_the_controllers_messages() -> None:
+    kcp = _owner(
+        "KubeadmControlPlane",
+        "c",
+        [
+            {
+                "type": "RollingOut",
+                "status": "True",
+                "message": "Rolling out 1 Machine\n* version v1.36.3 -> v1.36.4",
+            },
+            {"type": "ScalingUp", "status": "False", "message": "not scaling"},
+        ],
+        replicas=1,
+        upToDateReplicas=0,
+    )
+    md_a = _owner(
+        "MachineDeployment", "a", [{"type": "RollingOut", "status": "False"}], replicas=2, upToDateReplicas=2
+    )
+    md_b = _owner("MachineDeployment", "b", [], replicas=1)
+    found = capi_reports.rollout([md_b, kcp, md_a, {"kind": "Cluster", "metadata": {"name": "c"}}])
+    assert found == capi_reports.Rollout(
+        version="v1.36.4",
+        control_plane=(0, 1),
+        workers=(2, 3),
+        details=("KubeadmControlPlane c RollingOut: Rolling out 1 Machine * version v1.36.3 -> v1.36.4",),
+    )
+    assert found.describe() == (
+        "rolling out v1.36.4: control plane 0/1 and workers 2/3 Machines up to date "
+        "(KubeadmControlPlane c RollingOut: Rolling out 1 Machine * version v1.36.3 -> v1.36.4)"
+    )
+    assert capi_reports.Rollout("v1", (1, 1), (0, 1)).describe().endswith("Machines up to date")
+
+
+def test_rollout_says_why_it_waits_blocked_machine_sets_and_the_control_plane() -> None:
+    kcp = _owner(
+        "KubeadmControlPlane",
+        "c",
+        [
+            {"type": "RollingOut", "status": "True", "message": "Rolling out 1 not up-to-date replicas"},
+            {
+                "type": "Available",
+                "status": "False",
+                "message": "Waiting for etcd to report the list of members",
+            },
+        ],
+        replicas=1,
+    )
+    blocked = _owner(
+        "MachineSet",
+        "w-new",
+        [
+            {
+                "type": "ScalingUp",
+                "status": "True",
+                "message": "Scaling up from 0 to 1 replicas is blocked because:\n"
+                '* "ControlPlaneIsStable" preflight check failed',
+            }
+        ],
+    )
+    scaling = _owner(
+        "MachineSet", "w-old", [{"type": "ScalingUp", "status": "True", "message": "Scaling up from 1 to 2"}]
+    )
+    found = capi_reports.rollout([kcp, blocked, scaling])
+    assert found is not None
+    assert found.details == (
+        "KubeadmControlPlane c RollingOut: Rolling out 1 not up-to-date replicas",
+        "KubeadmControlPlane c Available: Waiting for etcd to report the list of members",
+        "MachineSet w-new ScalingUp: Scaling up from 0 to 1 replicas is blocked because: "
+        '* "ControlPlaneIsStable" preflight check failed',
+    )

@@ -76,6 +76,7 @@ def test_new_cluster_applies_everything_and_moves_to_provisioning() -> None:
         "InfrastructureReady": "False",
         "ControlPlaneInitialized": "False",
         "ProvisioningHealthy": "True",
+        "RollingOut": "False",
     }
     assert [e.reason for e in plan.events] == ["Applying", "Provisioning"]
     assert plan.requeue_after == reconcile.PROVISIONING_RECHECK_S
@@ -496,3 +497,39 @@ def test_an_edit_of_a_self_managing_childs_copy_is_not_applied_and_says_where_to
     assert "edit the LatticeCluster w1 on the cluster itself" in spec_valid["message"]
     assert [e.reason for e in plan.events] == ["ManagedByCluster"]
     assert plan_cluster(with_status(raw, plan), [], CELL, NOW).writes is False
+
+
+def rolling(obj: dict[str, Any], up_to_date: int, replicas: int, **messages: str) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    out["status"] = {
+        "replicas": replicas,
+        "upToDateReplicas": up_to_date,
+        "conditions": [
+            {"type": kind, "status": "True", "reason": kind, "message": message}
+            for kind, message in {"RollingOut": "", **messages}.items()
+        ],
+    }
+    return out
+
+
+def test_a_rollout_is_shown_with_capis_own_words_then_its_end() -> None:
+    raw = pivoted(lc(), observedGeneration=1)
+    objects = list(plan_cluster(raw, [], SELF, NOW).apply)  # as compiled for the cluster itself
+    kcp = next(o for o in objects if o["kind"] == "KubeadmControlPlane")
+    md = next(o for o in objects if o["kind"] == "MachineDeployment")
+    others = [o for o in objects if o not in (kcp, md)]
+    blocked = rolling(kcp, 0, 1, ScalingUp="* waiting for etcd to become healthy")
+    plan = plan_cluster(raw, [*others, blocked, rolling(md, 1, 2)], SELF, NOW)
+    assert plan.status is not None
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "RollingOut")
+    assert condition["status"] == "True"
+    assert condition["message"].startswith(
+        "rolling out v1.35.0: control plane 0/1 and workers 1/2 Machines up to date"
+    )
+    assert "KubeadmControlPlane w1-control-plane ScalingUp: * waiting for etcd" in condition["message"]
+    assert plan.status["message"] == condition["message"]
+    assert [e.reason for e in plan.events] == ["RollingOut"]
+    done = plan_cluster(with_status(raw, plan), objects, SELF, NOW)
+    assert done.status is not None
+    assert next(c for c in done.status["conditions"] if c["type"] == "RollingOut")["status"] == "False"
+    assert [e.reason for e in done.events] == ["RolledOut"]

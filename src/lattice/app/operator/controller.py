@@ -42,6 +42,7 @@ CAPI_KINDS: tuple[tuple[str, str], ...] = (
 # read only, never applied or deleted by the operator.
 REPORT_KINDS: tuple[tuple[str, str], ...] = (
     (f"{capi.CLUSTER_API}/v1beta2", "Machine"),
+    (f"{capi.CLUSTER_API}/v1beta2", "MachineSet"),
     (f"{capi.BOOTSTRAP_API}/v1beta2", "KubeadmConfig"),
     (f"{capi.LOCAL_INFRA_API}/v1alpha1", "LocalMachine"),
 )
