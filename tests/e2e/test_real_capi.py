@@ -135,9 +135,10 @@ def test_an_upgrade_of_a_pivoted_child_reaches_its_own_capi_which_says_why_it_wa
 ) -> None:
     """A version change on the child's own LatticeCluster reaches its KubeadmControlPlane and
     MachineDeployment, and its own controllers start the rollout; the LatticeCluster shows it in
-    CAPI's words. On the local provider the rollout cannot finish: KCP waits for etcd (its
-    member checks need a kubelet API the stand-in does not serve) and CAPI's MachineSet preflight
-    holds the workers while the control plane upgrades. A downgrade is refused at admission."""
+    CAPI's words, and the cell's copy shows what the child reports. On the local provider the
+    rollout cannot finish: KCP waits for etcd (its member checks need a kubelet API the stand-in
+    does not serve) and CAPI's MachineSet preflight holds the workers while the control plane
+    upgrades. A downgrade is refused at admission."""
     cell = own_cell
     cell.control_plane.apply([local_cluster("up-1", cell.name, workers=1)])
     wait_for(lambda: cell.lc("up-1").get("status", {}).get("phase") == "Ready", 600, "up-1 Ready", cell.log)
@@ -180,7 +181,17 @@ def test_an_upgrade_of_a_pivoted_child_reaches_its_own_capi_which_says_why_it_wa
         if message and (not seen or seen[-1] != message):
             seen.append(message)
             print(f"  {time.monotonic() - upgraded_at:6.1f} s  {message}")
-        explained = "Waiting for etcd" in message and "ControlPlaneIsStable" in message
+        # KCP, the MachineDeployment and its new MachineSet each report at their own pace (under
+        # load, the MachineSet's blocked scale-up was seen before KCP recounted its Machines).
+        explained = all(
+            part in message
+            for part in (
+                "control plane 0/1",
+                "KubeadmControlPlane up-1-control-plane RollingOut",
+                "Waiting for etcd",
+                "ControlPlaneIsStable",
+            )
+        )
         return message if rollout.get("status") == "True" and explained else ""
 
     try:
@@ -194,5 +205,13 @@ def test_an_upgrade_of_a_pivoted_child_reaches_its_own_capi_which_says_why_it_wa
     assert kcp["spec"]["version"] == "v1.36.4"
     md = json.loads(kubectl(toolchain, child, "get", "md", "-n", "capi-up-1", "-o", "json"))["items"][0]
     assert md["spec"]["template"]["spec"]["version"] == "v1.36.4"
-    # The cell's copy of the child is left alone (the child is the source of truth).
+    # The cell's copy of the child is left alone (the child is the source of truth), and shows
+    # what the child reports about itself over its stream: the version applied and the rollout.
     assert cell.lc("up-1")["spec"]["provider"]["kubernetes"]["version"] == "1.36.3"
+
+    def reported_on_the_cell() -> list[str]:
+        found = list(((cell.lc("up-1").get("status") or {}).get("agent") or {}).get("reported") or [])
+        rolling = any(r.startswith("LatticeCluster.RollingOut=True: rolling out v1.36.4") for r in found)
+        return found if rolling and "LatticeCluster.version=1.36.4" in found else []
+
+    print(wait_for(reported_on_the_cell, 60, "the cell's copy to show the child's rollout"))

@@ -233,10 +233,17 @@ class KubeUnpivoter:
 class KubeClusterProbe:
     """Reports on the agent's own cluster from its API server."""
 
-    def __init__(self, api: KubeApi, importer: KubePivotImporter, kubernetes_version: str = "") -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        importer: KubePivotImporter,
+        kubernetes_version: str = "",
+        cluster_name: str | None = None,
+    ) -> None:
         self.api = api
         self.importer = importer
         self._version = kubernetes_version
+        self.cluster_name = cluster_name
 
     async def kubernetes_version(self) -> str:
         return self._version
@@ -254,7 +261,18 @@ class KubeClusterProbe:
                 for c in (node.get("status") or {}).get("conditions", [])
             )
         )
-        return agent.ClusterHealth(ready_nodes=ready, total_nodes=len(nodes))
+        return agent.ClusterHealth(
+            ready_nodes=ready, total_nodes=len(nodes), conditions=await self._own_report()
+        )
+
+    async def _own_report(self) -> tuple[str, ...]:
+        if self.cluster_name is None:
+            return ()
+        try:
+            own = await self.api.get(ResourceRef(models.API_VERSION, models.KIND, self.cluster_name))
+        except kube.KubeError:  # not pivoted yet (NotFound), or unreadable: nothing to report
+            return ()
+        return agent.own_cluster_report(own)
 
     async def self_managed(self) -> bool:
         return await self.importer.self_managed()

@@ -253,7 +253,7 @@ async def _run_with_cluster(
         context,
         applier=agent_kube.KubeManifestApplier(api),
         importer=importer,
-        probe=agent_kube.KubeClusterProbe(api, importer, args.kubernetes_version),
+        probe=agent_kube.KubeClusterProbe(api, importer, args.kubernetes_version, args.cluster_name),
         discovery=wiring.handler if wiring is not None else None,
         unpivoter=agent_kube.KubeUnpivoter(api, mover, args.kubeconfig, args.cluster_name),
     )

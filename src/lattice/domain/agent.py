@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
+from typing import Any
 
 from attrs import field, frozen
 
@@ -221,6 +222,35 @@ def derive_state(
     if health is not None and health.ready_nodes < health.total_nodes:
         return AgentState.DEGRADED
     return AgentState.READY
+
+
+# --- what a cluster reports about its own LatticeCluster ----------------------------------------
+
+REPORT_PREFIX = "LatticeCluster."
+MAX_REPORTED = 8
+MAX_REPORTED_CHARS = 1024
+
+
+def own_cluster_report(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The child's own LatticeCluster in a few lines for ``ClusterHealth.conditions``, so that
+    its cell's copy shows the state of the source of truth: phase, the generation applied, and
+    a rollout in progress (``RollingOut`` with CAPI's words)."""
+    status = raw.get("status") or {}
+    out = [f"{REPORT_PREFIX}phase={status.get('phase') or 'Pending'}"]
+    if status.get("observedGeneration") is not None:
+        out.append(f"{REPORT_PREFIX}observedGeneration={status['observedGeneration']}")
+    if status.get("version"):
+        out.append(f"{REPORT_PREFIX}version={status['version']}")
+    for cond in status.get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == "RollingOut" and cond.get("status") == "True":
+            out.append(f"{REPORT_PREFIX}RollingOut=True: {cond.get('message', '')}")
+    return tuple(out)
+
+
+def reported(conditions: tuple[str, ...]) -> tuple[str, ...]:
+    """What a cell keeps of a child's report (a peer's input: bounded in number and length)."""
+    kept = [c for c in conditions if c.startswith(REPORT_PREFIX)][:MAX_REPORTED]
+    return tuple(c if len(c) <= MAX_REPORTED_CHARS else c[: MAX_REPORTED_CHARS - 1] + "…" for c in kept)
 
 
 # --- agent status, as recorded on the LatticeCluster ------------------------------------------

@@ -393,6 +393,12 @@ class AgentStatus:
         "Ready/total nodes as the agent last reported them (a self-managing child's own count).",
         default=None,
     )
+    reported: tuple[str, ...] = describe(
+        "What the cluster reports about its own LatticeCluster, the source of truth after the "
+        "pivot (phase, generation and version applied, a rollout in progress).",
+        default=(),
+        maxItems=8,
+    )
 
 
 @frozen

@@ -137,3 +137,32 @@ def test_unpivot_export_errors_name_the_file():
 
 def test_move_file_repr_hides_content():
     assert "secret" not in repr(agent.MoveFile("a", b"secret"))
+
+
+def test_own_cluster_report_and_what_a_cell_keeps_of_it():
+    own = {
+        "status": {
+            "phase": "Ready",
+            "observedGeneration": 3,
+            "version": "1.36.4",
+            "conditions": [
+                {"type": "Ready", "status": "True", "message": ""},
+                {"type": "RollingOut", "status": "True", "message": "rolling out v1.36.4: ..."},
+            ],
+        }
+    }
+    report = agent.own_cluster_report(own)
+    assert report == (
+        "LatticeCluster.phase=Ready",
+        "LatticeCluster.observedGeneration=3",
+        "LatticeCluster.version=1.36.4",
+        "LatticeCluster.RollingOut=True: rolling out v1.36.4: ...",
+    )
+    assert agent.own_cluster_report({}) == ("LatticeCluster.phase=Pending",)
+    # A peer's input: only the report's lines, at most 8, each at most 1,024 characters.
+    noisy = ("api-unreachable", *(f"LatticeCluster.x{i}" for i in range(20)), "LatticeCluster." + "y" * 5000)
+    kept = agent.reported(noisy)
+    assert kept == tuple(f"LatticeCluster.x{i}" for i in range(8))
+    long = agent.reported(("LatticeCluster." + "y" * 5000,))
+    assert len(long[0]) == agent.MAX_REPORTED_CHARS
+    assert long[0].endswith("…")

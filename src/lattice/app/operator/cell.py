@@ -133,6 +133,7 @@ class CellCoordinator:
                 nodes=None
                 if status.health is None
                 else f"{status.health.ready_nodes}/{status.health.total_nodes}",
+                reported=() if status.health is None else agent.reported(status.health.conditions),
             )
             if current.agent != updated:
                 await self._write(raw, _evolve(current, agent=updated))
