@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,15 @@ from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import HEARTBEAT_SECONDS, LocalMachineHost
 from lattice.app.local_infra import LocalInfraProvider
 from lattice.testing.fixtures import ControlPlaneFactory
+
+
+def events_of(cp: ControlPlane, name: str) -> list[dict[str, Any]]:
+    """The Events the operator recorded for the object ``name`` (in ``default``), read by kubectl."""
+    out = cp.kubectl(
+        "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
+    items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+    return items
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and as a Warning Event, instead of a silent wait."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
-from tests.integration.conftest import local_infra
+from tests.integration.conftest import events_of, local_infra
 from tests.integration.operator.conftest import CELL, eventually, lc_ref, operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -59,18 +58,7 @@ async def test_bootstrap_data_cabpk_cannot_render_is_reported(
         assert lc["status"]["phase"] == "Provisioning"
         assert lc["status"]["message"] == health["message"]
 
-        events = json.loads(
-            cp.kubectl(
-                "get",
-                "events",
-                "-n",
-                "default",
-                "--field-selector",
-                "involvedObject.name=broken",
-                "-o",
-                "json",
-            ).stdout
-        )["items"]
+        events = events_of(cp, "broken")
         warnings = [e for e in events if e["type"] == "Warning"]
         assert [e["reason"] for e in warnings] == ["BootstrapDataFailed"]
         assert "Failed to prepare spec.files" in warnings[0]["message"]

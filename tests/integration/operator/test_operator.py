@@ -18,6 +18,7 @@ from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.ports import kube
 from lattice.testing.fixtures import ControlPlaneFactory
+from tests.integration.conftest import events_of
 from tests.integration.operator.conftest import (
     capi_objects,
     cluster,
@@ -61,18 +62,7 @@ async def test_create_update_delete(cell_control_plane: ControlPlane) -> None:
         assert "PHASE" in table
         assert "Provisioning" in table
         assert "docker" in table
-        events = json.loads(
-            cp.kubectl(
-                "get",
-                "events",
-                "-n",
-                "default",
-                "--field-selector",
-                "involvedObject.name=flow-1",
-                "-o",
-                "json",
-            ).stdout
-        )["items"]
+        events = events_of(cp, "flow-1")
         assert {"Applying", "Provisioning"} <= {e["reason"] for e in events}
 
         # workers 2 -> 3 updates the MachineDeployment.
