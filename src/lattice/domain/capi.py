@@ -22,7 +22,7 @@ from typing import Any
 
 from attrs import frozen
 
-from lattice.domain import models
+from lattice.domain import addons, models
 from lattice.domain.validation import ValidCluster
 
 Manifest = dict[str, Any]
@@ -247,21 +247,9 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
 
 
 def compile_workload_manifests(valid: ValidCluster) -> tuple[Manifest, ...]:
-    """Objects applied inside the new cluster by its agent (ApplyManifestsCommand), not by CAPI.
-
-    Today: the Cilium LB-IPAM pool of ``spec.networking.default``.
-    """
-    networking = valid.spec.networking
-    if networking is None or networking.default is None:
-        return ()
-    return (
-        {
-            "apiVersion": "cilium.io/v2alpha1",
-            "kind": "CiliumLoadBalancerIPPool",
-            "metadata": {"name": "default", "labels": _labels(valid.name)},
-            "spec": {"blocks": [{"cidr": networking.default.cidr}]},
-        },
-    )
+    """Objects applied inside the new cluster by its agent (ApplyManifestsCommand), not by CAPI:
+    the Cilium LB-IPAM pool of ``spec.networking.default`` and its L2 announcement policy."""
+    return addons.network_objects(valid.name, valid.spec.networking)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -305,7 +293,11 @@ def _kubeadm_config_spec(valid: ValidCluster, context: CompileContext) -> dict[s
         cluster_configuration["apiServer"] = {"certSANs": list(sans)}
     spec: dict[str, Any] = {
         "clusterConfiguration": cluster_configuration,
-        "initConfiguration": {"nodeRegistration": {"kubeletExtraArgs": _kubelet_args(valid, name)}},
+        # Cilium replaces kube-proxy (lattice.domain.addons.cilium_values).
+        "initConfiguration": {
+            "nodeRegistration": {"kubeletExtraArgs": _kubelet_args(valid, name)},
+            "skipPhases": ["addon/kube-proxy"],
+        },
         "joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": _kubelet_args(valid, name)}},
     }
     if context.parent is not None:

@@ -119,6 +119,6 @@ def test_ipv6_cell_host_is_bracketed() -> None:
 
 def test_workload_manifests_only_with_a_pool() -> None:
     assert capi.compile_workload_manifests(_examples()["prod-eu-west"]) == ()
-    (pool,) = capi.compile_workload_manifests(_examples()["mgmt"])
-    assert pool["kind"] == "CiliumLoadBalancerIPPool"
+    pool, l2 = capi.compile_workload_manifests(_examples()["mgmt"])
+    assert (pool["kind"], l2["kind"]) == ("CiliumLoadBalancerIPPool", "CiliumL2AnnouncementPolicy")
     assert pool["spec"]["blocks"] == [{"cidr": "172.18.255.1/32"}]
