@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from lattice.domain import agent, capi, cell, models, pivot
+from lattice.domain import addons, agent, capi, cell, models, pivot
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
@@ -30,6 +30,8 @@ log = logging.getLogger("lattice.agent.kube")
 
 FIELD_MANAGER = "lattice-agent"
 PIVOT_FIELD_MANAGER = "lattice-pivot"
+CRD_API = "apiextensions.k8s.io/v1"
+ESTABLISHED_TIMEOUT_S = 60.0
 
 
 def parse_manifests(streams: Sequence[bytes]) -> list[Obj]:
@@ -56,16 +58,55 @@ def parse_manifests(streams: Sequence[bytes]) -> list[Obj]:
 
 
 class KubeManifestApplier:
-    def __init__(self, api: KubeApi) -> None:
+    """Applies a bootstrap payload in :func:`lattice.domain.addons.apply_steps` order: Namespaces,
+    CRDs, built-in objects, then (once the payload's CRDs are Established) custom resources.
+    A failure names the object and carries the apiserver's message."""
+
+    def __init__(self, api: KubeApi, *, established_timeout: float = ESTABLISHED_TIMEOUT_S) -> None:
         self.api = api
+        self.established_timeout = established_timeout
 
     async def apply(self, manifests: tuple[bytes, ...]) -> None:
-        for obj in parse_manifests(manifests):
+        objects = parse_manifests(manifests)
+        errors = addons.payload_errors(objects)
+        if errors:
+            raise ExecutionError("the payload holds objects that cannot be applied: " + "; ".join(errors))
+        for step in addons.apply_steps(objects):
+            if isinstance(step, addons.AwaitEstablished):
+                await self._await_established(step.crds)
+                continue
             try:
-                await self.api.apply(obj, FIELD_MANAGER)
+                await self.api.apply(dict(step.obj), FIELD_MANAGER)
             except kube.KubeError as exc:
-                name = obj.get("metadata", {}).get("name", "?")
-                raise ExecutionError(f"applying {obj.get('kind')} {name}: {exc}") from exc
+                raise ExecutionError(f"applying {addons.describe(step.obj)}: {exc}") from exc
+
+    async def _await_established(self, names: tuple[str, ...]) -> None:
+        deadline = asyncio.get_running_loop().time() + self.established_timeout
+        pending = list(names)
+        while pending:
+            name = pending[0]
+            crd: Obj = {}
+            try:
+                crd = await self.api.get(ResourceRef(CRD_API, "CustomResourceDefinition", name))
+            except kube.KubeError as exc:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise ExecutionError(f"CustomResourceDefinition {name}: {exc}") from exc
+            if addons.established(crd):
+                pending.pop(0)
+                continue
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ExecutionError(
+                    f"CustomResourceDefinition {name} is not Established after "
+                    f"{self.established_timeout:.0f}s: {_conditions_text(crd)}"
+                )
+            await asyncio.sleep(0.1)
+
+
+def _conditions_text(crd: Obj) -> str:
+    conds = (crd.get("status") or {}).get("conditions") or []
+    return "; ".join(f"{c.get('type')}={c.get('status')} {c.get('message', '')}".strip() for c in conds) or (
+        "no conditions"
+    )
 
 
 class KubePivotImporter:
