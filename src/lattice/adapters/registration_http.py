@@ -24,7 +24,8 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import uvicorn
 from attrs import frozen
@@ -58,6 +59,13 @@ class PayloadSettings:
     require_fips: bool = False
     agent_args: Callable[[str], Sequence[str]] | None = None
     """Per-cluster extra agent flags (the cell derives them from the child's LatticeCluster)."""
+    addons: Callable[[str], Awaitable[Sequence[Mapping[str, Any]]]] | None = None
+    """Per-cluster objects installed with the agent (the cell renders the child's Cilium); a
+    failure answers 503 with the reason and leaves the token usable."""
+
+
+class PayloadUnavailable(Exception):
+    """The cell cannot build a registering cluster's payload now; the message says why."""
 
 
 class BodyTooLarge(Exception):
@@ -177,7 +185,12 @@ class _RegistrationHandler:
                 log.warning("registration: CSR of %s refused: %s", parsed.cluster_name, exc)
                 return _error(400, exc.reason, exc.field)
             ca_bundle = self._signer.ca_bundle_pem()
-            manifests = agent_payload.render_agent_manifests(
+            try:
+                addons = await self._addons(parsed.cluster_name)
+            except PayloadUnavailable as exc:
+                log.warning("registration of %s: no payload: %s", parsed.cluster_name, exc)
+                return _error(503, f"the cell cannot build this cluster's payload: {exc}", "<payload>")
+            agent_objects = agent_payload.agent_manifests(
                 agent_payload.AgentPayloadParams(
                     cluster_name=parsed.cluster_name,
                     grpc_endpoint=self._payload.grpc_endpoint,
@@ -189,6 +202,7 @@ class _RegistrationHandler:
                     extra_args=self._extra_args(parsed.cluster_name),
                 )
             )
+            manifests = agent_payload.render_yaml_stream([*agent_objects, *addons])
             answer = registration.RegistrationResponse(
                 grpc_endpoint=self._payload.grpc_endpoint,
                 ca_bundle=ca_bundle,
@@ -216,6 +230,17 @@ class _RegistrationHandler:
         except Exception:
             log.exception("registration: no extra agent flags for %s", cluster_name)
             return ()
+
+    async def _addons(self, cluster_name: str) -> Sequence[Mapping[str, Any]]:
+        if self._payload.addons is None:
+            return ()
+        try:
+            return await self._payload.addons(cluster_name)
+        except PayloadUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("registration: the add-ons of %s failed", cluster_name)
+            raise PayloadUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def _release_quietly(self, held: tokens.Lease) -> None:
         try:

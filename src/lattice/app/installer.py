@@ -31,13 +31,14 @@ from typing import Any
 from attrs import define, frozen
 
 from lattice.adapters import pki
+from lattice.adapters.addons_bundle import HelmRenderer, locate_addons
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.local_processes import stop_all
 from lattice.app import yamlio
 from lattice.app.operator.cell_runtime import load_or_create_ca
-from lattice.domain import agent_payload, capi, crds, install, models, serde, validation
+from lattice.domain import addons, agent_payload, capi, crds, install, models, serde, validation
 
 
 class InstallError(RuntimeError):
@@ -217,7 +218,6 @@ class Installer:
             "metadata": {"name": agent_payload.KEY_SECRET, "namespace": agent_payload.NAMESPACE},
             "stringData": {"tls.key": pki.key_to_pem(key).decode()},
         }
-        stream = manifests.rstrip("\n") + "\n---\n" + yamlio.dump_all([key_secret])
         _wait(
             lambda: cp.kubectl("get", "namespace", namespace, check=False).returncode == 0,
             120,
@@ -225,8 +225,49 @@ class Installer:
             f"the operator did not create namespace {namespace}",
             self.state_dir / "bootstrap-operator.log",
         )
+        cilium = self._cilium(cp, namespace)
+        stream = manifests.rstrip("\n") + "\n---\n" + yamlio.dump_all([key_secret, *cilium])
         cp.apply(install.agent_resource_set(self.name, stream))
         self.progress.step(step, f"ClusterResourceSet {self.name}-lattice-agent in {namespace}")
+
+    def _cilium(self, cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+        """Cilium for the management cluster, rendered by its chart once the infrastructure
+        provider has set the cluster's control-plane endpoint (as a cell renders it for a
+        registering child: ``CellRuntime.registration_addons``)."""
+        step = install.Step.AGENT_DELIVERY
+        found: list[tuple[str, int]] = []
+
+        def endpoint() -> bool:
+            result = cp.kubectl(
+                "get", "clusters.cluster.x-k8s.io", "-n", namespace, self.name, "-o", "json", check=False
+            )
+            if result.returncode != 0:
+                return False
+            known = addons.control_plane_endpoint([json.loads(result.stdout)])
+            if known is not None:
+                found.append(known)
+            return known is not None
+
+        _wait(
+            endpoint,
+            120,
+            step,
+            "the management cluster has no control-plane endpoint yet",
+            self.state_dir / "bootstrap-operator.log",
+        )
+        bundle = locate_addons()
+        parsed = serde.cluster_from_dict(self.cluster)
+        if not isinstance(parsed, models.LatticeCluster):  # load_management_cluster validated it
+            raise InstallError(step, f"the LatticeCluster does not parse: {parsed}", "check the file")
+        spec = parsed.spec
+        values = addons.cilium_values(self.name, spec.networking, found[-1])
+        return HelmRenderer(bundle.helm).render(
+            bundle.cilium_chart,
+            release=addons.CILIUM_RELEASE,
+            namespace=addons.CILIUM_NAMESPACE,
+            values=values,
+            kube_version=f"v{spec.provider.kubernetes.version.lstrip('v')}",
+        )
 
     def _pivot(self, cp: ControlPlane) -> Path:
         step = install.Step.PIVOT

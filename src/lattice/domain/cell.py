@@ -97,8 +97,42 @@ def agent_connected(status: models.LatticeClusterStatus, now: dt.datetime) -> mo
     return attrs.evolve(status, phase=phase, conditions=conds, message=message)
 
 
+BOOTSTRAP_MESSAGE_LIMIT = 1024
+"""Characters of the agent's apply error kept in the condition (the object and the apiserver's
+words come first)."""
+
+
+def bootstrap_failed(
+    status: models.LatticeClusterStatus, error: str, now: dt.datetime
+) -> models.LatticeClusterStatus:
+    """The child's agent could not apply the bootstrap payload; ``error`` names the object and
+    carries the apiserver's message. The cell retries; the phase stays ``Bootstrapping``."""
+    if status.phase is not Phase.BOOTSTRAPPING:
+        raise StepRejected(f"not bootstrapping (phase {status.phase})")
+    text = error.strip() or "the agent reported failure without a reason"
+    if len(text) > BOOTSTRAP_MESSAGE_LIMIT:
+        text = text[: BOOTSTRAP_MESSAGE_LIMIT - 1] + "…"
+    return attrs.evolve(
+        status,
+        message=f"bootstrap payload not applied: {text}",
+        conditions=_condition(
+            status, conditions.BOOTSTRAPPED, ConditionStatus.FALSE, "ApplyFailed", text, now,
+            status.observed_generation,
+        ),
+    )
+
+
 def bootstrap_completed(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
     phase = _advance(status, lifecycle.Event.BOOTSTRAP_COMPLETED)
+    status = attrs.evolve(
+        status,
+        conditions=_condition(
+            status, conditions.BOOTSTRAPPED, ConditionStatus.TRUE, "Applied",
+            "the agent applied the bootstrap payload (Lattice and Cluster API CRDs, the operator, "
+            "Cilium's CRDs and LB-IPAM pool, Flux)",
+            now, status.observed_generation,
+        ),
+    )
     return attrs.evolve(
         status,
         phase=phase,

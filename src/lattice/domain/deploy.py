@@ -52,6 +52,8 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule([""], ["namespaces"], ["get", "list", "watch", "create", "patch", "delete"]),
         _rule([""], ["secrets"], ["get", "create", "patch", "delete"]),
         _rule([""], ["events"], ["create", "patch"]),
+        # a cell exposes its webhook and gRPC ports (lattice.domain.addons.cell_service)
+        _rule([""], ["services"], ["get", "create", "patch"]),
     ]
 
 

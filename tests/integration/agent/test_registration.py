@@ -8,8 +8,9 @@ import contextlib
 import datetime as dt
 import json
 import subprocess
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -62,6 +63,7 @@ async def running_webhook(
     cell_pki: Pki,
     grpc_endpoint: str = GRPC_ENDPOINT,
     agent_args: Callable[[str], Sequence[str]] | None = None,
+    addons: Callable[[str], Awaitable[Sequence[Mapping[str, Any]]]] | None = None,
 ) -> AsyncIterator[Webhook]:
     clock = Clock()
     store = InMemoryTokenStore(clock=clock)
@@ -69,7 +71,10 @@ async def running_webhook(
         token_store=store,
         signer=cell_pki.ca,
         payload=registration_http.PayloadSettings(
-            grpc_endpoint=grpc_endpoint, image="ghcr.io/lattice/lattice:test", agent_args=agent_args
+            grpc_endpoint=grpc_endpoint,
+            image="ghcr.io/lattice/lattice:test",
+            agent_args=agent_args,
+            addons=addons,
         ),
     )
     context = tls.server_context(cell_pki.server, require_client_cert=False, alpn=tls.HTTP1_ALPN)
@@ -447,3 +452,32 @@ async def test_the_cell_adds_per_cluster_agent_flags_and_a_failing_hook_costs_on
                 assert args[-2:] == ["--discovery-base-domain", "c1.example.com"]
             else:
                 assert "--discovery-base-domain" not in args
+
+
+async def test_the_payload_carries_the_cells_add_ons_and_a_failing_render_answers_503_keeping_the_token(
+    cell_pki: Pki, tmp_path
+):
+    broken = {"on": True}
+
+    async def cilium(cluster: str) -> Sequence[Mapping[str, Any]]:
+        if broken["on"]:
+            raise RuntimeError("helm template cilium failed: values don't meet the specifications")
+        return [{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "cilium",
+                 "namespace": "kube-system", "labels": {"cluster": cluster}}}]
+
+    async with running_webhook(cell_pki, addons=cilium) as hook:
+        token = await hook.store.issue("c1")
+        csr, _key = openssl_csr(tmp_path, "c1")
+        refused = await hook.register("c1", token, csr)
+        assert refused.status_code == 503, refused.text
+        assert refused.json() == {
+            "error": "the cell cannot build this cluster's payload: helm template cilium failed: "
+            "values don't meet the specifications",
+            "field": "<payload>",
+        }
+        broken["on"] = False
+        response = await hook.register("c1", token, csr)  # the same token: it was not spent
+        assert response.status_code == 200, response.text
+        docs = list(YAML(typ="safe").load_all(response.json()["manifests"]))
+        assert [d["kind"] for d in docs][-2:] == ["Deployment", "DaemonSet"]
+        assert docs[-1]["metadata"]["labels"] == {"cluster": "c1"}

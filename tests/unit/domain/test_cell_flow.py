@@ -39,6 +39,26 @@ def test_happy_path_through_bootstrap_and_pivot() -> None:
     assert {c.type: c.status.value for c in s.conditions}["Pivoted"] == "True"
 
 
+def test_a_failed_bootstrap_is_a_condition_naming_the_object_then_success_clears_it() -> None:
+    s = status(Phase.BOOTSTRAPPING)
+    error = "applying CiliumLoadBalancerIPPool default: spec.blocks[0].cidr: Invalid value"
+    s = cell.bootstrap_failed(s, error, NOW)
+    assert s.phase is Phase.BOOTSTRAPPING
+    assert s.message == f"bootstrap payload not applied: {error}"
+    (cond,) = [c for c in s.conditions if c.type == "Bootstrapped"]
+    assert (cond.status.value, cond.reason, cond.message) == ("False", "ApplyFailed", error)
+    long = cell.bootstrap_failed(s, "x" * 5000, NOW)
+    (cond,) = [c for c in long.conditions if c.type == "Bootstrapped"]
+    assert len(cond.message or "") == cell.BOOTSTRAP_MESSAGE_LIMIT
+    blank = cell.bootstrap_failed(s, " ", NOW)
+    assert "without a reason" in (blank.message or "")
+    s = cell.bootstrap_completed(s, NOW)
+    (cond,) = [c for c in s.conditions if c.type == "Bootstrapped"]
+    assert (cond.status.value, cond.reason) == ("True", "Applied")
+    with pytest.raises(cell.StepRejected):
+        cell.bootstrap_failed(s, error, NOW)
+
+
 def test_failures_retry_then_abandon() -> None:
     s = cell.bootstrap_completed(status(Phase.BOOTSTRAPPING), NOW)
     for attempt in range(1, cell.MAX_PIVOT_ATTEMPTS):

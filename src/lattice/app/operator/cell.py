@@ -28,7 +28,7 @@ import attrs
 
 from lattice.adapters.concurrency import gather_settled
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import agent, capi, capi_reports, cell, models, pivot, serde
+from lattice.domain import agent, capi, capi_reports, cell, models, pivot, reconcile, serde
 from lattice.domain.models import Phase, PivotStep, UnpivotStep
 from lattice.ports import kube
 from lattice.ports.agent import AgentChannel, AgentNotConnected, CommandTimeout
@@ -210,9 +210,16 @@ class CellCoordinator:
             await asyncio.sleep(RETRY_DELAY_S)
             return
         if not getattr(reply, "success", False):
-            log.warning(
-                "bootstrap failed on the agent", extra={"cluster": name, "error": getattr(reply, "error", "")}
-            )
+            error = str(getattr(reply, "error", ""))
+            log.warning("bootstrap failed on the agent", extra={"cluster": name, "error": error})
+            now = self.controller.clock.now()
+            before = self.controller.clusters.get(None, name)
+            changed = await self._transition(name, lambda s: cell.bootstrap_failed(s, error, now))
+            was = None if before is None else cell.parse_status(before).message
+            if changed is not None and before is not None and was != changed.message:
+                self.controller.record_event(
+                    before, reconcile.EventSpec("Warning", "BootstrapFailed", changed.message or "")
+                )
             await asyncio.sleep(RETRY_DELAY_S)
             return
         now = self.controller.clock.now()

@@ -18,24 +18,44 @@ from pathlib import Path
 from attrs import frozen
 
 from lattice.adapters import agent_cell, pki, tls
+from lattice.adapters.addons_bundle import AddonsBundle, HelmRenderer, locate_addons
 from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
 from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
 from lattice.adapters.clusterctl import ClusterctlMover
-from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
+from lattice.adapters.registration_http import (
+    PayloadSettings,
+    PayloadUnavailable,
+    RegistrationServer,
+    registration_app,
+)
 from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import yamlio
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
 from lattice.app.operator.cell import CellCoordinator
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import agent, agent_payload, capi, child_capi, crds, deploy, install, models
+from lattice.domain import (
+    addons,
+    agent,
+    agent_payload,
+    capi,
+    child_capi,
+    crds,
+    deploy,
+    install,
+    models,
+    serde,
+)
 from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
 from lattice.domain.discovery.catalog import ServiceCatalog
 from lattice.ports import kube
 from lattice.ports.kube import KubeApi, ResourceRef
 
 log = logging.getLogger("lattice.cell")
+
+SERVICE_RESYNC_S = 15.0
+CELL_SERVICE_MANAGER = "lattice-cell"
 
 
 @frozen
@@ -140,6 +160,12 @@ class CellRuntime:
         self.webhook: RegistrationServer | None = None
         self.coordinator: CellCoordinator | None = None
         self._child_capi_crds: bytes | None = None
+        self._service_address: str | None = ""
+        self.addons: AddonsBundle = locate_addons()
+        self._helm = HelmRenderer(self.addons.helm)
+        cilium_crds = {"apiVersion": "v1", "kind": "List", "items": self.addons.cilium_crds()}
+        self._cilium_crds = json.dumps(cilium_crds).encode()
+        self._flux = yamlio.dump_all(self.addons.flux_install()).encode()
         self.catalog = CatalogService(
             ServiceCatalog(controller.context.self_name or "cell"), controller.clock
         )
@@ -154,11 +180,55 @@ class CellRuntime:
         child = self.controller.clusters.get(None, cluster_name) or {}
         return agent_payload.discovery_agent_args((child.get("spec") or {}).get("discovery"))
 
+    def _child(self, cluster_name: str) -> models.LatticeCluster:
+        raw = self.controller.clusters.get(None, cluster_name)
+        if raw is None:
+            raise ValueError(f"no LatticeCluster {cluster_name} in this cell")
+        parsed = serde.cluster_from_dict(dict(raw))
+        if not isinstance(parsed, models.LatticeCluster):
+            msg = f"LatticeCluster {cluster_name} does not parse: {parsed}"
+            raise ValueError(msg)  # noqa: TRY004 - a spec that does not parse, not a wrong type
+        return parsed
+
+    async def registration_addons(self, cluster_name: str) -> list[kube.Obj]:
+        """What a registering child installs with its agent: Cilium, rendered by its own chart
+        with this cluster's values (``lattice.domain.addons.cilium_values``)."""
+        child = self._child(cluster_name)
+        api_server = addons.control_plane_endpoint(self.controller.observed(cluster_name))
+        if api_server is None:
+            raise PayloadUnavailable(
+                "the cluster's control-plane endpoint is not known yet (Cluster API Cluster "
+                "spec.controlPlaneEndpoint); Cilium needs it to reach the API server"
+            )
+        values = addons.cilium_values(cluster_name, child.spec.networking, api_server)
+        version = child.spec.provider.kubernetes.version
+        started = asyncio.get_running_loop().time()
+        rendered = await asyncio.to_thread(
+            self._helm.render,
+            self.addons.cilium_chart,
+            release=addons.CILIUM_RELEASE,
+            namespace=addons.CILIUM_NAMESPACE,
+            values=values,
+            kube_version=f"v{version.lstrip('v')}",
+        )
+        log.info(
+            "rendered Cilium for a registering child",
+            extra={"cluster": cluster_name, "objects": len(rendered),
+                   "seconds": round(asyncio.get_running_loop().time() - started, 3)},
+        )
+        return rendered
+
     def bootstrap_manifests(self, cluster_name: str) -> tuple[bytes, ...]:
-        """What a new child applies before its pivot: the Lattice CRDs and its own operator."""
+        """What a new child applies before its pivot: the Lattice CRDs and its own operator, the
+        Cluster API CRDs, Cilium's CRDs with the cluster's LB-IPAM pool and L2 policy, and Flux."""
         endpoint = self.settings.endpoint
         child = self.controller.clusters.get(None, cluster_name) or {}
         spec = child.get("spec") or {}
+        network: tuple[kube.Obj, ...] = ()
+        try:
+            network = addons.network_objects(cluster_name, self._child(cluster_name).spec.networking)
+        except ValueError as exc:  # an invalid spec never gets this far; say so if it does
+            log.warning("no network objects", extra={"cluster": cluster_name, "error": str(exc)})
         cell_args = install.cell_operator_args(spec, deploy.STATE_DIR)
         infra_args: list[str] = []
         if self.settings.local_infra and install.is_local(spec):
@@ -183,7 +253,14 @@ class CellRuntime:
         if infra_args:
             operator = [*operator, *deploy.capi_managers_rbac()]
         capi_crds = () if self._child_capi_crds is None else (self._child_capi_crds,)
-        return (yamlio.dump_all(crds.all_crds()).encode(), *capi_crds, yamlio.dump_all(operator).encode())
+        return (
+            yamlio.dump_all(crds.all_crds()).encode(),
+            *capi_crds,
+            yamlio.dump_all(operator).encode(),
+            self._cilium_crds,
+            *((yamlio.dump_all(list(network)).encode(),) if network else ()),
+            self._flux,
+        )
 
     async def _load_child_capi_crds(self) -> None:
         """The CAPI CRDs this cell serves, as each child needs them to pivot into (one JSON list)."""
@@ -219,6 +296,7 @@ class CellRuntime:
                 grpc_endpoint=f"{endpoint.host}:{endpoint.grpc_port}",
                 image=self.settings.agent_image,
                 agent_args=self.agent_args,
+                addons=self.registration_addons,
             ),
         )
         self.webhook = RegistrationServer(
@@ -252,6 +330,9 @@ class CellRuntime:
                 name="catalog-refresh",
             )
         )
+        self._tasks.append(
+            asyncio.create_task(every(SERVICE_RESYNC_S, self.expose, self._stop), name="cell-service")
+        )
         # the first export must not wait for the API server to build each CAPI kind's watch cache
         self._tasks.append(asyncio.create_task(self._warm(), name="warm-move-kinds"))
         self.coordinator.resume_all()
@@ -263,6 +344,30 @@ class CellRuntime:
                 "host": self.settings.host,
             },
         )
+
+    async def expose(self) -> dict[str, kube.Obj] | None:
+        """Apply this cell's Service (``spec.parentConfig.service``) once its own LatticeCluster
+        is here (a child cell's arrives with its pivot); log its address when it changes."""
+        name = self.controller.context.self_name
+        if not name:
+            return None
+        try:
+            own = self._child(name)
+        except ValueError:
+            return None
+        service = addons.cell_service(name, own.spec)
+        if service is None:
+            return None
+        stored = await self.controller.api.apply(service, CELL_SERVICE_MANAGER)
+        address = addons.service_address(stored)
+        if address != self._service_address:
+            self._service_address = address
+            log.info(
+                "cell service applied",
+                extra={"service": addons.CELL_SERVICE_NAME, "type": stored["spec"]["type"],
+                       "address": address or "<pending>", "host": self.settings.host},
+            )
+        return stored
 
     async def _warm(self) -> None:
         assert self.coordinator is not None

@@ -333,6 +333,10 @@ class ClusterController:
         if error is not None:
             raise error
 
+    def record_event(self, raw: Obj, event: reconcile.EventSpec) -> None:
+        """An Event on a LatticeCluster from another part of this process (the cell's flow)."""
+        self._event_soon(raw, event)
+
     def _event_soon(self, raw: Obj, event: reconcile.EventSpec) -> None:
         """Events are best-effort and off the reconcile's critical path."""
         task = asyncio.create_task(self._event(raw, event))

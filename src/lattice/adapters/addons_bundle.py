@@ -1,0 +1,149 @@
+"""The cluster add-ons a cell hands to its children, as ``scripts/build-addons.sh`` builds them.
+
+The directory is ``$LATTICE_ADDONS_DIR`` (``bash scripts/build-addons.sh --print-dir`` prints
+it). It holds, from the pinned Go modules (``addons/versions.env``; Cilium's version is
+``tools/mesh-versions.env``'s):
+
+* ``bin/helm``: helm, built from ``helm.sh/helm/v4``; it renders Cilium's chart;
+* ``bin/source-controller``, ``bin/kustomize-controller``: the Flux controllers, which the
+  local kubelet stand-in runs for the Flux pods;
+* ``cilium/chart/``: Cilium's own Helm chart (``install/kubernetes/cilium`` of the release);
+* ``cilium/crds/``: Cilium's CRDs (``pkg/k8s/apis/cilium.io/client/crds``), which the
+  cilium-operator registers on a real cluster at start-up;
+* ``flux/install.yaml``: the Flux install (namespace, CRDs, RBAC, Services, Deployments) as
+  ``kubectl kustomize`` renders the controllers' own ``config/`` with Flux's distribution
+  settings.
+
+Nothing falls back to anything: a missing bundle raises :class:`BinariesNotBuiltError` naming
+the script. :class:`HelmRenderer` runs ``helm template`` (no cluster is contacted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from ruamel.yaml import YAML
+
+from lattice.adapters.binaries import COMPLETE_MARKER, BinariesNotBuiltError
+
+BUILD_SCRIPT = "scripts/build-addons.sh"
+ENV_VAR = "LATTICE_ADDONS_DIR"
+RENDER_TIMEOUT_S = 120.0
+
+Obj = dict[str, Any]
+
+
+class RenderError(RuntimeError):
+    """helm could not render a chart; the message carries helm's own words."""
+
+
+def _load_all(text: str, where: str) -> list[Obj]:
+    yaml = YAML(typ="safe", pure=True)
+    out: list[Obj] = []
+    for doc in yaml.load_all(text):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict) or "kind" not in doc:
+            raise RenderError(f"{where}: a document is not a Kubernetes object")
+        out.append(doc)
+    return out
+
+
+@attrs.frozen
+class AddonsBundle:
+    root: Path
+
+    @property
+    def helm(self) -> Path:
+        return self.root / "bin" / "helm"
+
+    @property
+    def cilium_chart(self) -> Path:
+        return self.root / "cilium" / "chart"
+
+    def binary(self, name: str) -> Path:
+        return self.root / "bin" / name
+
+    def cilium_crds(self) -> list[Obj]:
+        """Every Cilium CRD, sorted by file."""
+        found: list[Obj] = []
+        for path in sorted((self.root / "cilium" / "crds").rglob("*.yaml")):
+            found.extend(_load_all(path.read_text(), str(path)))
+        return found
+
+    def flux_install(self) -> list[Obj]:
+        path = self.root / "flux" / "install.yaml"
+        return _load_all(path.read_text(), str(path))
+
+    def versions(self) -> dict[str, str]:
+        """``build-info.txt``'s KEY=VALUE lines (the versions the bundle was built from)."""
+        out: dict[str, str] = {}
+        for line in (self.root / "bin" / "build-info.txt").read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.isupper():
+                out[key.strip()] = value.strip()
+        return out
+
+
+def locate_addons() -> AddonsBundle:
+    env = os.environ.get(ENV_VAR)
+    if not env:
+        raise BinariesNotBuiltError(
+            f"set {ENV_VAR} (`bash {BUILD_SCRIPT} --print-dir` prints it; `bash {BUILD_SCRIPT}` builds it)"
+        )
+    root = Path(env)
+    if not (root / COMPLETE_MARKER).is_file():
+        raise BinariesNotBuiltError(f"the cluster add-ons are not built at {root}: run `bash {BUILD_SCRIPT}`")
+    return AddonsBundle(root)
+
+
+@attrs.define
+class HelmRenderer:
+    """``helm template``: a chart's objects for these values, as ``helm install`` would create
+    them (no cluster is contacted; ``kube_version`` stands for the target cluster's)."""
+
+    helm: Path
+    timeout: float = RENDER_TIMEOUT_S
+
+    def render(
+        self,
+        chart: Path,
+        *,
+        release: str,
+        namespace: str,
+        values: Mapping[str, Any],
+        kube_version: str | None = None,
+    ) -> list[Obj]:
+        with tempfile.TemporaryDirectory(prefix="lattice-helm-") as scratch:
+            values_file = Path(scratch) / "values.json"  # JSON is YAML: helm reads it as values
+            values_file.write_text(json.dumps(values))
+            argv: list[str] = [
+                str(self.helm), "template", release, str(chart),
+                "--namespace", namespace, "--values", str(values_file),
+            ]
+            if kube_version:
+                argv += ["--kube-version", kube_version]
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": scratch,
+                "HELM_CACHE_HOME": f"{scratch}/cache",
+                "HELM_CONFIG_HOME": f"{scratch}/config",
+                "HELM_DATA_HOME": f"{scratch}/data",
+            }
+            try:
+                done = subprocess.run(  # noqa: S603 - our own pinned helm
+                    argv, capture_output=True, text=True, timeout=self.timeout, env=env, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise RenderError(f"helm template {chart.name}: {exc}") from exc
+        if done.returncode != 0:
+            raise RenderError(f"helm template {chart.name} failed: {done.stderr.strip()[-2000:]}")
+        return _load_all(done.stdout, f"helm template {chart.name}")
+
