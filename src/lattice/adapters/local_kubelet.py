@@ -10,10 +10,11 @@ kubeadm node's kubelet does, and no more (docs/local-provider.md):
   its Lease and Ready condition fresh;
 * it creates the four mirror pods and reports each Running and Ready exactly while its process
   runs, so a dead etcd shows as an unhealthy etcd pod;
-* it runs the pods the real scheduler binds to its Node when they are Lattice's own program
-  (:mod:`lattice.domain.local_pods`), each with a token for its own ServiceAccount from the
-  TokenRequest API, reports their status, restarts them when they exit, and confirms their
-  deletion once it has stopped them.
+* it runs the pods the real scheduler binds to its Node when they are Lattice's own program or
+  a known one (the Flux controllers; :mod:`lattice.domain.local_pods`), each with a token for
+  its own ServiceAccount from the TokenRequest API, runs a known program's HTTP readiness
+  probe, reports their status, restarts them when they exit, and confirms their deletion once
+  it has stopped them.
 
 The static pods are its children and die with it (a parent-death signal), as a machine's
 processes die with the machine. On SIGTERM it stops them and exits.
@@ -32,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 from ruamel.yaml import YAML
 
-from lattice.adapters.binaries import Toolchain
-from lattice.adapters.controlplane import ControlPlane, ManagedProcess, clean_env
+from lattice.adapters.addons_bundle import locate_addons
+from lattice.adapters.binaries import BinariesNotBuiltError, Toolchain
+from lattice.adapters.controlplane import ControlPlane, ManagedProcess, clean_env, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.domain import conditions, kubeadm_node, local_pods, yaml_text
 from lattice.domain.local_kubelet import STATUS_FILE, KubeletConfig, KubeletStatus, Phase, dump_status
@@ -50,6 +53,7 @@ log = logging.getLogger("lattice.local_kubelet")
 REGISTER_TIMEOUT_SECONDS = 120.0
 POD_SYNC_SECONDS = 1.0
 RESTART_BACKOFF_SECONDS = 10.0
+PROBE_TIMEOUT_SECONDS = 1.0
 
 
 @attrs.define(eq=False)
@@ -60,7 +64,20 @@ class _Pod:
     started_at: str
     restarts: int = 0
     next_start: float = 0.0
-    reported: tuple[bool, int] | None = None  # (running, restarts) last reported
+    probe: tuple[int, str] | None = None  # (local port, path) of its readiness probe
+    ready: bool | None = None  # the probe's last answer; None without a probe
+    env: dict[str, str] = attrs.field(factory=dict)
+    reported: tuple[bool, int, bool | None] | None = None  # (running, restarts, ready) last reported
+
+
+async def _probe(port: int, path: str) -> bool:
+    """A kubelet's HTTP probe: any status from 200 to 399 is success."""
+    try:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
+            answer = await client.get(f"http://127.0.0.1:{port}{path}")
+    except httpx.HTTPError:
+        return False
+    return 200 <= answer.status_code < 400
 
 
 def write_status(machine_dir: Path, status: KubeletStatus) -> None:
@@ -200,14 +217,17 @@ class LocalKubelet:
         running = self.pods.get(uid)
         now = asyncio.get_running_loop().time()
         if running is None:
-            argv = await self._prepare(api, pod)
-            if argv is None:
+            prepared = await self._prepare(api, pod)
+            if prepared is None:
                 return
+            argv, env, ports = prepared
             pod_dir = self._pod_dir(pod)
             process = ManagedProcess(name=where, argv=argv, log_path=pod_dir / "container.log", cwd=pod_dir)
             running = _Pod(meta["namespace"], meta["name"], process, started_at=self._now())
+            running.probe = local_pods.readiness_probe(pod, ports)
+            running.env = env
             self.pods[uid] = running
-            process.start(self._pod_env())
+            process.start(env)
             log.info("pod started", extra={"pod": where, "pid": process.pid})
         elif not running.process.running():
             if running.next_start == 0.0:
@@ -218,9 +238,11 @@ class LocalKubelet:
                 running.next_start = 0.0
                 running.started_at = self._now()
                 running.process.popen = None
-                running.process.start(self._pod_env())
+                running.process.start(running.env)
         alive = running.process.running()
-        if running.reported != (alive, running.restarts):
+        if running.probe is not None:
+            running.ready = alive and await _probe(*running.probe)
+        if running.reported != (alive, running.restarts, running.ready):
             message = "" if alive else f"exited with code {running.process.exit_code()}"
             status = local_pods.pod_status(
                 pod,
@@ -229,9 +251,10 @@ class LocalKubelet:
                 started_at=running.started_at,
                 now=self._now(),
                 message=message,
+                probe_ready=running.ready,
             )
             await api.apply_status(status, kubeadm_node.KUBELET_FIELD_MANAGER)
-            running.reported = (alive, running.restarts)
+            running.reported = (alive, running.restarts, running.ready)
 
     def _pod_dir(self, pod: local_pods.Obj) -> Path:
         meta = pod["metadata"]
@@ -245,10 +268,23 @@ class LocalKubelet:
     def _now(self) -> str:
         return conditions.rfc3339(self.clock.now())
 
-    async def _prepare(self, api: Kr8sKube, pod: local_pods.Obj) -> list[str] | None:
-        """Volumes as directories, a ServiceAccount token kubeconfig, then the command line;
-        ``None`` while a Secret it needs does not exist yet (a kubelet waits too)."""
+    async def _prepare(
+        self, api: Kr8sKube, pod: local_pods.Obj
+    ) -> tuple[list[str], dict[str, str], dict[str, int]] | None:
+        """Volumes as directories, a ServiceAccount token kubeconfig, then the command line, its
+        environment and the local ports of its named container ports; ``None`` while a Secret it
+        needs does not exist yet (a kubelet waits too) or a known program's binary is missing."""
         meta = pod["metadata"]
+        program = local_pods.known_program(pod)
+        binary = ""
+        if program is not None:
+            try:
+                binary = str(locate_addons().binary(program.binary))
+            except BinariesNotBuiltError as exc:
+                if meta["uid"] not in self._refused:
+                    self._refused.add(meta["uid"])
+                    log.warning("pod not run: %s", exc, extra={"pod": f"{meta['namespace']}/{meta['name']}"})
+                return None
         pod_dir = self._pod_dir(pod)
         mounts = local_pods.volume_mounts(pod)
         replacements: dict[str, str] = {}
@@ -288,7 +324,22 @@ class LocalKubelet:
             )
         )
         kubeconfig.chmod(0o600)
-        return local_pods.pod_argv(pod, python=self.python, kubeconfig=str(kubeconfig), mounts=replacements)
+        env = self._pod_env()
+        if program is None:
+            argv = local_pods.pod_argv(
+                pod, python=self.python, kubeconfig=str(kubeconfig), mounts=replacements
+            )
+            return argv, env, {}
+        container_env, unresolved = local_pods.container_env(pod, replacements)
+        if unresolved:
+            log.warning("environment not resolved", extra={"pod": meta["name"], "names": unresolved})
+        ports = {name: free_port() for name in local_pods.named_ports(pod)}
+        argv = local_pods.known_program_argv(
+            pod, binary=binary, mounts=replacements, env=container_env, ports=ports
+        )
+        env.update(container_env)
+        env["KUBECONFIG"] = str(kubeconfig)  # controller-runtime's client reads it
+        return argv, env, ports
 
     async def _report(self, api: Kr8sKube) -> None:
         moment = self.clock.now()

@@ -2,25 +2,65 @@
 
 There is no container runtime here. The kubelet stand-in runs a pod bound to its Node only when
 the pod's one container is Lattice's own program (the Lattice image, or an explicit
-``lattice`` command): it runs that command as a local process with the container's arguments,
-its Secret and emptyDir volumes written to directories (paths in the arguments rewritten to
-them), and a kubeconfig holding a token for the pod's ServiceAccount, bound to the pod (the
-TokenRequest API, as a kubelet does for a projected service-account token). So the RBAC the
-pod's ServiceAccount is given is the RBAC it runs with. Anything else stays Pending, and the
-reason is in the log.
+``lattice`` command), or one of the programs of :data:`KNOWN_IMAGES` (the Flux controllers
+Lattice installs, built from their Go modules by ``scripts/build-addons.sh``): it runs that
+program as a local process with the container's arguments (``$(VAR)`` expanded from the
+container's environment, as a kubelet does), its Secret and emptyDir volumes written to
+directories (paths in arguments and environment values rewritten to them), and a kubeconfig
+holding a token for the pod's ServiceAccount, bound to the pod (the TokenRequest API, as a
+kubelet does for a projected service-account token). So the RBAC the pod's ServiceAccount is
+given is the RBAC it runs with. Anything else stays Pending, and the reason is in the log.
 
-Probes are not run: a pod is Ready while its process runs.
+Pods share this host's network, so a known program's named container ports are given free
+local ports, passed with the flag that program binds each with; its HTTP readiness probe is
+run against the mapped port, and the pod is Ready only while it answers. A Lattice pod is Ready
+while its process runs.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from attrs import frozen
 
 Obj = Mapping[str, Any]
 
 LATTICE_IMAGE_REPOSITORY = "lattice"  # the last path segment of the Lattice image's repository
 TOKEN_SECONDS = 24 * 3600
+
+
+@frozen
+class KnownProgram:
+    """A non-Lattice program the stand-in can run: its binary (in the add-ons bundle) and the
+    flag that binds each of its named container ports."""
+
+    binary: str
+    port_flags: Mapping[str, str]
+
+
+KNOWN_IMAGES: Mapping[str, KnownProgram] = {
+    "ghcr.io/fluxcd/source-controller": KnownProgram(
+        "source-controller",
+        {"http": "--storage-addr", "http-prom": "--metrics-addr", "healthz": "--health-addr"},
+    ),
+    "ghcr.io/fluxcd/kustomize-controller": KnownProgram(
+        "kustomize-controller", {"http-prom": "--metrics-addr", "healthz": "--health-addr"}
+    ),
+}
+
+
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
+def known_program(pod: Obj) -> KnownProgram | None:
+    """The known program a pod's one container runs, if it is one."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return KNOWN_IMAGES.get(_repository(str(containers[0].get("image", ""))))
 
 
 def _image_repository(image: str) -> str:
@@ -39,6 +79,8 @@ def refusal(pod: Obj) -> str | None:
         return "the local kubelet stand-in runs pods with exactly one container"
     container = containers[0]
     command = container.get("command") or []
+    if known_program(pod) is not None:
+        return None if not command else "a known program's image runs with its own entrypoint"
     if command:
         if command[0] != "lattice":
             return f"the local kubelet stand-in runs only the lattice program, not {command[0]!r}"
@@ -63,10 +105,102 @@ def volume_mounts(pod: Obj) -> dict[str, str]:
 
 
 def _rewrite(arg: str, replacements: Mapping[str, str]) -> str:
+    """A path under a mount, alone or as a ``--flag=path`` value, moved to its local directory."""
+    prefix, sep, value = arg.partition("=")
+    if sep and prefix.startswith("-"):
+        return f"{prefix}={_rewrite(value, replacements)}"
     for mount, local in replacements.items():
         if arg == mount or arg.startswith(mount.rstrip("/") + "/"):
             return local + arg[len(mount) :]
     return arg
+
+
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: defined names are replaced, ``$$`` is a literal ``$``,
+    anything else stays as written."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR.sub(one, text)
+
+
+_QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_FACTORS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def _memory_bytes(quantity: str) -> str | None:
+    match = _QUANTITY.match(quantity)
+    return None if match is None else str(int(match.group(1)) * _FACTORS[match.group(2)])
+
+
+def container_env(pod: Obj, mounts: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The container's environment as a kubelet resolves it (values, the pod's name and
+    namespace, its memory limit in bytes), paths rewritten; and what it could not resolve."""
+    meta = pod.get("metadata") or {}
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    limits = (container.get("resources") or {}).get("limits") or {}
+    env: dict[str, str] = {}
+    unresolved: list[str] = []
+    fields = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}
+    for item in container.get("env") or []:
+        name = str(item.get("name"))
+        source = item.get("valueFrom")
+        if source is None:
+            env[name] = _rewrite(expand(str(item.get("value", "")), env), mounts)
+        elif "fieldRef" in source and fields.get(source["fieldRef"].get("fieldPath")):
+            env[name] = str(fields[source["fieldRef"]["fieldPath"]])
+        elif "resourceFieldRef" in source and source["resourceFieldRef"].get("resource") == "limits.memory":
+            found = _memory_bytes(str(limits.get("memory", "")))
+            if found is None:
+                unresolved.append(name)
+            else:
+                env[name] = found
+        else:
+            unresolved.append(name)
+    return env, unresolved
+
+
+def named_ports(pod: Obj) -> list[str]:
+    """The named container ports of a known program that it binds with a flag."""
+    program = known_program(pod)
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    if program is None:
+        return []
+    return [str(p["name"]) for p in container.get("ports") or [] if p.get("name") in program.port_flags]
+
+
+def known_program_argv(
+    pod: Obj, *, binary: str, mounts: Mapping[str, str], env: Mapping[str, str], ports: Mapping[str, int]
+) -> list[str]:
+    """A known program's local command line: its image's entrypoint (``binary``), the
+    container's arguments expanded and rewritten, then each named port's flag on its free local
+    port (a later flag wins over the container's own)."""
+    program = known_program(pod)
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    args = [_rewrite(expand(str(a), env), mounts) for a in container.get("args") or []]
+    if program is not None:
+        args += [f"{program.port_flags[name]}=127.0.0.1:{port}" for name, port in sorted(ports.items())]
+    return [binary, *args]
+
+
+def readiness_probe(pod: Obj, ports: Mapping[str, int]) -> tuple[int, str] | None:
+    """(local port, path) of the container's HTTP readiness probe, when its port is one this
+    kubelet mapped; ``None`` when there is no such probe."""
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    get = ((container.get("readinessProbe") or {}).get("httpGet")) or None
+    if get is None:
+        return None
+    port = get.get("port")
+    if isinstance(port, str) and port in ports:
+        return ports[port], str(get.get("path") or "/")
+    return None
 
 
 def pod_argv(pod: Obj, *, python: str, kubeconfig: str, mounts: Mapping[str, str]) -> list[str]:
@@ -107,13 +241,22 @@ def service_account(pod: Obj) -> str:
 
 
 def pod_status(
-    pod: Obj, *, running: bool, restarts: int, started_at: str, now: str, message: str = ""
+    pod: Obj,
+    *,
+    running: bool,
+    restarts: int,
+    started_at: str,
+    now: str,
+    message: str = "",
+    probe_ready: bool | None = None,
 ) -> dict[str, Any]:
-    """The status a kubelet reports: Running and Ready while the process runs; when it has
-    exited and waits to be restarted, ``CrashLoopBackOff`` with the exit in ``message``."""
+    """The status a kubelet reports: Running while the process runs, Ready then too unless its
+    readiness probe says otherwise (``probe_ready``); when it has exited and waits to be
+    restarted, ``CrashLoopBackOff`` with the exit in ``message``."""
     meta = pod.get("metadata") or {}
     container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
-    ready = "True" if running else "False"
+    is_ready = running and probe_ready is not False
+    ready = "True" if is_ready else "False"
 
     def condition(kind: str, status: str) -> Obj:
         return {"type": kind, "status": status, "lastTransitionTime": now}
@@ -143,7 +286,7 @@ def pod_status(
                     "name": container.get("name", ""),
                     "image": container.get("image", ""),
                     "imageID": "",
-                    "ready": running,
+                    "ready": is_ready,
                     "started": running,
                     "restartCount": restarts,
                     "state": state,

@@ -117,3 +117,115 @@ def test_token_kubeconfig_has_no_client_certificate() -> None:
     config = local_pods.token_kubeconfig("https://h:1", "Q0E=", "tok", "system:serviceaccount:ns:sa")
     assert config["users"][0]["user"] == {"token": "tok"}
     assert config["clusters"][0]["cluster"] == {"server": "https://h:1", "certificate-authority-data": "Q0E="}
+
+
+def flux_pod(**container: Any) -> dict[str, Any]:
+    """source-controller's pod as Flux's own Deployment (config/manager) and flux2's patch
+    make it."""
+    base: dict[str, Any] = {
+        "name": "manager",
+        "image": "ghcr.io/fluxcd/source-controller:v1.9.3",
+        "ports": [
+            {"containerPort": 9090, "name": "http"},
+            {"containerPort": 8080, "name": "http-prom"},
+            {"containerPort": 9440, "name": "healthz"},
+        ],
+        "env": [
+            {"name": "RUNTIME_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "TUF_ROOT", "value": "/tmp/.sigstore"},
+            {
+                "name": "GOMEMLIMIT",
+                "valueFrom": {"resourceFieldRef": {"containerName": "manager", "resource": "limits.memory"}},
+            },
+        ],
+        "args": [
+            "--watch-all-namespaces",
+            "--storage-path=/data",
+            "--storage-adv-addr=source-controller.$(RUNTIME_NAMESPACE).svc.cluster.local.",
+            "--literal=$$(RUNTIME_NAMESPACE)",
+        ],
+        "readinessProbe": {"httpGet": {"port": "http", "path": "/"}},
+        "resources": {"limits": {"memory": "1Gi"}},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    base.update(container)
+    return {
+        "metadata": {"name": "source-controller-1", "namespace": "flux-system", "uid": "u-2"},
+        "spec": {"containers": [base]},
+    }
+
+
+def test_a_flux_controller_runs_from_its_binary_with_free_ports_and_kubelet_semantics() -> None:
+    pod = flux_pod()
+    assert local_pods.refusal(pod) is None
+    program = local_pods.known_program(pod)
+    assert program is not None
+    assert program.binary == "source-controller"
+    mounts = {"/data": "/m/data", "/tmp": "/m/tmp"}
+    env, unresolved = local_pods.container_env(pod, mounts)
+    assert unresolved == []
+    assert env == {
+        "RUNTIME_NAMESPACE": "flux-system",
+        "TUF_ROOT": "/m/tmp/.sigstore",
+        "GOMEMLIMIT": str(1 << 30),
+    }
+    assert local_pods.named_ports(pod) == ["http", "http-prom", "healthz"]
+    ports = {"http": 4001, "http-prom": 4002, "healthz": 4003}
+    argv = local_pods.known_program_argv(
+        pod, binary="/b/source-controller", mounts=mounts, env=env, ports=ports
+    )
+    assert argv == [
+        "/b/source-controller",
+        "--watch-all-namespaces",
+        "--storage-path=/m/data",
+        "--storage-adv-addr=source-controller.flux-system.svc.cluster.local.",
+        "--literal=$(RUNTIME_NAMESPACE)",
+        "--health-addr=127.0.0.1:4003",
+        "--storage-addr=127.0.0.1:4001",
+        "--metrics-addr=127.0.0.1:4002",
+    ]
+    assert local_pods.readiness_probe(pod, ports) == (4001, "/")
+    assert local_pods.readiness_probe(pod, {}) is None
+    assert local_pods.readiness_probe(operator_pod(), ports) is None
+
+
+def test_a_known_image_with_its_own_command_or_odd_env_is_handled_plainly() -> None:
+    assert (
+        local_pods.refusal(flux_pod(command=["sh"])) == "a known program's image runs with its own entrypoint"
+    )
+    odd = flux_pod(
+        env=[
+            {"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "B", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
+        ],
+        resources={"limits": {"memory": "1.5Gi"}},
+    )
+    assert local_pods.container_env(odd, {}) == ({}, ["A", "B"])
+    assert local_pods.known_program(operator_pod()) is None
+    assert local_pods.named_ports(operator_pod()) == []
+    assert local_pods.known_program_argv(
+        operator_pod(args=["x"]), binary="b", mounts={}, env={}, ports={}
+    ) == ["b", "x"]
+    assert local_pods.readiness_probe(flux_pod(readinessProbe={"exec": {}}), {"http": 1}) is None
+
+
+def test_expand_and_memory_quantities() -> None:
+    assert local_pods.expand("$(A)-$(B)-$$-$(", {"A": "a"}) == "a-$(B)-$-$("
+    for quantity, value in [("64Mi", 64 << 20), ("1G", 10**9), ("512", 512), ("2k", 2000)]:
+        env, _ = local_pods.container_env(
+            flux_pod(
+                env=[{"name": "M", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}],
+                resources={"limits": {"memory": quantity}},
+            ),
+            {},
+        )
+        assert env == {"M": str(value)}
+
+
+def test_readiness_comes_from_the_probe_when_there_is_one() -> None:
+    pod = flux_pod()
+    waiting = local_pods.pod_status(pod, running=True, restarts=0, started_at="t", now="t", probe_ready=False)
+    assert {c["type"]: c["status"] for c in waiting["status"]["conditions"]}["Ready"] == "False"
+    assert waiting["status"]["containerStatuses"][0]["ready"] is False
+    ready = local_pods.pod_status(pod, running=True, restarts=0, started_at="t", now="t", probe_ready=True)
+    assert {c["type"]: c["status"] for c in ready["status"]["conditions"]}["Ready"] == "True"
