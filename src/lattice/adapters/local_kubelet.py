@@ -334,8 +334,21 @@ class LocalKubelet:
         if unresolved:
             log.warning("environment not resolved", extra={"pod": meta["name"], "names": unresolved})
         ports = {name: free_port() for name in local_pods.named_ports(pod)}
-        argv = local_pods.known_program_argv(
-            pod, binary=binary, mounts=replacements, env=container_env, ports=ports
+        account_dir = pod_dir / "serviceaccount"
+        account_dir.mkdir(parents=True, exist_ok=True)
+        files = local_pods.service_account_files(
+            str(meta["namespace"]),
+            str(token["status"]["token"]),
+            base64.b64decode(cluster["certificate-authority-data"]),
+        )
+        for file_name, content in files.items():
+            (account_dir / file_name).write_bytes(content)
+            (account_dir / file_name).chmod(0o600)
+        argv = local_pods.with_service_account_volume(
+            local_pods.known_program_argv(
+                pod, binary=binary, mounts=replacements, env=container_env, ports=ports
+            ),
+            str(account_dir),
         )
         env.update(container_env)
         env["KUBECONFIG"] = str(kubeconfig)  # controller-runtime's client reads it

@@ -11,6 +11,12 @@ holding a token for the pod's ServiceAccount, bound to the pod (the TokenRequest
 kubelet does for a projected service-account token). So the RBAC the pod's ServiceAccount is
 given is the RBAC it runs with. Anything else stays Pending, and the reason is in the log.
 
+A known program also gets its ServiceAccount volume where every pod has it,
+``/var/run/secrets/kubernetes.io/serviceaccount`` (token, ``ca.crt``, ``namespace``), as a
+container runtime mounts it: the process runs in a mount namespace of its own (``unshare``)
+with a tmpfs over ``/var/run`` and the pod's directory bound there, so nothing on the host
+changes (controller-runtime reads its leader-election namespace from that path).
+
 Pods share this host's network, so a known program's named container ports are given free
 local ports, passed with the flag that program binds each with; its HTTP readiness probe is
 run against the mapped port, and the pod is Ready only while it answers. A Lattice pod is Ready
@@ -131,8 +137,17 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 
 _QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-_FACTORS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
-            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_FACTORS = {
+    None: 1,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
 
 
 def _memory_bytes(quantity: str) -> str | None:
@@ -188,6 +203,37 @@ def known_program_argv(
     if program is not None:
         args += [f"{program.port_flags[name]}=127.0.0.1:{port}" for name, port in sorted(ports.items())]
     return [binary, *args]
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+_PROJECT_SERVICE_ACCOUNT = (
+    'run="$(readlink -f /var/run)" && mount -t tmpfs -o mode=0755 tmpfs "$run" '
+    '&& mkdir -p "$run/secrets/kubernetes.io/serviceaccount" '
+    '&& mount --bind "$1" "$run/secrets/kubernetes.io/serviceaccount" && shift && exec "$@"'
+)
+
+
+def with_service_account_volume(argv: Sequence[str], local_dir: str) -> list[str]:
+    """``argv`` run with ``local_dir`` mounted at :data:`SERVICE_ACCOUNT_DIR`, in a private
+    mount namespace (the process keeps its pid: ``unshare`` and ``sh`` exec)."""
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        _PROJECT_SERVICE_ACCOUNT,
+        "sh",
+        local_dir,
+        *argv,
+    ]
+
+
+def service_account_files(namespace: str, token: str, ca_pem: bytes) -> dict[str, bytes]:
+    """The files of a pod's projected ServiceAccount volume."""
+    return {"token": token.encode(), "ca.crt": ca_pem, "namespace": namespace.encode()}
 
 
 def readiness_probe(pod: Obj, ports: Mapping[str, int]) -> tuple[int, str] | None:

@@ -229,3 +229,16 @@ def test_readiness_comes_from_the_probe_when_there_is_one() -> None:
     assert waiting["status"]["containerStatuses"][0]["ready"] is False
     ready = local_pods.pod_status(pod, running=True, restarts=0, started_at="t", now="t", probe_ready=True)
     assert {c["type"]: c["status"] for c in ready["status"]["conditions"]}["Ready"] == "True"
+
+
+def test_a_known_program_sees_its_service_account_volume_at_the_standard_path() -> None:
+    argv = local_pods.with_service_account_volume(["/b/source-controller", "--x"], "/pods/p/serviceaccount")
+    assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    assert argv[-3:] == ["/pods/p/serviceaccount", "/b/source-controller", "--x"]
+    assert "/secrets/kubernetes.io/serviceaccount" in argv[7]
+    assert local_pods.SERVICE_ACCOUNT_DIR == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert local_pods.service_account_files("flux-system", "t", b"ca") == {
+        "token": b"t",
+        "ca.crt": b"ca",
+        "namespace": b"flux-system",
+    }
