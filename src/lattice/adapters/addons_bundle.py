@@ -1,8 +1,9 @@
 """The cluster add-ons a cell hands to its children, as ``scripts/build-addons.sh`` builds them.
 
-The directory is ``$LATTICE_ADDONS_DIR`` (``bash scripts/build-addons.sh --print-dir`` prints
-it). It holds, from the pinned Go modules (``addons/versions.env``; Cilium's version is
-``tools/mesh-versions.env``'s):
+The directory is ``$LATTICE_ADDONS_DIR`` when set (``bash scripts/build-addons.sh
+--print-dir`` prints it), else ``$LATTICE_CACHE/addons/<key>`` with the key computed exactly as
+the build script computes it (:func:`addons_key`). It holds, from the pinned Go modules
+(``addons/versions.env``; Cilium's version is ``tools/mesh-versions.env``'s):
 
 * ``bin/helm``: helm, built from ``helm.sh/helm/v4``; it renders Cilium's chart;
 * ``bin/source-controller``, ``bin/kustomize-controller``: the Flux controllers, which the
@@ -20,6 +21,7 @@ the script. :class:`HelmRenderer` runs ``helm template`` (no cluster is contacte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -31,9 +33,17 @@ from typing import Any
 import attrs
 from ruamel.yaml import YAML
 
-from lattice.adapters.binaries import COMPLETE_MARKER, BinariesNotBuiltError
+from lattice.adapters.binaries import (
+    COMPLETE_MARKER,
+    BinariesNotBuiltError,
+    cache_root,
+    find_repo_root,
+    parse_env_file,
+)
 
 BUILD_SCRIPT = "scripts/build-addons.sh"
+VERSIONS_FILE = "addons/versions.env"
+MESH_VERSIONS_FILE = "tools/mesh-versions.env"
 ENV_VAR = "LATTICE_ADDONS_DIR"
 RENDER_TIMEOUT_S = 120.0
 
@@ -92,13 +102,38 @@ class AddonsBundle:
         return out
 
 
-def locate_addons() -> AddonsBundle:
+def addons_key(repo_root: Path) -> str:
+    """The cache key of an add-ons build; must equal ``bash scripts/build-addons.sh --print-key``
+    (a test checks it)."""
+    versions = parse_env_file((repo_root / VERSIONS_FILE).read_text())
+    names = {BUILD_SCRIPT, MESH_VERSIONS_FILE}
+    names.update(
+        p.relative_to(repo_root).as_posix() for p in (repo_root / "addons").rglob("*") if p.is_file()
+    )
+    listing = "".join(
+        f"{hashlib.sha256((repo_root / name).read_bytes()).hexdigest()}  {name}\n"
+        for name in sorted(names, key=lambda name: name.encode())
+    )
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
+    return (
+        f"helm-{versions['HELM_VERSION']}-flux-{versions['FLUX_VERSION']}"
+        f"-sc-{versions['FLUX_SOURCE_CONTROLLER_VERSION']}-kc-{versions['FLUX_KUSTOMIZE_CONTROLLER_VERSION']}"
+        f"-{digest}"
+    )
+
+
+def locate_addons(repo_root: Path | None = None) -> AddonsBundle:
     env = os.environ.get(ENV_VAR)
-    if not env:
-        raise BinariesNotBuiltError(
-            f"set {ENV_VAR} (`bash {BUILD_SCRIPT} --print-dir` prints it; `bash {BUILD_SCRIPT}` builds it)"
-        )
-    root = Path(env)
+    if env:
+        root = Path(env)
+    else:
+        repo = repo_root if repo_root is not None else find_repo_root()
+        if repo is None:
+            raise BinariesNotBuiltError(
+                f"set {ENV_VAR} (`bash {BUILD_SCRIPT} --print-dir` prints it) or run from the "
+                "Lattice repository"
+            )
+        root = cache_root() / "addons" / addons_key(repo)
     if not (root / COMPLETE_MARKER).is_file():
         raise BinariesNotBuiltError(f"the cluster add-ons are not built at {root}: run `bash {BUILD_SCRIPT}`")
     return AddonsBundle(root)
@@ -125,8 +160,14 @@ class HelmRenderer:
             values_file = Path(scratch) / "values.json"  # JSON is YAML: helm reads it as values
             values_file.write_text(json.dumps(values))
             argv: list[str] = [
-                str(self.helm), "template", release, str(chart),
-                "--namespace", namespace, "--values", str(values_file),
+                str(self.helm),
+                "template",
+                release,
+                str(chart),
+                "--namespace",
+                namespace,
+                "--values",
+                str(values_file),
             ]
             if kube_version:
                 argv += ["--kube-version", kube_version]
@@ -146,4 +187,3 @@ class HelmRenderer:
         if done.returncode != 0:
             raise RenderError(f"helm template {chart.name} failed: {done.stderr.strip()[-2000:]}")
         return _load_all(done.stdout, f"helm template {chart.name}")
-
