@@ -262,3 +262,47 @@ def install_mesh_crds(toolchain: Toolchain, kubeconfig: Path) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def check_addons(toolchain: Toolchain, child: Path, name: str, pool: str) -> None:
+    """What every new cluster receives: Cilium (installed with the agent at registration, from
+    its chart), its CRDs and the cluster's LB-IPAM pool, and Flux's controllers running and
+    Ready (bootstrap step), on the child's own apiserver."""
+    config = json.loads(
+        kubectl(toolchain, child, "get", "cm", "-n", "kube-system", "cilium-config", "-o", "json")
+    )
+    assert config["data"]["kube-proxy-replacement"] == "true"
+    assert config["data"]["cluster-name"] == name
+    assert config["data"]["enable-l2-announcements"] == "true"
+    daemonset = json.loads(
+        kubectl(toolchain, child, "get", "ds", "-n", "kube-system", "cilium", "-o", "json")
+    )
+    assert daemonset["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+        "quay.io/cilium/cilium:v"
+    )
+    found = json.loads(kubectl(toolchain, child, "get", "ciliumloadbalancerippools", "default", "-o", "json"))
+    assert found["spec"]["blocks"] == [{"cidr": pool}]
+    kubectl(toolchain, child, "get", "ciliuml2announcementpolicies", "default")
+
+    def flux_ready() -> list[str] | None:
+        deployments = json.loads(
+            kubectl(toolchain, child, "get", "deploy", "-n", "flux-system", "-o", "json")
+        )
+        ready = sorted(
+            d["metadata"]["name"]
+            for d in deployments["items"]
+            if (d.get("status") or {}).get("readyReplicas") == 1
+        )
+        return ready if ready == ["kustomize-controller", "source-controller"] else None
+
+    started = time.monotonic()
+    try:
+        wait_for(flux_ready, 180, "Flux's source and kustomize controllers Ready on the child")
+    except AssertionError:  # show why: the pods, their Events and the Flux containers' logs
+        print(kubectl(toolchain, child, "get", "pods", "-A", "-o", "wide"))
+        print(kubectl(toolchain, child, "get", "events", "-n", "flux-system"))
+        for log in sorted(child.parents[4].glob("*/pods/flux-system_*/container.log")):
+            print(log, log.read_text(errors="replace")[-3000:])
+        raise
+    print(f"{name}: Flux Ready {time.monotonic() - started:.1f} s after the pivot")
+    kubectl(toolchain, child, "get", "gitrepositories.source.toolkit.fluxcd.io", "-A")

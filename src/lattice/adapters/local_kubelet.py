@@ -277,7 +277,7 @@ class LocalKubelet:
         meta = pod["metadata"]
         program = local_pods.known_program(pod)
         binary = ""
-        if program is not None:
+        if program is not None and not program.stand_in:
             try:
                 binary = str(locate_addons().binary(program.binary))
             except BinariesNotBuiltError as exc:
@@ -334,6 +334,12 @@ class LocalKubelet:
         if unresolved:
             log.warning("environment not resolved", extra={"pod": meta["name"], "names": unresolved})
         ports = {name: free_port() for name in local_pods.named_ports(pod)}
+        if program.stand_in:
+            return (
+                local_pods.stand_in_argv(pod, python=self.python, kubeconfig=str(kubeconfig), ports=ports),
+                env,
+                ports,
+            )
         account_dir = pod_dir / "serviceaccount"
         account_dir.mkdir(parents=True, exist_ok=True)
         files = local_pods.service_account_files(

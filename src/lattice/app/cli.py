@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lattice.app.cmd_operator",
     "lattice.app.cmd_install",
     "lattice.app.cmd_local_kubelet",
+    "lattice.app.cmd_local_lb",
 )
 
 

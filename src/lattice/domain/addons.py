@@ -169,11 +169,25 @@ def cell_service(cluster_name: str, spec: models.LatticeClusterSpec) -> dict[str
 def _in_pool(host: str, networking: models.NetworkingSpec | None) -> bool:
     if networking is None or networking.default is None:
         return False
+    return _address_in(host, networking.default.cidr)
+
+
+def _address_in(host: str, cidr: str) -> bool:
     try:
-        address = ipaddress.ip_address(host)
-        return address in ipaddress.ip_network(networking.default.cidr, strict=False)
+        return ipaddress.ip_address(host) in ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         return False
+
+
+def load_balancer_carries_host(spec: Mapping[str, Any]) -> bool:
+    """Whether a cell's Service (in a raw ``spec``) is a LoadBalancer that asks LB-IPAM for
+    ``parentConfig.host``: then children reach the cell through it, not on the host directly."""
+    parent = spec.get("parentConfig") or {}
+    kind = (parent.get("service") or {}).get("type", models.ServiceType.LOAD_BALANCER.value)
+    cidr = ((spec.get("networking") or {}).get("default") or {}).get("cidr")
+    if kind != models.ServiceType.LOAD_BALANCER.value or not cidr:
+        return False
+    return _address_in(str(parent.get("host")), str(cidr))
 
 
 def service_address(service: Obj) -> str | None:

@@ -19,6 +19,9 @@ LABELS = {"app.kubernetes.io/name": "lattice-operator", "app.kubernetes.io/part-
 Manifest = dict[str, Any]
 
 
+POD_IP_FIELD = {"fieldPath": "status.podIP"}
+
+
 def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
     return {"apiGroups": groups, "resources": resources, "verbs": verbs}
 
@@ -128,6 +131,8 @@ def operator_manifests(
                                 "name": "operator",
                                 "image": image,
                                 "args": args,
+                                # a cell behind its LoadBalancer Service binds the pod's address
+                                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": POD_IP_FIELD}}],
                                 "ports": [{"name": "probes", "containerPort": 8081}],
                                 "livenessProbe": {"httpGet": {"path": "/healthz", "port": "probes"}},
                                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": "probes"}},

@@ -13,7 +13,7 @@ import enum
 import ipaddress
 from typing import Any
 
-from lattice.domain import capi, models
+from lattice.domain import addons, capi, models
 
 CRS_API = "addons.cluster.x-k8s.io/v1beta2"
 CRS_SECRET_TYPE = "addons.cluster.x-k8s.io/resource-set"  # noqa: S105 - a Secret type
@@ -77,7 +77,13 @@ def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return bool(selector.get("matchLabels") or selector.get("matchExpressions"))
 
 
-def _bind_host(host: str) -> str:
+def _bind_host(spec: dict[str, Any]) -> str:
+    """Where a cell's servers bind: the pod's own address when its LoadBalancer Service carries
+    ``parentConfig.host`` (``lattice.domain.addons.cell_service``); the host itself when it is
+    an address of the machine; every interface for a name."""
+    host = str(spec["parentConfig"]["host"])
+    if addons.load_balancer_carries_host(spec):
+        return "$(POD_IP)"  # the kubelet expands it (deploy.operator_manifests sets POD_IP)
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -103,7 +109,7 @@ def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
         "--grpc-port",
         str(parent.get("grpcPort", models.DEFAULT_GRPC_PORT)),
         "--bind-host",
-        _bind_host(parent["host"]),
+        _bind_host(spec),
         "--state-dir",
         state_dir,
     ]

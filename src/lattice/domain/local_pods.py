@@ -40,10 +40,12 @@ TOKEN_SECONDS = 24 * 3600
 @frozen
 class KnownProgram:
     """A non-Lattice program the stand-in can run: its binary (in the add-ons bundle) and the
-    flag that binds each of its named container ports."""
+    flag that binds each of its named container ports; or, for a program that cannot run here
+    at all, the ``lattice`` subcommand that stands in for it (``stand_in``)."""
 
     binary: str
     port_flags: Mapping[str, str]
+    stand_in: tuple[str, ...] = ()
 
 
 KNOWN_IMAGES: Mapping[str, KnownProgram] = {
@@ -54,6 +56,9 @@ KNOWN_IMAGES: Mapping[str, KnownProgram] = {
     "ghcr.io/fluxcd/kustomize-controller": KnownProgram(
         "kustomize-controller", {"http-prom": "--metrics-addr", "healthz": "--health-addr"}
     ),
+    # Cilium's operator needs Cilium's agents and a datapath: ``lattice local-lb`` stands in for
+    # its LB-IPAM and for the delivery of LoadBalancer addresses (lattice.domain.local_lb).
+    "quay.io/cilium/operator-generic": KnownProgram("", {"health": "--health-addr"}, ("local-lb",)),
 }
 
 
@@ -85,8 +90,11 @@ def refusal(pod: Obj) -> str | None:
         return "the local kubelet stand-in runs pods with exactly one container"
     container = containers[0]
     command = container.get("command") or []
-    if known_program(pod) is not None:
-        return None if not command else "a known program's image runs with its own entrypoint"
+    program = known_program(pod)
+    if program is not None:
+        if command and not program.stand_in:
+            return "a known program's image runs with its own entrypoint"
+        return None
     if command:
         if command[0] != "lattice":
             return f"the local kubelet stand-in runs only the lattice program, not {command[0]!r}"
@@ -136,6 +144,7 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(one, text)
 
 
+POD_IP = "127.0.0.1"
 _QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _FACTORS = {
     None: 1,
@@ -163,7 +172,13 @@ def container_env(pod: Obj, mounts: Mapping[str, str]) -> tuple[dict[str, str], 
     limits = (container.get("resources") or {}).get("limits") or {}
     env: dict[str, str] = {}
     unresolved: list[str] = []
-    fields = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}
+    fields = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "spec.nodeName": (pod.get("spec") or {}).get("nodeName"),
+        "status.podIP": POD_IP,  # pods share the host's network here
+        "status.hostIP": POD_IP,
+    }
     for item in container.get("env") or []:
         name = str(item.get("name"))
         source = item.get("valueFrom")
@@ -203,6 +218,16 @@ def known_program_argv(
     if program is not None:
         args += [f"{program.port_flags[name]}=127.0.0.1:{port}" for name, port in sorted(ports.items())]
     return [binary, *args]
+
+
+def stand_in_argv(pod: Obj, *, python: str, kubeconfig: str, ports: Mapping[str, int]) -> list[str]:
+    """The command line of the ``lattice`` stand-in for a known program that cannot run here:
+    the container's own arguments are the real program's and are not passed."""
+    program = known_program(pod)
+    if program is None or not program.stand_in:
+        raise ValueError("not a stand-in program's pod")
+    flags = [f"{program.port_flags[name]}=127.0.0.1:{port}" for name, port in sorted(ports.items())]
+    return [python, "-m", "lattice.app.cli", *program.stand_in, "--kubeconfig", kubeconfig, *flags]
 
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -256,7 +281,8 @@ def pod_argv(pod: Obj, *, python: str, kubeconfig: str, mounts: Mapping[str, str
     (``--health-port 0``) instead of the container port."""
     container = (pod.get("spec") or {}).get("containers", [{}])[0]
     command = list(container.get("command") or ["lattice"])
-    args = [_rewrite(str(a), mounts) for a in [*command[1:], *(container.get("args") or [])]]
+    env, _ = container_env(pod, mounts)
+    args = [_rewrite(expand(str(a), env), mounts) for a in [*command[1:], *(container.get("args") or [])]]
     extra = ["--kubeconfig", kubeconfig]
     if args[:1] == ["operator"]:
         extra += ["--health-port", "0"]

@@ -242,3 +242,52 @@ def test_a_known_program_sees_its_service_account_volume_at_the_standard_path() 
         "ca.crt": b"ca",
         "namespace": b"flux-system",
     }
+
+
+def test_cilium_operator_runs_as_the_lattice_load_balancer_stand_in() -> None:
+    pod = {
+        "metadata": {"name": "cilium-operator-1", "namespace": "kube-system", "uid": "u-3"},
+        "spec": {
+            "nodeName": "n1",
+            "containers": [
+                {
+                    "name": "cilium-operator",
+                    "image": "quay.io/cilium/operator-generic:v1.20.2",
+                    "command": ["cilium-operator-generic"],
+                    "args": ["--config-dir=/tmp/cilium/config-map"],
+                    "ports": [
+                        {"name": "health", "containerPort": 9234},
+                        {"name": "prometheus", "containerPort": 9963},
+                    ],
+                    "env": [
+                        {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+                    ],
+                    "readinessProbe": {
+                        "httpGet": {"host": "127.0.0.1", "path": "/healthz", "port": "health"}
+                    },
+                }
+            ],
+        },
+    }
+    assert local_pods.refusal(pod) is None
+    assert local_pods.named_ports(pod) == ["health"]
+    assert local_pods.container_env(pod, {}) == ({"K8S_NODE_NAME": "n1"}, [])
+    argv = local_pods.stand_in_argv(pod, python="py", kubeconfig="/k", ports={"health": 4100})
+    assert argv == [
+        "py",
+        "-m",
+        "lattice.app.cli",
+        "local-lb",
+        "--kubeconfig",
+        "/k",
+        "--health-addr=127.0.0.1:4100",
+    ]
+    assert local_pods.readiness_probe(pod, {"health": 4100}) == (4100, "/healthz")
+    with pytest.raises(ValueError, match="stand-in"):
+        local_pods.stand_in_argv(flux_pod(), python="py", kubeconfig="/k", ports={})
+
+
+def test_lattice_pods_get_their_pod_ip_expanded() -> None:
+    pod = operator_pod(args=["operator", "--bind-host", "$(POD_IP)"])
+    argv = local_pods.pod_argv(pod, python="py", kubeconfig="/k", mounts={})
+    assert argv[3:6] == ["operator", "--bind-host", local_pods.POD_IP]
