@@ -94,6 +94,17 @@ def test_install_interrupted_after_provisioning_resumes(tmp_path: Path, toolchai
         assert len(list((state / "machines").glob("mgmt-control-plane-*/machine.json"))) == 1
         assert not (state / "bootstrap").exists()
         assert "Ready" in kubectl(toolchain, Path(record["kubeconfig"]), "get", "lc", "mgmt")
+        # Its own KCP finds its control plane up to date: the management cluster's own operator
+        # compiles it as the bootstrap cell did (as a root, without a parent), so no rollout.
+        machines = json.loads(
+            kubectl(toolchain, Path(record["kubeconfig"]), "get", "machines", "-n", "capi-mgmt", "-o", "json")
+        )["items"]
+        assert machines
+        for machine in machines:
+            up_to_date = {c["type"]: c for c in machine["status"].get("conditions") or []}.get(
+                "UpToDate"
+            ) or {}
+            assert up_to_date.get("status") == "True", (machine["metadata"]["name"], up_to_date)
         again = install(manifest, state, 60)  # once more: a no-op
         assert again.returncode == 0
         assert "already installed" in again.stderr

@@ -93,6 +93,14 @@ def test_child_is_provisioned_pivoted_and_manages_itself(cell: Cell, toolchain: 
 
     wait_for(initialized_by_the_childs_own_capi, 120, "the child's CAPI to recompute its Cluster status")
     check_addons(toolchain, child, "child-1", "172.18.250.0/28")
+    # The child's own KCP finds its control-plane Machine up to date: compiling the cluster on
+    # the child gives exactly what the cell compiled (no rollout after the pivot).
+    machines = json.loads(kubectl(toolchain, child, "get", "machines", "-n", "capi-child-1", "-o", "json"))[
+        "items"
+    ]
+    for machine in machines:
+        up_to_date = {c["type"]: c for c in machine["status"].get("conditions") or []}.get("UpToDate") or {}
+        assert up_to_date.get("status") == "True", (machine["metadata"]["name"], up_to_date)
     # ...and its own LatticeCluster, Ready, shown by kubectl on the child.
     table = kubectl(toolchain, child, "get", "lc")
     assert "child-1" in table

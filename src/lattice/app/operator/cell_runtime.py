@@ -238,16 +238,19 @@ class CellRuntime:
                 "--machines-dir",
                 str(self.machines_dir.resolve()),
             ]
+        # Its own operator compiles its KubeadmControlPlane exactly as this cell did: with this
+        # cell as its parent when it has one (cellRef); a root cluster (the management cluster
+        # of `lattice install`) was compiled without, and its parent goes away after the install.
+        parent_args = (
+            ["--parent-endpoint", f"{endpoint.host}:{endpoint.bootstrap_port}:{endpoint.grpc_port}"]
+            if spec.get("cellRef")
+            else []
+        )
         operator = deploy.operator_manifests(
             self.settings.agent_image,
             cluster_name=cluster_name,
             replicas=1,
-            extra_args=[
-                "--parent-endpoint",
-                f"{endpoint.host}:{endpoint.bootstrap_port}:{endpoint.grpc_port}",
-                *cell_args,
-                *infra_args,
-            ],
+            extra_args=[*parent_args, *cell_args, *infra_args],
             state_volume=bool(cell_args),
         )
         if infra_args:
