@@ -8,12 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lattice.adapters.addons_bundle import locate_addons
+from lattice.adapters.binaries import BinariesNotBuiltError
 from lattice.app import logs, yamlio
 from lattice.app.operator.cell_runtime import CellSettings
 from lattice.app.operator.leader import LeaseConfig
 from lattice.app.operator.local_infra_runtime import LocalInfraSettings
 from lattice.app.operator.process import OperatorSettings, default_identity, run_operator
 from lattice.domain import capi, deploy, reconcile
+
+EXIT_CONFIG = 2
 
 
 def _endpoint(value: str) -> capi.ParentEndpoint:
@@ -118,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
             machines_dir=args.machines_dir,
         )
         cell_endpoint = cell_endpoint or cell.endpoint
+        try:  # a cell renders every child's Cilium and sends Flux: say at once if they are not built
+            locate_addons()
+        except BinariesNotBuiltError as exc:
+            print(f"lattice operator: a cell needs the cluster add-ons: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     local_infra = (
         LocalInfraSettings(
             machines_dir=args.machines_dir or args.state_dir / "local-infra",
