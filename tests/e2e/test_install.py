@@ -101,7 +101,7 @@ def test_install_interrupted_after_provisioning_resumes(tmp_path: Path, toolchai
         )["items"]
         assert machines
         for machine in machines:
-            up_to_date = {c["type"]: c for c in machine["status"].get("conditions") or []}.get(
+            up_to_date = {c["type"]: c for c in (machine.get("status") or {}).get("conditions") or []}.get(
                 "UpToDate"
             ) or {}
             assert up_to_date.get("status") == "True", (machine["metadata"]["name"], up_to_date)

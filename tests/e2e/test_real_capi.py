@@ -109,7 +109,9 @@ def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolc
             "items"
         ]
         workers = [m for m in found if "cluster.x-k8s.io/control-plane" not in m["metadata"]["labels"]]
-        running = [m for m in workers if m["status"].get("phase") == "Running" and m["status"].get("nodeRef")]
+        # a Machine the MachineSet just created has no status yet
+        statuses = [m.get("status") or {} for m in workers]
+        running = [s for s in statuses if s.get("phase") == "Running" and s.get("nodeRef")]
         return workers if len(running) == 2 else None
 
     scaled_at = time.monotonic()

@@ -99,7 +99,9 @@ def test_child_is_provisioned_pivoted_and_manages_itself(cell: Cell, toolchain: 
         "items"
     ]
     for machine in machines:
-        up_to_date = {c["type"]: c for c in machine["status"].get("conditions") or []}.get("UpToDate") or {}
+        up_to_date = {c["type"]: c for c in (machine.get("status") or {}).get("conditions") or []}.get(
+            "UpToDate"
+        ) or {}
         assert up_to_date.get("status") == "True", (machine["metadata"]["name"], up_to_date)
     # ...and its own LatticeCluster, Ready, shown by kubectl on the child.
     table = kubectl(toolchain, child, "get", "lc")
