@@ -27,7 +27,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from lattice.adapters.addons_bundle import HelmRenderer, locate_addons
+from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.agent_kube import KubeManifestApplier
 from lattice.adapters.binaries import locate
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS, load_providers
@@ -55,18 +55,11 @@ def capi_crds() -> list[dict[str, Any]]:
 
 def main() -> None:
     bundle = locate_addons()
-    helm = HelmRenderer(bundle.helm)
     renders = []
     cilium: list[dict[str, Any]] = []
     for _ in range(5):
         started = time.perf_counter()
-        cilium = helm.render(
-            bundle.cilium_chart,
-            release=addons.CILIUM_RELEASE,
-            namespace=addons.CILIUM_NAMESPACE,
-            values=addons.cilium_values("bench", NETWORKING, VALUES_ENDPOINT),
-            kube_version="v1.36.3",
-        )
+        cilium = bundle.render_cilium("bench", NETWORKING, VALUES_ENDPOINT, "1.36.3")
         renders.append(time.perf_counter() - started)
     emit("cilium_render_p50", statistics.median(renders), "s")
     agent = agent_payload.agent_manifests(

@@ -40,6 +40,7 @@ from lattice.adapters.binaries import (
     find_repo_root,
     parse_env_file,
 )
+from lattice.domain import addons, models
 
 BUILD_SCRIPT = "scripts/build-addons.sh"
 VERSIONS_FILE = "addons/versions.env"
@@ -91,6 +92,23 @@ class AddonsBundle:
     def flux_install(self) -> list[Obj]:
         path = self.root / "flux" / "install.yaml"
         return _load_all(path.read_text(), str(path))
+
+    def render_cilium(
+        self,
+        cluster_name: str,
+        networking: models.NetworkingSpec | None,
+        api_server: tuple[str, int],
+        kubernetes_version: str,
+    ) -> list[Obj]:
+        """Cilium for one cluster: its chart rendered with
+        :func:`lattice.domain.addons.cilium_values` for that cluster's Kubernetes version."""
+        return HelmRenderer(self.helm).render(
+            self.cilium_chart,
+            release=addons.CILIUM_RELEASE,
+            namespace=addons.CILIUM_NAMESPACE,
+            values=addons.cilium_values(cluster_name, networking, api_server),
+            kube_version=f"v{kubernetes_version.lstrip('v')}",
+        )
 
     def versions(self) -> dict[str, str]:
         """``build-info.txt``'s KEY=VALUE lines (the versions the bundle was built from)."""

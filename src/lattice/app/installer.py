@@ -31,7 +31,7 @@ from typing import Any
 from attrs import define, frozen
 
 from lattice.adapters import pki
-from lattice.adapters.addons_bundle import HelmRenderer, locate_addons
+from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.controlplane import ControlPlane, free_port
@@ -260,14 +260,7 @@ class Installer:
         if not isinstance(parsed, models.LatticeCluster):  # load_management_cluster validated it
             raise InstallError(step, f"the LatticeCluster does not parse: {parsed}", "check the file")
         spec = parsed.spec
-        values = addons.cilium_values(self.name, spec.networking, found[-1])
-        return HelmRenderer(bundle.helm).render(
-            bundle.cilium_chart,
-            release=addons.CILIUM_RELEASE,
-            namespace=addons.CILIUM_NAMESPACE,
-            values=values,
-            kube_version=f"v{spec.provider.kubernetes.version.lstrip('v')}",
-        )
+        return bundle.render_cilium(self.name, spec.networking, found[-1], spec.provider.kubernetes.version)
 
     def _pivot(self, cp: ControlPlane) -> Path:
         step = install.Step.PIVOT
@@ -293,9 +286,7 @@ class Installer:
         )
 
     def _management_kubeconfig(self) -> Path:
-        found = sorted(
-            self.machines_dir.glob(f"{self.name}-control-plane-*/root/etc/kubernetes/admin.conf")
-        )
+        found = sorted(self.machines_dir.glob(f"{self.name}-control-plane-*/root/etc/kubernetes/admin.conf"))
         if not found:
             raise InstallError(
                 install.Step.PIVOT, "no machine for the management cluster", "lattice down, then retry"

@@ -139,8 +139,9 @@ def cell_service(cluster_name: str, spec: models.LatticeClusterSpec) -> dict[str
     if parent is None:
         return None
     kind = parent.service.type if parent.service is not None else models.ServiceType.LOAD_BALANCER
+    pool = spec.networking.default.cidr if spec.networking and spec.networking.default else None
     annotations: dict[str, str] = {}
-    if kind is models.ServiceType.LOAD_BALANCER and _in_pool(parent.host, spec.networking):
+    if _asks_for_host(str(kind), parent.host, pool):
         annotations[LBIPAM_IPS_ANNOTATION] = parent.host
     metadata: dict[str, Any] = {
         "name": CELL_SERVICE_NAME,
@@ -166,15 +167,12 @@ def cell_service(cluster_name: str, spec: models.LatticeClusterSpec) -> dict[str
     }
 
 
-def _in_pool(host: str, networking: models.NetworkingSpec | None) -> bool:
-    if networking is None or networking.default is None:
+def _asks_for_host(kind: str, host: str, pool: str | None) -> bool:
+    """A LoadBalancer whose host is an address of the cluster's pool asks LB-IPAM for it."""
+    if kind != models.ServiceType.LOAD_BALANCER.value or not pool:
         return False
-    return _address_in(host, networking.default.cidr)
-
-
-def _address_in(host: str, cidr: str) -> bool:
     try:
-        return ipaddress.ip_address(host) in ipaddress.ip_network(cidr, strict=False)
+        return ipaddress.ip_address(host) in ipaddress.ip_network(pool, strict=False)
     except ValueError:
         return False
 
@@ -185,9 +183,7 @@ def load_balancer_carries_host(spec: Mapping[str, Any]) -> bool:
     parent = spec.get("parentConfig") or {}
     kind = (parent.get("service") or {}).get("type", models.ServiceType.LOAD_BALANCER.value)
     cidr = ((spec.get("networking") or {}).get("default") or {}).get("cidr")
-    if kind != models.ServiceType.LOAD_BALANCER.value or not cidr:
-        return False
-    return _address_in(str(parent.get("host")), str(cidr))
+    return _asks_for_host(str(kind), str(parent.get("host")), str(cidr) if cidr else None)
 
 
 def service_address(service: Obj) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lattice.adapters.addons_bundle import HelmRenderer, locate_addons
+from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.agent_kube import KubeManifestApplier
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app import yamlio
@@ -27,13 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(18
 def _payload() -> list[dict[str, Any]]:
     bundle = locate_addons()
     networking = models.NetworkingSpec(default=models.AddressPool(cidr="172.18.255.0/28"))
-    cilium = HelmRenderer(bundle.helm).render(
-        bundle.cilium_chart,
-        release=addons.CILIUM_RELEASE,
-        namespace=addons.CILIUM_NAMESPACE,
-        values=addons.cilium_values("pay", networking, ("127.0.0.1", 6443)),
-        kube_version="v1.36.3",
-    )
+    cilium = bundle.render_cilium("pay", networking, ("127.0.0.1", 6443), "1.36.3")
     return [
         *cilium,
         *bundle.cilium_crds(),

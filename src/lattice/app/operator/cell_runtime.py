@@ -18,7 +18,7 @@ from pathlib import Path
 from attrs import frozen
 
 from lattice.adapters import agent_cell, pki, tls
-from lattice.adapters.addons_bundle import AddonsBundle, HelmRenderer, locate_addons
+from lattice.adapters.addons_bundle import AddonsBundle, locate_addons
 from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
 from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
@@ -162,7 +162,6 @@ class CellRuntime:
         self._child_capi_crds: bytes | None = None
         self._service_address: str | None = ""
         self.addons: AddonsBundle = locate_addons()
-        self._helm = HelmRenderer(self.addons.helm)
         cilium_crds = {"apiVersion": "v1", "kind": "List", "items": self.addons.cilium_crds()}
         self._cilium_crds = json.dumps(cilium_crds).encode()
         self._flux = yamlio.dump_all(self.addons.flux_install()).encode()
@@ -200,16 +199,13 @@ class CellRuntime:
                 "the cluster's control-plane endpoint is not known yet (Cluster API Cluster "
                 "spec.controlPlaneEndpoint); Cilium needs it to reach the API server"
             )
-        values = addons.cilium_values(cluster_name, child.spec.networking, api_server)
-        version = child.spec.provider.kubernetes.version
         started = asyncio.get_running_loop().time()
         rendered = await asyncio.to_thread(
-            self._helm.render,
-            self.addons.cilium_chart,
-            release=addons.CILIUM_RELEASE,
-            namespace=addons.CILIUM_NAMESPACE,
-            values=values,
-            kube_version=f"v{version.lstrip('v')}",
+            self.addons.render_cilium,
+            cluster_name,
+            child.spec.networking,
+            api_server,
+            child.spec.provider.kubernetes.version,
         )
         log.info(
             "rendered Cilium for a registering child",
