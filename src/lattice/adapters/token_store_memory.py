@@ -1,10 +1,14 @@
 """In-memory :class:`~lattice.ports.registration.TokenStore`: a process-local token table.
 
-For tests and single-replica cells; tokens do not survive a restart (a later adapter keeps
-them in a Kubernetes Secret). Randomness (``entropy``, ``new_lease_id``) and time (``clock``)
-are injected; the defaults are :func:`secrets.token_bytes` and the UTC wall clock.
-Every method runs without awaiting in between reading and writing the table, so concurrent
-requests on one event loop cannot interleave a transition.
+For tests and single-replica cells; tokens do not survive a restart
+(:class:`~lattice.adapters.token_store_secret.SecretTokenStore` keeps them in a Kubernetes
+Secret). Randomness (``entropy``, ``new_lease_id``) and time (``clock``) are injected; the
+defaults are :func:`secrets.token_bytes` and the UTC wall clock.
+
+Every operation is one pure transition of :mod:`lattice.domain.tokens` applied through
+:meth:`InMemoryTokenStore._transition`; a subclass that stores the table elsewhere overrides
+only that method. Here it runs without awaiting between reading and writing the table, so
+concurrent requests on one event loop cannot interleave a transition.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Callable
+from typing import TypeVar
 
 from lattice.domain import tokens
 from lattice.ports.registration import TokenStore
 
 TOKEN_BYTES = 32
+
+R = TypeVar("R")
+Step = Callable[[tokens.TokenTable], tuple[tokens.TokenTable, R]]
+"""A transition: the table as last stored → the next table and the caller's answer."""
 
 
 def _utcnow() -> dt.datetime:
@@ -44,36 +53,41 @@ class InMemoryTokenStore:
 
     @property
     def table(self) -> tokens.TokenTable:
+        """The table as last read or written."""
         return self._table
+
+    async def _transition(self, step: Step[R]) -> R:
+        self._table, result = step(self._table)
+        return result
 
     async def issue(self, cluster_name: str, ttl: dt.timedelta = tokens.DEFAULT_TOKEN_TTL) -> str:
         now = self._clock()
-        table = tokens.prune(self._table, now)
-        self._table, issued = tokens.issue(
-            table, cluster_name, self._entropy(TOKEN_BYTES), now, ttl
-        )
+        random_bytes = self._entropy(TOKEN_BYTES)
+
+        def step(table: tokens.TokenTable) -> tuple[tokens.TokenTable, tokens.IssuedToken]:
+            return tokens.issue(tokens.prune(table, now), cluster_name, random_bytes, now, ttl)
+
+        issued = await self._transition(step)
         return issued.token
 
     async def lease(self, cluster_name: str, presented: str) -> tokens.Lease | tokens.Rejection:
-        self._table, result = tokens.lease(
-            self._table,
-            cluster_name,
-            presented,
-            now=self._clock(),
-            lease_id=self._new_lease_id(),
-            lease_ttl=self._lease_ttl,
-        )
-        return result
+        now, lease_id = self._clock(), self._new_lease_id()
+
+        def step(table: tokens.TokenTable) -> tuple[tokens.TokenTable, tokens.Lease | tokens.Rejection]:
+            return tokens.lease(
+                table, cluster_name, presented, now=now, lease_id=lease_id, lease_ttl=self._lease_ttl
+            )
+
+        return await self._transition(step)
 
     async def commit(self, lease: tokens.Lease) -> tokens.CommitResult:
-        self._table, result = tokens.commit(self._table, lease)
-        return result
+        return await self._transition(lambda table: tokens.commit(table, lease))
 
     async def release(self, lease: tokens.Lease) -> None:
-        self._table = tokens.release(self._table, lease)
+        await self._transition(lambda table: (tokens.release(table, lease), None))
 
     async def revoke(self, cluster_name: str) -> None:
-        self._table = tokens.revoke(self._table, cluster_name)
+        await self._transition(lambda table: (tokens.revoke(table, cluster_name), None))
 
 
 _conforms: type[TokenStore] = InMemoryTokenStore

@@ -64,9 +64,10 @@ async def running_webhook(
     grpc_endpoint: str = GRPC_ENDPOINT,
     agent_args: Callable[[str], Sequence[str]] | None = None,
     addons: Callable[[str], Awaitable[Sequence[Mapping[str, Any]]]] | None = None,
+    store: InMemoryTokenStore | None = None,
 ) -> AsyncIterator[Webhook]:
     clock = Clock()
-    store = InMemoryTokenStore(clock=clock)
+    store = InMemoryTokenStore(clock=clock) if store is None else store
     app = registration_http.registration_app(
         token_store=store,
         signer=cell_pki.ca,

@@ -51,6 +51,7 @@ from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
 from lattice.domain.discovery.catalog import ServiceCatalog
 from lattice.ports import kube
 from lattice.ports.kube import KubeApi, ResourceRef
+from lattice.ports.registration import TokenStoreUnavailable
 
 log = logging.getLogger("lattice.cell")
 
@@ -125,7 +126,11 @@ class Registrations:
         try:
             await self.api.get(ref)
         except kube.NotFound:
-            token = await self.tokens.issue(cluster_name)
+            try:
+                token = await self.tokens.issue(cluster_name)
+            except TokenStoreUnavailable as exc:
+                # The reconcile records it (status, Warning event) and retries with backoff.
+                raise kube.Unavailable(f"cannot issue the bootstrap token: {exc}") from exc
             await self.api.apply(
                 {
                     "apiVersion": "v1",
