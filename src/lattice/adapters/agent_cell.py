@@ -18,6 +18,10 @@ the :class:`~lattice.ports.agent.AgentChannel` port:
   malformed query with an id gets a ``found=false`` answer) and what it returns is sent to the
   clusters it names (dropped for clusters not connected); a stream's end (not its supersession)
   is reported to it. Without one, queries are answered "not enabled";
+* **certificate renewal** - with an :class:`~lattice.ports.registration.AgentCertificateSigner`,
+  a ``CertificateRenewal`` is signed for the stream's own cluster (the CSR must name it) and
+  answered with ``CertificateIssued`` (the certificate and the CA bundle), or with the reason it
+  was refused. One renewal per cluster per ``renewal_interval`` seconds; more are refused;
 * **status** - every change of connection, state, versions or health goes to the
   :class:`~lattice.ports.agent.AgentStatusSink` (heartbeat timestamps alone do not, so a large
   fleet does not turn into a stream of status writes).
@@ -52,6 +56,7 @@ from lattice.domain import agent, agent_identity, heartbeat
 from lattice.domain.discovery import messages as discovery
 from lattice.ports.agent import AgentChannel, AgentNotConnected, AgentStatusSink, CommandTimeout
 from lattice.ports.discovery import CellDiscoveryHandler
+from lattice.ports.registration import AgentCertificateSigner, CsrRefused
 from lattice.proto.agent.v1 import agent_grpc
 from lattice.proto.agent.v1 import agent_pb2 as pb
 
@@ -108,8 +113,15 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         new_command_id: Callable[[], str] = _new_command_id,
         max_message_bytes: int = agent_wire.DEFAULT_MAX_AGENT_MESSAGE,
         discovery: CellDiscoveryHandler | None = None,
+        signer: AgentCertificateSigner | None = None,
+        renewal_interval: float = 10.0,
     ) -> None:
         self._sink = sink
+        self._signer = signer
+        self._renewal_interval = renewal_interval
+        self._last_renewal: dict[str, float] = {}
+        self.renewals = 0
+        """Agent certificates issued by renewal (a counter)."""
         self._discovery = discovery
         self._policy = heartbeat_policy or heartbeat.HeartbeatPolicy()
         self._monotonic = monotonic
@@ -335,12 +347,43 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             await self._update(cluster, deleting_reason=reason)
         elif kind in discovery_wire.AGENT_DISCOVERY_KINDS:
             await self._on_discovery(session, message)
+        elif kind == "certificate_renewal":
+            await self._on_renewal(session, message.certificate_renewal)
         else:
             reply = agent_wire.reply_from_pb(message)
             if reply is None:
                 log.debug("cluster %s sent a message of an unknown kind; ignored", cluster)
                 return
             await self._on_reply(cluster, reply)
+
+    async def _on_renewal(self, session: _Session, request: pb.CertificateRenewal) -> None:
+        cluster = session.cluster
+        answer = pb.CertificateIssued(request_id=request.request_id)
+        now = self._monotonic()
+        last = self._last_renewal.get(cluster)
+        if self._signer is None:
+            answer.error_message = "certificate renewal is not enabled on this cell"
+        elif last is not None and now - last < self._renewal_interval:
+            answer.error_message = (
+                f"too many renewals: at most one per {self._renewal_interval:g} s per cluster"
+            )
+        else:
+            self._last_renewal[cluster] = now
+            try:
+                answer.certificate = self._signer.sign_agent_csr(request.csr, cluster)
+                answer.ca_bundle = self._signer.ca_bundle_pem()
+                answer.success = True
+            except CsrRefused as exc:
+                answer.error_message = f"{exc.field}: {exc.reason}"
+            except Exception:
+                log.exception("could not sign the renewal CSR of %s", cluster)
+                answer.error_message = "internal error in the cell's CA"
+        if answer.success:
+            self.renewals += 1
+            log.info("renewed the agent certificate of cluster %s", cluster)
+        else:
+            log.warning("refused the certificate renewal of %s: %s", cluster, answer.error_message)
+        await self._send(session, pb.CellCommand(certificate_issued=answer))
 
     async def _on_discovery(self, session: _Session, message: pb.AgentMessage) -> None:
         cluster = session.cluster

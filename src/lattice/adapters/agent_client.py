@@ -15,6 +15,9 @@ that finished while the stream was down. Then:
   :class:`~lattice.ports.agent.PivotImporter`, :class:`~lattice.ports.agent.ClusterProbe`);
   replies carry the command's id; a repeated id is answered from memory, not run again; a pivot
   already imported (same ``pivot_id``) is not imported twice;
+* with a :class:`~lattice.adapters.agent_renewal.CertificateRenewer`: renewal runs as a task
+  on each established stream, every connection dials with the newest identity, and an expired
+  one is reported (ERROR log, ``last_error``) before each attempt;
 * after a stream ends, it reconnects with jittered exponential backoff (reset once a stream
   was established);
 * with a :class:`~lattice.ports.discovery.AgentDiscoveryHandler`: ``on_connected`` runs as a
@@ -44,6 +47,7 @@ from attrs import field, frozen
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from lattice.adapters import agent_wire, discovery_wire
+from lattice.adapters.agent_renewal import CertificateRenewer
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff, jittered
 from lattice.domain.discovery import messages as discovery
@@ -96,6 +100,7 @@ class AgentRunner:
         on_connected: Callable[[], None] | None = None,
         discovery: AgentDiscoveryHandler | None = None,
         unpivoter: Unpivoter | None = None,
+        renewer: CertificateRenewer | None = None,
     ) -> None:
         self.settings = settings
         self._ssl = ssl_context
@@ -109,6 +114,7 @@ class AgentRunner:
         self._on_connected = on_connected
         self._discovery = discovery
         self._unpivoter = unpivoter
+        self._renewer = renewer
         self._stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand] | None = None
         self._send_lock = asyncio.Lock()
         self._done: OrderedDict[str, agent.Reply] = OrderedDict()
@@ -165,16 +171,24 @@ class AgentRunner:
 
     async def run_once(self, stop: asyncio.Event) -> bool:
         """One connection: returns whether a stream was established."""
+        context = self._ssl
+        expired: str | None = None
+        if self._renewer is not None:
+            context = self._renewer.context
+            expired = self._renewer.expired_reason()
+            if expired is not None:
+                log.error("%s", expired)
         channel = grpclib.client.Channel(
             self.settings.host,
             self.settings.port,
-            ssl=self._ssl,
+            ssl=context,
             config=grpclib.config.Configuration(
                 ssl_target_name_override=self.settings.tls_server_name,
             ),
         )
         established = False
         discovery_task: asyncio.Task[None] | None = None
+        renewal_task: asyncio.Task[None] | None = None
         try:
             stream = agent_grpc.LatticeAgentStub(channel).Connect.open()
             async with stream:
@@ -196,6 +210,10 @@ class AgentRunner:
                     discovery_task = asyncio.create_task(
                         self._discovery_connected(self._discovery), name="agent-discovery-sync"
                     )
+                if self._renewer is not None:
+                    renewal_task = asyncio.create_task(
+                        self._renew(self._renewer), name="agent-certificate-renewal"
+                    )
                 await self._serve(stream, stop)
         except asyncio.CancelledError:
             raise
@@ -215,14 +233,18 @@ class AgentRunner:
             self._note_error(f"{type(exc).__name__}: {exc}")
         finally:
             self._stream = None
-            if discovery_task is not None:
-                discovery_task.cancel()
+            for task in (discovery_task, renewal_task):
+                if task is not None:
+                    task.cancel()
             if established and self._discovery is not None:
                 try:
                     self._discovery.on_disconnected()
                 except Exception:
                     log.exception("discovery failed to handle the end of the stream")
             channel.close()
+        if expired is not None and not established:
+            # TLS 1.3 reports the cell's refusal only as a lost connection: say why here
+            self.last_error = f"{expired} (the connection attempt: {self.last_error})"
         return established
 
     async def _discovery_connected(self, handler: AgentDiscoveryHandler) -> None:
@@ -232,6 +254,14 @@ class AgentRunner:
             raise
         except Exception:
             log.exception("discovery failed to resynchronise with the parent")
+
+    async def _renew(self, renewer: CertificateRenewer) -> None:
+        try:
+            await renewer.run(self._send)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("certificate renewal stopped until the next stream")
 
     async def send_discovery(self, message: discovery.AgentDiscoveryMessage) -> None:
         """Send a discovery message to the parent; ParentUnavailable without a working stream."""
@@ -364,6 +394,12 @@ class AgentRunner:
             return
         if kind in discovery_wire.CELL_DISCOVERY_KINDS:
             await self._on_discovery(message)
+            return
+        if kind == "certificate_issued":
+            if self._renewer is None:
+                log.warning("ignored a CertificateIssued: this agent does not renew certificates")
+            else:
+                self._renewer.on_issued(message.certificate_issued)
             return
         command_id = message.command_id
         if not command_id:

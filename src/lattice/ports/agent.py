@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from attrs import field, frozen
+
 from lattice.domain import agent
 
 
@@ -97,4 +99,21 @@ class ClusterProbe(Protocol):
 
     async def self_managed(self) -> bool:
         """Whether this cluster already holds its own CAPI objects (its pivot is done)."""
+        ...
+
+
+@frozen
+class AgentCredentials:
+    """An agent's client identity and the CA bundle it trusts, as PEM bytes."""
+
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+    ca_pem: bytes
+
+
+class CredentialStore(Protocol):
+    """Where a renewed identity is kept so that the agent's next start uses it."""
+
+    async def save(self, credentials: AgentCredentials) -> None:
+        """Persist; raise on failure (the running agent keeps the new identity in memory)."""
         ...

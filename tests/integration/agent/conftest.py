@@ -12,7 +12,7 @@ import attrs
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lattice.adapters import agent_cell, agent_client, agent_local, cell_ca, pki, tls
+from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.adapters.agent_local import InMemoryAgentStatusSink
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
@@ -92,11 +92,17 @@ async def running_cell(
     port: int = 0,
     heartbeat: HeartbeatPolicy | None = None,
     max_message_bytes: int | None = None,
+    signer: cell_ca.CellCertificateAuthority | None = None,
+    renewal_interval: float = 10.0,
 ) -> AsyncIterator[Cell]:
     sink = InMemoryAgentStatusSink()
     kwargs = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
     hub = agent_cell.AgentHub(
-        sink=sink, heartbeat_policy=heartbeat or HeartbeatPolicy(interval=0.5), **kwargs
+        sink=sink,
+        heartbeat_policy=heartbeat or HeartbeatPolicy(interval=0.5),
+        signer=signer,
+        renewal_interval=renewal_interval,
+        **kwargs,
     )
     server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), port=port)
     await server.start()
@@ -129,6 +135,7 @@ async def running_agent(
     tls_server_name: str | None = None,
     host: str = "127.0.0.1",
     unpivoter: agent_local.RecordingUnpivoter | None = None,
+    renewer: agent_renewal.CertificateRenewer | None = None,
 ) -> AsyncIterator[RunningAgent]:
     applier = applier or agent_local.RecordingManifestApplier()
     importer = importer or agent_local.RecordingPivotImporter()
@@ -151,6 +158,7 @@ async def running_agent(
         probe=probe,
         on_heartbeat_rtt=rtts.append,
         unpivoter=unpivoter,
+        renewer=renewer,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))

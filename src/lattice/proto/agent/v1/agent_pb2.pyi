@@ -73,6 +73,7 @@ class AgentMessage(_message.Message):
     CATALOG_SYNC_FIELD_NUMBER: _builtins.int
     SERVICE_QUERY_FIELD_NUMBER: _builtins.int
     COMMAND_RESULT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_RENEWAL_FIELD_NUMBER: _builtins.int
     cluster_name: _builtins.str
     """Must equal the cluster name in the agent's client certificate; the cell refuses the
     stream with PERMISSION_DENIED otherwise.
@@ -105,6 +106,12 @@ class AgentMessage(_message.Message):
         (SyncDistributedResourcesCommand, or a command this agent does not understand).
         """
 
+    @_builtins.property
+    def certificate_renewal(self) -> Global___CertificateRenewal:
+        """Lattice addition: the agent asks for a new client certificate before its current one
+        expires. Reply: CellCommand.certificate_issued with the same request_id.
+        """
+
     def __init__(
         self,
         *,
@@ -120,16 +127,45 @@ class AgentMessage(_message.Message):
         catalog_sync: Global___ServiceCatalogSync | None = ...,
         service_query: Global___ServiceQuery | None = ...,
         command_result: Global___CommandResult | None = ...,
+        certificate_renewal: Global___CertificateRenewal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "certificate_renewal", b"certificate_renewal", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "cluster_name", b"cluster_name", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "certificate_renewal", b"certificate_renewal", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "cluster_name", b"cluster_name", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["ready", "bootstrap_complete", "pivot_complete", "heartbeat", "cluster_health", "status_response", "cluster_deleting", "service_announcement", "catalog_sync", "service_query", "command_result"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["ready", "bootstrap_complete", "pivot_complete", "heartbeat", "cluster_health", "status_response", "cluster_deleting", "service_announcement", "catalog_sync", "service_query", "command_result", "certificate_renewal"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class CertificateRenewal(_message.Message):
+    """Lattice addition: a renewal of the agent's client certificate, sent on the stream the
+    current certificate authenticated. The private key of the new certificate was generated on
+    the agent and never leaves it; the CSR must name the same cluster (CN) as the stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    csr: _builtins.str
+    """PEM PKCS#10 certificate signing request (ECDSA P-256/P-384 or RSA >= 2048, SHA-2)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        csr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateRenewal: _TypeAlias = CertificateRenewal  # noqa: Y015
 
 @_typing.final
 class AgentReady(_message.Message):
@@ -403,6 +439,7 @@ class CellCommand(_message.Message):
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     UNPIVOT_FIELD_NUMBER: _builtins.int
     UNPIVOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_ISSUED_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Set by the cell on every command it expects a reply to; the reply carries it back.
     Empty on HeartbeatAck and on pushes (service_query_response, remote_service_update).
@@ -431,6 +468,10 @@ class CellCommand(_message.Message):
 
     @_builtins.property
     def unpivot_complete(self) -> Global___UnpivotComplete: ...
+    @_builtins.property
+    def certificate_issued(self) -> Global___CertificateIssued:
+        """Lattice addition: the answer to an AgentMessage.certificate_renewal (command_id empty)."""
+
     def __init__(
         self,
         *,
@@ -444,16 +485,55 @@ class CellCommand(_message.Message):
         heartbeat_ack: Global___HeartbeatAck | None = ...,
         unpivot: Global___UnpivotCommand | None = ...,
         unpivot_complete: Global___UnpivotComplete | None = ...,
+        certificate_issued: Global___CertificateIssued | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "certificate_issued", b"certificate_issued", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "command", b"command", "command_id", b"command_id", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "certificate_issued", b"certificate_issued", "command", b"command", "command_id", b"command_id", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["apply_manifests", "status_request", "pivot_manifests", "sync_resources", "service_query_response", "remote_service_update", "heartbeat_ack", "unpivot", "unpivot_complete"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["apply_manifests", "status_request", "pivot_manifests", "sync_resources", "service_query_response", "remote_service_update", "heartbeat_ack", "unpivot", "unpivot_complete", "certificate_issued"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___CellCommand: _TypeAlias = CellCommand  # noqa: Y015
+
+@_typing.final
+class CertificateIssued(_message.Message):
+    """Lattice addition: the cell's answer to a CertificateRenewal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_BUNDLE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    success: _builtins.bool
+    certificate: _builtins.str
+    """PEM: the new client certificate (success only)."""
+    ca_bundle: _builtins.str
+    """PEM: every CA certificate the cell currently trusts for agents and serves from (the agent
+    replaces its trust bundle with it, so a CA rotation reaches agents on renewal).
+    """
+    error_message: _builtins.str
+    """Why the cell refused (success=false), e.g. the CSR's key or name."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        success: _builtins.bool = ...,
+        certificate: _builtins.str = ...,
+        ca_bundle: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle", b"ca_bundle", "certificate", b"certificate", "error_message", b"error_message", "request_id", b"request_id", "success", b"success"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateIssued: _TypeAlias = CertificateIssued  # noqa: Y015
 
 @_typing.final
 class ApplyManifestsCommand(_message.Message):
