@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpclib.server
-from attrs import define, evolve, field
+from attrs import define, evolve, field, frozen
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -193,9 +193,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                 return await pending.future
         except TimeoutError:
             if not pending.delivered:
-                raise AgentNotConnected(
-                    f"the agent of cluster {cluster_name} is not connected"
-                ) from None
+                raise AgentNotConnected(f"the agent of cluster {cluster_name} is not connected") from None
             raise CommandTimeout(
                 f"cluster {cluster_name} did not answer command {command_id} "
                 f"({type(command).__name__}) within {reply_within} s"
@@ -258,9 +256,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             return Status.FAILED_PRECONDITION, "the first message on a stream must be AgentReady"
         await self._attach(session, first.ready)
         while True:
-            message = await agent_wire.recv_bounded(
-                session.stream, pb.AgentMessage, self._max_message
-            )
+            message = await agent_wire.recv_bounded(session.stream, pb.AgentMessage, self._max_message)
             if message is None:
                 return Status.OK, ""
             refused = self._check_identity(session, message)
@@ -268,9 +264,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                 return refused
             await self._handle(session, message)
 
-    def _check_identity(
-        self, session: _Session, message: pb.AgentMessage
-    ) -> tuple[Status, str] | None:
+    def _check_identity(self, session: _Session, message: pb.AgentMessage) -> tuple[Status, str] | None:
         if message.cluster_name == session.cluster:
             return None
         self.refused_identity += 1
@@ -519,9 +513,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
 
     async def sweep(self) -> tuple[str, ...]:
         """Mark agents LOST that missed too many heartbeats; close their streams."""
-        lost = heartbeat.newly_lost(
-            self._policy, self._last_seen, frozenset(self._lost), self._monotonic()
-        )
+        lost = heartbeat.newly_lost(self._policy, self._last_seen, frozenset(self._lost), self._monotonic())
         for cluster in lost:
             self._lost.add(cluster)
             log.warning(
@@ -574,11 +566,116 @@ def _peer_cert(stream: AgentStream) -> dict[str, Any] | None:
 async def _finish(stream: AgentStream, status: Status, message: str) -> None:
     """Send trailers unless the stream is already closed; never raises."""
     try:
-        await stream.send_trailing_metadata(
-            status=status, status_message=message or None
-        )
+        await stream.send_trailing_metadata(status=status, status_message=message or None)
     except Exception as exc:
         log.debug("could not send trailers (%s): %r", status.name, exc)
+
+
+@frozen
+class ConnectionLimits:
+    """Bounds on the gRPC server's connections, whoever opens them (docs/protocol.md, "Limits").
+
+    * ``handshake_timeout`` - a TLS handshake not finished by then is dropped (asyncio's
+      ``ssl_handshake_timeout``; its default is 60 s);
+    * ``first_data_timeout`` - a connection whose handshake finished but that sends nothing
+      (no HTTP/2 preface) within this time is closed;
+    * ``max_connections`` - established connections at once; one more is closed at once (a
+      log line, and :attr:`LimitedServer.refused` counts it).
+
+    Message sizes are bounded per stream by the hub (``max_message_bytes``); each cluster has
+    at most one stream (a newer one supersedes the older).
+    """
+
+    handshake_timeout: float = 10.0
+    first_data_timeout: float = 10.0
+    max_connections: int = 8192
+
+
+def _drop(transport: asyncio.BaseTransport) -> None:
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+    else:  # pragma: no cover - stream servers hand out Transports
+        transport.close()
+
+
+class _Guarded(asyncio.Protocol):
+    """grpclib's H2 protocol with the connection limits around it."""
+
+    def __init__(self, inner: asyncio.Protocol, server: LimitedServer) -> None:
+        self._inner = inner
+        self._server = server
+        self._counted = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        limits = self._server.limits
+        if self._server.connections >= limits.max_connections:
+            self._server.refused += 1
+            log.warning("refused a connection: %d already open (the limit)", limits.max_connections)
+            _drop(transport)
+            return
+        self._counted = True
+        self._server.connections += 1
+        self._timer = asyncio.get_running_loop().call_later(limits.first_data_timeout, self._idle, transport)
+
+    def _idle(self, transport: asyncio.BaseTransport) -> None:
+        self._server.idle_closed += 1
+        log.info("closed a connection that sent nothing for %.0f s", self._server.limits.first_data_timeout)
+        _drop(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._counted:
+            self._counted = False
+            self._server.connections -= 1
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class LimitedServer(grpclib.server.Server):
+    """A ``grpclib.server.Server`` that applies :class:`ConnectionLimits`.
+
+    grpclib's ``start`` has no handshake timeout and no connection hook, so :meth:`start_limited`
+    creates the asyncio server itself around grpclib's protocol factory. It uses grpclib's
+    private ``_protocol_factory``, ``_server``, ``_server_closed_fut`` and ``_loop``, as
+    ``Server.start`` does; ``tests/integration/agent/test_limits.py`` breaks if they change.
+    """
+
+    def __init__(self, handlers: list[Any], limits: ConnectionLimits) -> None:
+        super().__init__(handlers)
+        self.limits = limits
+        self.connections = 0
+        self.refused = 0
+        self.idle_closed = 0
+
+    async def start_limited(self, sock: socket.socket, ssl_context: ssl.SSLContext, backlog: int) -> None:
+        if self._server is not None:
+            raise RuntimeError("the server is already started")
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Guarded(self._protocol_factory(), self),
+            sock=sock,
+            backlog=backlog,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.limits.handshake_timeout,
+        )
+        self._server_closed_fut = self._loop.create_future()  # as grpclib's start does
 
 
 class CellGrpcServer:
@@ -592,24 +689,31 @@ class CellGrpcServer:
         host: str = "127.0.0.1",
         port: int = 0,
         backlog: int = 4096,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         if ssl_context.verify_mode is not ssl.CERT_REQUIRED:
             raise ValueError("the cell's gRPC server requires client certificates (CERT_REQUIRED)")
         self.hub = hub
+        self.limits = limits or ConnectionLimits()
         self._ssl = ssl_context
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family, backlog=backlog)
         self._backlog = backlog
-        self._server: grpclib.server.Server | None = None
+        self._server: LimitedServer | None = None
 
     @property
     def port(self) -> int:
         port: int = self._sock.getsockname()[1]
         return port
 
+    @property
+    def server(self) -> LimitedServer | None:
+        """The running server (its connection counters), once started."""
+        return self._server
+
     async def start(self) -> None:
-        self._server = grpclib.server.Server([self.hub])
-        await self._server.start(sock=self._sock, ssl=self._ssl, backlog=self._backlog)
+        self._server = LimitedServer([self.hub], self.limits)
+        await self._server.start_limited(self._sock, self._ssl, self._backlog)
         self.hub.start()
 
     async def stop(self) -> None:

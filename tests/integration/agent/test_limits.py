@@ -1,0 +1,125 @@
+"""The gRPC hub's connection limits under bad clients, with a real cell and a real agent (mTLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+
+import pytest
+
+from lattice.adapters import agent_cell, tls
+from lattice.adapters.agent_local import InMemoryAgentStatusSink
+from lattice.domain.heartbeat import HeartbeatPolicy
+
+from .conftest import Cell, Pki, running_agent
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(90)]
+
+
+@contextlib.asynccontextmanager
+async def limited_cell(cell_pki: Pki, limits: agent_cell.ConnectionLimits) -> AsyncIterator[Cell]:
+    sink = InMemoryAgentStatusSink()
+    hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
+    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), limits=limits)
+    await server.start()
+    try:
+        yield Cell(hub=hub, server=server, sink=sink)
+    finally:
+        await server.stop()
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    try:
+        async with asyncio.timeout(within):
+            while await reader.read(65536):  # the server's HTTP/2 SETTINGS, then EOF
+                pass
+            return True
+    except TimeoutError:
+        return False
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+async def _tls_connect(
+    port: int, context: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="127.0.0.1")
+
+
+async def test_a_connection_that_sends_nothing_after_its_handshake_is_closed(cell_pki: Pki) -> None:
+    limits = agent_cell.ConnectionLimits(first_data_timeout=0.5)
+    async with limited_cell(cell_pki, limits) as cell:
+        reader, writer = await _tls_connect(cell.port, tls.client_context(cell_pki.agent_files("l1")))
+        assert await _closed_by_server(reader, 5.0)
+        writer.close()
+        assert cell.server.server is not None
+        assert cell.server.server.idle_closed == 1
+        assert cell.server.server.connections == 0
+
+
+async def test_a_handshake_that_never_starts_is_dropped(cell_pki: Pki) -> None:
+    limits = agent_cell.ConnectionLimits(handshake_timeout=0.5)
+    async with limited_cell(cell_pki, limits) as cell:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cell.port)  # plain TCP, silent
+        assert await _closed_by_server(reader, 5.0)
+        writer.close()
+
+
+async def test_connections_over_the_limit_are_closed_and_the_agent_gets_in_when_one_frees(
+    cell_pki: Pki,
+) -> None:
+    limits = agent_cell.ConnectionLimits(max_connections=2, first_data_timeout=60.0)
+    context = tls.client_context(cell_pki.agent_files("l2"))
+    async with limited_cell(cell_pki, limits) as cell:
+        held = [await _tls_connect(cell.port, context) for _ in range(2)]
+        async with running_agent(cell_pki.agent_files("l3"), "l3", cell.port):
+            server = cell.server.server
+            assert server is not None
+            async with asyncio.timeout(10):
+                while server.refused == 0:  # noqa: ASYNC110 - polls the server's counter
+                    await asyncio.sleep(0.05)
+            assert "l3" not in cell.hub.connected()
+            for _, writer in held:
+                writer.close()
+            await cell.wait_connected("l3", within=15.0)
+
+
+async def test_a_flood_of_bad_clients_does_not_stop_a_good_agent(cell_pki: Pki) -> None:
+    limits = agent_cell.ConnectionLimits(handshake_timeout=1.0, first_data_timeout=1.0, max_connections=64)
+    no_cert = tls.client_context(None, ca=cell_pki.server.ca)
+    async with limited_cell(cell_pki, limits) as cell:
+        stop = asyncio.Event()
+
+        async def silent() -> None:  # opens TCP, says nothing, reconnects when dropped
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", cell.port)
+                    await _closed_by_server(reader, 30.0)
+                    writer.close()
+
+        async def garbage() -> None:  # TLS without a certificate, then junk
+            while not stop.is_set():
+                with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
+                    reader, writer = await _tls_connect(cell.port, no_cert)
+                    writer.write(b"GET / HTTP/1.1\r\n\r\n" * 50)
+                    await _closed_by_server(reader, 30.0)
+                    writer.close()
+                await asyncio.sleep(0.01)
+
+        flood = [asyncio.create_task(silent()) for _ in range(150)]
+        flood += [asyncio.create_task(garbage()) for _ in range(20)]
+        await asyncio.sleep(1.5)
+        try:
+            async with running_agent(cell_pki.agent_files("l4"), "l4", cell.port) as agent:
+                await cell.wait_connected("l4", within=20.0)
+                async with asyncio.timeout(20):
+                    while len(agent.rtts) < 10:  # noqa: ASYNC110 - polls the agent's counter
+                        await asyncio.sleep(0.05)
+                assert max(agent.rtts) < 2.0
+        finally:
+            stop.set()
+            for task in flood:
+                task.cancel()
+            await asyncio.gather(*flood, return_exceptions=True)
