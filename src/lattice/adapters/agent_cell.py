@@ -47,11 +47,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpclib.server
-from attrs import define, evolve, field, frozen
+from attrs import define, evolve, field
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from lattice.adapters import agent_wire, discovery_wire
+from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, GuardedProtocol
 from lattice.domain import agent, agent_identity, heartbeat
 from lattice.domain.discovery import messages as discovery
 from lattice.ports.agent import AgentChannel, AgentNotConnected, AgentStatusSink, CommandTimeout
@@ -571,86 +572,8 @@ async def _finish(stream: AgentStream, status: Status, message: str) -> None:
         log.debug("could not send trailers (%s): %r", status.name, exc)
 
 
-@frozen
-class ConnectionLimits:
-    """Bounds on the gRPC server's connections, whoever opens them (docs/protocol.md, "Limits").
-
-    * ``handshake_timeout`` - a TLS handshake not finished by then is dropped (asyncio's
-      ``ssl_handshake_timeout``; its default is 60 s);
-    * ``first_data_timeout`` - a connection whose handshake finished but that sends nothing
-      (no HTTP/2 preface) within this time is closed;
-    * ``max_connections`` - established connections at once; one more is closed at once (a
-      log line, and :attr:`LimitedServer.refused` counts it).
-
-    Message sizes are bounded per stream by the hub (``max_message_bytes``); each cluster has
-    at most one stream (a newer one supersedes the older).
-    """
-
-    handshake_timeout: float = 10.0
-    first_data_timeout: float = 10.0
-    max_connections: int = 8192
-
-
-def _drop(transport: asyncio.BaseTransport) -> None:
-    if isinstance(transport, asyncio.Transport):
-        transport.abort()
-    else:  # pragma: no cover - stream servers hand out Transports
-        transport.close()
-
-
-class _Guarded(asyncio.Protocol):
-    """grpclib's H2 protocol with the connection limits around it."""
-
-    def __init__(self, inner: asyncio.Protocol, server: LimitedServer) -> None:
-        self._inner = inner
-        self._server = server
-        self._counted = False
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-        limits = self._server.limits
-        if self._server.connections >= limits.max_connections:
-            self._server.refused += 1
-            log.warning("refused a connection: %d already open (the limit)", limits.max_connections)
-            _drop(transport)
-            return
-        self._counted = True
-        self._server.connections += 1
-        self._timer = asyncio.get_running_loop().call_later(limits.first_data_timeout, self._idle, transport)
-
-    def _idle(self, transport: asyncio.BaseTransport) -> None:
-        self._server.idle_closed += 1
-        log.info("closed a connection that sent nothing for %.0f s", self._server.limits.first_data_timeout)
-        _drop(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._counted:
-            self._counted = False
-            self._server.connections -= 1
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
 class LimitedServer(grpclib.server.Server):
-    """A ``grpclib.server.Server`` that applies :class:`ConnectionLimits`.
+    """A ``grpclib.server.Server`` that applies :class:`~lattice.adapters.conn_limits.ConnectionLimits`.
 
     grpclib's ``start`` has no handshake timeout and no connection hook, so :meth:`start_limited`
     creates the asyncio server itself around grpclib's protocol factory. It uses grpclib's
@@ -660,20 +583,17 @@ class LimitedServer(grpclib.server.Server):
 
     def __init__(self, handlers: list[Any], limits: ConnectionLimits) -> None:
         super().__init__(handlers)
-        self.limits = limits
-        self.connections = 0
-        self.refused = 0
-        self.idle_closed = 0
+        self.guard = ConnectionGuard(limits, "gRPC")
 
     async def start_limited(self, sock: socket.socket, ssl_context: ssl.SSLContext, backlog: int) -> None:
         if self._server is not None:
             raise RuntimeError("the server is already started")
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Guarded(self._protocol_factory(), self),
+            lambda: GuardedProtocol(self._protocol_factory(), self.guard),
             sock=sock,
             backlog=backlog,
             ssl=ssl_context,
-            ssl_handshake_timeout=self.limits.handshake_timeout,
+            ssl_handshake_timeout=self.guard.limits.handshake_timeout,
         )
         self._server_closed_fut = self._loop.create_future()  # as grpclib's start does
 

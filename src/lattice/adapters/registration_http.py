@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, GuardedProtocol
 from lattice.domain import agent_payload, registration, tokens
 from lattice.domain.errors import FieldError
 from lattice.ports.registration import (
@@ -149,9 +150,7 @@ class _RegistrationHandler:
         body = await _read_body(request, self._max_body)
         token = registration.bearer_token(request.headers.get("authorization"))
         if token is None:
-            return _error(
-                401, "an Authorization: Bearer <token> header is required", "Authorization"
-            )
+            return _error(401, "an Authorization: Bearer <token> header is required", "Authorization")
         content_type = request.headers.get("content-type", "application/json")
         if content_type.split(";")[0].strip().lower() not in {"application/json", ""}:
             return _error(415, "the body must be application/json", "Content-Type")
@@ -164,9 +163,7 @@ class _RegistrationHandler:
             return _field_error(parsed)
         leased = await self._tokens.lease(parsed.cluster_name, token)
         if isinstance(leased, tokens.Rejection):
-            log.warning(
-                "registration refused for cluster %s: %s", parsed.cluster_name, leased.value
-            )
+            log.warning("registration refused for cluster %s: %s", parsed.cluster_name, leased.value)
             return _error(
                 401,
                 "the bootstrap token is unknown, expired, revoked or already used",
@@ -246,13 +243,56 @@ class _RegistrationHandler:
         try:
             await self._tokens.release(held)
         except Exception:
-            log.exception(
-                "registration: could not release the token lease of %s", held.cluster_name
+            log.exception("registration: could not release the token lease of %s", held.cluster_name)
+
+
+WEBHOOK_LIMITS = ConnectionLimits(
+    handshake_timeout=10.0,
+    first_data_timeout=10.0,
+    max_lifetime=30.0,
+    max_connections=1000,
+    max_per_client=64,
+)
+"""A registration is one short request: a connection lives at most 30 s (slowloris)."""
+
+
+class _GuardedUvicorn(uvicorn.Server):
+    """uvicorn with :class:`~lattice.adapters.conn_limits.ConnectionLimits`: its ``startup``
+    creates the asyncio server itself (uvicorn passes no ``ssl_handshake_timeout`` and has no
+    connection hook), the rest of uvicorn's lifecycle is unchanged."""
+
+    def __init__(self, config: uvicorn.Config, ssl_context: ssl.SSLContext, guard: ConnectionGuard) -> None:
+        super().__init__(config)
+        self._ssl = ssl_context
+        self.guard = guard
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            inner: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
+            return GuardedProtocol(inner, self.guard)
+
+        loop = asyncio.get_running_loop()
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=self._ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=self.guard.limits.handshake_timeout,
+            )
+            for sock in sockets or []
+        ]
+        self.started = True
 
 
 class RegistrationServer:
-    """Runs :func:`registration_app` under uvicorn on an already-bound socket."""
+    """Runs :func:`registration_app` under uvicorn on an already-bound socket, with
+    :data:`WEBHOOK_LIMITS` (or ``limits``) on its connections."""
 
     def __init__(
         self,
@@ -261,10 +301,10 @@ class RegistrationServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        limits: ConnectionLimits = WEBHOOK_LIMITS,
     ) -> None:
         self._sock = socket.create_server((host, port), family=_family(host), reuse_port=False)
         self._sock.setblocking(False)
-        context = ssl_context
         self._config = uvicorn.Config(
             app,
             http="h11",
@@ -275,11 +315,11 @@ class RegistrationServer:
             date_header=False,
             proxy_headers=False,
             timeout_keep_alive=5,
-            limit_concurrency=1000,
+            limit_concurrency=limits.max_connections,
             h11_max_incomplete_event_size=16 * 1024,
-            ssl_context_factory=lambda _config, _default: context,
         )
-        self._server = uvicorn.Server(self._config)
+        self.guard = ConnectionGuard(limits, "registration webhook")
+        self._server = _GuardedUvicorn(self._config, ssl_context, self.guard)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -305,4 +345,3 @@ class RegistrationServer:
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
-

@@ -1,4 +1,4 @@
-"""The gRPC hub's connection limits under bad clients, with a real cell and a real agent (mTLS)."""
+"""The cell's doors under bad clients: the gRPC hub with a real agent (mTLS), and the webhook."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from lattice.adapters import agent_cell, tls
 from lattice.adapters.agent_local import InMemoryAgentStatusSink
+from lattice.adapters.conn_limits import ConnectionLimits
+from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
+from lattice.adapters.token_store_memory import InMemoryTokenStore
 from lattice.domain.heartbeat import HeartbeatPolicy
 
 from .conftest import Cell, Pki, running_agent
@@ -19,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(90
 
 
 @contextlib.asynccontextmanager
-async def limited_cell(cell_pki: Pki, limits: agent_cell.ConnectionLimits) -> AsyncIterator[Cell]:
+async def limited_cell(cell_pki: Pki, limits: ConnectionLimits) -> AsyncIterator[Cell]:
     sink = InMemoryAgentStatusSink()
     hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
     server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), limits=limits)
@@ -49,18 +53,18 @@ async def _tls_connect(
 
 
 async def test_a_connection_that_sends_nothing_after_its_handshake_is_closed(cell_pki: Pki) -> None:
-    limits = agent_cell.ConnectionLimits(first_data_timeout=0.5)
+    limits = ConnectionLimits(first_data_timeout=0.5)
     async with limited_cell(cell_pki, limits) as cell:
         reader, writer = await _tls_connect(cell.port, tls.client_context(cell_pki.agent_files("l1")))
         assert await _closed_by_server(reader, 5.0)
         writer.close()
         assert cell.server.server is not None
-        assert cell.server.server.idle_closed == 1
-        assert cell.server.server.connections == 0
+        assert cell.server.server.guard.idle_closed == 1
+        assert cell.server.server.guard.connections == 0
 
 
 async def test_a_handshake_that_never_starts_is_dropped(cell_pki: Pki) -> None:
-    limits = agent_cell.ConnectionLimits(handshake_timeout=0.5)
+    limits = ConnectionLimits(handshake_timeout=0.5)
     async with limited_cell(cell_pki, limits) as cell:
         reader, writer = await asyncio.open_connection("127.0.0.1", cell.port)  # plain TCP, silent
         assert await _closed_by_server(reader, 5.0)
@@ -70,7 +74,7 @@ async def test_a_handshake_that_never_starts_is_dropped(cell_pki: Pki) -> None:
 async def test_connections_over_the_limit_are_closed_and_the_agent_gets_in_when_one_frees(
     cell_pki: Pki,
 ) -> None:
-    limits = agent_cell.ConnectionLimits(max_connections=2, first_data_timeout=60.0)
+    limits = ConnectionLimits(max_connections=2, first_data_timeout=60.0)
     context = tls.client_context(cell_pki.agent_files("l2"))
     async with limited_cell(cell_pki, limits) as cell:
         held = [await _tls_connect(cell.port, context) for _ in range(2)]
@@ -78,7 +82,7 @@ async def test_connections_over_the_limit_are_closed_and_the_agent_gets_in_when_
             server = cell.server.server
             assert server is not None
             async with asyncio.timeout(10):
-                while server.refused == 0:  # noqa: ASYNC110 - polls the server's counter
+                while server.guard.refused == 0:  # noqa: ASYNC110 - polls the server's counter
                     await asyncio.sleep(0.05)
             assert "l3" not in cell.hub.connected()
             for _, writer in held:
@@ -87,7 +91,7 @@ async def test_connections_over_the_limit_are_closed_and_the_agent_gets_in_when_
 
 
 async def test_a_flood_of_bad_clients_does_not_stop_a_good_agent(cell_pki: Pki) -> None:
-    limits = agent_cell.ConnectionLimits(handshake_timeout=1.0, first_data_timeout=1.0, max_connections=64)
+    limits = ConnectionLimits(handshake_timeout=1.0, first_data_timeout=1.0, max_connections=64)
     no_cert = tls.client_context(None, ca=cell_pki.server.ca)
     async with limited_cell(cell_pki, limits) as cell:
         stop = asyncio.Event()
@@ -123,3 +127,56 @@ async def test_a_flood_of_bad_clients_does_not_stop_a_good_agent(cell_pki: Pki) 
             for task in flood:
                 task.cancel()
             await asyncio.gather(*flood, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def limited_webhook(cell_pki: Pki, limits: ConnectionLimits) -> AsyncIterator[RegistrationServer]:
+    app = registration_app(
+        token_store=InMemoryTokenStore(),
+        signer=cell_pki.ca,
+        payload=PayloadSettings(grpc_endpoint="127.0.0.1:1", image="lattice:test"),
+    )
+    context = tls.server_context(cell_pki.server, require_client_cert=False, alpn=tls.HTTP1_ALPN)
+    server = RegistrationServer(app, context, limits=limits)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_a_slow_webhook_client_is_cut_off_and_others_are_served(cell_pki: Pki) -> None:
+    limits = ConnectionLimits(first_data_timeout=1.0, max_lifetime=1.5, max_per_client=4)
+    client_context = tls.client_context(None, ca=cell_pki.server.ca, alpn=tls.HTTP1_ALPN)
+    async with limited_webhook(cell_pki, limits) as server:
+        reader, writer = await _tls_connect(server.port, client_context)
+
+        async def trickle() -> None:  # slowloris: a header byte every 0.2 s, never finishing
+            for byte in b"POST /api/clusters/register HTTP/1.1\r\nHost: cell\r\nX-Slow: " + b"a" * 1000:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.2)
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            assert await _closed_by_server(reader, 5.0)
+        finally:
+            trickling.cancel()
+            writer.close()
+        assert server.guard.expired == 1
+
+        held = [await _tls_connect(server.port, client_context) for _ in range(4)]
+        fifth_reader, fifth_writer = await _tls_connect(server.port, client_context)
+        assert await _closed_by_server(fifth_reader, 5.0)  # over max_per_client
+        assert server.guard.refused == 1
+        fifth_writer.close()
+        for _, writer in held:
+            writer.close()
+
+        async with httpx.AsyncClient(verify=client_context, timeout=10) as http:
+            response = await http.post(
+                f"https://127.0.0.1:{server.port}/api/clusters/register",
+                json={"clusterName": "w1", "csr": "x"},
+                headers={"Authorization": "Bearer t"},
+            )
+        assert response.status_code == 400  # served: a real answer naming the field
+        assert response.json()["field"] == "csr"
