@@ -10,7 +10,13 @@ and TCP connection. Phases:
    Heartbeat, cell answers HeartbeatAck) are sampled for ``--rtt-seconds``;
 3. **storm**: the cell is killed (SIGKILL) and restarted on the same port; the time until every
    one of the ``--agents`` has reconnected and resynchronised (AgentReady and ClusterHealth
-   received by the new cell) is measured from the kill.
+   received by the new cell) is measured from the kill;
+4. **flood**: a separate process hammers the cell with ``--flood`` bad clients (half open TCP
+   and say nothing, half complete TLS without a client certificate and send junk, all
+   reconnecting when dropped) while heartbeat round trips of the ``--agents`` are sampled
+   again; the p99 is reported with its ratio to phase 2's;
+5. **renewal**: every agent renews its certificate over its stream at once (a new key and CSR
+   each, the cell signs); the time until all ``--agents`` hold a new certificate.
 
 Every wait is bounded; the run stops by itself. The last lines are one JSON object per figure:
 ``{"metric": ..., "value": ..., "unit": ...}``.
@@ -39,7 +45,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lattice.adapters import agent_cell, agent_client, agent_local, cell_ca, pki, tls
+from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
 from lattice.domain.heartbeat import HeartbeatPolicy
@@ -79,7 +85,15 @@ async def cell_main(args: argparse.Namespace) -> None:
     directory = Path(args.pki)
     files = tls.TlsFiles(directory / "server.crt", directory / "server.key", directory / "ca.crt")
     sink = LatestSink()
-    hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=args.heartbeat_interval))
+    authority = pki.CertificateAuthority(
+        cert=pki.cert_from_pem((directory / "ca.crt").read_bytes()),
+        key=pki.key_from_pem((directory / "ca.key").read_bytes()),
+    )
+    hub = agent_cell.AgentHub(
+        sink=sink,
+        heartbeat_policy=HeartbeatPolicy(interval=args.heartbeat_interval),
+        signer=cell_ca.CellCertificateAuthority(authority),
+    )
     server = agent_cell.CellGrpcServer(
         hub, tls.server_context(files, require_client_cert=True), port=args.port, backlog=4096
     )
@@ -92,7 +106,7 @@ async def cell_main(args: argparse.Namespace) -> None:
             for status in sink.latest.values()
             if status.connection is agent.Connection.CONNECTED and status.health is not None
         )
-        _emit(event="count", connected=len(hub.connected()), resynced=resynced)
+        _emit(event="count", connected=len(hub.connected()), resynced=resynced, renewals=hub.renewals)
         await asyncio.sleep(0.2)
     await server.stop()
 
@@ -114,8 +128,9 @@ async def agents_main(args: argparse.Namespace) -> None:
     runners: list[agent_client.AgentRunner] = []
     for index in range(args.first, args.first + args.count):
         name = _name(index)
-        context = tls.client_context(
-            tls.TlsFiles(directory / f"{name}.crt", directory / f"{name}.key", directory / "ca.crt")
+        files = tls.TlsFiles(directory / f"{name}.crt", directory / f"{name}.key", directory / "ca.crt")
+        renewer = agent_renewal.CertificateRenewer(
+            name, agent_renewal.read_credentials(files), None, rand=random.random, timeout=120.0
         )
         settings = agent_client.AgentSettings(
             cluster_name=name,
@@ -130,7 +145,13 @@ async def agents_main(args: argparse.Namespace) -> None:
         idle = agent_local.UnconfiguredApplier()
         runners.append(
             agent_client.AgentRunner(
-                settings, context, applier=idle, importer=idle, probe=probe, on_heartbeat_rtt=on_rtt
+                settings,
+                renewer.context,
+                applier=idle,
+                importer=idle,
+                probe=probe,
+                on_heartbeat_rtt=on_rtt,
+                renewer=renewer,
             )
         )
     stop = asyncio.Event()
@@ -157,10 +178,67 @@ async def agents_main(args: argparse.Namespace) -> None:
         elif command == "report":
             recording = False
             _emit(event="rtts", values=rtts)
+        elif command == "renew":
+            started = time.monotonic()
+            outcomes = await asyncio.gather(
+                *(runner.renew_certificate() for runner in runners), return_exceptions=True
+            )
+            failed = [repr(o) for o in outcomes if isinstance(o, BaseException)]
+            _emit(event="renewed", seconds=time.monotonic() - started, failed=len(failed), first=failed[:3])
         elif command in {"stop", ""}:
             break
     stop.set()
     await asyncio.wait(tasks, timeout=10)
+
+
+# --- the flood process ----------------------------------------------------------------------------
+
+
+async def flood_main(args: argparse.Namespace) -> None:
+    """``--flood`` bad clients, each reconnecting as soon as the cell drops it."""
+    _raise_nofile()
+    directory = Path(args.pki)
+    no_cert = tls.client_context(None, ca=directory / "ca.crt")
+    stop = asyncio.Event()
+    opened = 0
+
+    async def silent() -> None:
+        nonlocal opened
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+                opened += 1
+                await reader.read()
+                writer.close()
+            await asyncio.sleep(0.01)
+
+    async def junk() -> None:
+        nonlocal opened
+        while not stop.is_set():
+            with contextlib.suppress(OSError, ConnectionError):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", args.port, ssl=no_cert, server_hostname="127.0.0.1"
+                )
+                opened += 1
+                writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(4096))
+                while await reader.read(65536):
+                    pass
+                writer.close()
+            await asyncio.sleep(0.01)
+
+    half = args.flood // 2
+    tasks = [asyncio.create_task(silent()) for _ in range(half)]
+    tasks += [asyncio.create_task(junk()) for _ in range(args.flood - half)]
+    _emit(event="flooding", clients=args.flood)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    _emit(event="flooded", connections=opened)
 
 
 # --- the orchestrator ---------------------------------------------------------------------------
@@ -239,6 +317,7 @@ async def _wait(predicate: Any, within: float, period: float = 0.1) -> bool:
 def _make_pki(directory: Path, count: int) -> None:
     ca = cell_ca.CellCertificateAuthority.generate("bench-cell-ca")
     ca.write_server_files(directory, ip_addresses=["127.0.0.1"])
+    pki.write_private_file(directory / "ca.key", ca.authority.key_pem)
     for index in range(count):
         name = _name(index)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -259,6 +338,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
     _raise_nofile()
+    samples: list[float] = []
     streams = max(args.streams, args.agents)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="lattice-bench-") as tmp:
@@ -332,7 +412,7 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
             for child in core:
                 await child.send("record")
             await asyncio.sleep(args.rtt_seconds)
-            samples: list[float] = []
+            samples = []
             for child in core:
                 await child.send("report")
                 samples += (await child.expect("rtts", 30))["values"]
@@ -371,6 +451,56 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
                 {"metric": "storm_agents", "value": cell.latest.get("resynced", 0), "unit": "agents"},
                 {"metric": "storm_resync_time", "value": round(storm, 1) if resynced else None, "unit": "s"},
             ]
+
+            # phase 4: heartbeats while bad clients flood the cell
+            flood = await _spawn("--role", "flood", *common, "--port", str(port), "--flood", str(args.flood))
+            children.append(flood)
+            await flood.expect("flooding", 30)
+            await asyncio.sleep(3.0)
+            _progress(f"flood: {args.flood} bad clients; sampling heartbeats {args.rtt_seconds:.0f} s")
+            for child in core:
+                await child.send("record")
+            await asyncio.sleep(args.rtt_seconds)
+            flooded: list[float] = []
+            for child in core:
+                await child.send("report")
+                flooded += (await child.expect("rtts", 30))["values"]
+            await flood.send("stop")
+            bad = (await flood.expect("flooded", 30))["connections"]
+            if flooded and samples:
+                p99_flood = 1000 * _percentile(flooded, 0.99)
+                p99_quiet = 1000 * _percentile(samples, 0.99)
+                results += [
+                    {"metric": "flood_bad_clients", "value": args.flood, "unit": "clients"},
+                    {"metric": "flood_bad_connections_opened", "value": bad, "unit": "connections"},
+                    {"metric": "heartbeat_rtt_samples_flood", "value": len(flooded), "unit": "samples"},
+                    {"metric": "heartbeat_rtt_p99_flood", "value": round(p99_flood, 2), "unit": "ms"},
+                    {
+                        "metric": "heartbeat_rtt_p99_flood_vs_quiet",
+                        "value": round(p99_flood / max(p99_quiet, 1e-6), 2),
+                        "unit": "ratio",
+                    },
+                ]
+
+            # phase 5: every agent renews its certificate at once
+            _progress(f"renewal: {args.agents} agents renew at once")
+            t0 = time.monotonic()
+            for child in core:
+                await child.send("renew")
+            renewed = [await child.expect("renewed", args.storm_timeout) for child in core]
+            renewal_time = time.monotonic() - t0
+            failed = sum(event["failed"] for event in renewed)
+            await asyncio.sleep(0.5)  # the cell reports its counters every 0.2 s
+            signed = cell.latest.get("renewals", 0)
+            for event in renewed:
+                if event["first"]:
+                    print(f"# renewal failures, for example: {event['first']}", file=sys.stderr)
+            results += [
+                {"metric": "renewal_agents", "value": args.agents - failed, "unit": "agents"},
+                {"metric": "renewal_failed", "value": failed, "unit": "agents"},
+                {"metric": "renewal_time_all_agents", "value": round(renewal_time, 1), "unit": "s"},
+                {"metric": "cell_renewals_signed", "value": signed, "unit": "certificates"},
+            ]
         finally:
             for child in children:
                 await child.stop()
@@ -381,7 +511,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--role", choices=["orchestrate", "cell", "agents"], default="orchestrate")
+    parser.add_argument("--role", choices=["orchestrate", "cell", "agents", "flood"], default="orchestrate")
+    parser.add_argument("--flood", type=int, default=500, help="bad clients in the flood phase")
     parser.add_argument("--agents", type=int, default=2000, help="agents for the heartbeat and storm phases")
     parser.add_argument("--streams", type=int, default=5000, help="concurrent streams for the capacity phase")
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
@@ -412,6 +543,9 @@ def main() -> int:
         return 0
     if args.role == "agents":
         asyncio.run(agents_main(args))
+        return 0
+    if args.role == "flood":
+        asyncio.run(flood_main(args))
         return 0
     for result in asyncio.run(orchestrate(args)):
         print(json.dumps(result), flush=True)

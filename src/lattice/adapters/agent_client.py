@@ -263,6 +263,14 @@ class AgentRunner:
         except Exception:
             log.exception("certificate renewal stopped until the next stream")
 
+    async def renew_certificate(self) -> None:
+        """Renew the client certificate now, on the current stream (an operator's or a
+        benchmark's request; renewal otherwise runs on its own schedule). Raises
+        ``ConnectionError`` without a stream, ``RenewalRefused`` with the cell's reason."""
+        if self._renewer is None:
+            raise RuntimeError("this agent was started without certificate renewal")
+        await self._renewer.renew_once(self._send)
+
     async def send_discovery(self, message: discovery.AgentDiscoveryMessage) -> None:
         """Send a discovery message to the parent; ParentUnavailable without a working stream."""
         try:
