@@ -42,6 +42,18 @@ class Located:
         return f"{self.filename}:{self.line}: {self.error}"
 
 
+MAX_LINE = 500
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """One printable line of at most ``limit`` characters (plus the count of those cut): a key
+    with a newline in it or a value of a million characters stays one short, readable line."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}... ({len(shown) - limit} characters more)"
+
+
 def register(subparsers: Any) -> None:
     compile_parser = subparsers.add_parser(
         "compile",
@@ -80,14 +92,12 @@ def run_compile(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
     clusters: list[SourcedCluster] = []
     problems: list[Located | str] = []
     for filename in args.files:
-        text = _read(filename)
-        if isinstance(text, OSError):
-            problems.append(f"{filename}: cannot read: {text.strerror or text}")
-            continue
-        loaded = yamlio.load_documents(text)
+        loaded = yamlio.read_documents(filename)
         if isinstance(loaded, yamlio.YamlError):
-            problems.append(f"{filename}:{loaded.line}: {loaded.reason}")
+            problems.append(loaded.located(filename))
             continue
+        if not loaded:
+            problems.append(f"{filename}: no LatticeCluster documents in this file")
         for document in loaded:
             result = _parse(document)
             if isinstance(result, list):
@@ -110,11 +120,8 @@ def run_compile(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
 
     if problems:
         for problem in problems:
-            err.write(f"{problem}\n")
+            err.write(f"{one_line(str(problem))}\n")
         err.write(f"lattice compile: {len(problems)} error(s); nothing written\n")
-        return 1
-    if not clusters:
-        err.write("lattice compile: no LatticeCluster documents in the input\n")
         return 1
 
     outputs = [
@@ -122,10 +129,15 @@ def run_compile(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
         for item in clusters
     ]
     if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        for name, objects in outputs:
-            (args.output_dir / f"{name}.yaml").write_text(yamlio.dump_all(objects))
-            err.write(f"wrote {args.output_dir / f'{name}.yaml'} ({len(objects)} objects)\n")
+        try:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            for name, objects in outputs:
+                (args.output_dir / f"{name}.yaml").write_text(yamlio.dump_all(objects), encoding="utf-8")
+                err.write(f"wrote {args.output_dir / f'{name}.yaml'} ({len(objects)} objects)\n")
+        except OSError as exc:
+            where = one_line(str(exc.filename or args.output_dir))
+            err.write(f"{where}: cannot write: {exc.strerror or exc}\n")
+            return 1
     else:
         out.write(yamlio.dump_all([obj for _, objects in outputs for obj in objects]))
     return 0
@@ -138,15 +150,6 @@ def _objects(
     if workload:
         objects.extend(capi.compile_workload_manifests(valid))
     return objects
-
-
-def _read(filename: str) -> str | OSError:
-    if filename == "-":
-        return sys.stdin.read()
-    try:
-        return Path(filename).read_text()
-    except OSError as exc:
-        return exc
 
 
 def _parse(document: yamlio.Document) -> validation.ValidCluster | list[FieldError]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from lattice.adapters.binaries import BinariesNotBuiltError, locate
@@ -75,8 +76,8 @@ def run_install(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
         cluster = installer.load_cluster(args.filename)
-    except (OSError, ValueError) as exc:
-        console.print(f"[red]lattice install:[/] {exc}")
+    except ValueError as exc:  # the file, named, with the line and column of each error
+        console.print(f"[red]lattice install:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     provider = cluster["spec"]["provider"]["type"]
     if args.dry_run is not None:

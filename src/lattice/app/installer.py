@@ -325,9 +325,9 @@ class Installer:
 
 def load_cluster(path: Path) -> dict[str, Any]:
     """The management LatticeCluster from a file, validated; errors name the fields."""
-    loaded = yamlio.load_documents(path.read_text())
+    loaded = yamlio.read_documents(path)
     if isinstance(loaded, yamlio.YamlError):
-        raise ValueError(f"{path}:{loaded.line}: {loaded.reason}")  # noqa: TRY004 - bad input, not a bug
+        raise ValueError(loaded.located(path))  # noqa: TRY004 - bad input, not a bug
     if len(loaded) != 1:
         raise ValueError(f"{path}: expected one LatticeCluster, found {len(loaded)} documents")
     doc = yamlio.to_plain(loaded[0].data)

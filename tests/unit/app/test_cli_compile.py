@@ -97,8 +97,8 @@ def test_invalid_input_reports_file_line_field_and_reason(
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("a: [1,\n", ":2: invalid YAML"),
-        ("", "no LatticeCluster documents"),
+        ("a: [1,\n", ":2:1: invalid YAML"),
+        ("", "in.yaml: no LatticeCluster documents in this file"),
         ("- 1\n", "a LatticeCluster must be an object"),
     ],
 )
