@@ -62,6 +62,7 @@ from lattice.domain.bootstrap_data import (
     kubeadm_documents,
     kubeadm_step,
 )
+from lattice.domain.endpoint import Endpoint
 from lattice.domain.local_infra import Boot, provider_id
 from lattice.domain.local_kubelet import (
     CONFIG_FILE,
@@ -265,7 +266,7 @@ class LocalMachineHost:
         init = docs.get("InitConfiguration") or {}
         pki_dir = root / "etc" / "kubernetes" / "pki"
         ca_pem = (pki_dir / "ca.crt").read_bytes()
-        server = f"https://{request.endpoint[0]}:{request.endpoint[1]}"
+        server = Endpoint(*request.endpoint).url("https")
         # kubeadm writes kubelet.conf with a node certificate signed by the cluster CA.
         ca = pki.CertificateAuthority(
             cert=pki.cert_from_pem(ca_pem), key=pki.key_from_pem((pki_dir / "ca.key").read_bytes())

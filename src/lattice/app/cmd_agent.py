@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import signal
 import ssl
 import sys
@@ -38,6 +37,8 @@ from lattice.domain.agent_identity import cluster_name_errors
 from lattice.domain.backoff import Backoff
 from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
 from lattice.domain.discovery.naming import DEFAULT_GATEWAY_PORT, ClusterContext
+from lattice.domain.endpoint import Endpoint
+from lattice.domain.errors import FieldError
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.ports.agent import ManifestApplier, PivotImporter
 
@@ -122,23 +123,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_endpoint(value: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); ValueError with a reason otherwise."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"--parent {value!r} must be HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    elif ":" in host:
-        raise ValueError(f"--parent {value!r}: write IPv6 addresses as [ADDR]:PORT")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"--parent {value!r}: the port must be a number") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"--parent {value!r}: the port must be within 1-65535")
-    return host, port
+def parse_endpoint(value: str) -> Endpoint:
+    """``--parent``: ``HOST:PORT``, an IPv6 address as ``[ADDR]:PORT`` (:meth:`Endpoint.parse`);
+    ValueError naming the flag and the reason otherwise."""
+    parsed = Endpoint.parse(value, "--parent")
+    if isinstance(parsed, FieldError):
+        raise ValueError(str(parsed))  # noqa: TRY004 - a bad flag value, not a wrong type
+    return parsed
 
 
 def _error(message: str) -> int:
@@ -157,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_FIPS
     try:
-        host, port = parse_endpoint(args.parent)
+        parent = parse_endpoint(args.parent)
     except ValueError as exc:
         return _error(str(exc))
     for error in cluster_name_errors(args.cluster_name, ("--cluster-name",)):
@@ -165,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = agent_client.AgentSettings(
             cluster_name=args.cluster_name,
-            host=host,
-            port=port,
+            host=parent.host,
+            port=parent.port,
             agent_version=f"lattice/{lattice.__version__}",
             tls_server_name=args.tls_server_name,
             heartbeat=HeartbeatPolicy(

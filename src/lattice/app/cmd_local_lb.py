@@ -26,6 +26,8 @@ from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_lb import LocalLoadBalancer
 from lattice.app import logs
 from lattice.app.operator.process import QuietServer
+from lattice.domain.endpoint import Endpoint
+from lattice.domain.errors import FieldError
 from lattice.ports import kube
 
 EXIT_FAILED = 1
@@ -39,10 +41,22 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--kubeconfig", required=True, help="the pod's ServiceAccount kubeconfig")
-    parser.add_argument("--health-addr", default="127.0.0.1:0", help="HOST:PORT of /healthz")
+    parser.add_argument(
+        "--health-addr",
+        type=_health_addr,
+        default="127.0.0.1:0",
+        help="HOST:PORT of /healthz ([ADDR]:PORT for IPv6; port 0 picks a free one)",
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between syncs")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
+
+
+def _health_addr(value: str) -> Endpoint:
+    parsed = Endpoint.parse(value, "--health-addr", allow_port_zero=True)
+    if isinstance(parsed, FieldError):
+        raise argparse.ArgumentTypeError(parsed.reason)  # argparse names the flag
+    return parsed
 
 
 async def _healthz(_: Request) -> Response:
@@ -59,12 +73,11 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    host, _, port = str(args.health_addr).rpartition(":")
     health = QuietServer(
         uvicorn.Config(
             Starlette(routes=[Route("/healthz", _healthz)]),
-            host=host or "127.0.0.1",
-            port=int(port),
+            host=args.health_addr.host,
+            port=args.health_addr.port,
             log_level="warning",
             access_log=False,
             lifespan="off",

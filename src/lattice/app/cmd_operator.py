@@ -16,25 +16,26 @@ from lattice.app.operator.leader import LeaseConfig
 from lattice.app.operator.local_infra_runtime import LocalInfraSettings
 from lattice.app.operator.process import OperatorSettings, default_identity, run_operator
 from lattice.domain import capi, deploy, reconcile
+from lattice.domain.endpoint import host_error
+from lattice.domain.errors import FieldError
 
 EXIT_CONFIG = 2
 
 
 def _endpoint(value: str) -> capi.ParentEndpoint:
-    """HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]"""
-    host, *ports = value.split(":") if value.count(":") <= 2 else (value,)
-    try:
-        numbers = [int(p) for p in ports]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: ports must be numbers") from None
-    if not host or any(not 1 <= n <= 65535 for n in numbers):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]")
-    fields: dict[str, Any] = {"host": host}
-    if numbers:
-        fields["bootstrap_port"] = numbers[0]
-    if len(numbers) > 1:
-        fields["grpc_port"] = numbers[1]
-    return capi.ParentEndpoint(**fields)
+    """HOST[:BOOTSTRAP_PORT[:GRPC_PORT]], an IPv6 host in brackets: [ADDR]:BOOTSTRAP_PORT:GRPC_PORT"""
+    parsed = capi.ParentEndpoint.parse(value, "endpoint")
+    if isinstance(parsed, FieldError):
+        raise argparse.ArgumentTypeError(parsed.reason)  # argparse names the flag
+    return parsed
+
+
+def _host(value: str) -> str:
+    """An IP address (IPv6 without brackets) or a DNS name."""
+    error = host_error(value)
+    if error is not None:
+        raise argparse.ArgumentTypeError(error)
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -44,14 +45,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--cell-endpoint",
         type=_endpoint,
-        metavar="HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]",
-        help="this cell's endpoint, compiled into its children's registration call",
+        metavar=capi.PARENT_ENDPOINT_FORM,
+        help="this cell's endpoint, compiled into its children's registration call "
+        "(IPv6: [ADDR]:BOOTSTRAP_PORT:GRPC_PORT)",
     )
     parser.add_argument(
         "--parent-endpoint",
         type=_endpoint,
-        metavar="HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]",
-        help="where this cluster itself registered (keeps its own control plane spec stable)",
+        metavar=capi.PARENT_ENDPOINT_FORM,
+        help="where this cluster itself registered (keeps its own control plane spec stable; "
+        "IPv6: [ADDR]:BOOTSTRAP_PORT:GRPC_PORT)",
     )
     parser.add_argument("--identity", default=None, help="leader-election identity (default: host + random)")
     parser.add_argument(
@@ -65,7 +68,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resync", type=float, default=300.0, help="seconds between full resyncs")
     parser.add_argument("--log-level", default="info")
     cell = parser.add_argument_group("cell", "serve children: registration webhook, agent streams, pivots")
-    cell.add_argument("--cell-host", help="host children dial (enables the cell)")
+    cell.add_argument(
+        "--cell-host",
+        type=_host,
+        help="host children dial: a DNS name or an IP address, IPv6 without brackets (enables the cell)",
+    )
     cell.add_argument("--bootstrap-port", type=int, default=8443, help="HTTPS registration webhook port")
     cell.add_argument("--grpc-port", type=int, default=50051, help="agent stream port (mutual TLS)")
     cell.add_argument("--bind-host", default="127.0.0.1", help="address the cell's servers bind")

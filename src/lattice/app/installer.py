@@ -39,6 +39,7 @@ from lattice.adapters.local_processes import stop_all
 from lattice.app import yamlio
 from lattice.app.operator.cell_runtime import load_or_create_ca
 from lattice.domain import addons, agent_payload, capi, crds, install, models, serde, validation
+from lattice.domain.endpoint import Endpoint
 
 
 class InstallError(RuntimeError):
@@ -206,7 +207,7 @@ class Installer:
         certificate = ca.sign_agent_csr(pki.csr_to_pem(csr).decode(), self.name)
         params = agent_payload.AgentPayloadParams(
             cluster_name=self.name,
-            grpc_endpoint=f"127.0.0.1:{ports['grpc']}",
+            grpc_endpoint=str(Endpoint("127.0.0.1", ports["grpc"])),
             image="ghcr.io/lattice-dev/lattice:0.1.0",
             certificate_pem=certificate,
             ca_bundle_pem=ca.ca_bundle_pem(),

@@ -20,6 +20,7 @@ from lattice.app.operator.informer import Informer
 from lattice.app.operator.workqueue import WorkQueue, serve
 from lattice.domain import capi, conditions, events, local_infra, local_provider
 from lattice.domain.bootstrap_data import BootstrapDataError, parse_cloud_config
+from lattice.domain.endpoint import Endpoint
 from lattice.domain.models import ConditionStatus
 from lattice.ports import kube
 from lattice.ports.clock import Clock
@@ -126,13 +127,13 @@ class LocalInfraProvider:
         plan = local_infra.plan_local_cluster(local_cluster, cluster, self.free_port())
         ref = ResourceRef.of(local_cluster)
         if plan.endpoint is not None:
-            host, port = plan.endpoint
+            endpoint = Endpoint(*plan.endpoint)
             updated = await self.api.merge_patch(
-                ref, {"spec": {"controlPlaneEndpoint": {"host": host, "port": port}}}
+                ref, {"spec": {"controlPlaneEndpoint": {"host": endpoint.host, "port": endpoint.port}}}
             )
             self.local_clusters.update(updated)
-            log.info("control-plane endpoint chosen", extra={"cluster": name, "endpoint": f"{host}:{port}"})
-            self._event(updated, "Normal", "EndpointChosen", f"control-plane endpoint {host}:{port}")
+            log.info("control-plane endpoint chosen", extra={"cluster": name, "endpoint": str(endpoint)})
+            self._event(updated, "Normal", "EndpointChosen", f"control-plane endpoint {endpoint}")
             return 0.0
         if plan.provisioned:
             updated = await self.api.apply_status(

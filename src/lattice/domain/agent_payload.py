@@ -10,7 +10,7 @@ The objects, in apply order:
 4. Secret ``lattice-agent-tls`` (Opaque) with ``tls.crt`` (the signed client certificate) and
    ``ca.crt`` (the cell CA bundle). The private key never travels: the child's registration
    script stores the ``tls.key`` it generated in the Secret ``lattice-agent-key``;
-5. Deployment ``lattice-agent`` running ``lattice agent --parent <host:port> ...``. It uses the
+5. Deployment ``lattice-agent`` running ``lattice agent --parent HOST:PORT ...``. It uses the
    host network and tolerates the control-plane and not-ready taints, because it starts right
    after ``kubeadm init``, before any CNI; it has no probes and no ports, because an agent never
    listens. The three PEM files are mounted from one projected volume (mode 0440, group
@@ -45,7 +45,8 @@ FIELD_MANAGER = "lattice-bootstrap"
 class AgentPayloadParams:
     cluster_name: str
     grpc_endpoint: str
-    """``host:port`` of the cell's gRPC server, as the agent dials it."""
+    """``HOST:PORT`` of the cell's gRPC server, as the agent dials it: ``str`` of an
+    :class:`~lattice.domain.endpoint.Endpoint`, so an IPv6 host is in brackets (``[fd00::1]:50051``)."""
     image: str
     certificate_pem: str
     ca_bundle_pem: str
@@ -158,12 +159,17 @@ def agent_manifests(params: AgentPayloadParams) -> tuple[dict[str, Any], ...]:
                     "hostNetwork": True,
                     "dnsPolicy": "Default",
                     "tolerations": [
-                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
-                         "effect": "NoSchedule"},
-                        {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
-                         "effect": "NoSchedule"},
-                        {"key": "node.cloudprovider.kubernetes.io/uninitialized",
-                         "operator": "Exists", "effect": "NoSchedule"},
+                        {
+                            "key": "node-role.kubernetes.io/control-plane",
+                            "operator": "Exists",
+                            "effect": "NoSchedule",
+                        },
+                        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"},
+                        {
+                            "key": "node.cloudprovider.kubernetes.io/uninitialized",
+                            "operator": "Exists",
+                            "effect": "NoSchedule",
+                        },
                     ],
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -199,13 +205,23 @@ def agent_manifests(params: AgentPayloadParams) -> tuple[dict[str, Any], ...]:
                             "projected": {
                                 "defaultMode": 0o440,
                                 "sources": [
-                                    {"secret": {"name": TLS_SECRET, "items": [
-                                        {"key": "tls.crt", "path": "tls.crt"},
-                                        {"key": "ca.crt", "path": "ca.crt"},
-                                    ]}},
-                                    {"secret": {"name": KEY_SECRET, "items": [
-                                        {"key": "tls.key", "path": "tls.key"},
-                                    ]}},
+                                    {
+                                        "secret": {
+                                            "name": TLS_SECRET,
+                                            "items": [
+                                                {"key": "tls.crt", "path": "tls.crt"},
+                                                {"key": "ca.crt", "path": "ca.crt"},
+                                            ],
+                                        }
+                                    },
+                                    {
+                                        "secret": {
+                                            "name": KEY_SECRET,
+                                            "items": [
+                                                {"key": "tls.key", "path": "tls.key"},
+                                            ],
+                                        }
+                                    },
                                 ],
                             },
                         },

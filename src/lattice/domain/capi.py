@@ -23,6 +23,8 @@ from typing import Any
 from attrs import frozen
 
 from lattice.domain import addons, models
+from lattice.domain.endpoint import Endpoint, parse_host_ports
+from lattice.domain.errors import FieldError
 from lattice.domain.validation import ValidCluster
 
 Manifest = dict[str, Any]
@@ -68,21 +70,57 @@ REGISTRATION_ATTEMPTS = 12
 REGISTRATION_MAX_DELAY_S = 60
 
 
+PARENT_ENDPOINT_FORM = "HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]"
+
+
 @frozen
 class ParentEndpoint:
-    """Where a child registers (HTTPS webhook) and streams (gRPC) to: its cell."""
+    """Where a child registers (HTTPS webhook) and streams (gRPC) to: its cell.
+
+    Written ``HOST:BOOTSTRAP_PORT:GRPC_PORT`` (``str``), an IPv6 host in brackets
+    (``[::1]:8443:50051``), and read back by :meth:`parse`; see :mod:`lattice.domain.endpoint`.
+    """
 
     host: str
     bootstrap_port: int = models.DEFAULT_BOOTSTRAP_PORT
     grpc_port: int = models.DEFAULT_GRPC_PORT
 
     @property
+    def bootstrap(self) -> Endpoint:
+        """The registration webhook."""
+        return Endpoint(self.host, self.bootstrap_port)
+
+    @property
+    def grpc(self) -> Endpoint:
+        """The agent stream: what an agent's ``--parent`` is."""
+        return Endpoint(self.host, self.grpc_port)
+
+    @property
     def register_url(self) -> str:
-        return f"https://{_host_for_url(self.host)}:{self.bootstrap_port}{REGISTER_PATH}"
+        return self.bootstrap.url("https", REGISTER_PATH)
+
+    def __str__(self) -> str:
+        return f"{self.bootstrap}:{self.grpc_port}"
 
     @classmethod
     def of(cls, parent: models.ParentConfig) -> ParentEndpoint:
         return cls(host=parent.host, bootstrap_port=parent.bootstrap_port, grpc_port=parent.grpc_port)
+
+    @classmethod
+    def parse(cls, text: str, field: str) -> ParentEndpoint | FieldError:
+        """``HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]`` (IPv6 as ``[ADDR]...``); the default ports
+        where not given. ``field`` names the input in the error."""
+        parsed = parse_host_ports(
+            text,
+            field,
+            PARENT_ENDPOINT_FORM,
+            required=0,
+            defaults=(models.DEFAULT_BOOTSTRAP_PORT, models.DEFAULT_GRPC_PORT),
+        )
+        if isinstance(parsed, FieldError):
+            return parsed
+        host, (bootstrap_port, grpc_port) = parsed
+        return cls(host, bootstrap_port, grpc_port)
 
 
 @frozen
@@ -178,7 +216,7 @@ def compile_cluster(valid: ValidCluster, context: CompileContext) -> tuple[Manif
                         "kind": f"{prefix}MachineTemplate",
                         "name": control_plane_name(name),
                     }
-                }
+                },
             },
             "kubeadmConfigSpec": _kubeadm_config_spec(valid, context),
         },
@@ -459,7 +497,3 @@ def _machine_spec(valid: ValidCluster, *, control_plane: bool) -> dict[str, Any]
         return {"bootTimeoutSeconds": provider.boot_timeout_seconds}
     image = provider.image or f"kindest/node:{valid.kubernetes_version}"
     return {"customImage": image}
-
-
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -17,6 +17,8 @@ from typing import Any
 
 from attrs import frozen
 
+from lattice.domain.endpoint import Endpoint
+
 __all__ = [
     "MANAGERS",
     "WEBHOOK_KINDS",
@@ -88,8 +90,8 @@ def manager_argv(
         f"--kubeconfig={kubeconfig}",
         f"--webhook-port={ports.webhook}",
         f"--webhook-cert-dir={cert_dir}",
-        f"--health-addr={host}:{ports.health}",
-        f"--diagnostics-address={host}:{ports.diagnostics}",
+        f"--health-addr={Endpoint(host, ports.health)}",
+        f"--diagnostics-address={Endpoint(host, ports.diagnostics)}",
         "--insecure-diagnostics=true",
         "--leader-elect=false",
         f"--v={verbosity}",

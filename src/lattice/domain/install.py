@@ -96,6 +96,12 @@ def is_local(spec: dict[str, Any]) -> bool:
     return bool((spec.get("provider") or {}).get("type") == models.ProviderType.LOCAL.value)
 
 
+def parent_operator_args(spec: dict[str, Any], parent: capi.ParentEndpoint) -> list[str]:
+    """``--parent-endpoint`` of a child's own operator when the child has a cell (``cellRef``):
+    it compiles its own KubeadmControlPlane exactly as its cell did."""
+    return ["--parent-endpoint", str(parent)] if spec.get("cellRef") else []
+
+
 def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
     """Arguments that make a child's own operator a cell (when its spec has parentConfig)."""
     parent = spec.get("parentConfig")

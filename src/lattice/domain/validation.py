@@ -15,10 +15,10 @@ from collections.abc import Iterable, Iterator
 from attrs import frozen
 
 from lattice.domain import models
+from lattice.domain.endpoint import host_error, is_dns_name, is_ip
 from lattice.domain.errors import FieldError, PathSegment
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # Kubernetes minor versions Lattice supports for workload clusters (Cluster API v1.14's kubeadm
 # providers; the local provider runs only the version built here, 1.36).
 MIN_MINOR = 31
@@ -134,7 +134,7 @@ def _provider_errors(provider: models.ProviderSpec, path: tuple[PathSegment, ...
     elif not MIN_MINOR <= int(match["minor"]) <= MAX_MINOR:
         yield FieldError(vpath, f"{version!r} is outside the supported range 1.{MIN_MINOR} to 1.{MAX_MINOR}")
     for index, san in enumerate(provider.kubernetes.cert_sans):
-        if not (_is_ip(san) or _is_dns_name(san.removeprefix("*."))):
+        if not (is_ip(san) or is_dns_name(san.removeprefix("*."))):
             yield FieldError(
                 (*path, "kubernetes", "certSANs", index),
                 f"{san!r} is neither an IP address nor a DNS name",
@@ -183,7 +183,7 @@ def _credentials_errors(
 ) -> Iterator[FieldError]:
     if ref is None:
         return
-    if not DNS1123_SUBDOMAIN.match(ref.name) or len(ref.name) > 253:
+    if not is_dns_name(ref.name):
         yield FieldError((*path, "credentialsRef", "name"), f"{ref.name!r} is not a valid object name")
     if ref.namespace is not None:
         yield from name_errors(ref.namespace, (*path, "credentialsRef", "namespace"))
@@ -312,8 +312,9 @@ def _topology_errors(cluster: models.LatticeCluster, path: tuple[PathSegment, ..
     if spec.parent_config is not None:
         pc = spec.parent_config
         ppath = (*path, "parentConfig")
-        if not (_is_ip(pc.host) or _is_dns_name(pc.host)):
-            yield FieldError((*ppath, "host"), f"{pc.host!r} is neither an IP address nor a DNS name")
+        host_problem = host_error(pc.host)
+        if host_problem is not None:
+            yield FieldError((*ppath, "host"), host_problem)
         for key, port in (("grpcPort", pc.grpc_port), ("bootstrapPort", pc.bootstrap_port)):
             if not 1 <= port <= 65535:
                 yield FieldError((*ppath, key), f"must be a port between 1 and 65535, got {port}")
@@ -325,24 +326,12 @@ def _discovery_errors(discovery: models.DiscoverySpec, path: tuple[PathSegment, 
     if discovery.base_domain is None:
         if discovery.enabled:
             yield FieldError((*path, "baseDomain"), "required when discovery is enabled")
-    elif not _is_dns_name(discovery.base_domain):
+    elif not is_dns_name(discovery.base_domain):
         yield FieldError((*path, "baseDomain"), f"{discovery.base_domain!r} is not a DNS name")
     if not 1 <= discovery.gateway_port <= 65535:
         yield FieldError(
             (*path, "gatewayPort"), f"must be a port between 1 and 65535, got {discovery.gateway_port}"
         )
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_dns_name(value: str) -> bool:
-    return 0 < len(value) <= 253 and DNS1123_SUBDOMAIN.match(value) is not None
 
 
 def _version_key(version: str) -> tuple[int, int, int, int] | None:

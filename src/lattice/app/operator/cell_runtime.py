@@ -214,8 +214,11 @@ class CellRuntime:
         )
         log.info(
             "rendered Cilium for a registering child",
-            extra={"cluster": cluster_name, "objects": len(rendered),
-                   "seconds": round(asyncio.get_running_loop().time() - started, 3)},
+            extra={
+                "cluster": cluster_name,
+                "objects": len(rendered),
+                "seconds": round(asyncio.get_running_loop().time() - started, 3),
+            },
         )
         return rendered
 
@@ -242,11 +245,7 @@ class CellRuntime:
         # Its own operator compiles its KubeadmControlPlane exactly as this cell did: with this
         # cell as its parent when it has one (cellRef); a root cluster (the management cluster
         # of `lattice install`) was compiled without, and its parent goes away after the install.
-        parent_args = (
-            ["--parent-endpoint", f"{endpoint.host}:{endpoint.bootstrap_port}:{endpoint.grpc_port}"]
-            if spec.get("cellRef")
-            else []
-        )
+        parent_args = install.parent_operator_args(spec, endpoint)
         operator = deploy.operator_manifests(
             self.settings.agent_image,
             cluster_name=cluster_name,
@@ -297,7 +296,7 @@ class CellRuntime:
             token_store=self.tokens,
             signer=self.ca,
             payload=PayloadSettings(
-                grpc_endpoint=f"{endpoint.host}:{endpoint.grpc_port}",
+                grpc_endpoint=str(endpoint.grpc),
                 image=self.settings.agent_image,
                 agent_args=self.agent_args,
                 addons=self.registration_addons,
@@ -368,8 +367,12 @@ class CellRuntime:
             self._service_address = address
             log.info(
                 "cell service applied",
-                extra={"service": addons.CELL_SERVICE_NAME, "type": stored["spec"]["type"],
-                       "address": address or "<pending>", "host": self.settings.host},
+                extra={
+                    "service": addons.CELL_SERVICE_NAME,
+                    "type": stored["spec"]["type"],
+                    "address": address or "<pending>",
+                    "host": self.settings.host,
+                },
             )
         return stored
 

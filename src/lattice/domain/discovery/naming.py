@@ -12,6 +12,7 @@ import ipaddress
 from attrs import frozen
 
 from lattice.domain.discovery.messages import ServiceAnnouncement, ServicePort
+from lattice.domain.endpoint import Endpoint, parse_port, split_host_ports
 from lattice.domain.services import ValidService
 
 DEFAULT_GATEWAY_PORT = 443
@@ -48,23 +49,20 @@ def qualified_dns_name(service: str, environment: str, cluster: str, base_domain
 
 def gateway_endpoint(host: str, port: int) -> str:
     """``{gateway-host}:{port}``; IPv6 literals in brackets."""
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
+    return str(Endpoint(host, port))
 
 
 def parse_gateway_endpoint(endpoint: str, default_port: int = DEFAULT_GATEWAY_PORT) -> tuple[str, int]:
-    """``host:port`` -> (host, port); a missing or unusable port means ``default_port``."""
-    if endpoint.startswith("["):
-        host, _, rest = endpoint[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif endpoint.count(":") == 1:
-        host, _, port_text = endpoint.partition(":")
-    else:
-        host, port_text = endpoint, ""
-    if port_text.isdigit() and 1 <= int(port_text) <= 65535:
-        return host, int(port_text)
-    return host, default_port
+    """``host:port`` -> (host, port); a missing or unusable port means ``default_port``.
+
+    Lenient (an announcement from another cluster is not refused for its port): text that is not
+    ``host[:port]`` at all is taken as a host as a whole."""
+    split = split_host_ports(endpoint)
+    if split is None or len(split[1]) > 1:
+        return endpoint, default_port
+    host, port_texts = split
+    port = parse_port(port_texts[0]) if port_texts else None
+    return host, default_port if port is None else port
 
 
 def is_ip(host: str) -> bool:
