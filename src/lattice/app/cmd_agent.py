@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import signal
 import ssl
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lattice
-from lattice.adapters import agent_client, agent_kube, agent_local, fips, tls
+from lattice.adapters import agent_client, agent_kube, agent_local, agent_renewal, fips, tls
 from lattice.adapters.binaries import locate
 from lattice.adapters.clock import SystemClock
 from lattice.adapters.clusterctl import ClusterctlMover
@@ -40,7 +41,7 @@ from lattice.domain.discovery.naming import DEFAULT_GATEWAY_PORT, ClusterContext
 from lattice.domain.endpoint import Endpoint
 from lattice.domain.errors import FieldError
 from lattice.domain.heartbeat import HeartbeatPolicy
-from lattice.ports.agent import ManifestApplier, PivotImporter
+from lattice.ports.agent import AgentCredentials, CredentialStore, ManifestApplier, PivotImporter
 
 EXIT_CONFIG = 2
 EXIT_FIPS = 3
@@ -119,6 +120,12 @@ def register(subparsers: Any) -> None:
         metavar="BYTES",
         help="asyncio TLS read buffer per connection (default 16 KiB)",
     )
+    parser.add_argument(
+        "--no-certificate-renewal",
+        action="store_true",
+        help="do not renew the client certificate over the stream (renewal starts at 60-80%% of "
+        "its lifetime and saves into the TLS Secrets, or the --cert/--key/--ca files)",
+    )
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
 
@@ -168,7 +175,10 @@ def run(args: argparse.Namespace) -> int:
             backoff=Backoff(initial=args.backoff_initial, maximum=args.backoff_max),
         )
         tls.set_ssl_read_buffer(args.tls_read_buffer)
-        context = tls.client_context(tls.TlsFiles(cert=args.cert, key=args.key, ca=args.ca))
+        files = tls.TlsFiles(cert=args.cert, key=args.key, ca=args.ca)
+        context = tls.client_context(files)
+        credentials = agent_renewal.read_credentials(files)
+        agent_renewal.validity(credentials.cert_pem)
     except (ValueError, tls.TlsConfigError) as exc:
         return _error(str(exc))
     try:
@@ -176,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _error(str(exc))
     if args.kubeconfig is not None:
-        asyncio.run(_run_with_cluster(args, settings, context, found))
+        asyncio.run(_run_with_cluster(args, settings, context, found, credentials))
         return 0
     applier: ManifestApplier
     importer: PivotImporter
@@ -191,9 +201,18 @@ def run(args: argparse.Namespace) -> int:
         applier=applier,
         importer=importer,
         probe=agent_local.StaticClusterProbe(args.kubernetes_version),
+        renewer=_renewer(args, credentials, agent_renewal.FileCredentialStore(files)),
     )
     asyncio.run(_run_until_signalled(runner))
     return 0
+
+
+def _renewer(
+    args: argparse.Namespace, credentials: AgentCredentials, store: CredentialStore
+) -> agent_renewal.CertificateRenewer | None:
+    if args.no_certificate_renewal:
+        return None
+    return agent_renewal.CertificateRenewer(args.cluster_name, credentials, store, rand=random.random)
 
 
 def discovery_settings(args: argparse.Namespace) -> AgentDiscoverySettings | None:
@@ -233,6 +252,7 @@ async def _run_with_cluster(
     settings: agent_client.AgentSettings,
     context: ssl.SSLContext,
     found: AgentDiscoverySettings | None,
+    credentials: AgentCredentials,
 ) -> None:
     """The agent on a real cluster: its commands act on the cluster's own API server."""
     api = await Kr8sKube.connect(str(args.kubeconfig))
@@ -247,6 +267,7 @@ async def _run_with_cluster(
         probe=agent_kube.KubeClusterProbe(api, importer, args.kubernetes_version, args.cluster_name),
         discovery=wiring.handler if wiring is not None else None,
         unpivoter=agent_kube.KubeUnpivoter(api, mover, args.kubeconfig, args.cluster_name),
+        renewer=_renewer(args, credentials, agent_renewal.SecretCredentialStore(api)),
     )
     if wiring is None:
         await _run_until_signalled(runner)

@@ -284,7 +284,7 @@ class CellRuntime:
         cert, key, ca_file = self.ca.write_server_files(directory, dns_names=dns_names, ip_addresses=ips)
         files = tls.TlsFiles(cert=cert, key=key, ca=ca_file)
         forwarder = _SinkForwarder()
-        hub = AgentHub(sink=forwarder, discovery=self.discovery)
+        hub = AgentHub(sink=forwarder, discovery=self.discovery, signer=self.ca)
         self.grpc = CellGrpcServer(
             hub,
             tls.server_context(files, require_client_cert=True),
