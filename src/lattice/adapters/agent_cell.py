@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpclib.server
 from attrs import define, evolve, field
+from cryptography import x509
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -91,6 +92,7 @@ class _Session:
     attached: bool = False
     close_status: Status | None = None
     close_message: str = ""
+    certificate_not_after: dt.datetime | None = None
 
 
 @define(eq=False)
@@ -223,7 +225,12 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                 "spiffe://lattice/cluster/<name> URI SAN must agree)",
             )
             return
-        session = _Session(cluster=cluster, stream=stream, task=asyncio.current_task())
+        session = _Session(
+            cluster=cluster,
+            stream=stream,
+            task=asyncio.current_task(),
+            certificate_not_after=_peer_not_after(stream),
+        )
         status, message = Status.OK, ""
         try:
             status, message = await self._serve(session)
@@ -301,6 +308,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             state=agent_wire.state_from_pb(ready.state),
             agent_version=ready.agent_version,
             kubernetes_version=ready.kubernetes_version,
+            certificate_not_after=session.certificate_not_after,
         )
         log.info("agent of cluster %s connected (%s)", session.cluster, ready.agent_version)
         for command_id, pending in list(self._pending.items()):
@@ -376,6 +384,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         if answer.success:
             self.renewals += 1
             log.info("renewed the agent certificate of cluster %s", cluster)
+            await self._update(cluster, certificate_not_after=_not_after(answer.certificate))
         else:
             log.warning("refused the certificate renewal of %s: %s", cluster, answer.error_message)
         await self._send(session, pb.CellCommand(certificate_issued=answer))
@@ -562,6 +571,24 @@ def _peer_cert(stream: AgentStream) -> dict[str, Any] | None:
     except (AttributeError, ValueError, ssl.SSLError):
         return None
     return cert
+
+
+def _peer_not_after(stream: AgentStream) -> dt.datetime | None:
+    cert = _peer_cert(stream)
+    text = None if cert is None else cert.get("notAfter")
+    if not isinstance(text, str):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(text), dt.UTC)
+    except ValueError:
+        return None
+
+
+def _not_after(certificate_pem: str) -> dt.datetime | None:
+    try:
+        return x509.load_pem_x509_certificate(certificate_pem.encode()).not_valid_after_utc
+    except ValueError:  # pragma: no cover - the cell's own CA just issued it
+        return None
 
 
 async def _finish(stream: AgentStream, status: Status, message: str) -> None:

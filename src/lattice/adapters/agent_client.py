@@ -171,13 +171,7 @@ class AgentRunner:
 
     async def run_once(self, stop: asyncio.Event) -> bool:
         """One connection: returns whether a stream was established."""
-        context = self._ssl
-        expired: str | None = None
-        if self._renewer is not None:
-            context = self._renewer.context
-            expired = self._renewer.expired_reason()
-            if expired is not None:
-                log.error("%s", expired)
+        context, expired = self._dial_context()
         channel = grpclib.client.Channel(
             self.settings.host,
             self.settings.port,
@@ -255,6 +249,16 @@ class AgentRunner:
         except Exception:
             log.exception("discovery failed to resynchronise with the parent")
 
+    def _dial_context(self) -> tuple[ssl.SSLContext, str | None]:
+        """The TLS context to dial with (the newest identity), and why it will be refused when
+        it has expired (logged here at ERROR)."""
+        if self._renewer is None:
+            return self._ssl, None
+        expired = self._renewer.expired_reason()
+        if expired is not None:
+            log.error("%s", expired)
+        return self._renewer.context, expired
+
     async def _renew(self, renewer: CertificateRenewer) -> None:
         try:
             await renewer.run(self._send)
@@ -302,9 +306,7 @@ class AgentRunner:
         await stream.recv_initial_metadata()
         self._last_health = await self._probe.health()
         await stream.send_message(
-            pb.AgentMessage(
-                cluster_name=name, cluster_health=agent_wire.health_to_pb(self._last_health)
-            )
+            pb.AgentMessage(cluster_name=name, cluster_health=agent_wire.health_to_pb(self._last_health))
         )
         for command_id, reply in list(self._unsent.items()):
             await stream.send_message(agent_wire.reply_to_pb(name, reply))
@@ -319,9 +321,7 @@ class AgentRunner:
         beater: asyncio.Task[object] = asyncio.create_task(self._heartbeats())
         stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait(
-                {receiver, beater, stopper}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({receiver, beater, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (receiver, beater, stopper):
                 task.cancel()

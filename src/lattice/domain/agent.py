@@ -268,6 +268,8 @@ class AgentStatus:
     last_heartbeat: datetime | None = None
     health: ClusterHealth | None = None
     deleting_reason: str | None = None
+    certificate_not_after: datetime | None = None
+    """When the client certificate the agent last presented (or was last issued) expires."""
 
 
 # --- validation of what arrives from the wire --------------------------------------------------

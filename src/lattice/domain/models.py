@@ -399,6 +399,12 @@ class AgentStatus:
         default=(),
         maxItems=8,
     )
+    certificate_not_after: str | None = describe(
+        "When the agent's client certificate expires (RFC 3339): the one it last connected with, "
+        "or the one the cell last issued it by renewal. Agents renew at 60-80% of the lifetime.",
+        default=None,
+        format="date-time",
+    )
 
 
 @frozen

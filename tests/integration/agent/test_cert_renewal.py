@@ -64,7 +64,8 @@ async def test_the_agent_renews_before_expiry_and_reconnects_with_the_new_certif
         running_cell(cell_pki, signer=cell_pki.ca) as cell,
         running_agent(files, "r1", cell.port, renewer=renewer) as running,
     ):
-        await cell.wait_connected("r1")
+        status = await cell.wait_connected("r1")
+        assert status.certificate_not_after == first.not_valid_after_utc  # read from the handshake
         await _until(lambda: renewer.renewals == 1)  # 60-80 % of its life had passed: due at once
         assert cell.hub.renewals == 1
         saved = x509.load_pem_x509_certificate(files.cert.read_bytes())
@@ -72,6 +73,7 @@ async def test_the_agent_renews_before_expiry_and_reconnects_with_the_new_certif
         assert saved.not_valid_after_utc - first.not_valid_after_utc > dt.timedelta(days=29)
         assert saved.subject == first.subject
         tls.client_context(files)  # the saved key matches the saved certificate
+        await _until(lambda: cell.sink.latest["r1"].certificate_not_after == saved.not_valid_after_utc)
         assert renewer.due > dt.datetime.now(dt.UTC) + dt.timedelta(days=17)
 
         await asyncio.sleep(

@@ -134,6 +134,9 @@ class CellCoordinator:
                 if status.health is None
                 else f"{status.health.ready_nodes}/{status.health.total_nodes}",
                 reported=() if status.health is None else agent.reported(status.health.conditions),
+                certificate_not_after=None
+                if status.certificate_not_after is None
+                else status.certificate_not_after.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
             if current.agent != updated:
                 await self._write(raw, _evolve(current, agent=updated))
