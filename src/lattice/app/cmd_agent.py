@@ -1,7 +1,7 @@
 """``lattice agent``: the workload-cluster agent. Dials out to its parent cell and stays connected.
 
-It opens one outbound mutual-TLS gRPC stream to ``--parent HOST:PORT`` with the client
-certificate its cluster received at registration, sends AgentReady, heartbeats, answers the
+It opens one outbound mutual-TLS gRPC stream to ``--parent HOST:PORT`` (``[ADDR]:PORT`` for
+IPv6) with the client certificate its cluster received at registration, sends AgentReady, heartbeats, answers the
 cell's commands and reconnects with jittered exponential backoff. It never listens on any port.
 
 Commands are executed through ports. Until the Kubernetes adapters are wired in, the agent
@@ -54,7 +54,9 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--parent", required=True, metavar="HOST:PORT", help="the cell's gRPC endpoint")
+    parser.add_argument(
+        "--parent", required=True, metavar="HOST:PORT", help="the cell's gRPC endpoint (IPv6: [ADDR]:PORT)"
+    )
     parser.add_argument("--cluster-name", required=True, help="this cluster's name (as in its certificate)")
     parser.add_argument("--cert", required=True, type=Path, help="client certificate (PEM)")
     parser.add_argument("--key", required=True, type=Path, help="client private key (PEM)")

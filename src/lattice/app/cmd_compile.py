@@ -67,8 +67,9 @@ def register(subparsers: Any) -> None:
     )
     compile_parser.add_argument(
         "--cell-host",
-        metavar="HOST[:PORT]",
-        help="registration endpoint of the cell for children whose cell is not among the inputs",
+        metavar="HOST[:BOOTSTRAP_PORT[:GRPC_PORT]]",
+        help="the cell's endpoint for children whose cell is not among the inputs "
+        "(an IPv6 address in brackets: [ADDR]:8443)",
     )
     compile_parser.add_argument(
         "--workload",
@@ -105,9 +106,9 @@ def run_compile(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
             else:
                 clusters.append(SourcedCluster(filename, document, result))
 
-    cell_host = _parse_cell_host(args.cell_host) if args.cell_host else None
-    if isinstance(cell_host, str):
-        problems.append(f"--cell-host: {cell_host}")
+    cell_host = capi.ParentEndpoint.parse(args.cell_host, "--cell-host") if args.cell_host else None
+    if isinstance(cell_host, FieldError):
+        problems.append(str(cell_host))
         cell_host = None
     contexts: dict[str, capi.CompileContext] = {}
     problems.extend(_duplicates(clusters))
@@ -172,15 +173,6 @@ def _duplicates(clusters: Sequence[SourcedCluster]) -> list[Located]:
             )
             out.append(Located(item.filename, yamlio.line_of(item.document, error.path), error))
     return out
-
-
-def _parse_cell_host(value: str) -> capi.ParentEndpoint | str:
-    host, sep, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
-    if not sep:
-        return capi.ParentEndpoint(host=value)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        return f"{port!r} is not a port number"
-    return capi.ParentEndpoint(host=host, bootstrap_port=int(port))
 
 
 def resolve_context(

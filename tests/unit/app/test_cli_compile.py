@@ -126,6 +126,9 @@ def test_cell_host_for_children_whose_cell_is_elsewhere(capsys: pytest.CaptureFi
     assert "https://cell.example.com:9443/api/clusters/register" in out
     rc, out, _ = _run(["compile", "--cell-host", "cell.example.com", aws], capsys)
     assert "https://cell.example.com:8443/api/clusters/register" in out
+    rc, out, _ = _run(["compile", "--cell-host", "[::1]:9443", aws], capsys)
+    assert rc == 0
+    assert "https://[::1]:9443/api/clusters/register" in out
     rc, _, err = _run(["compile", "--cell-host", "cell:http", aws], capsys)
     assert rc == 1
     assert "--cell-host: 'http' is not a port number" in err
