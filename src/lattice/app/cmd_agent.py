@@ -1,8 +1,9 @@
 """``lattice agent``: the workload-cluster agent. Dials out to its parent cell and stays connected.
 
 It opens one outbound mutual-TLS gRPC stream to ``--parent HOST:PORT`` (``[ADDR]:PORT`` for
-IPv6) with the client certificate its cluster received at registration, sends AgentReady, heartbeats, answers the
-cell's commands and reconnects with jittered exponential backoff. It never listens on any port.
+IPv6) with the client certificate its cluster received at registration, sends AgentReady,
+heartbeats, answers the cell's commands and reconnects with jittered exponential backoff. It
+never listens on any port.
 
 Commands are executed through ports. Until the Kubernetes adapters are wired in, the agent
 either writes what it receives into ``--record-dir`` (manifests and pivot exports, for tests
