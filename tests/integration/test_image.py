@@ -1,0 +1,183 @@
+"""The OCI image that scripts/build-image.sh builds: a valid layout, non-root, no shell, and
+``lattice`` runs inside it (chroot into its unpacked layers, as uid 65532, with its own /proc).
+
+The image is built by ``.ci/run`` (``LATTICE_IMAGE_DIR``); without it this test fails and says
+how to build it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+WRITER = [sys.executable, str(ROOT / "scripts/oci_image.py")]
+
+
+def _image_dir() -> Path:
+    configured = os.environ.get("LATTICE_IMAGE_DIR")
+    directory = Path(configured) if configured else None
+    if directory is None or not (directory / ".complete").is_file():
+        pytest.fail(
+            f"no built image at {directory}: run `bash scripts/build-image.sh` and set LATTICE_IMAGE_DIR"
+        )
+    return directory
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    algorithm, _, hexdigest = digest.partition(":")
+    assert algorithm == "sha256"
+    return layout / "blobs" / "sha256" / hexdigest
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = _image_dir()
+    layout = tmp_path_factory.mktemp("layout")
+    with tarfile.open(directory / "lattice.oci.tar") as archive:
+        archive.extractall(layout, filter="data")
+    index = json.loads((layout / "index.json").read_text())
+    (descriptor,) = index["manifests"]
+    manifest_bytes = _blob(layout, descriptor["digest"]).read_bytes()
+    manifest = json.loads(manifest_bytes)
+    config = json.loads(_blob(layout, manifest["config"]["digest"]).read_bytes())
+    rootfs = tmp_path_factory.mktemp("rootfs")
+    rootfs.chmod(0o755)  # the image's /, which its user must be able to enter
+    for layer in manifest["layers"]:
+        with tarfile.open(_blob(layout, layer["digest"])) as tar:
+            tar.extractall(rootfs, numeric_owner=True, filter="tar")
+    return {
+        "dir": directory,
+        "layout": layout,
+        "descriptor": descriptor,
+        "manifest_bytes": manifest_bytes,
+        "manifest": manifest,
+        "config": config,
+        "rootfs": rootfs,
+    }
+
+
+def test_the_layout_is_valid_and_the_digest_is_the_manifests(image: dict[str, Any]) -> None:
+    layout = image["layout"]
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    digest = "sha256:" + hashlib.sha256(image["manifest_bytes"]).hexdigest()
+    assert image["descriptor"]["digest"] == digest
+    assert (image["dir"] / "digest").read_text().strip() == digest
+    for layer in image["manifest"]["layers"]:
+        data = _blob(layout, layer["digest"]).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+        assert len(data) == layer["size"]
+    assert image["config"]["rootfs"]["diff_ids"] == [layer["digest"] for layer in image["manifest"]["layers"]]
+
+
+def test_it_runs_as_a_non_root_user_without_a_shell(image: dict[str, Any]) -> None:
+    config = image["config"]["config"]
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == ["/usr/local/bin/lattice"]
+    rootfs: Path = image["rootfs"]
+    for shell in ("sh", "dash", "bash", "rbash"):
+        assert not (rootfs / "usr/bin" / shell).exists(), shell
+    # nothing in the image is writable by the user the image runs as
+    writable = [
+        path
+        for path in (rootfs / "opt/lattice").rglob("*")
+        if not path.is_symlink() and path.stat().st_mode & 0o022
+    ]
+    assert writable == []
+
+
+def _in_image(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    assert chroot is not None, "chroot (coreutils) is missing"
+    isolate = ["unshare", "--mount", "--pid", "--fork", f"--mount-proc={rootfs / 'proc'}"]
+    return subprocess.run(
+        [*isolate, chroot, "--userspec=65532:65532", str(rootfs), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
+
+
+def test_lattice_runs_inside_and_reports_its_openssl(image: dict[str, Any]) -> None:
+    rootfs: Path = image["rootfs"]
+    env = dict(item.split("=", 1) for item in image["config"]["config"]["Env"])
+    assert env["LATTICE_BIN_DIR"] == "/opt/lattice/bin"
+    report = _in_image(rootfs, "/usr/bin/env", *[f"{k}={v}" for k, v in env.items()], "lattice", "fips-check")
+    assert report.returncode == 0, report.stderr
+    assert "TLS (ssl module) OpenSSL:  OpenSSL 3." in report.stdout
+    assert "cryptography OpenSSL:" in report.stdout
+    assert "capping at TLS 1.2" not in report.stderr  # /proc is there: the TLS 1.3 policy applies
+    crds = _in_image(rootfs, "/usr/bin/env", *[f"{k}={v}" for k, v in env.items()], "lattice", "crds")
+    assert crds.returncode == 0, crds.stderr
+    assert "kind: CustomResourceDefinition" in crds.stdout
+    toolchain = _in_image(
+        rootfs,
+        "/usr/bin/env",
+        *[f"{k}={v}" for k, v in env.items()],
+        "/usr/bin/python3.11",
+        "-c",
+        "import sys; sys.path.insert(0, '/opt/lattice/site');"
+        "from lattice.adapters.binaries import locate;"
+        "from lattice.adapters.addons_bundle import locate_addons;"
+        "print(locate().bin_dir, locate_addons().binary('helm'))",
+    )
+    assert toolchain.returncode == 0, toolchain.stderr
+    assert toolchain.stdout.split() == ["/opt/lattice/bin", "/opt/lattice/addons/bin/helm"]
+
+
+def test_the_image_writer_is_reproducible(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "usr/bin").mkdir(parents=True)
+    (rootfs / "usr/bin/sh").write_text("not really a shell")
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc/os-release").write_text("ID=test\n")
+    rootfs_tar = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs_tar, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    site = tmp_path / "site"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg/__init__.py").write_text("")
+    digests = []
+    for attempt in range(2):
+        os.utime(site / "pkg/__init__.py", (attempt, attempt))  # times must not matter
+        out = tmp_path / f"image-{attempt}.tar"
+        layer = ["--layer", f"/opt/site={site}", "--entrypoint", "/bin/true"]
+        done = subprocess.run(
+            [*WRITER, "--out", str(out), "--rootfs-tar", str(rootfs_tar), "--exclude", "usr/bin/sh", *layer],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests.append(done.stdout.strip())
+        assert out.read_bytes() == (tmp_path / "image-0.tar").read_bytes()
+    assert digests[0] == digests[1]
+    assert digests[0].startswith("sha256:")
+    missing = subprocess.run(
+        [
+            *WRITER,
+            "--out",
+            str(tmp_path / "x.tar"),
+            "--rootfs-tar",
+            str(rootfs_tar),
+            "--exclude",
+            "bin/x",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "bin/x" in missing.stderr
