@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from attrs import frozen
@@ -25,14 +26,24 @@ class FieldError:
 
 
 def render_path(path: Sequence[PathSegment]) -> str:
-    """``("spec", "provider", "kubernetes", "certSANs", 1)`` → ``spec.provider.kubernetes.certSANs[1]``."""
+    """``("spec", "provider", "kubernetes", "certSANs", 1)`` → ``spec.provider.kubernetes.certSANs[1]``.
+
+    A key that would read ambiguously — empty, with a space, a dot, a bracket, a quote or a
+    character that does not print — is quoted: ``metadata.annotations["lattice.dev/x"]``.
+    """
     out = ""
     for segment in path:
         if isinstance(segment, int):
             out += f"[{segment}]"
+        elif not _plain(segment):
+            out += f"[{json.dumps(segment)}]"
         else:
             out += f".{segment}" if out else segment
     return out or "<root>"
+
+
+def _plain(key: str) -> bool:
+    return bool(key) and all(c.isprintable() and not c.isspace() and c not in '.[]"' for c in key)
 
 
 class InvalidObject(ValueError):

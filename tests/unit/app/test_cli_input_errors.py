@@ -171,7 +171,7 @@ def test_huge_values_and_odd_keys_stay_one_short_line(
         line.startswith(f"{path}:1: apiVersion: must be lattice.dev/v1alpha1, got 'xxx") for line in lines
     )
     assert any(line.endswith("characters more)") for line in lines)
-    assert f"{path}:2: a\\nb\\x07: unknown top-level field" in lines
+    assert f'{path}:2: ["a\\nb\\u0007"]: unknown top-level field' in lines
 
 
 def test_binary_on_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

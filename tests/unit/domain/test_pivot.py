@@ -54,10 +54,10 @@ def test_parse_export_reports_every_bad_file() -> None:
         ]
     )
     assert [str(e) for e in result] == [
-        "files.../etc/passwd: not a clusterctl move file name (Kind_Namespace_Name.yaml)",
-        "files.Cluster_ns_x.yaml: not a JSON object: Expecting value: line 1 column 1 (char 0)",
-        "files.Cluster_ns_y.yaml: missing apiVersion, kind or metadata",
-        "files.Cluster_ns_z.yaml.metadata: missing name",
+        'files["../etc/passwd"]: not a clusterctl move file name (Kind_Namespace_Name.yaml)',
+        'files["Cluster_ns_x.yaml"]: not a JSON object: Expecting value: line 1 column 1 (char 0)',
+        'files["Cluster_ns_y.yaml"]: missing apiVersion, kind or metadata',
+        'files["Cluster_ns_z.yaml"].metadata: missing name',
     ]
 
 

@@ -163,3 +163,22 @@ def test_render_path_and_invalid_object() -> None:
     err = InvalidObject([FieldError(("spec",), "bad"), FieldError((), "worse")])
     assert str(err) == "spec: bad; <root>: worse"
     assert len(err.errors) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        (("",), '[""]'),
+        ((" ",), '[" "]'),
+        (("spec", "a b"), 'spec["a b"]'),
+        (("metadata", "annotations", "lattice.dev/x"), 'metadata.annotations["lattice.dev/x"]'),
+        (("a\nb", 0), '["a\\nb"][0]'),
+        (("x[0]",), '["x[0]"]'),
+        (("spec", "resources", "*", "direction"), "spec.resources.*.direction"),
+        (("café",), "café"),
+    ],
+)
+def test_render_path_quotes_keys_that_would_read_ambiguously(path: tuple[str | int, ...], shown: str) -> None:
+    """Found by tests/fuzz: an unknown key ' ' read as ``  : unknown top-level field`` and ''
+    as ``<root>``; a key with a dot read as two fields."""
+    assert render_path(path) == shown
