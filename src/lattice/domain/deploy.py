@@ -2,16 +2,26 @@
 
 Least privilege: the ClusterRole names each resource and verb the operator uses; the Lease
 lives in a namespaced Role. The Deployment runs as non-root with a read-only root filesystem.
+
+The Helm chart ``charts/lattice`` renders the same objects: :class:`OperatorInstall` holds what
+varies between installations and gives both its manifests and the chart's values for it
+(``tests/integration/test_helm_chart.py`` checks they agree).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from attrs import frozen
+
+from lattice import __version__
 from lattice.domain import capi, models
 from lattice.domain.reconcile import FIELD_MANAGER
 
 NAMESPACE = "lattice-system"
+IMAGE_REPOSITORY = "ghcr.io/lattice-dev/lattice"
+DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
+CHART_RELEASE = "lattice"  # the release name `lattice install --via helm` renders the chart with
 STATE_DIR = "/var/lib/lattice"  # a cell's CA and pivot work files
 SERVICE_ACCOUNT = "lattice-operator"
 LABELS = {"app.kubernetes.io/name": "lattice-operator", "app.kubernetes.io/part-of": "lattice"}
@@ -158,6 +168,52 @@ def operator_manifests(
             },
         },
     ]
+
+
+def split_image(image: str) -> tuple[str, str, str]:
+    """``repository[:tag][@digest]`` as (repository, tag, digest), each part empty when absent.
+
+    A reference with neither tag nor digest is refused: the chart would tag it with its
+    appVersion, and an image that is not pinned is not reproducible anyway."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]  # a registry's port (host:5000/...) is not a tag
+    repository, tag = (name.rsplit(":", 1)) if ":" in last else (name, "")
+    if not repository or not (tag or digest):
+        raise ValueError(f"image {image!r}: name a tag or a digest (repository:tag or repository@sha256:...)")
+    return repository, tag, digest
+
+
+@frozen
+class OperatorInstall:
+    """What varies between installations of the operator. :meth:`manifests` renders it with
+    :func:`operator_manifests`, :meth:`chart_values` gives the values with which the chart
+    ``charts/lattice`` renders the same objects."""
+
+    image: str = DEFAULT_IMAGE
+    cluster_name: str | None = None
+    replicas: int = 2
+    extra_args: tuple[str, ...] = ()
+    state_volume: bool = False
+
+    def manifests(self) -> list[Manifest]:
+        return operator_manifests(
+            self.image,
+            cluster_name=self.cluster_name,
+            replicas=self.replicas,
+            extra_args=list(self.extra_args),
+            state_volume=self.state_volume,
+        )
+
+    def chart_values(self) -> dict[str, Any]:
+        """Values for ``charts/lattice`` (every other value keeps its default)."""
+        repository, tag, digest = split_image(self.image)
+        return {
+            "image": {"repository": repository, "tag": tag, "digest": digest},
+            "clusterName": self.cluster_name or "",
+            "replicas": self.replicas,
+            "extraArgs": list(self.extra_args),
+            "stateVolume": self.state_volume,
+        }
 
 
 def capi_managers_rbac() -> list[Manifest]:

@@ -13,7 +13,7 @@ import enum
 import ipaddress
 from typing import Any
 
-from lattice.domain import addons, capi, models
+from lattice.domain import addons, capi, deploy, models
 
 CRS_API = "addons.cluster.x-k8s.io/v1beta2"
 CRS_SECRET_TYPE = "addons.cluster.x-k8s.io/resource-set"  # noqa: S105 - a Secret type
@@ -30,6 +30,16 @@ class Step(enum.StrEnum):
 
 
 STEPS = tuple(Step)
+
+
+class Via(enum.StrEnum):
+    """How ``lattice install`` renders the operator's objects (its CRDs, RBAC and Deployment):
+    from ``lattice.domain.deploy`` as ``lattice crds`` and ``lattice deploy-manifests`` print
+    them, or from the Helm chart ``charts/lattice`` with ``helm template``. The same objects
+    either way; both are applied the same way (server-side apply, no Helm release)."""
+
+    MANIFESTS = "manifests"
+    HELM = "helm"
 
 
 def agent_resource_set(cluster_name: str, manifests_yaml: str) -> list[dict[str, Any]]:
@@ -119,3 +129,25 @@ def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
         "--state-dir",
         state_dir,
     ]
+
+
+def child_operator(
+    cluster_name: str,
+    spec: dict[str, Any],
+    parent: capi.ParentEndpoint | None,
+    image: str,
+    infra_args: tuple[str, ...] = (),
+) -> deploy.OperatorInstall:
+    """The operator a cell delivers to a child before its pivot (one replica): it compiles its
+    own control plane with ``parent`` as its cell when it has one (``cellRef``), is a cell
+    itself when its spec has ``parentConfig`` (then with the state volume), plus
+    ``infra_args`` (the local provider's)."""
+    cell_args = cell_operator_args(spec, deploy.STATE_DIR)
+    parent_args = parent_operator_args(spec, parent) if parent is not None else []
+    return deploy.OperatorInstall(
+        image=image,
+        cluster_name=cluster_name,
+        replicas=1,
+        extra_args=(*parent_args, *cell_args, *infra_args),
+        state_volume=bool(cell_args),
+    )
