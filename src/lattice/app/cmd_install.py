@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lattice.adapters.binaries import BinariesNotBuiltError, locate
+from lattice.adapters.chart import ChartNotFoundError, locate_operator_chart
 from lattice.adapters.controlplane import free_port
 from lattice.adapters.local_processes import stop_all
 from lattice.app import installer
@@ -36,6 +37,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     parser.add_argument("--dry-run", type=Path, metavar="DIR", help="write what would be applied to DIR")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--via",
+        choices=[via.value for via in install.Via],
+        default=install.Via.MANIFESTS.value,
+        help="render the operator's CRDs, RBAC and Deployment from the built-in manifests "
+        "(lattice crds, lattice deploy-manifests) or from the Helm chart charts/lattice with "
+        "helm template: the same objects either way, applied the same way, no Helm release "
+        "(default: manifests)",
+    )
     parser.set_defaults(func=run_install)
 
     demo = subparsers.add_parser("demo", help="a local management cell and two workload clusters")
@@ -80,8 +90,15 @@ def run_install(args: argparse.Namespace) -> int:
         console.print(f"[red]lattice install:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     provider = cluster["spec"]["provider"]["type"]
+    via = install.Via(args.via)
+    if via is install.Via.HELM:
+        try:  # say at once when helm or the chart is missing, before anything starts
+            locate_operator_chart()
+        except (BinariesNotBuiltError, ChartNotFoundError) as exc:
+            console.print(f"[red]lattice install:[/] --via helm: {escape(str(exc))}", soft_wrap=True)
+            return 2
     if args.dry_run is not None:
-        for path in installer.cloud_dry_run(cluster, args.dry_run):
+        for path in installer.cloud_dry_run(cluster, args.dry_run, via):
             console.print(f"wrote {path}")
         return 0
     if provider != "local":
@@ -92,17 +109,23 @@ def run_install(args: argparse.Namespace) -> int:
         )
         console.print(f"[red]lattice install:[/] {reason}; use --dry-run DIR to write what would be applied")
         return 2
-    return _install(cluster, args.state_dir, args.timeout, console)
+    return _install(cluster, args.state_dir, args.timeout, console, via)
 
 
-def _install(cluster: dict[str, Any], state_dir: Path, timeout: float, console: Console) -> int:
+def _install(
+    cluster: dict[str, Any],
+    state_dir: Path,
+    timeout: float,
+    console: Console,
+    via: install.Via = install.Via.MANIFESTS,
+) -> int:
     try:
         toolchain = locate()
     except BinariesNotBuiltError as exc:
         console.print(f"[red]lattice install:[/] {exc}")
         return 2
     runner = installer.Installer(
-        cluster, state_dir.resolve(), toolchain, _progress(console), timeout_s=timeout
+        cluster, state_dir.resolve(), toolchain, _progress(console), timeout_s=timeout, via=via
     )
     try:
         kubeconfig = runner.run()

@@ -31,14 +31,25 @@ from typing import Any
 from attrs import define, frozen
 
 from lattice.adapters import pki
-from lattice.adapters.addons_bundle import locate_addons
+from lattice.adapters.addons_bundle import RenderError, locate_addons
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
+from lattice.adapters.chart import CHART_PATH, locate_operator_chart
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.local_processes import stop_all
 from lattice.app import yamlio
 from lattice.app.operator.cell_runtime import load_or_create_ca
-from lattice.domain import addons, agent_payload, capi, crds, install, models, serde, validation
+from lattice.domain import (
+    addons,
+    agent_payload,
+    capi,
+    crds,
+    deploy,
+    install,
+    models,
+    serde,
+    validation,
+)
 from lattice.domain.endpoint import Endpoint
 
 
@@ -65,6 +76,7 @@ class Installer:
     toolchain: Toolchain
     progress: Progress
     timeout_s: float = 600.0
+    via: install.Via = install.Via.MANIFESTS
 
     @property
     def name(self) -> str:
@@ -125,9 +137,19 @@ class Installer:
         return cp
 
     def _crds(self, cp: ControlPlane) -> None:
-        self.progress.step(install.Step.CRDS, "Cluster API (labelled as clusterctl init does) and Lattice")
+        step = install.Step.CRDS
+        self.progress.step(step, f"Cluster API (labelled as clusterctl init does) and Lattice ({self.via})")
+        self._save(via=self.via.value)
         cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
-        cp.install_lattice_crds()
+        if self.via is install.Via.MANIFESTS:
+            cp.install_lattice_crds()  # what `lattice crds` prints, through the real CLI
+            return
+        try:
+            lattice_crds = rendered_crds(self.via)
+        except RenderError as exc:
+            raise InstallError(step, str(exc), f"check {CHART_PATH} with helm lint") from exc
+        cp.apply(lattice_crds, extra_args=["--force-conflicts"])
+        cp.wait_established(str(crd["metadata"]["name"]) for crd in lattice_crds)
 
     def _bootstrap_operator(self, cp: ControlPlane) -> dict[str, int]:
         step = install.Step.BOOTSTRAP_OPERATOR
@@ -344,20 +366,40 @@ def load_cluster(path: Path) -> dict[str, Any]:
     return dict(doc)
 
 
-def cloud_dry_run(cluster: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Everything install would apply for a cloud management cluster, written to files."""
+def rendered_crds(via: install.Via) -> list[dict[str, Any]]:
+    """The Lattice CRDs, from :mod:`lattice.domain.crds` or the chart's ``crds/``."""
+    if via is install.Via.HELM:
+        return locate_operator_chart().crds()
+    return crds.all_crds()
+
+
+def rendered_operator(via: install.Via, operator: deploy.OperatorInstall) -> list[dict[str, Any]]:
+    """The operator's Namespace, RBAC and Deployment, from :mod:`lattice.domain.deploy` or
+    the chart: the same objects either way (helm template, then applied like the manifests)."""
+    if via is install.Via.HELM:
+        return locate_operator_chart().operator_objects(operator)
+    return operator.manifests()
+
+
+def cloud_dry_run(
+    cluster: dict[str, Any], out_dir: Path, via: install.Via = install.Via.MANIFESTS
+) -> list[Path]:
+    """Everything install would apply for a cloud management cluster, written to files; the
+    operator is the one the bootstrap cell delivers to the management cluster with its agent."""
     parsed = serde.cluster_from_dict(cluster)
     assert not isinstance(parsed, list)
     valid = validation.validate_cluster(parsed)
     assert not isinstance(valid, list)
     out_dir.mkdir(parents=True, exist_ok=True)
+    operator = install.child_operator(valid.name, cluster["spec"], None, deploy.DEFAULT_IMAGE)
     files = {
-        "00-crds.yaml": crds.all_crds(),
+        "00-crds.yaml": rendered_crds(via),
         "10-management-cluster.yaml": [cluster],
         "20-capi.yaml": list(capi.compile_cluster(valid, capi.CompileContext(parent=None))),
         "30-agent-resource-set.yaml": install.agent_resource_set(
             valid.name, "# the agent manifests, signed at install time by the bootstrap cell\n"
         ),
+        "40-management-operator.yaml": rendered_operator(via, operator),
     }
     written = []
     for name, objects in files.items():
