@@ -15,7 +15,7 @@ from lattice.app.operator.cell_runtime import CellSettings
 from lattice.app.operator.leader import LeaseConfig
 from lattice.app.operator.local_infra_runtime import LocalInfraSettings
 from lattice.app.operator.process import OperatorSettings, default_identity, run_operator
-from lattice.domain import capi, deploy, reconcile
+from lattice.domain import capi, deploy, install, reconcile
 from lattice.domain.endpoint import host_error
 from lattice.domain.errors import FieldError
 
@@ -82,6 +82,13 @@ def register(subparsers: Any) -> None:
         "--machines-dir", type=Path, help="where local machines live (default: under --state-dir)"
     )
     cell.add_argument(
+        "--operator-via",
+        choices=[via.value for via in install.Via],
+        default=install.Via.MANIFESTS.value,
+        help="render the operator each child receives from the manifests (default) or from the "
+        "Helm chart charts/lattice (helm template; the same objects)",
+    )
+    cell.add_argument(
         "--local-infra",
         action="store_true",
         help="run the contract-shaped local infrastructure provider (LocalCluster, LocalMachine); "
@@ -127,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             agent_image=args.agent_image,
             local_infra=args.local_infra,
             machines_dir=args.machines_dir,
+            operator_via=install.Via(args.operator_via),
         )
         cell_endpoint = cell_endpoint or cell.endpoint
         try:  # a cell renders every child's Cilium and sends Flux: say at once if they are not built

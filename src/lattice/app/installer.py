@@ -184,6 +184,8 @@ class Installer:
                 # the management cluster's own operator runs again after the pivot.
                 "--local-infra",
                 "--capi-managers",
+                "--operator-via",
+                self.via.value,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -22,6 +22,7 @@ from lattice.adapters.addons_bundle import AddonsBundle, locate_addons
 from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
 from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
+from lattice.adapters.chart import locate_operator_chart
 from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.registration_http import (
     PayloadSettings,
@@ -73,6 +74,8 @@ class CellSettings:
     machines_dir: Path | None = None  # where the local provider keeps machines (default: state)
     catalog_refresh: float = DEFAULT_REFRESH_INTERVAL
     """Seconds between the catalog's periodic pushes of what each child depends on."""
+    operator_via: install.Via = install.Via.MANIFESTS
+    """How the operator a child receives is rendered: the manifests, or the Helm chart."""
 
     @property
     def endpoint(self) -> capi.ParentEndpoint:
@@ -233,7 +236,6 @@ class CellRuntime:
             network = addons.network_objects(cluster_name, self._child(cluster_name).spec.networking)
         except ValueError as exc:  # an invalid spec never gets this far; say so if it does
             log.warning("no network objects", extra={"cluster": cluster_name, "error": str(exc)})
-        cell_args = install.cell_operator_args(spec, deploy.STATE_DIR)
         infra_args: list[str] = []
         if self.settings.local_infra and install.is_local(spec):
             infra_args = [
@@ -245,13 +247,13 @@ class CellRuntime:
         # Its own operator compiles its KubeadmControlPlane exactly as this cell did: with this
         # cell as its parent when it has one (cellRef); a root cluster (the management cluster
         # of `lattice install`) was compiled without, and its parent goes away after the install.
-        parent_args = install.parent_operator_args(spec, endpoint)
-        operator = deploy.operator_manifests(
-            self.settings.agent_image,
-            cluster_name=cluster_name,
-            replicas=1,
-            extra_args=[*parent_args, *cell_args, *infra_args],
-            state_volume=bool(cell_args),
+        wanted = install.child_operator(
+            cluster_name, spec, endpoint, self.settings.agent_image, tuple(infra_args)
+        )
+        operator = (
+            locate_operator_chart().operator_objects(wanted)
+            if self.settings.operator_via is install.Via.HELM
+            else wanted.manifests()
         )
         if infra_args:
             operator = [*operator, *deploy.capi_managers_rbac()]
