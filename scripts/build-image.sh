@@ -10,7 +10,8 @@
 #   * Lattice's Python dependencies from uv.lock (hashes checked; manylinux wheels for
 #     CPython 3.11) and the Lattice wheel built from this tree, under /opt/lattice/site;
 #   * the binaries, CRDs and add-ons the operator runs (scripts/build-k8s.sh,
-#     scripts/fetch-mesh-crds.sh, scripts/build-addons.sh) under /opt/lattice/.
+#     scripts/fetch-mesh-crds.sh, scripts/build-addons.sh) and the operator's Helm chart
+#     (charts/lattice, for a cell's --operator-via helm) under /opt/lattice/.
 # The layers are uncompressed tars written by scripts/oci_image.py with fixed times and owners,
 # so the same inputs give the same digest. Debian's archive moves (security updates): a rebuild
 # on another day may differ in the base layer; build-info.txt lists every package and version.
@@ -38,7 +39,7 @@ ADDONS_DIR="$(bash scripts/build-addons.sh --print-dir)"
 
 key="$(
   {
-    git ls-files -z src pyproject.toml uv.lock scripts/build-image.sh scripts/oci_image.py \
+    git ls-files -z src charts pyproject.toml uv.lock scripts/build-image.sh scripts/oci_image.py \
       | sort -z | xargs -0 sha256sum
     echo "$SUITE $PACKAGES ${SHELLS[*]} $SOURCE_DATE_EPOCH"
     basename "$BIN_DIR"; basename "$MESH_DIR"; basename "$ADDONS_DIR"; basename "${CRD_DIR:-none}"
@@ -107,12 +108,13 @@ digest="$(python3 scripts/oci_image.py --out "$OUT.partial/lattice.oci.tar" \
   --layer "/opt/lattice/capi-crds=$CRD_DIR" \
   --layer "/opt/lattice/mesh-crds=$MESH_DIR" \
   --layer "/opt/lattice/addons=$ADDONS_DIR" \
+  --layer "/opt/lattice/chart=$ROOT/charts/lattice" \
   --file "/usr/local/bin/lattice=0755:$WORK/lattice" \
   --user 65532:65532 --entrypoint /usr/local/bin/lattice \
   --env PATH=/usr/local/bin:/usr/bin:/bin \
   --env LATTICE_BIN_DIR=/opt/lattice/bin --env LATTICE_CRD_DIR=/opt/lattice/capi-crds \
   --env LATTICE_MESH_CRD_DIR=/opt/lattice/mesh-crds --env LATTICE_ADDONS_DIR=/opt/lattice/addons \
-  --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+  --env LATTICE_CHART_DIR=/opt/lattice/chart --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
   --label "org.opencontainers.image.title=lattice" \
   --label "org.opencontainers.image.version=$(python3 -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')")"
 {

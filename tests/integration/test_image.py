@@ -132,10 +132,15 @@ def test_lattice_runs_inside_and_reports_its_openssl(image: dict[str, Any]) -> N
         "import sys; sys.path.insert(0, '/opt/lattice/site');"
         "from lattice.adapters.binaries import locate;"
         "from lattice.adapters.addons_bundle import locate_addons;"
-        "print(locate().bin_dir, locate_addons().binary('helm'))",
+        "from lattice.adapters.chart import locate_operator_chart;"
+        "print(locate().bin_dir, locate_addons().binary('helm'), locate_operator_chart().chart)",
     )
     assert toolchain.returncode == 0, toolchain.stderr
-    assert toolchain.stdout.split() == ["/opt/lattice/bin", "/opt/lattice/addons/bin/helm"]
+    assert toolchain.stdout.split() == [
+        "/opt/lattice/bin",
+        "/opt/lattice/addons/bin/helm",
+        "/opt/lattice/chart",
+    ]
 
 
 def test_the_image_writer_is_reproducible(tmp_path: Path) -> None:
