@@ -118,35 +118,12 @@ garbage = st.one_of(
 )
 
 
-def known_unparsed_subject(pem: str) -> bool:
-    """Reported, not fixed here (docs/fuzzing.md, "Found"): a CSR whose PEM and outer DER load but
-    whose subject Name is malformed. cryptography parses the subject lazily; cell_ca.csr_facts reads
-    ``csr.subject`` outside its try blocks, so sign_agent_csr raises a bare ValueError instead of
-    CsrRefused (the webhook answers 500, a renewal "internal error in the cell's CA"). Tolerated
-    until fixed; the strict xfail test below says when."""
-    try:
-        csr = x509.load_pem_x509_csr(pem.encode())
-    except ValueError:
-        return False
-    try:
-        _ = [attribute.value for attribute in csr.subject]
-    except ValueError:
-        return True
-    return False
-
-
 def check_signing(pem: str, cluster: str) -> bool:
     """Sign; check the outcome; whether a certificate was issued."""
     try:
         issued = CA.sign_agent_csr(pem, cluster)
     except CsrRefused as exc:
         refused = exc
-    except ValueError:
-        if known_unparsed_subject(pem):
-            return False
-        raise
-    except x509.InvalidVersion:  # reported: see test_found_a_request_of_version_2_is_refused
-        return False
     else:
         refused = None
     if refused is not None:
@@ -255,13 +232,6 @@ def _with_bad_subject_tag() -> str:
     return _damaged(GOOD, cn_value, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="reported: cell_ca.sign_agent_csr lets cryptography's lazy subject parsing raise a bare "
-    "ValueError (webhook: 500); expected CsrRefused('csr', ...). Remove this mark and "
-    "known_unparsed_subject when fixed.",
-)
 def test_found_a_malformed_subject_is_refused() -> None:
     pem = _with_bad_subject_tag()
     with pytest.raises(CsrRefused) as refused:
@@ -276,13 +246,6 @@ def _with_version(version: int) -> str:
     return _damaged(GOOD, at, version)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=x509.InvalidVersion,
-    reason="reported: x509.load_pem_x509_csr raises InvalidVersion (not a ValueError) for a "
-    "request whose version is not v1; cell_ca.sign_agent_csr catches only ValueError and "
-    "UnicodeEncodeError, so it escapes (webhook: 500). Expected CsrRefused('csr', ...).",
-)
 def test_found_a_request_of_version_2_is_refused() -> None:
     with pytest.raises(CsrRefused) as refused:
         CA.sign_agent_csr(_with_version(1), "alpha")

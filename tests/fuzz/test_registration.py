@@ -229,33 +229,6 @@ def requests(draw: st.DrawFn, cluster: str) -> dict[str, Any]:
     }
 
 
-def known_500(body: bytes) -> bool:
-    """Bodies the webhook answers with 500 today (reported, docs/fuzzing.md "What it found"): JSON
-    nested deeper than the stack allows (``json.loads`` raises RecursionError; in the webhook from
-    about 967 levels, a 2 KB body; how deep depends on the caller's stack, so any nesting over 100
-    counts here) and an integer of more than 4300 digits (a plain ValueError); registration_http
-    catches neither as a malformed body. Tolerated only until fixed; the strict xfail tests below
-    say when."""
-    try:
-        json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    except (ValueError, RecursionError):
-        return True
-    return _nesting(body) > 100
-
-
-def _nesting(body: bytes) -> int:
-    depth = deepest = 0
-    for byte in body:
-        if byte in b"[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in b"]}":
-            depth -= 1
-    return deepest
-
-
 @given(data=st.data(), cluster=st.sampled_from(CLUSTERS))
 @fuzz("registration.webhook", examples=400)
 def test_webhook(webhook: Webhook, data: st.DataObject, cluster: str) -> None:
@@ -264,8 +237,6 @@ def test_webhook(webhook: Webhook, data: st.DataObject, cluster: str) -> None:
     event(f"status {response.status_code}")
     routed = request["method"] == "POST" and request["path"] == registration.REGISTER_PATH
     allowed = REFUSALS | {200} if routed else {404, 405}
-    if known_500(request["body"]):
-        allowed |= {500}
     assert response.status_code in allowed, (response.status_code, response.text)
     if response.status_code == 200:
         if registration.wants_yaml(request["headers"].get("Accept")):
@@ -279,14 +250,9 @@ def test_webhook(webhook: Webhook, data: st.DataObject, cluster: str) -> None:
     assert answer["field"].strip(), answer
 
 
-# ---------------------------------------------------------------- found: reported, not fixed here
+# ---------------------------------------------------------------- found by the fuzzer, fixed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: registration_http answers 500 (json.loads raises RecursionError, not "
-    "JSONDecodeError); expected 400 naming <body>. Remove this mark and known_500 when fixed.",
-)
 def test_found_deeply_nested_json_body_is_a_400(webhook: Webhook) -> None:
     body = b"[" * 3000 + b"]" * 3000  # 6 KB, well under the 64 KiB limit
     request = {
@@ -301,11 +267,6 @@ def test_found_deeply_nested_json_body_is_a_400(webhook: Webhook) -> None:
     assert response.json()["field"] == "<body>"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: registration_http answers 500 (json.loads raises ValueError 'Exceeds the "
-    "limit (4300 digits)', not JSONDecodeError); expected 400. Remove this mark and known_500 when fixed.",
-)
 def test_found_json_integer_over_4300_digits_is_a_400(webhook: Webhook) -> None:
     body = b'{"clusterName": ' + b"9" * 4301 + b', "csr": ""}'
     request = {

@@ -78,10 +78,16 @@ def validity(cert_pem: bytes) -> tuple[dt.datetime, dt.datetime]:
     return cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
-def issued_facts(cert_pem: bytes, key: pki.PrivateKey, ca_bundle_pem: bytes) -> cert_renewal.IssuedFacts:
+def issued_facts(
+    cert_pem: bytes, key: pki.PrivateKey, ca_bundle_pem: bytes, current_bundle_pem: bytes
+) -> cert_renewal.IssuedFacts:
     """What :func:`~lattice.domain.cert_renewal.issued_errors` needs; ValueError if unparsable."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     cas = x509.load_pem_x509_certificates(ca_bundle_pem)
+    try:
+        current = set(x509.load_pem_x509_certificates(current_bundle_pem))
+    except ValueError:
+        current = set()
     issued_by = False
     for ca in cas:
         try:
@@ -100,6 +106,7 @@ def issued_facts(cert_pem: bytes, key: pki.PrivateKey, ca_bundle_pem: bytes) -> 
         spiffe_ids=spiffe,
         matches_new_key=cert.public_key() == key.public_key(),
         issued_by_bundle=issued_by,
+        bundle_overlaps=any(ca in current for ca in cas),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
     )
@@ -218,7 +225,7 @@ class CertificateRenewer:
         cert_pem, ca_pem = answer.certificate.encode(), answer.ca_bundle.encode()
         _, current_not_after = validity(self._credentials.cert_pem)
         errors = cert_renewal.issued_errors(
-            issued_facts(cert_pem, key, ca_pem),
+            issued_facts(cert_pem, key, ca_pem, self._credentials.ca_pem),
             self.cluster_name,
             agent_identity.spiffe_id(self.cluster_name),
             self._wall(),

@@ -113,9 +113,10 @@ class CellCertificateAuthority:
     def sign_agent_csr(self, csr_pem: str, cluster_name: str) -> str:
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode("utf-8"))
-        except (ValueError, UnicodeEncodeError) as exc:
+            facts = csr_facts(csr)  # cryptography parses the subject lazily: here
+        except (ValueError, UnicodeEncodeError, x509.InvalidVersion) as exc:
             raise CsrRefused("csr", f"not a parsable PEM certificate signing request ({exc})") from exc
-        errors = list(agent_identity.csr_errors(csr_facts(csr), cluster_name))
+        errors = list(agent_identity.csr_errors(facts, cluster_name))
         if errors:
             raise CsrRefused("csr", "; ".join(error.reason for error in errors))
         public = csr.public_key()

@@ -156,7 +156,9 @@ class _RegistrationHandler:
             return _error(415, "the body must be application/json", "Content-Type")
         try:
             decoded = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:
+            return _error(400, "the body is not valid JSON: nested too deeply", "<body>")
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer over 4300 digits
             return _error(400, f"the body is not valid JSON: {exc}", "<body>")
         parsed = registration.parse_request(decoded)
         if isinstance(parsed, FieldError):

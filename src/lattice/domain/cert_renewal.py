@@ -9,8 +9,9 @@ Pure: times and the random draw are passed in (docs/protocol.md, "Certificate re
 * **Retry** - after a failure, again after ``retry_fraction`` of the time left (at least
   ``min_retry`` seconds, at most ``max_retry``), so retries get closer as expiry nears.
 * **Check** - a certificate the cell returns is installed only if it is for this agent's new
-  key, names this cluster, was issued by a CA in the returned bundle and is valid now and
-  no shorter than the one it replaces (:func:`issued_errors`).
+  key, names this cluster, was issued by a CA in the returned bundle, that bundle shares a CA
+  with the current one (rotations overlap), and it is valid now and no shorter than the one it
+  replaces (:func:`issued_errors`).
 
 Not guaranteed here: parsing certificates (the adapter extracts :class:`IssuedFacts`).
 """
@@ -63,6 +64,8 @@ class IssuedFacts:
     spiffe_ids: tuple[str, ...]
     matches_new_key: bool
     issued_by_bundle: bool
+    bundle_overlaps: bool
+    """The returned CA bundle holds at least one CA of the current one (a rotation overlaps)."""
     not_before: dt.datetime
     not_after: dt.datetime
 
@@ -80,6 +83,11 @@ def issued_errors(
         errors.append(f"the certificate lacks the URI SAN {spiffe_id}")
     if not facts.issued_by_bundle:
         errors.append("the certificate was not issued by a CA in the returned bundle")
+    if not facts.bundle_overlaps:
+        errors.append(
+            "the returned CA bundle shares no CA with the current one (a CA rotation overlaps: "
+            "docs/protocol.md); installing it could cut this agent off"
+        )
     if not facts.not_before <= now < facts.not_after:
         errors.append(
             f"the certificate is not valid now (valid {facts.not_before.isoformat()} to "

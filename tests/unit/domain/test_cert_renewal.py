@@ -60,6 +60,7 @@ def _facts(**changes: object) -> IssuedFacts:
         "spiffe_ids": ("spiffe://lattice/cluster/c1",),
         "matches_new_key": True,
         "issued_by_bundle": True,
+        "bundle_overlaps": True,
         "not_before": T0 - dt.timedelta(minutes=5),
         "not_after": T0 + 30 * DAY,
     }
@@ -83,6 +84,7 @@ def test_every_reason_to_refuse_is_reported_at_once() -> None:
             spiffe_ids=(),
             matches_new_key=False,
             issued_by_bundle=False,
+            bundle_overlaps=False,
             not_before=T0 + DAY,
         )
     )
@@ -91,6 +93,8 @@ def test_every_reason_to_refuse_is_reported_at_once() -> None:
         "the certificate names ['c2'], not ['c1']",
         "the certificate lacks the URI SAN spiffe://lattice/cluster/c1",
         "the certificate was not issued by a CA in the returned bundle",
+        "the returned CA bundle shares no CA with the current one (a CA rotation overlaps: "
+        "docs/protocol.md); installing it could cut this agent off",
         "the certificate is not valid now (valid 2026-01-02T00:00:00+00:00 to 2026-01-31T00:00:00+00:00)",
     ]
 
