@@ -39,14 +39,14 @@ def main() -> int:
         base = Path(tmp)
         # One alone first: the start time of a single control plane.
         started = time.monotonic()
-        single = ControlPlane.create("single", base_dir=base, toolchain=tools,
-                                     controller_manager=args.kcm).start()
+        single = ControlPlane.create(
+            "single", base_dir=base, toolchain=tools, controller_manager=args.kcm
+        ).start()
         emit("controlplane_start_single", time.monotonic() - started, "s")
         single.stop()
 
         started = time.monotonic()
-        cps = start_control_planes(args.count, base_dir=base, toolchain=tools,
-                                   controller_manager=args.kcm)
+        cps = start_control_planes(args.count, base_dir=base, toolchain=tools, controller_manager=args.kcm)
         elapsed = time.monotonic() - started
         try:
             emit(f"controlplane_start_{args.count}_concurrent", elapsed, "s")

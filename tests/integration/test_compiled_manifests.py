@@ -62,9 +62,7 @@ def test_compiled_examples_pass_server_side_dry_run(cell_control_plane: ControlP
 
 
 @pytest.mark.parametrize("example", [p.name for p in EXAMPLES])
-def test_each_example_is_a_valid_latticecluster(
-    cell_control_plane: ControlPlane, example: str
-) -> None:
+def test_each_example_is_a_valid_latticecluster(cell_control_plane: ControlPlane, example: str) -> None:
     result = cell_control_plane.apply(
         (REPO / "examples" / "clusters" / example).read_text(), dry_run=True, check=False
     )
@@ -80,7 +78,10 @@ def test_the_generated_crds_are_accepted(cell_control_plane: ControlPlane) -> No
     assert len(names) == len(crds)
     for crd in crds:
         status = cell_control_plane.kubectl(
-            "get", "crd", crd["metadata"]["name"],
-            "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            "get",
+            "crd",
+            crd["metadata"]["name"],
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Established')].status}",
         )
         assert status.stdout == "True"

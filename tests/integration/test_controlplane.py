@@ -62,9 +62,7 @@ def test_admin_is_a_cluster_admin_and_rbac_is_on(capi_control_plane: ControlPlan
     user = json.loads(out)["status"]["userInfo"]
     assert user["username"] == "lattice-admin"
     assert "system:masters" in user["groups"]
-    can = capi_control_plane.kubectl(
-        "auth", "can-i", "list", "secrets", "--as=nobody", check=False
-    )
+    can = capi_control_plane.kubectl("auth", "can-i", "list", "secrets", "--as=nobody", check=False)
     assert can.stdout.strip() == "no"
 
 
@@ -74,9 +72,7 @@ def test_independent_control_planes(control_plane_factory: ControlPlaneFactory) 
     assert a.dir != b.dir
     assert not set(a.ports()) & set(b.ports())
     a.apply([_configmap("only-in-a")])
-    assert a.kubectl("get", "configmap", "only-in-a", "-o", "name").stdout.strip() == (
-        "configmap/only-in-a"
-    )
+    assert a.kubectl("get", "configmap", "only-in-a", "-o", "name").stdout.strip() == ("configmap/only-in-a")
     missing = b.kubectl("get", "configmap", "only-in-a", check=False)
     assert missing.returncode != 0
     assert "NotFound" in missing.stderr
@@ -132,9 +128,7 @@ def test_controller_manager_collects_garbage_and_deletes_namespaces(
     cp = control_plane_factory.one(controller_manager=True)
     cp.kubectl("create", "namespace", "doomed")
     cp.apply([{**_configmap("in-doomed"), "metadata": {"name": "in-doomed", "namespace": "doomed"}}])
-    owner = json.loads(
-        cp.apply([_configmap("owner")], extra_args=["-o", "json"]).stdout
-    )
+    owner = json.loads(cp.apply([_configmap("owner")], extra_args=["-o", "json"]).stdout)
     dependent = _configmap("dependent")
     dependent["metadata"] = {
         "name": "dependent",
@@ -150,15 +144,18 @@ def test_controller_manager_collects_garbage_and_deletes_namespaces(
     }
     cp.apply([dependent])
     cp.kubectl("delete", "configmap", "owner", "--wait=true")
-    cp.kubectl(
-        "wait", "--for=delete", "configmap/dependent", "--timeout=60s", timeout=90
-    )
+    cp.kubectl("wait", "--for=delete", "configmap/dependent", "--timeout=60s", timeout=90)
     cp.kubectl("delete", "namespace", "doomed", "--wait=false")
     cp.kubectl("wait", "--for=delete", "namespace/doomed", "--timeout=60s", timeout=90)
     # The service-account controller gives a new namespace its default service account.
     cp.kubectl("create", "namespace", "fresh")
     cp.kubectl(
-        "wait", "--for=create", "serviceaccount/default", "-n", "fresh", "--timeout=60s",
+        "wait",
+        "--for=create",
+        "serviceaccount/default",
+        "-n",
+        "fresh",
+        "--timeout=60s",
         timeout=90,
     )
 
@@ -280,30 +277,26 @@ def test_kubectl_errors_name_the_command(capi_control_plane: ControlPlane) -> No
 
 def test_capi_crds_are_labelled_like_clusterctl_init(capi_control_plane: ControlPlane) -> None:
     crds = json.loads(
-        capi_control_plane.kubectl(
-            "get", "crd", "-l", "clusterctl.cluster.x-k8s.io", "-o", "json"
-        ).stdout
+        capi_control_plane.kubectl("get", "crd", "-l", "clusterctl.cluster.x-k8s.io", "-o", "json").stdout
     )["items"]
     by_name = {crd["metadata"]["name"]: crd["metadata"]["labels"] for crd in crds}
     assert by_name["clusters.cluster.x-k8s.io"]["cluster.x-k8s.io/provider"] == "cluster-api"
     kcp = by_name["kubeadmcontrolplanes.controlplane.cluster.x-k8s.io"]
     assert kcp["cluster.x-k8s.io/provider"] == "control-plane-kubeadm"
     assert kcp["cluster.x-k8s.io/v1beta2"] == "v1beta2"
-    assert by_name["kubeadmconfigtemplates.bootstrap.cluster.x-k8s.io"][
-        "cluster.x-k8s.io/v1beta2"
-    ] == "v1beta2"
-    assert by_name["dockerclusters.infrastructure.cluster.x-k8s.io"][
-        "cluster.x-k8s.io/provider"
-    ] == "infrastructure-docker"
-    assert by_name["awsclusters.infrastructure.cluster.x-k8s.io"][
-        "cluster.x-k8s.io/v1beta1"
-    ] == "v1beta1_v1beta2"
-    assert by_name["gcpclusters.infrastructure.cluster.x-k8s.io"][
-        "cluster.x-k8s.io/v1beta1"
-    ] == "v1beta1"
-    assert by_name["azureclusters.infrastructure.cluster.x-k8s.io"][
-        "cluster.x-k8s.io/v1beta1"
-    ] == "v1beta1"
+    assert (
+        by_name["kubeadmconfigtemplates.bootstrap.cluster.x-k8s.io"]["cluster.x-k8s.io/v1beta2"] == "v1beta2"
+    )
+    assert (
+        by_name["dockerclusters.infrastructure.cluster.x-k8s.io"]["cluster.x-k8s.io/provider"]
+        == "infrastructure-docker"
+    )
+    assert (
+        by_name["awsclusters.infrastructure.cluster.x-k8s.io"]["cluster.x-k8s.io/v1beta1"]
+        == "v1beta1_v1beta2"
+    )
+    assert by_name["gcpclusters.infrastructure.cluster.x-k8s.io"]["cluster.x-k8s.io/v1beta1"] == "v1beta1"
+    assert by_name["azureclusters.infrastructure.cluster.x-k8s.io"]["cluster.x-k8s.io/v1beta1"] == "v1beta1"
     assert by_name["providers.clusterctl.cluster.x-k8s.io"] == {
         "clusterctl.cluster.x-k8s.io": "",
         "clusterctl.cluster.x-k8s.io/core": "inventory",
@@ -358,8 +351,18 @@ def test_fixtures_leak_no_processes(tmp_path: Path) -> None:
     pids_file = tmp_path / "pids.json"
     result = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-q", "-p", "lattice.testing.fixtures",
-            "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(tmp_path),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "lattice.testing.fixtures",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "--rootdir",
+            str(tmp_path),
             str(tmp_path / "test_leak.py"),
         ],
         capture_output=True,

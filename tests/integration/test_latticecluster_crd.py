@@ -34,15 +34,17 @@ def test_provider_type_is_immutable(cell_control_plane: ControlPlane) -> None:
     assert result.returncode != 0
     assert "provider type is immutable" in result.stderr
     patch = cell_control_plane.kubectl(
-        "patch", "lc", "immutable-provider", "--type=merge",
-        "-p", json.dumps({"spec": {"provider": {"type": "azure"}}}),
+        "patch",
+        "lc",
+        "immutable-provider",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"provider": {"type": "azure"}}}),
         check=False,
     )
     assert patch.returncode != 0
     assert "provider type is immutable" in patch.stderr
-    stored = json.loads(
-        cell_control_plane.kubectl("get", "lc", "immutable-provider", "-o", "json").stdout
-    )
+    stored = json.loads(cell_control_plane.kubectl("get", "lc", "immutable-provider", "-o", "json").stdout)
     assert stored["spec"]["provider"]["type"] == cluster["spec"]["provider"]["type"]
 
 

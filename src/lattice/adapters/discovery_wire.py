@@ -67,9 +67,7 @@ def announcement_from_pb(
     return m.ServiceAnnouncement(
         environment=announcement.environment,
         service_name=announcement.service_name,
-        ports=tuple(
-            port_from_pb(p, f"{path}.ports[{i}]") for i, p in enumerate(announcement.ports)
-        ),
+        ports=tuple(port_from_pb(p, f"{path}.ports[{i}]") for i, p in enumerate(announcement.ports)),
         allowed_callers=tuple(announcement.allowed_callers),
         source_cluster=announcement.source_cluster,
         qualified_dns_name=announcement.qualified_dns_name,
@@ -90,8 +88,7 @@ def sync_to_pb(sync: m.ServiceCatalogSync) -> pb.ServiceCatalogSync:
 def sync_from_pb(sync: pb.ServiceCatalogSync) -> m.ServiceCatalogSync:
     return m.ServiceCatalogSync(
         services=tuple(
-            announcement_from_pb(a, f"catalog_sync.services[{i}]")
-            for i, a in enumerate(sync.services)
+            announcement_from_pb(a, f"catalog_sync.services[{i}]") for i, a in enumerate(sync.services)
         ),
         full_sync=sync.full_sync,
         cluster_name=sync.cluster_name,
@@ -135,9 +132,7 @@ def response_from_pb(response: pb.ServiceQueryResponse) -> m.ServiceQueryRespons
     path = "service_query_response"
     _required(response.query_id, f"{path}.query_id")
     service = (
-        announcement_from_pb(response.service, f"{path}.service")
-        if response.HasField("service")
-        else None
+        announcement_from_pb(response.service, f"{path}.service") if response.HasField("service") else None
     )
     if response.found and service is None:
         raise DiscoveryWireError(f"{path}.service", "missing although found=true")
@@ -171,9 +166,7 @@ def update_from_pb(update: pb.RemoteServiceUpdate) -> m.RemoteServiceUpdate:
 
 def agent_message_to_pb(cluster_name: str, message: m.AgentDiscoveryMessage) -> pb.AgentMessage:
     if isinstance(message, m.ServiceAnnouncement):
-        return pb.AgentMessage(
-            cluster_name=cluster_name, service_announcement=announcement_to_pb(message)
-        )
+        return pb.AgentMessage(cluster_name=cluster_name, service_announcement=announcement_to_pb(message))
     if isinstance(message, m.ServiceCatalogSync):
         return pb.AgentMessage(cluster_name=cluster_name, catalog_sync=sync_to_pb(message))
     return pb.AgentMessage(cluster_name=cluster_name, service_query=query_to_pb(message))

@@ -26,9 +26,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--require-fips", action="store_true", help="exit 3 unless a FIPS provider is active"
-    )
+    parser.add_argument("--require-fips", action="store_true", help="exit 3 unless a FIPS provider is active")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -67,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  ciphers:                 {', '.join(tls_summary['ciphers'])}")
     if args.require_fips and not report.fips_active:
         print(
-            "lattice fips-check: --require-fips: no FIPS provider is active: "
-            + "; ".join(report.problems()),
+            "lattice fips-check: --require-fips: no FIPS provider is active: " + "; ".join(report.problems()),
             file=sys.stderr,
         )
         return EXIT_FIPS

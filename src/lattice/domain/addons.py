@@ -158,10 +158,18 @@ def cell_service(cluster_name: str, spec: models.LatticeClusterSpec) -> dict[str
             "type": str(kind),
             "selector": dict(OPERATOR_SELECTOR),
             "ports": [
-                {"name": "https-register", "protocol": "TCP", "port": parent.bootstrap_port,
-                 "targetPort": parent.bootstrap_port},
-                {"name": "grpc-agent", "protocol": "TCP", "port": parent.grpc_port,
-                 "targetPort": parent.grpc_port},
+                {
+                    "name": "https-register",
+                    "protocol": "TCP",
+                    "port": parent.bootstrap_port,
+                    "targetPort": parent.bootstrap_port,
+                },
+                {
+                    "name": "grpc-agent",
+                    "protocol": "TCP",
+                    "port": parent.grpc_port,
+                    "targetPort": parent.grpc_port,
+                },
             ],
         },
     }
@@ -265,8 +273,11 @@ def apply_steps(objs: Sequence[Obj]) -> tuple[Step, ...]:
     for obj in ordered:
         if not awaited and rank(obj) == _CUSTOM_RESOURCE_RANK:
             needed = sorted(
-                {defined[(_group(str(o.get("apiVersion", ""))), str(o.get("kind")))] for o in ordered
-                 if rank(o) == _CUSTOM_RESOURCE_RANK}
+                {
+                    defined[(_group(str(o.get("apiVersion", ""))), str(o.get("kind")))]
+                    for o in ordered
+                    if rank(o) == _CUSTOM_RESOURCE_RANK
+                }
             )
             steps.append(AwaitEstablished(tuple(needed)))
             awaited = True

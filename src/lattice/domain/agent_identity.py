@@ -40,9 +40,7 @@ def cluster_name_errors(name: str, path: tuple[str, ...]) -> Iterator[FieldError
     elif len(name) > MAX_CLUSTER_NAME:
         yield FieldError(path, f"must be at most {MAX_CLUSTER_NAME} characters")
     elif not _CLUSTER_NAME.match(name):
-        yield FieldError(
-            path, "must be lowercase letters, digits and '-', starting and ending alphanumeric"
-        )
+        yield FieldError(path, "must be lowercase letters, digits and '-', starting and ending alphanumeric")
 
 
 def spiffe_id(cluster_name: str) -> str:
@@ -75,8 +73,7 @@ def csr_errors(facts: CsrFacts, cluster_name: str) -> Iterator[FieldError]:
         if facts.curve not in APPROVED_CURVES:
             yield FieldError(
                 path,
-                f"EC curve {facts.curve} is not FIPS-approved here; use P-256 (prime256v1) or "
-                "P-384",
+                f"EC curve {facts.curve} is not FIPS-approved here; use P-256 (prime256v1) or P-384",
             )
     elif facts.key_type == "RSA":
         if facts.key_bits < MIN_RSA_BITS:
@@ -97,8 +94,7 @@ def csr_errors(facts: CsrFacts, cluster_name: str) -> Iterator[FieldError]:
     if facts.other_subject_attributes:
         yield FieldError(
             path,
-            "the subject must hold only CN; remove "
-            + ", ".join(sorted(set(facts.other_subject_attributes))),
+            "the subject must hold only CN; remove " + ", ".join(sorted(set(facts.other_subject_attributes))),
         )
 
 
@@ -113,10 +109,7 @@ def cluster_from_peer(peer_cert: Mapping[str, Any] | None) -> str | None:
     if not peer_cert:
         return None
     common_names = [
-        value
-        for rdn in peer_cert.get("subject", ())
-        for key, value in rdn
-        if key == "commonName"
+        value for rdn in peer_cert.get("subject", ()) for key, value in rdn if key == "commonName"
     ]
     uris = [
         value

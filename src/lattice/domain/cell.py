@@ -116,7 +116,12 @@ def bootstrap_failed(
         status,
         message=f"bootstrap payload not applied: {text}",
         conditions=_condition(
-            status, conditions.BOOTSTRAPPED, ConditionStatus.FALSE, "ApplyFailed", text, now,
+            status,
+            conditions.BOOTSTRAPPED,
+            ConditionStatus.FALSE,
+            "ApplyFailed",
+            text,
+            now,
             status.observed_generation,
         ),
     )
@@ -127,10 +132,14 @@ def bootstrap_completed(status: models.LatticeClusterStatus, now: dt.datetime) -
     status = attrs.evolve(
         status,
         conditions=_condition(
-            status, conditions.BOOTSTRAPPED, ConditionStatus.TRUE, "Applied",
+            status,
+            conditions.BOOTSTRAPPED,
+            ConditionStatus.TRUE,
+            "Applied",
             "the agent applied the bootstrap payload (Lattice and Cluster API CRDs, the operator, "
             "Cilium's CRDs and LB-IPAM pool, Flux)",
-            now, status.observed_generation,
+            now,
+            status.observed_generation,
         ),
     )
     return attrs.evolve(

@@ -123,8 +123,7 @@ def encode_token(random_bytes: bytes) -> str:
     """Render random bytes as a token (URL-safe base64, no padding)."""
     if len(random_bytes) < MIN_TOKEN_BYTES:
         raise ValueError(
-            f"a bootstrap token needs at least {MIN_TOKEN_BYTES} random bytes, "
-            f"got {len(random_bytes)}"
+            f"a bootstrap token needs at least {MIN_TOKEN_BYTES} random bytes, got {len(random_bytes)}"
         )
     return base64.urlsafe_b64encode(random_bytes).rstrip(b"=").decode("ascii")
 
@@ -192,11 +191,7 @@ def lease(
 
 
 def _holds(record: TokenRecord | None, held: Lease) -> bool:
-    return (
-        record is not None
-        and record.state is TokenState.LEASED
-        and record.lease_id == held.lease_id
-    )
+    return record is not None and record.state is TokenState.LEASED and record.lease_id == held.lease_id
 
 
 def commit(table: TokenTable, held: Lease) -> tuple[TokenTable, CommitResult]:
@@ -213,9 +208,7 @@ def release(table: TokenTable, held: Lease) -> TokenTable:
     record = table.get(held.cluster_name)
     if record is None or not _holds(record, held):
         return table
-    return table._with(
-        evolve(record, state=TokenState.ISSUED, lease_id=None, lease_expires_at=None)
-    )
+    return table._with(evolve(record, state=TokenState.ISSUED, lease_id=None, lease_expires_at=None))
 
 
 def revoke(table: TokenTable, cluster_name: str) -> TokenTable:
@@ -223,16 +216,10 @@ def revoke(table: TokenTable, cluster_name: str) -> TokenTable:
     record = table.get(cluster_name)
     if record is None:
         return table
-    return table._with(
-        evolve(record, state=TokenState.REVOKED, lease_id=None, lease_expires_at=None)
-    )
+    return table._with(evolve(record, state=TokenState.REVOKED, lease_id=None, lease_expires_at=None))
 
 
 def prune(table: TokenTable, now: datetime, keep_for: timedelta = timedelta(hours=24)) -> TokenTable:
     """Drop records that expired more than ``keep_for`` ago (they can never succeed again)."""
-    kept = {
-        name: record
-        for name, record in table.records.items()
-        if now < record.expires_at + keep_for
-    }
+    kept = {name: record for name, record in table.records.items() if now < record.expires_at + keep_for}
     return TokenTable(kept)

@@ -50,8 +50,7 @@ class AgentChannel(Protocol):
 class AgentStatusSink(Protocol):
     """Receives every change of an agent's status (connection, state, health)."""
 
-    async def record(self, status: agent.AgentStatus) -> None:
-        ...
+    async def record(self, status: agent.AgentStatus) -> None: ...
 
 
 class ExecutionError(RuntimeError):
@@ -91,11 +90,9 @@ class Unpivoter(Protocol):
 class ClusterProbe(Protocol):
     """What the agent reports about its own cluster."""
 
-    async def kubernetes_version(self) -> str:
-        ...
+    async def kubernetes_version(self) -> str: ...
 
-    async def health(self) -> agent.ClusterHealth:
-        ...
+    async def health(self) -> agent.ClusterHealth: ...
 
     async def self_managed(self) -> bool:
         """Whether this cluster already holds its own CAPI objects (its pivot is done)."""

@@ -51,9 +51,7 @@ class CellDiscoveryHandler(Protocol):
     ignores what they raise anyway.
     """
 
-    async def on_message(
-        self, cluster: str, message: messages.AgentDiscoveryMessage
-    ) -> list[Addressed]:
+    async def on_message(self, cluster: str, message: messages.AgentDiscoveryMessage) -> list[Addressed]:
         """Handle one message; return what to send to which cluster (dropped if not connected)."""
         ...
 

@@ -52,8 +52,7 @@ class CsrRefused(ValueError):
 class AgentCertificateSigner(Protocol):
     """The cell CA: signs an agent's CSR into a client certificate bound to its cluster."""
 
-    def ca_bundle_pem(self) -> str:
-        ...
+    def ca_bundle_pem(self) -> str: ...
 
     def sign_agent_csr(self, csr_pem: str, cluster_name: str) -> str:
         """Return the PEM certificate; raise :class:`CsrRefused` for an unacceptable CSR."""

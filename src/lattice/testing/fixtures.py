@@ -106,9 +106,7 @@ class ControlPlaneFactory:
 
 
 @pytest.fixture
-def control_plane_factory(
-    toolchain: Toolchain, tmp_path: Path
-) -> Iterator[ControlPlaneFactory]:
+def control_plane_factory(toolchain: Toolchain, tmp_path: Path) -> Iterator[ControlPlaneFactory]:
     """Start fresh control planes in this test (under its tmp_path); all stop after it."""
     factory = ControlPlaneFactory(toolchain, tmp_path / "control-planes")
     try:

@@ -463,8 +463,13 @@ async def test_the_payload_carries_the_cells_add_ons_and_a_failing_render_answer
     async def cilium(cluster: str) -> Sequence[Mapping[str, Any]]:
         if broken["on"]:
             raise RuntimeError("helm template cilium failed: values don't meet the specifications")
-        return [{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "cilium",
-                 "namespace": "kube-system", "labels": {"cluster": cluster}}}]
+        return [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": {"name": "cilium", "namespace": "kube-system", "labels": {"cluster": cluster}},
+            }
+        ]
 
     async with running_webhook(cell_pki, addons=cilium) as hook:
         token = await hook.store.issue("c1")

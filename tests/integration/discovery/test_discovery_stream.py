@@ -105,9 +105,7 @@ async def test_announce_then_query_with_bilateral_agreement(cell_pki: Pki) -> No
 async def test_disconnect_keeps_the_cache_and_reconnect_restores_the_catalog(cell_pki: Pki) -> None:
     async with (
         discovery_cell(cell_pki) as cell,
-        discovery_agent(
-            cell_pki, "cluster-b", cell.port, [frontend()], refresh_interval=0.2
-        ) as b,
+        discovery_agent(cell_pki, "cluster-b", cell.port, [frontend()], refresh_interval=0.2) as b,
     ):
         async with discovery_agent(cell_pki, "cluster-a", cell.port, [api("frontend")]) as a:
             await synced(cell, a)
@@ -156,9 +154,7 @@ async def test_the_same_runner_resyncs_after_the_cell_drops_its_stream(cell_pki:
         # B: dropped too; its watch goes with its stream and comes back with its re-query
         assert cell.hub.disconnect("cluster-b", "test: drop the stream")
         await synced(cell, b, count=2)
-        await wait_until(
-            lambda: cell.catalog.watchers("prod", "api") == {"cluster-b"}, what="watch restored"
-        )
+        await wait_until(lambda: cell.catalog.watchers("prod", "api") == {"cluster-b"}, what="watch restored")
         assert b.runner.connects == 2
 
 
@@ -187,8 +183,7 @@ async def test_narrowing_allowed_callers_pushes_an_update_and_denies_traffic(cel
         (status,) = after.for_caller("shop", "frontend")
         assert status.state is DependencyState.NOT_ALLOWED
         assert not any(
-            o["kind"] in {"AuthorizationPolicy", "ServiceEntry", "CiliumNetworkPolicy"}
-            for o in after.objects
+            o["kind"] in {"AuthorizationPolicy", "ServiceEntry", "CiliumNetworkPolicy"} for o in after.objects
         )
         # the decision at B, without asking (the pushed data is fresh)
         again = await b.coordinator.resolve_unknown("prod", "api", "frontend")
@@ -375,6 +370,7 @@ async def test_a_failing_agent_handler_ends_no_stream(cell_pki: Pki) -> None:
         discovery_cell(cell_pki) as cell,
         discovery_agent(cell_pki, "cluster-b", cell.port, [frontend()]) as b,
     ):
+
         async def nothing() -> list[ValidService]:
             return []
 

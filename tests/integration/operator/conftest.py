@@ -50,9 +50,7 @@ def lc_ref(name: str) -> ResourceRef:
     return ResourceRef("lattice.dev/v1alpha1", "LatticeCluster", name)
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], within: float = 30.0, what: str = ""
-) -> T:
+async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 30.0, what: str = "") -> T:
     """Poll ``probe`` until it returns a truthy value; fail with ``what`` after ``within`` s."""
     deadline = time.monotonic() + within
     last: Exception | None = None

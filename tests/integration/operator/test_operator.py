@@ -182,9 +182,7 @@ async def test_survives_an_apiserver_restart(control_plane_factory: ControlPlane
         # A cluster created after the restart is reconciled: the watches came back.
         api = await Kr8sKube.connect(str(cp.kubeconfig))
         await api.create(cluster("restart-2"))
-        await eventually(
-            lambda: _phase_is(api, "restart-2", "Provisioning"), within=60, what="after restart"
-        )
+        await eventually(lambda: _phase_is(api, "restart-2", "Provisioning"), within=60, what="after restart")
 
 
 def _lease_holder(cp: ControlPlane) -> str:

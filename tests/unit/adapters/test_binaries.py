@@ -115,7 +115,9 @@ def test_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_bin_key_matches_the_build_script() -> None:
     script = subprocess.run(
         ["bash", str(REPO / "scripts" / "build-k8s.sh"), "--print-key"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert binaries.bin_key(REPO) == script.stdout.strip()
 
@@ -125,7 +127,9 @@ def test_bin_key_matches_the_build_script_on_a_fake_repo(tmp_path: Path) -> None
     shutil.copy(REPO / "scripts" / "build-k8s.sh", root / "scripts" / "build-k8s.sh")
     script = subprocess.run(
         ["bash", str(root / "scripts" / "build-k8s.sh"), "--print-key"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     key = binaries.bin_key(root)
     assert key == script.stdout.strip()
@@ -164,9 +168,7 @@ def test_locate_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         tools.binary("kubelet")
 
 
-def test_locate_names_missing_binaries_and_crds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_locate_names_missing_binaries_and_crds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _fake_repo(tmp_path / "repo")
     bin_dir, crd_dir = tmp_path / "bin", tmp_path / "crds"
     _fake_build(bin_dir, crd_dir)

@@ -33,9 +33,7 @@ def _crd(name: str, *versions: tuple[str, bool]) -> dict[str, Any]:
     }
 
 
-def _provider(
-    root: Path, name: str, version: str, kustomization: str | None, files: list[str]
-) -> Path:
+def _provider(root: Path, name: str, version: str, kustomization: str | None, files: list[str]) -> Path:
     directory = root / name
     (directory / "bases").mkdir(parents=True)
     (directory / "VERSION").write_text(version + "\n")
@@ -65,9 +63,7 @@ def test_contract_for_unknown_versions() -> None:
 
 def test_kustomization_contract_labels_both_forms() -> None:
     common = "commonLabels:\n  cluster.x-k8s.io/v1beta1: v1beta1_v1beta2\n  other: x\n"
-    assert capi_crds.kustomization_contract_labels(common) == {
-        "cluster.x-k8s.io/v1beta1": "v1beta1_v1beta2"
-    }
+    assert capi_crds.kustomization_contract_labels(common) == {"cluster.x-k8s.io/v1beta1": "v1beta1_v1beta2"}
     labels = (
         "labels:\n- pairs:\n    cluster.x-k8s.io/v1beta1: v1beta1\n"
         "    cluster.x-k8s.io/v1beta2: v1beta2\n    cluster.x-k8s.io/provider: no\n"
@@ -84,23 +80,34 @@ def test_kustomization_contract_labels_both_forms() -> None:
 def test_load_and_label(tmp_path: Path) -> None:
     _provider(tmp_path, "cluster-api", "v1.14.2", None, ["cluster.x-k8s.io_clusters.yaml"])
     _provider(
-        tmp_path, "bootstrap-kubeadm", "v1.14.2",
+        tmp_path,
+        "bootstrap-kubeadm",
+        "v1.14.2",
         "labels:\n- pairs:\n    cluster.x-k8s.io/v1beta2: v1beta2\n",
         ["bootstrap.cluster.x-k8s.io_kubeadmconfigs.yaml"],
     )
     _provider(
-        tmp_path, "clusterctl", "v1.14.2", None,
+        tmp_path,
+        "clusterctl",
+        "v1.14.2",
+        None,
         ["clusterctl.cluster.x-k8s.io_metadata.yaml", "clusterctl.cluster.x-k8s.io_providers.yaml"],
     )
     _provider(
-        tmp_path, "infrastructure-azure", "v2.11.1", "resources: []\n",
+        tmp_path,
+        "infrastructure-azure",
+        "v2.11.1",
+        "resources: []\n",
         ["infrastructure.cluster.x-k8s.io_azureclusters.yaml"],
     )
     loaded = capi_crds.load_providers(
         tmp_path, ["infrastructure-azure", "cluster-api", "clusterctl", "bootstrap-kubeadm"]
     )
     assert [p.name for p in loaded] == [
-        "cluster-api", "bootstrap-kubeadm", "clusterctl", "infrastructure-azure"
+        "cluster-api",
+        "bootstrap-kubeadm",
+        "clusterctl",
+        "infrastructure-azure",
     ]
     core, kubeadm, clusterctl, azure = loaded
     assert [p.kind for p in loaded] == ["core", "bootstrap", "clusterctl", "infrastructure"]

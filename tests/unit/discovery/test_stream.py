@@ -138,9 +138,7 @@ async def test_connect_syncs_resolves_and_pushes_reach_dependants() -> None:
     result = await b.coordinator.resolve_unknown("prod", "api", "frontend")
     assert isinstance(result, Resolved)
     # narrowing pushes a RemoteServiceUpdate to b
-    await a.coordinator.announce_service(
-        svc("api", ports=HTTP, inbound=("admin",), resource_version="2")
-    )
+    await a.coordinator.announce_service(svc("api", ports=HTTP, inbound=("admin",), resource_version="2"))
     assert b.updates == 1
     assert b.changes[-1].updated  # type: ignore[attr-defined]
     assert isinstance(await b.coordinator.resolve_unknown("prod", "api", "frontend"), NotAllowed)

@@ -98,4 +98,3 @@ class CatalogService:
                     cluster,
                     event.reason,
                 )
-

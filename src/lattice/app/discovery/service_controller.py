@@ -137,9 +137,7 @@ class ServiceController:
             doc.setdefault("kind", services.KIND)
             parsed = services.service_from_dict(doc)
             result = (
-                services.validate_service(parsed)
-                if isinstance(parsed, services.LatticeService)
-                else parsed
+                services.validate_service(parsed) if isinstance(parsed, services.LatticeService) else parsed
             )
             if isinstance(result, services.ValidService):
                 valid.append(result)
@@ -156,9 +154,7 @@ class ServiceController:
         for service in valid:
             await self._status(docs[(service.namespace, service.name)], *_summary(plan, service), errors)
         for doc, problems in invalid:
-            await self._status(
-                doc, services.ServicePhase.FAILED, "invalid: " + "; ".join(problems), errors
-            )
+            await self._status(doc, services.ServicePhase.FAILED, "invalid: " + "; ".join(problems), errors)
         report = PassReport(len(valid), len(invalid), applied, pruned, tuple(errors), plan)
         self.passes += 1
         self.last = report
@@ -215,9 +211,7 @@ class ServiceController:
                     errors.append(f"delete {ref}: {exc}")
         return count
 
-    async def _status(
-        self, doc: Obj, phase: services.ServicePhase, message: str, errors: list[str]
-    ) -> None:
+    async def _status(self, doc: Obj, phase: services.ServicePhase, message: str, errors: list[str]) -> None:
         meta = doc["metadata"]
         status: dict[str, Any] = {"phase": str(phase), "message": message}
         if phase is not services.ServicePhase.FAILED and meta.get("generation") is not None:

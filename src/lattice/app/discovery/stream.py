@@ -119,9 +119,7 @@ class StreamParent:
             with anyio.fail_after(self._timeout):
                 return await self._correlator.query(query)
         except TimeoutError:
-            raise ParentTimeout(
-                f"no answer to query {query.query_id} within {self._timeout} s"
-            ) from None
+            raise ParentTimeout(f"no answer to query {query.query_id} within {self._timeout} s") from None
 
     async def announce(self, announcement: ServiceAnnouncement) -> None:
         await self._checked_send(announcement)
