@@ -34,8 +34,10 @@ class ConnectionLimits:
     handshake_timeout: float = field(default=10.0, validator=validators.gt(0))
     first_data_timeout: float = field(default=10.0, validator=validators.gt(0))
     max_lifetime: float | None = field(default=None, validator=validators.optional(validators.gt(0)))
-    max_connections: int = field(default=8192, validator=validators.ge(1))
-    max_per_client: int = field(default=256, validator=validators.ge(1))
+    max_connections: int = field(default=16384, validator=validators.ge(1))
+    max_per_client: int = field(default=16384, validator=validators.ge(1))
+    """Off by default (equal to ``max_connections``): agents usually reach a cell through one
+    load balancer or NAT address, so one address may carry every agent."""
 
 
 class ConnectionGuard:
