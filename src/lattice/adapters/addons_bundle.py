@@ -173,7 +173,9 @@ class HelmRenderer:
         namespace: str,
         values: Mapping[str, Any],
         kube_version: str | None = None,
+        include_crds: bool = False,
     ) -> list[Obj]:
+        """The objects in helm's install order; ``include_crds`` adds the chart's ``crds/``."""
         with tempfile.TemporaryDirectory(prefix="lattice-helm-") as scratch:
             values_file = Path(scratch) / "values.json"  # JSON is YAML: helm reads it as values
             values_file.write_text(json.dumps(values))
@@ -189,6 +191,8 @@ class HelmRenderer:
             ]
             if kube_version:
                 argv += ["--kube-version", kube_version]
+            if include_crds:
+                argv.append("--include-crds")
             env = {
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "HOME": scratch,

@@ -11,18 +11,14 @@ The chart is ``$LATTICE_CHART_DIR`` when set, else ``charts/lattice`` of the rep
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-from ruamel.yaml import YAML
 
-from lattice.adapters.addons_bundle import RENDER_TIMEOUT_S, RenderError, locate_addons
+from lattice.adapters.addons_bundle import RENDER_TIMEOUT_S, HelmRenderer, locate_addons
 from lattice.adapters.binaries import find_repo_root
 from lattice.domain import deploy
 
@@ -51,17 +47,6 @@ def locate_chart(repo_root: Path | None = None) -> Path:
     return chart
 
 
-def _objects(text: str, where: str) -> list[Obj]:
-    out: list[Obj] = []
-    for doc in YAML(typ="safe", pure=True).load_all(text):
-        if doc is None:
-            continue
-        if not isinstance(doc, dict) or "kind" not in doc:
-            raise RenderError(f"{where}: a document is not a Kubernetes object")
-        out.append(doc)
-    return out
-
-
 @attrs.frozen
 class OperatorChart:
     helm: Path
@@ -71,37 +56,13 @@ class OperatorChart:
     def render(self, values: Mapping[str, Any], *, include_crds: bool = False) -> list[Obj]:
         """``helm template`` with ``values`` over the chart's defaults: its objects in helm's
         install order (Namespace and CRDs first)."""
-        with tempfile.TemporaryDirectory(prefix="lattice-chart-") as scratch:
-            values_file = Path(scratch) / "values.json"  # JSON is YAML: helm reads it as values
-            values_file.write_text(json.dumps(values))
-            argv = [
-                str(self.helm),
-                "template",
-                deploy.CHART_RELEASE,
-                str(self.chart),
-                "--namespace",
-                deploy.NAMESPACE,
-                "--values",
-                str(values_file),
-            ]
-            if include_crds:
-                argv.append("--include-crds")
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": scratch,
-                "HELM_CACHE_HOME": f"{scratch}/cache",
-                "HELM_CONFIG_HOME": f"{scratch}/config",
-                "HELM_DATA_HOME": f"{scratch}/data",
-            }
-            try:
-                done = subprocess.run(  # noqa: S603 - our own pinned helm
-                    argv, capture_output=True, text=True, timeout=self.timeout, env=env, check=False
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise RenderError(f"helm template {self.chart}: {exc}") from exc
-        if done.returncode != 0:
-            raise RenderError(f"helm template {self.chart} failed: {done.stderr.strip()[-2000:]}")
-        return _objects(done.stdout, f"helm template {self.chart}")
+        return HelmRenderer(self.helm, self.timeout).render(
+            self.chart,
+            release=deploy.CHART_RELEASE,
+            namespace=deploy.NAMESPACE,
+            values=values,
+            include_crds=include_crds,
+        )
 
     def operator_objects(self, install: deploy.OperatorInstall) -> list[Obj]:
         """The Namespace, RBAC and Deployment: what ``install.manifests()`` makes."""

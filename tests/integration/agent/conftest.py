@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.adapters.agent_local import InMemoryAgentStatusSink
+from lattice.adapters.conn_limits import ConnectionLimits
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
 from lattice.domain.heartbeat import HeartbeatPolicy
@@ -94,6 +95,7 @@ async def running_cell(
     max_message_bytes: int | None = None,
     signer: cell_ca.CellCertificateAuthority | None = None,
     renewal_interval: float = 10.0,
+    limits: ConnectionLimits | None = None,
 ) -> AsyncIterator[Cell]:
     sink = InMemoryAgentStatusSink()
     kwargs = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
@@ -104,7 +106,7 @@ async def running_cell(
         renewal_interval=renewal_interval,
         **kwargs,
     )
-    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), port=port)
+    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), port=port, limits=limits)
     await server.start()
     try:
         yield Cell(hub=hub, server=server, sink=sink)

@@ -10,28 +10,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from lattice.adapters import agent_cell, tls
-from lattice.adapters.agent_local import InMemoryAgentStatusSink
+from lattice.adapters import tls
 from lattice.adapters.conn_limits import ConnectionLimits
 from lattice.adapters.registration_http import PayloadSettings, RegistrationServer, registration_app
 from lattice.adapters.token_store_memory import InMemoryTokenStore
-from lattice.domain.heartbeat import HeartbeatPolicy
 
-from .conftest import Cell, Pki, running_agent
+from .conftest import Pki, running_agent, running_cell
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(90)]
-
-
-@contextlib.asynccontextmanager
-async def limited_cell(cell_pki: Pki, limits: ConnectionLimits) -> AsyncIterator[Cell]:
-    sink = InMemoryAgentStatusSink()
-    hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
-    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), limits=limits)
-    await server.start()
-    try:
-        yield Cell(hub=hub, server=server, sink=sink)
-    finally:
-        await server.stop()
 
 
 async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
@@ -54,7 +40,7 @@ async def _tls_connect(
 
 async def test_a_connection_that_sends_nothing_after_its_handshake_is_closed(cell_pki: Pki) -> None:
     limits = ConnectionLimits(first_data_timeout=0.5)
-    async with limited_cell(cell_pki, limits) as cell:
+    async with running_cell(cell_pki, limits=limits) as cell:
         reader, writer = await _tls_connect(cell.port, tls.client_context(cell_pki.agent_files("l1")))
         assert await _closed_by_server(reader, 5.0)
         writer.close()
@@ -65,7 +51,7 @@ async def test_a_connection_that_sends_nothing_after_its_handshake_is_closed(cel
 
 async def test_a_handshake_that_never_starts_is_dropped(cell_pki: Pki) -> None:
     limits = ConnectionLimits(handshake_timeout=0.5)
-    async with limited_cell(cell_pki, limits) as cell:
+    async with running_cell(cell_pki, limits=limits) as cell:
         reader, writer = await asyncio.open_connection("127.0.0.1", cell.port)  # plain TCP, silent
         assert await _closed_by_server(reader, 5.0)
         writer.close()
@@ -76,7 +62,7 @@ async def test_connections_over_the_limit_are_closed_and_the_agent_gets_in_when_
 ) -> None:
     limits = ConnectionLimits(max_connections=2, first_data_timeout=60.0)
     context = tls.client_context(cell_pki.agent_files("l2"))
-    async with limited_cell(cell_pki, limits) as cell:
+    async with running_cell(cell_pki, limits=limits) as cell:
         held = [await _tls_connect(cell.port, context) for _ in range(2)]
         async with running_agent(cell_pki.agent_files("l3"), "l3", cell.port):
             server = cell.server.server
@@ -93,7 +79,7 @@ async def test_connections_over_the_limit_are_closed_and_the_agent_gets_in_when_
 async def test_a_flood_of_bad_clients_does_not_stop_a_good_agent(cell_pki: Pki) -> None:
     limits = ConnectionLimits(handshake_timeout=1.0, first_data_timeout=1.0, max_connections=64)
     no_cert = tls.client_context(None, ca=cell_pki.server.ca)
-    async with limited_cell(cell_pki, limits) as cell:
+    async with running_cell(cell_pki, limits=limits) as cell:
         stop = asyncio.Event()
 
         async def silent() -> None:  # opens TCP, says nothing, reconnects when dropped
