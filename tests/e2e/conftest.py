@@ -46,7 +46,8 @@ class Cell:
     def kubectl(self, *args: str, check: bool = True) -> str:
         return self.control_plane.kubectl(*args, check=check).stdout
 
-    def start_operator(self) -> None:
+    def start_operator(self, faults: str = "") -> None:
+        """Start the cell's operator; ``faults`` arms test-only fault points (lattice.app.faults)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.operator = subprocess.Popen(
@@ -75,7 +76,7 @@ class Cell:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "LATTICE_FAULT_AT": faults},
         )
 
     def stop_operator(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.binaries import BinariesNotBuiltError
-from lattice.app import logs, yamlio
+from lattice.app import faults, logs, yamlio
 from lattice.app.operator.cell_runtime import CellSettings
 from lattice.app.operator.leader import LeaseConfig
 from lattice.app.operator.local_infra_runtime import LocalInfraSettings
@@ -121,6 +121,11 @@ def run_manifests(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
+    try:
+        faults.armed()
+    except ValueError as exc:
+        print(f"lattice operator: {exc}", file=sys.stderr)
+        return 2
     duration = args.lease_duration
     cell = None
     cell_endpoint = args.cell_endpoint

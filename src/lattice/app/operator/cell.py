@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from lattice.adapters.concurrency import gather_settled
+from lattice.app import faults
 from lattice.app.operator.controller import ClusterController
 from lattice.domain import agent, capi, capi_reports, cell, models, pivot, reconcile, serde
 from lattice.domain.models import Phase, PivotStep, UnpivotStep
@@ -245,7 +246,9 @@ class CellCoordinator:
                 started = _clock()
                 exported = await self._export(namespace, attempt_dir)
                 timings["export"] = _clock() - started
+                faults.hit("pivot.exported")
                 await self._step(name, PivotStep.TRANSFERRING, len(exported))
+                faults.hit("pivot.transferring")
                 started = _clock()
                 files = [agent.MoveFile(p.name, p.read_bytes()) for p in exported]
                 child = cell.child_copy(raw, cell.pivot_succeeded(status, self.controller.clock.now()))
@@ -254,14 +257,18 @@ class CellCoordinator:
                     name, namespace, f"{name}-{status.pivot.attempt}", tuple(files)
                 )
                 await self._step(name, PivotStep.IMPORTING)
+                faults.hit("pivot.importing")
                 reply = await self.channel.send_command(name, command, PIVOT_TIMEOUT_S)
                 timings["transfer_and_import"] = _clock() - started
                 if not isinstance(reply, agent.PivotResult) or not reply.success:
                     raise PivotFailure(getattr(reply, "error", "") or "the agent reported failure")
+                faults.hit("pivot.imported")
                 await self._step(name, PivotStep.DELETING_SOURCE)
+                faults.hit("pivot.deleting_source")
             started = _clock()
             await self._delete_source(namespace, attempt_dir)
             timings["delete"] = _clock() - started
+            faults.hit("pivot.deleted")
             now = self.controller.clock.now()
             await self._transition(name, lambda s: cell.pivot_succeeded(s, now), deleting=True)
             shutil.rmtree(self.work_dir / name, ignore_errors=True)
