@@ -17,7 +17,8 @@
 # on another day may differ in the base layer; build-info.txt lists every package and version.
 #
 # Output: ${LATTICE_CACHE:-~/.cache/lattice}/image/<key>/{lattice.oci.tar,digest,build-info.txt}
-# keyed by the inputs above (source tree, lock, scripts, the three caches' keys). Needs root
+# keyed by the inputs above (source tree, lock, scripts, the three caches' keys); the two newest
+# images are kept, older ones removed. Needs root
 # (mmdebstrap --mode=root), as CI has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -131,5 +132,8 @@ echo "$digest" > "$OUT.partial/digest"
 touch "$OUT.partial/.complete"
 rm -rf "$OUT"
 mv "$OUT.partial" "$OUT"
+# Each source change makes a new 1 GB image: keep this one and the one before it, no more.
+find "$LATTICE_CACHE/image" -mindepth 1 -maxdepth 1 -type d -name 'lattice-*' -printf '%T@ %p\n' \
+  | sort -rn | tail -n +3 | cut -d' ' -f2- | xargs -r rm -rf
 step "built $OUT/lattice.oci.tar in $(( $(date +%s) - started )) s"
 echo "$digest"

@@ -227,7 +227,13 @@ async def test_a_failing_bootstrap_command_is_reported_and_its_machine_released(
         assert "runcmd[1] exited with code 3" in message
         assert "registration refused" in message
         assert not ((failed.get("status") or {}).get("initialization") or {}).get("provisioned")
-        warnings = [e for e in get("events") if e["reason"] == "BootFailed" and e["type"] == "Warning"]
+
+        async def boot_failed_events() -> list[dict[str, Any]] | None:
+            # the provider records its Event after the status write: wait for it too (CI saw none yet)
+            found = [e for e in get("events") if e["reason"] == "BootFailed" and e["type"] == "Warning"]
+            return found or None
+
+        warnings = await wait_until("the BootFailed Warning Event", boot_failed_events)
         assert {e["involvedObject"]["name"] for e in warnings} == {failed["metadata"]["name"]}
         assert host.pids(), "the failed machine keeps running until its LocalMachine goes"
 
