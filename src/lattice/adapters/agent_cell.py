@@ -584,11 +584,9 @@ def _peer_not_after(stream: AgentStream) -> dt.datetime | None:
         return None
 
 
-def _not_after(certificate_pem: str) -> dt.datetime | None:
-    try:
-        return x509.load_pem_x509_certificate(certificate_pem.encode()).not_valid_after_utc
-    except ValueError:  # pragma: no cover - the cell's own CA just issued it
-        return None
+def _not_after(certificate_pem: str) -> dt.datetime:
+    """When a certificate this cell's CA just issued expires."""
+    return x509.load_pem_x509_certificate(certificate_pem.encode()).not_valid_after_utc
 
 
 async def _finish(stream: AgentStream, status: Status, message: str) -> None:
