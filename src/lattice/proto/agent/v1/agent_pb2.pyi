@@ -74,6 +74,7 @@ class AgentMessage(_message.Message):
     SERVICE_QUERY_FIELD_NUMBER: _builtins.int
     COMMAND_RESULT_FIELD_NUMBER: _builtins.int
     CERTIFICATE_RENEWAL_FIELD_NUMBER: _builtins.int
+    API_PROXY_FIELD_NUMBER: _builtins.int
     cluster_name: _builtins.str
     """Must equal the cluster name in the agent's client certificate; the cell refuses the
     stream with PERMISSION_DENIED otherwise.
@@ -112,6 +113,12 @@ class AgentMessage(_message.Message):
         expires. Reply: CellCommand.certificate_issued with the same request_id.
         """
 
+    @_builtins.property
+    def api_proxy(self) -> Global___ApiProxyFromAgent:
+        """Lattice addition: a frame of a response to a CellCommand.api_proxy request (the
+        Kubernetes API proxy, docs/api-proxy.md).
+        """
+
     def __init__(
         self,
         *,
@@ -128,12 +135,13 @@ class AgentMessage(_message.Message):
         service_query: Global___ServiceQuery | None = ...,
         command_result: Global___CommandResult | None = ...,
         certificate_renewal: Global___CertificateRenewal | None = ...,
+        api_proxy: Global___ApiProxyFromAgent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "certificate_renewal", b"certificate_renewal", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_proxy", b"api_proxy", "bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "certificate_renewal", b"certificate_renewal", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "certificate_renewal", b"certificate_renewal", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "cluster_name", b"cluster_name", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_proxy", b"api_proxy", "bootstrap_complete", b"bootstrap_complete", "catalog_sync", b"catalog_sync", "certificate_renewal", b"certificate_renewal", "cluster_deleting", b"cluster_deleting", "cluster_health", b"cluster_health", "cluster_name", b"cluster_name", "command_result", b"command_result", "heartbeat", b"heartbeat", "payload", b"payload", "pivot_complete", b"pivot_complete", "ready", b"ready", "service_announcement", b"service_announcement", "service_query", b"service_query", "status_response", b"status_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["ready", "bootstrap_complete", "pivot_complete", "heartbeat", "cluster_health", "status_response", "cluster_deleting", "service_announcement", "catalog_sync", "service_query", "command_result", "certificate_renewal"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["ready", "bootstrap_complete", "pivot_complete", "heartbeat", "cluster_health", "status_response", "cluster_deleting", "service_announcement", "catalog_sync", "service_query", "command_result", "certificate_renewal", "api_proxy"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -440,6 +448,7 @@ class CellCommand(_message.Message):
     UNPIVOT_FIELD_NUMBER: _builtins.int
     UNPIVOT_COMPLETE_FIELD_NUMBER: _builtins.int
     CERTIFICATE_ISSUED_FIELD_NUMBER: _builtins.int
+    API_PROXY_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Set by the cell on every command it expects a reply to; the reply carries it back.
     Empty on HeartbeatAck and on pushes (service_query_response, remote_service_update).
@@ -472,6 +481,12 @@ class CellCommand(_message.Message):
     def certificate_issued(self) -> Global___CertificateIssued:
         """Lattice addition: the answer to an AgentMessage.certificate_renewal (command_id empty)."""
 
+    @_builtins.property
+    def api_proxy(self) -> Global___ApiProxyToAgent:
+        """Lattice addition: a frame of a Kubernetes API request the cell proxies to this cluster
+        (command_id empty: frames carry their own request_id). Reply: AgentMessage.api_proxy.
+        """
+
     def __init__(
         self,
         *,
@@ -486,16 +501,273 @@ class CellCommand(_message.Message):
         unpivot: Global___UnpivotCommand | None = ...,
         unpivot_complete: Global___UnpivotComplete | None = ...,
         certificate_issued: Global___CertificateIssued | None = ...,
+        api_proxy: Global___ApiProxyToAgent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "certificate_issued", b"certificate_issued", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_proxy", b"api_proxy", "apply_manifests", b"apply_manifests", "certificate_issued", b"certificate_issued", "command", b"command", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_manifests", b"apply_manifests", "certificate_issued", b"certificate_issued", "command", b"command", "command_id", b"command_id", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_proxy", b"api_proxy", "apply_manifests", b"apply_manifests", "certificate_issued", b"certificate_issued", "command", b"command", "command_id", b"command_id", "heartbeat_ack", b"heartbeat_ack", "pivot_manifests", b"pivot_manifests", "remote_service_update", b"remote_service_update", "service_query_response", b"service_query_response", "status_request", b"status_request", "sync_resources", b"sync_resources", "unpivot", b"unpivot", "unpivot_complete", b"unpivot_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["apply_manifests", "status_request", "pivot_manifests", "sync_resources", "service_query_response", "remote_service_update", "heartbeat_ack", "unpivot", "unpivot_complete", "certificate_issued"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["apply_manifests", "status_request", "pivot_manifests", "sync_resources", "service_query_response", "remote_service_update", "heartbeat_ack", "unpivot", "unpivot_complete", "certificate_issued", "api_proxy"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___CellCommand: _TypeAlias = CellCommand  # noqa: Y015
+
+@_typing.final
+class ApiProxyToAgent(_message.Message):
+    """=============================================================================
+    Kubernetes API proxy (Lattice addition; docs/api-proxy.md)
+    =============================================================================
+
+    Cell -> Agent: one frame of a proxied request. request_id is chosen by the cell, unique
+    among the requests open on this stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    WINDOW_UPDATE_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    window_update: _builtins.int
+    """Allows the agent to send this many more response body bytes (flow control)."""
+    @_builtins.property
+    def request(self) -> Global___ApiProxyRequest:
+        """Opens the request (the first frame of a request_id)."""
+
+    @_builtins.property
+    def cancel(self) -> Global___ApiProxyCancel:
+        """The client went away or the cell gave up: stop and forget the request."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        request: Global___ApiProxyRequest | None = ...,
+        window_update: _builtins.int = ...,
+        cancel: Global___ApiProxyCancel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "frame", b"frame", "request", b"request", "window_update", b"window_update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "frame", b"frame", "request", b"request", "request_id", b"request_id", "window_update", b"window_update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["request", "window_update", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___ApiProxyToAgent: _TypeAlias = ApiProxyToAgent  # noqa: Y015
+
+@_typing.final
+class ApiProxyHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiProxyHeader: _TypeAlias = ApiProxyHeader  # noqa: Y015
+
+@_typing.final
+class ApiProxyExtra(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiProxyExtra: _TypeAlias = ApiProxyExtra  # noqa: Y015
+
+@_typing.final
+class ApiProxyRequest(_message.Message):
+    """A Kubernetes API request, performed by the agent impersonating the caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    INITIAL_WINDOW_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """GET, HEAD, POST, PUT, PATCH or DELETE."""
+    path: _builtins.str
+    """Path and query on the target API server, e.g. "/api/v1/pods?watch=1". A path starting
+    with "/clusters/" is relayed to the cell running in the agent's cluster (a descendant).
+    """
+    body: _builtins.bytes
+    user: _builtins.str
+    """The caller as the cell authenticated them: the agent impersonates them."""
+    uid: _builtins.str
+    initial_window: _builtins.int
+    """Response body bytes the agent may send before the first window_update."""
+    streaming: _builtins.bool
+    """A long-lived response (watch, follow): no overall deadline."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiProxyHeader]:
+        """Request headers the cell forwards (an allowlist; never Authorization or Impersonate-*)."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def extra(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiProxyExtra]: ...
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        path: _builtins.str = ...,
+        headers: _abc.Iterable[Global___ApiProxyHeader] | None = ...,
+        body: _builtins.bytes = ...,
+        user: _builtins.str = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        uid: _builtins.str = ...,
+        extra: _abc.Iterable[Global___ApiProxyExtra] | None = ...,
+        initial_window: _builtins.int = ...,
+        streaming: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "extra", b"extra", "groups", b"groups", "headers", b"headers", "initial_window", b"initial_window", "method", b"method", "path", b"path", "streaming", b"streaming", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiProxyRequest: _TypeAlias = ApiProxyRequest  # noqa: Y015
+
+@_typing.final
+class ApiProxyCancel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiProxyCancel: _TypeAlias = ApiProxyCancel  # noqa: Y015
+
+@_typing.final
+class ApiProxyFromAgent(_message.Message):
+    """Agent -> Cell: one frame of a proxied response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    data: _builtins.bytes
+    """The next piece of the body (within the window the cell granted)."""
+    @_builtins.property
+    def head(self) -> Global___ApiProxyResponseHead:
+        """The status and headers (the first frame, exactly once)."""
+
+    @_builtins.property
+    def end(self) -> Global___ApiProxyEnd:
+        """The last frame: the body is complete (error empty) or was cut short (error says why;
+        without a head before it, the cell answers the client with status 502/504).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        head: Global___ApiProxyResponseHead | None = ...,
+        data: _builtins.bytes = ...,
+        end: Global___ApiProxyEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "end", b"end", "frame", b"frame", "head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "end", b"end", "frame", b"frame", "head", b"head", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["head", "data", "end"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___ApiProxyFromAgent: _TypeAlias = ApiProxyFromAgent  # noqa: Y015
+
+@_typing.final
+class ApiProxyResponseHead(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    status: _builtins.int
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiProxyHeader]: ...
+    def __init__(
+        self,
+        *,
+        status: _builtins.int = ...,
+        headers: _abc.Iterable[Global___ApiProxyHeader] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiProxyResponseHead: _TypeAlias = ApiProxyResponseHead  # noqa: Y015
+
+@_typing.final
+class ApiProxyEnd(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    error: _builtins.str
+    status: _builtins.int
+    """An HTTP status the cell should answer with when no head was sent (0: 502)."""
+    def __init__(
+        self,
+        *,
+        error: _builtins.str = ...,
+        status: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiProxyEnd: _TypeAlias = ApiProxyEnd  # noqa: Y015
 
 @_typing.final
 class CertificateIssued(_message.Message):
