@@ -53,7 +53,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from lattice.adapters import agent_wire, discovery_wire
-from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, GuardedProtocol
+from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, TlsGate
 from lattice.domain import agent, agent_identity, heartbeat
 from lattice.domain.discovery import messages as discovery
 from lattice.ports.agent import AgentChannel, AgentNotConnected, AgentStatusSink, CommandTimeout
@@ -614,11 +614,9 @@ class LimitedServer(grpclib.server.Server):
         if self._server is not None:
             raise RuntimeError("the server is already started")
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: GuardedProtocol(self._protocol_factory(), self.guard),
+            lambda: TlsGate(self._protocol_factory, self.guard, ssl_context),
             sock=sock,
             backlog=backlog,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self.guard.limits.handshake_timeout,
         )
         self._server_closed_fut = self._loop.create_future()  # as grpclib's start does
 

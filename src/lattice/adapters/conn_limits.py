@@ -12,17 +12,26 @@ is wrapped in :class:`GuardedProtocol`, which enforces :class:`ConnectionLimits`
   is doing (a slow client that trickles bytes to hold a connection: slowloris); ``None`` for
   long-lived streams (the agents' gRPC streams, which heartbeats keep honest);
 * ``max_connections`` - established connections at once, overall;
-* ``max_per_client`` - established connections at once from one peer address.
+* ``max_per_client`` - established connections at once from one peer address;
+* ``max_handshakes`` - TLS handshakes in progress at once, overall (asyncio accepts eagerly,
+  so without it a flood of connections that never finish a handshake is bounded only by time);
+  a connection over it is closed before any TLS work is done;
+* ``handshake_rate_per_client`` / ``handshake_burst_per_client`` - new connections (each a TLS
+  handshake) per second from one peer address, a token bucket; ``None`` for no limit.
 
-A connection over a limit is closed at once, counted (:class:`ConnectionGuard`) and logged.
-Handshakes in progress are not counted; the handshake timeout and the listen backlog bound them.
+The server listens on plain TCP and starts TLS itself (``loop.start_tls``) once
+:class:`TlsGate` has admitted the connection, so the handshake limits apply before any TLS work
+is done. A connection over a limit is closed at once, counted (:class:`ConnectionGuard`) and
+logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import Counter
+from collections.abc import Callable
 from typing import cast
 
 from attrs import field, frozen, validators
@@ -39,19 +48,57 @@ class ConnectionLimits:
     max_per_client: int = field(default=16384, validator=validators.ge(1))
     """Off by default (equal to ``max_connections``): agents usually reach a cell through one
     load balancer or NAT address, so one address may carry every agent."""
+    max_handshakes: int = field(default=1024, validator=validators.ge(1))
+    handshake_rate_per_client: float | None = field(
+        default=None, validator=validators.optional(validators.gt(0))
+    )
+    handshake_burst_per_client: int = field(default=32, validator=validators.ge(1))
+
+
+@frozen
+class _Bucket:
+    tokens: float
+    at: float
+
+
+MAX_TRACKED_CLIENTS = 65536
+"""Rate buckets kept at once; the oldest are forgotten first (a full bucket is the default)."""
 
 
 class ConnectionGuard:
     """The counters one server's connections share."""
 
-    def __init__(self, limits: ConnectionLimits, name: str) -> None:
+    def __init__(
+        self, limits: ConnectionLimits, name: str, *, max_tracked: int = MAX_TRACKED_CLIENTS
+    ) -> None:
         self.limits = limits
         self.name = name
+        self.max_tracked = max_tracked
         self.connections = 0
         self.per_client: Counter[str] = Counter()
         self.refused = 0
         self.idle_closed = 0
         self.expired = 0
+        self.rate_limited = 0
+        self.handshakes = 0
+        self.handshake_failed = 0
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take_handshake_token(self, client: str, now: float) -> str | None:
+        """Spend one of ``client``'s handshake tokens at ``now``; the reason when it has none."""
+        rate = self.limits.handshake_rate_per_client
+        if rate is None:
+            return None
+        burst = float(self.limits.handshake_burst_per_client)
+        bucket = self._buckets.pop(client, None)
+        tokens = burst if bucket is None else min(burst, bucket.tokens + (now - bucket.at) * rate)
+        if tokens < 1.0:
+            self._buckets[client] = _Bucket(tokens, now)
+            return f"{client} opened more than {rate:g} connections per second (burst {burst:g}; the limit)"
+        self._buckets[client] = _Bucket(tokens - 1.0, now)  # re-inserted: the newest last
+        if len(self._buckets) > self.max_tracked:
+            del self._buckets[next(iter(self._buckets))]
+        return None
 
     def admit(self, client: str) -> str | None:
         """Take a slot for ``client``; the reason when there is none."""
@@ -154,3 +201,106 @@ class GuardedProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+class _UntilConnected(asyncio.Protocol):
+    """Holds what TLS delivers before ``connection_made``: ``loop.start_tls`` reads application
+    data as soon as the handshake ends, before its caller gets the transport."""
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self._inner = inner
+        self._early: list[bytes] | None = []
+        self._eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        early, self._early = self._early, None
+        for data in early or []:
+            self._inner.data_received(data)
+        if self._eof and self._inner.eof_received() is not True:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append(data)
+        else:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._early is not None:
+            self._eof = True
+            return True  # keep the transport open until connection_made has run
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # start_tls's SSLProtocol reports a failed handshake to its application protocol too;
+        # the inner protocol never saw that connection
+        if self._early is None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class TlsGate(asyncio.Protocol):
+    """The plain-TCP protocol of a guarded TLS server: admits a connection by the handshake
+    rate of its address and the handshakes in progress, does the TLS handshake
+    (``loop.start_tls`` within ``handshake_timeout``), then hands the TLS transport to
+    ``make_inner()`` wrapped in :class:`GuardedProtocol`."""
+
+    def __init__(
+        self,
+        make_inner: Callable[[], asyncio.Protocol],
+        guard: ConnectionGuard,
+        ssl_context: ssl.SSLContext,
+    ) -> None:
+        self._make_inner = make_inner
+        self._guard = guard
+        self._ssl = ssl_context
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp = cast(asyncio.Transport, transport)
+        tcp.pause_reading()  # the ClientHello waits for start_tls
+        client = _client(tcp)
+        loop = asyncio.get_running_loop()
+        guard = self._guard
+        refused = guard.take_handshake_token(client, loop.time())
+        if refused is None and guard.handshakes >= guard.limits.max_handshakes:
+            refused = f"{guard.limits.max_handshakes} TLS handshakes already in progress (the limit)"
+        if refused is not None:
+            guard.rate_limited += 1
+            log.warning("%s: refused a connection from %s: %s", guard.name, client, refused)
+            tcp.abort()
+            return
+        guard.handshakes += 1
+        self._task = loop.create_task(self._handshake(tcp, client))
+        self._task.add_done_callback(self._handshake_over)
+
+    def _handshake_over(self, _: asyncio.Task[None]) -> None:
+        self._guard.handshakes -= 1
+
+    async def _handshake(self, tcp: asyncio.Transport, client: str) -> None:
+        guard = self._guard
+        early = _UntilConnected(GuardedProtocol(self._make_inner(), guard))
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                tcp, early, self._ssl, server_side=True, ssl_handshake_timeout=guard.limits.handshake_timeout
+            )
+        except (OSError, TimeoutError) as error:  # ssl.SSLError and ConnectionError are OSErrors
+            guard.handshake_failed += 1
+            log.debug("%s: no TLS session with %s: %r", guard.name, client, error)
+            tcp.abort()
+            return
+        if secure is None:  # the peer went away as the handshake ended
+            tcp.abort()
+            return
+        early.connection_made(secure)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # only before start_tls has taken the transport over (it gives it another protocol)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()

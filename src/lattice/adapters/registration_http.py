@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, GuardedProtocol
+from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, TlsGate
 from lattice.domain import agent_payload, registration, tokens
 from lattice.domain.errors import FieldError
 from lattice.ports.registration import (
@@ -254,14 +254,20 @@ WEBHOOK_LIMITS = ConnectionLimits(
     max_lifetime=30.0,
     max_connections=1000,
     max_per_client=64,
+    max_handshakes=256,
+    handshake_rate_per_client=10.0,
+    handshake_burst_per_client=40,
 )
-"""A registration is one short request: a connection lives at most 30 s (slowloris)."""
+"""A registration is one short request: a connection lives at most 30 s (slowloris), and one
+address opens at most 10 a second after a burst of 40 (each a TLS handshake)."""
 
 
 class _GuardedUvicorn(uvicorn.Server):
     """uvicorn with :class:`~lattice.adapters.conn_limits.ConnectionLimits`: its ``startup``
-    creates the asyncio server itself (uvicorn passes no ``ssl_handshake_timeout`` and has no
-    connection hook), the rest of uvicorn's lifecycle is unchanged."""
+    creates the asyncio server itself, plain TCP with a
+    :class:`~lattice.adapters.conn_limits.TlsGate` that does TLS (uvicorn passes no
+    ``ssl_handshake_timeout`` and has no connection hook); the rest of uvicorn's lifecycle is
+    unchanged."""
 
     def __init__(self, config: uvicorn.Config, ssl_context: ssl.SSLContext, guard: ConnectionGuard) -> None:
         super().__init__(config)
@@ -276,16 +282,14 @@ class _GuardedUvicorn(uvicorn.Server):
             inner: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
-            return GuardedProtocol(inner, self.guard)
+            return inner
 
         loop = asyncio.get_running_loop()
         self.servers = [
             await loop.create_server(
-                create_protocol,
+                lambda: TlsGate(create_protocol, self.guard, self._ssl),
                 sock=sock,
-                ssl=self._ssl,
                 backlog=config.backlog,
-                ssl_handshake_timeout=self.guard.limits.handshake_timeout,
             )
             for sock in sockets or []
         ]

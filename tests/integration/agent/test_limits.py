@@ -166,3 +166,48 @@ async def test_a_slow_webhook_client_is_cut_off_and_others_are_served(cell_pki: 
             )
         assert response.status_code == 400  # served: a real answer naming the field
         assert response.json()["field"] == "csr"
+
+
+async def _handshake_refused(port: int, context: ssl.SSLContext) -> bool:
+    """True when the server closes the connection before a TLS session exists."""
+    try:
+        _, writer = await _tls_connect(port, context)
+    except (ConnectionError, ssl.SSLError):
+        return True
+    writer.close()
+    return False
+
+
+async def test_an_address_that_opens_connections_too_fast_is_refused_before_tls(cell_pki: Pki) -> None:
+    limits = ConnectionLimits(handshake_rate_per_client=0.01, handshake_burst_per_client=3)
+    client_context = tls.client_context(None, ca=cell_pki.server.ca, alpn=tls.HTTP1_ALPN)
+    async with limited_webhook(cell_pki, limits) as server:
+        outcomes = [await _handshake_refused(server.port, client_context) for _ in range(5)]
+        assert outcomes == [False, False, False, True, True]  # the burst, then one per 100 s
+        assert server.guard.rate_limited == 2
+        assert server.guard.handshakes == 0
+
+
+async def test_handshakes_over_the_limit_are_refused_and_the_agent_gets_in_when_they_end(
+    cell_pki: Pki,
+) -> None:
+    limits = ConnectionLimits(max_handshakes=2, handshake_timeout=60.0)
+    async with running_cell(cell_pki, limits=limits) as cell:
+        server = cell.server.server
+        assert server is not None
+        silent = [await asyncio.open_connection("127.0.0.1", cell.port) for _ in range(2)]
+        async with asyncio.timeout(10):
+            while server.guard.handshakes < 2:  # noqa: ASYNC110 - polls the server's counter
+                await asyncio.sleep(0.05)
+        async with running_agent(cell_pki.agent_files("l5"), "l5", cell.port):
+            async with asyncio.timeout(10):
+                while server.guard.rate_limited == 0:  # noqa: ASYNC110 - polls the server's counter
+                    await asyncio.sleep(0.05)
+            assert "l5" not in cell.hub.connected()
+            for _, writer in silent:  # the silent handshakes end; their slots free
+                writer.close()
+            await cell.wait_connected("l5", within=30.0)
+        async with asyncio.timeout(10):
+            while server.guard.handshakes:  # noqa: ASYNC110 - polls the server's counter
+                await asyncio.sleep(0.05)
+        assert server.guard.handshake_failed == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits
 
@@ -30,8 +32,54 @@ def test_slots_are_taken_per_client_and_overall_and_given_back() -> None:
         {"max_lifetime": 0},
         {"max_connections": 0},
         {"max_per_client": 0},
+        {"max_handshakes": 0},
+        {"handshake_rate_per_client": 0},
+        {"handshake_burst_per_client": 0},
     ],
 )
 def test_limits_that_would_refuse_everything_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ConnectionLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_without_a_rate_every_handshake_is_admitted() -> None:
+    guard = ConnectionGuard(ConnectionLimits(), "test")
+    assert all(guard.take_handshake_token("a", 0.0) is None for _ in range(10_000))
+
+
+def test_an_address_spends_its_burst_then_gets_tokens_back_at_the_rate() -> None:
+    guard = ConnectionGuard(
+        ConnectionLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=3), "t"
+    )
+    assert [guard.take_handshake_token("a", 0.0) for _ in range(3)] == [None] * 3
+    assert guard.take_handshake_token("a", 0.0) == (
+        "a opened more than 2 connections per second (burst 3; the limit)"
+    )
+    assert guard.take_handshake_token("b", 0.0) is None  # another address has its own bucket
+    assert guard.take_handshake_token("a", 0.4) is not None  # 0.8 of a token so far
+    assert guard.take_handshake_token("a", 0.5) is None  # one token after 0.5 s at 2/s
+    taken = [guard.take_handshake_token("a", 100.0) for _ in range(4)]  # refilled to the burst only
+    assert taken[:3] == [None] * 3
+    assert taken[3] is not None
+
+
+@given(st.lists(st.floats(min_value=0, max_value=10, allow_nan=False), max_size=200))
+def test_no_address_gets_more_than_the_burst_plus_the_rate_over_time(gaps: list[float]) -> None:
+    rate, burst = 5.0, 4
+    guard = ConnectionGuard(
+        ConnectionLimits(handshake_rate_per_client=rate, handshake_burst_per_client=burst), "t"
+    )
+    now, admitted = 0.0, 0
+    for gap in gaps:
+        now += gap
+        admitted += guard.take_handshake_token("a", now) is None
+    assert admitted <= burst + rate * now + 1e-9
+
+
+def test_the_buckets_kept_are_bounded() -> None:
+    limits = ConnectionLimits(handshake_rate_per_client=1.0, handshake_burst_per_client=1)
+    guard = ConnectionGuard(limits, "t", max_tracked=3)
+    for client in "abcd":
+        assert guard.take_handshake_token(client, 0.0) is None
+    assert guard.take_handshake_token("a", 0.0) is None  # forgotten, so a full bucket again
+    assert guard.take_handshake_token("d", 0.0) is not None
