@@ -99,3 +99,42 @@ def issued_errors(
             f"({current_not_after.isoformat()})"
         )
     return errors
+
+
+EXPIRY_WARNING = dt.timedelta(days=7)
+"""An agent renews at 60-80 % of its certificate's life (day 18-24 of 30): with a week or less
+left, its renewals have been failing for days, which someone should see on the parent."""
+
+
+@frozen
+class CertificateHealth:
+    """The ``AgentCertificate`` condition of a child on its parent, from the expiry of the
+    certificate its agent last connected with. ``recheck_at``: when it changes by itself."""
+
+    ok: bool
+    reason: str
+    message: str
+    recheck_at: dt.datetime | None
+
+
+def certificate_health(not_after: dt.datetime, now: dt.datetime) -> CertificateHealth:
+    expires = not_after.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if now >= not_after:
+        return CertificateHealth(
+            False,
+            "Expired",
+            f"the agent's client certificate expired at {expires}: the cell refuses it, so the "
+            "agent cannot connect until it registers again with a new token (docs/protocol.md)",
+            None,
+        )
+    if now >= not_after - EXPIRY_WARNING:
+        return CertificateHealth(
+            False,
+            "ExpiringSoon",
+            f"the agent's client certificate expires at {expires} and has not been renewed "
+            "(it renews at 60-80 % of its life): see the agent's log",
+            not_after,
+        )
+    return CertificateHealth(
+        True, "Valid", f"the agent's client certificate expires at {expires}", not_after - EXPIRY_WARNING
+    )

@@ -16,6 +16,7 @@ INFRASTRUCTURE_READY = "InfrastructureReady"
 CONTROL_PLANE_INITIALIZED = "ControlPlaneInitialized"
 PROVISIONING_HEALTHY = "ProvisioningHealthy"
 AGENT_CONNECTED = "AgentConnected"
+AGENT_CERTIFICATE = "AgentCertificate"
 BOOTSTRAPPED = "Bootstrapped"
 PIVOTED = "Pivoted"
 ROLLING_OUT = "RollingOut"
@@ -29,6 +30,7 @@ ORDER = (
     INFRASTRUCTURE_READY,
     CONTROL_PLANE_INITIALIZED,
     AGENT_CONNECTED,
+    AGENT_CERTIFICATE,
     PIVOTED,
     DELETING,
 )

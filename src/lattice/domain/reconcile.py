@@ -17,7 +17,17 @@ from typing import Any, Literal
 import attrs
 from attrs import frozen
 
-from lattice.domain import capi, capi_reports, cell, conditions, lifecycle, models, serde, validation
+from lattice.domain import (
+    capi,
+    capi_reports,
+    cell,
+    cert_renewal,
+    conditions,
+    lifecycle,
+    models,
+    serde,
+    validation,
+)
 from lattice.domain.errors import FieldError
 from lattice.domain.models import ConditionStatus, Phase
 
@@ -135,21 +145,59 @@ def plan_cluster(
         return _plan_invalid(raw, status, [compile_context], generation, now)
     if cell.pivoted_away(status) and valid.name != context.self_name:
         # The child manages itself; this cell keeps the record and never re-creates its objects.
-        return _plan_record_only(raw, status, generation, now)
+        return _with_agent_certificate(raw, _plan_record_only(raw, status, generation, now), now, generation)
     if cell.pivot_abandoned(status, generation):
         # The objects are applied for this generation; the failure stays visible until a new spec.
-        return Plan()
+        return _with_agent_certificate(raw, Plan(), now, generation)
     desired = capi.compile_cluster(valid, compile_context)
-    return _plan_apply(
+    return _with_agent_certificate(
         raw,
-        status,
-        valid,
-        desired,
-        capi_objects,
-        generation,
+        _plan_apply(
+            raw,
+            status,
+            valid,
+            desired,
+            capi_objects,
+            generation,
+            now,
+            capi_reports.failures(reports),
+            None if capi_objects is None else capi_reports.rollout([*capi_objects, *reports]),
+        ),
         now,
-        capi_reports.failures(reports),
-        None if capi_objects is None else capi_reports.rollout([*capi_objects, *reports]),
+        generation,
+    )
+
+
+def _with_agent_certificate(raw: Mapping[str, Any], plan: Plan, now: dt.datetime, generation: int) -> Plan:
+    """``plan`` with the ``AgentCertificate`` condition of a child whose agent has connected:
+    from the expiry of the certificate it last connected with (``status.agent``, which the cell
+    coordinator records), rechecked when it would change by itself."""
+    written = _current_status(raw if plan.status is None else {"status": plan.status})
+    not_after = None if written.agent is None else written.agent.certificate_not_after
+    if not_after is None:
+        return plan
+    health = cert_renewal.certificate_health(dt.datetime.fromisoformat(not_after), now)
+    before = next((c for c in written.conditions if c.type == conditions.AGENT_CERTIFICATE), None)
+    conds = conditions.set_condition(
+        written.conditions,
+        conditions.AGENT_CERTIFICATE,
+        ConditionStatus.TRUE if health.ok else ConditionStatus.FALSE,
+        health.reason,
+        health.message,
+        now=now,
+        generation=generation,
+    )
+    new = serde.status_to_dict(attrs.evolve(written, conditions=conds))
+    events = plan.events
+    if not health.ok and (before is None or before.reason != health.reason):
+        events = (*events, EventSpec("Warning", f"AgentCertificate{health.reason}", health.message))
+    requeue = plan.requeue_after
+    if health.recheck_at is not None:
+        recheck = max((health.recheck_at - now).total_seconds(), 1.0)
+        requeue = recheck if requeue is None else min(requeue, recheck)
+    unchanged = raw.get("status") if plan.status is None else plan.status
+    return attrs.evolve(
+        plan, status=plan.status if new == unchanged else new, events=events, requeue_after=requeue
     )
 
 

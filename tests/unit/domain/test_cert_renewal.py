@@ -102,3 +102,28 @@ def test_every_reason_to_refuse_is_reported_at_once() -> None:
 def test_a_certificate_shorter_than_the_current_one_is_refused() -> None:
     (error,) = _errors(_facts(not_after=T0 + DAY))
     assert error.startswith("the certificate expires at 2026-01-02T00:00:00+00:00, before the current one")
+
+
+def test_certificate_health_over_the_life_of_a_certificate() -> None:
+    not_after = dt.datetime(2027, 1, 31, tzinfo=dt.UTC)
+    valid = cert_renewal.certificate_health(not_after, not_after - dt.timedelta(days=20))
+    assert (valid.ok, valid.reason, valid.recheck_at) == (True, "Valid", not_after - dt.timedelta(days=7))
+    assert "2027-01-31T00:00:00Z" in valid.message
+    soon = cert_renewal.certificate_health(not_after, not_after - dt.timedelta(days=2, hours=5))
+    assert (soon.ok, soon.reason, soon.recheck_at) == (False, "ExpiringSoon", not_after)
+    assert "has not been renewed" in soon.message
+    expired = cert_renewal.certificate_health(not_after, not_after)
+    assert (expired.ok, expired.reason, expired.recheck_at) == (False, "Expired", None)
+    assert "registers again" in expired.message
+
+
+@given(st.integers(min_value=-40 * 86400, max_value=40 * 86400))
+def test_certificate_health_rechecks_no_later_than_its_next_change(offset: int) -> None:
+    not_after = dt.datetime(2027, 1, 31, tzinfo=dt.UTC)
+    now = not_after + dt.timedelta(seconds=offset)
+    health = cert_renewal.certificate_health(not_after, now)
+    if health.recheck_at is None:
+        assert health.reason == "Expired"
+    else:
+        assert health.recheck_at > now
+        assert cert_renewal.certificate_health(not_after, health.recheck_at).reason != health.reason

@@ -533,3 +533,51 @@ def test_a_rollout_is_shown_with_capis_own_words_then_its_end() -> None:
     assert done.status is not None
     assert next(c for c in done.status["conditions"] if c["type"] == "RollingOut")["status"] == "False"
     assert [e.reason for e in done.events] == ["RolledOut"]
+
+
+def _certificate(raw: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in raw["status"]["conditions"] if c["type"] == "AgentCertificate")
+
+
+@pytest.mark.parametrize("pivot", [True, False], ids=["pivoted child", "child being provisioned"])
+def test_the_agents_certificate_expiry_is_a_condition_that_rechecks_itself(pivot: bool) -> None:
+    not_after = NOW + dt.timedelta(days=20)
+    agent = {"connected": True, "certificateNotAfter": "2026-12-13T12:00:00Z"}
+    raw = pivoted(lc(), observedGeneration=1, agent=agent) if pivot else lc()
+    if not pivot:
+        raw = with_status(raw, plan_cluster(raw, None, CELL, NOW))
+        raw["status"]["agent"] = agent
+    plan = plan_cluster(raw, [] if pivot else desired(raw), CELL, NOW)
+    raw = with_status(raw, plan)
+    assert _certificate(raw)["status"] == "True"
+    assert _certificate(raw)["reason"] == "Valid"
+    assert plan.requeue_after is not None
+    assert plan.requeue_after <= (not_after - dt.timedelta(days=7) - NOW).total_seconds()
+    assert not [e for e in plan.events if e.reason.startswith("AgentCert")]  # no Event for Valid
+    assert plan_cluster(raw, [] if pivot else desired(raw), CELL, NOW).status is None  # settled
+
+    later = NOW + dt.timedelta(days=14)
+    plan = plan_cluster(raw, [] if pivot else desired(raw), CELL, later)
+    raw = with_status(raw, plan)
+    assert (_certificate(raw)["status"], _certificate(raw)["reason"]) == ("False", "ExpiringSoon")
+    assert [e.reason for e in plan.events if e.reason.startswith("AgentCert")] == [
+        "AgentCertificateExpiringSoon"
+    ]
+    again = plan_cluster(raw, [] if pivot else desired(raw), CELL, later + dt.timedelta(hours=1))
+    assert again.status is None
+    assert not again.events  # one Event per transition
+
+    plan = plan_cluster(raw, [] if pivot else desired(raw), CELL, not_after)
+    raw = with_status(raw, plan)
+    assert _certificate(raw)["reason"] == "Expired"
+    assert "registers again" in _certificate(raw)["message"]
+    assert [e.type for e in plan.events] == ["Warning"]
+
+    raw["status"]["agent"]["certificateNotAfter"] = "2027-01-30T12:00:00Z"  # renewed
+    raw = with_status(raw, plan_cluster(raw, [] if pivot else desired(raw), CELL, not_after))
+    assert (_certificate(raw)["status"], _certificate(raw)["reason"]) == ("True", "Valid")
+
+
+def test_no_certificate_condition_before_an_agent_connects() -> None:
+    raw = pivoted(lc(), observedGeneration=1, agent={"connected": False})
+    assert plan_cluster(raw, [], CELL, NOW) == reconcile.Plan()
