@@ -53,8 +53,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from lattice.adapters import agent_wire, discovery_wire
+from lattice.adapters.api_proxy_cell import ProxyRelay
 from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, TlsGate
-from lattice.domain import agent, agent_identity, heartbeat
+from lattice.domain import agent, agent_identity, api_proxy, heartbeat
 from lattice.domain.discovery import messages as discovery
 from lattice.ports.agent import AgentChannel, AgentNotConnected, AgentStatusSink, CommandTimeout
 from lattice.ports.discovery import CellDiscoveryHandler
@@ -118,6 +119,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         discovery: CellDiscoveryHandler | None = None,
         signer: AgentCertificateSigner | None = None,
         renewal_interval: float = 10.0,
+        proxy_limits: api_proxy.ProxyLimits | None = None,
     ) -> None:
         self._sink = sink
         self._signer = signer
@@ -139,6 +141,8 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self.refused_identity = 0
+        self.proxy = ProxyRelay(self.send_proxy, proxy_limits)
+        """The Kubernetes API proxy's requests in flight on these streams (docs/api-proxy.md)."""
         """Streams refused for a cluster_name that differs from the certificate (a counter)."""
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -294,6 +298,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             self._close_session(
                 previous, Status.ABORTED, "superseded by a newer stream from the same cluster"
             )
+            self.proxy.on_disconnect(session.cluster, "superseded by a newer stream")
         self._sessions[session.cluster] = session
         if not session.attached:
             # response headers tell the agent its identity was accepted (it waits for them)
@@ -319,6 +324,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         if self._sessions.get(session.cluster) is not session:
             return
         del self._sessions[session.cluster]
+        self.proxy.on_disconnect(session.cluster, session.close_message or "disconnected")
         self._last_seen.pop(session.cluster, None)
         if self._discovery is not None:
             try:
@@ -350,6 +356,8 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             await self._update(cluster, deleting_reason=reason)
         elif kind in discovery_wire.AGENT_DISCOVERY_KINDS:
             await self._on_discovery(session, message)
+        elif kind == "api_proxy":
+            self.proxy.on_frame(cluster, message.api_proxy)
         elif kind == "certificate_renewal":
             await self._on_renewal(session, message.certificate_renewal)
         else:
@@ -431,6 +439,13 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                 )
             ),
         )
+
+    async def send_proxy(self, cluster: str, command: pb.CellCommand) -> None:
+        """Send an API proxy frame on a cluster's stream; AgentNotConnected without one."""
+        session = self._sessions.get(cluster)
+        if session is None or not session.attached:
+            raise AgentNotConnected(f"the agent of cluster {cluster} is not connected")
+        await self._send(session, command)
 
     async def send_discovery(self, cluster: str, message: discovery.CellDiscoveryMessage) -> bool:
         """Push a discovery message to a connected cluster; False if not connected or it failed

@@ -48,6 +48,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from lattice.adapters import agent_wire, discovery_wire
 from lattice.adapters.agent_renewal import CertificateRenewer
+from lattice.adapters.api_proxy_agent import ApiProxyExecutor
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff, jittered
 from lattice.domain.discovery import messages as discovery
@@ -101,6 +102,7 @@ class AgentRunner:
         discovery: AgentDiscoveryHandler | None = None,
         unpivoter: Unpivoter | None = None,
         renewer: CertificateRenewer | None = None,
+        proxy: ApiProxyExecutor | None = None,
     ) -> None:
         self.settings = settings
         self._ssl = ssl_context
@@ -115,6 +117,7 @@ class AgentRunner:
         self._discovery = discovery
         self._unpivoter = unpivoter
         self._renewer = renewer
+        self._proxy = proxy
         self._stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand] | None = None
         self._send_lock = asyncio.Lock()
         self._done: OrderedDict[str, agent.Reply] = OrderedDict()
@@ -227,6 +230,8 @@ class AgentRunner:
             self._note_error(f"{type(exc).__name__}: {exc}")
         finally:
             self._stream = None
+            if self._proxy is not None:
+                self._proxy.reset()  # the cell forgot the stream's requests too
             for task in (discovery_task, renewal_task):
                 if task is not None:
                     task.cancel()
@@ -403,6 +408,9 @@ class AgentRunner:
         if kind in discovery_wire.CELL_DISCOVERY_KINDS:
             await self._on_discovery(message)
             return
+        if kind == "api_proxy":
+            await self._on_proxy(message.api_proxy)
+            return
         if kind == "certificate_issued":
             if self._renewer is None:
                 log.warning("ignored a CertificateIssued: this agent does not renew certificates")
@@ -428,6 +436,20 @@ class AgentRunner:
         task = asyncio.create_task(self._execute(command_id, command))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _on_proxy(self, frame: pb.ApiProxyToAgent) -> None:
+        if self._proxy is not None:
+            self._proxy.on_frame(frame, self._send)
+        elif frame.HasField("request"):
+            await self._send(
+                pb.AgentMessage(
+                    cluster_name=self.settings.cluster_name,
+                    api_proxy=pb.ApiProxyFromAgent(
+                        request_id=frame.request_id,
+                        end=pb.ApiProxyEnd(error="the API proxy is not enabled on this agent", status=501),
+                    ),
+                )
+            )
 
     async def _on_discovery(self, message: pb.CellCommand) -> None:
         if self._discovery is None:

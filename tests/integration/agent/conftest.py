@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.adapters.agent_local import InMemoryAgentStatusSink
+from lattice.adapters.api_proxy_agent import ApiProxyExecutor
 from lattice.adapters.conn_limits import ConnectionLimits
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
@@ -138,6 +139,7 @@ async def running_agent(
     host: str = "127.0.0.1",
     unpivoter: agent_local.RecordingUnpivoter | None = None,
     renewer: agent_renewal.CertificateRenewer | None = None,
+    proxy: ApiProxyExecutor | None = None,
 ) -> AsyncIterator[RunningAgent]:
     applier = applier or agent_local.RecordingManifestApplier()
     importer = importer or agent_local.RecordingPivotImporter()
@@ -161,6 +163,7 @@ async def running_agent(
         on_heartbeat_rtt=rtts.append,
         unpivoter=unpivoter,
         renewer=renewer,
+        proxy=proxy,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))

@@ -1,0 +1,309 @@
+"""The Kubernetes API proxy end to end on loopback: a real cell API server (TokenReview,
+SubjectAccessReview, RBAC), a real cell hub and proxy endpoint over TLS, a real agent over
+mTLS performing requests against a real child API server, and the real kubectl as the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+from lattice.adapters import api_proxy_agent, tls
+from lattice.adapters.api_proxy_http import api_proxy_app, proxy_server
+from lattice.adapters.controlplane import ControlPlane
+from lattice.adapters.kube_access_review import KubeAccessReviewer
+from lattice.app import yamlio
+from lattice.domain import api_proxy
+from lattice.testing.fixtures import ControlPlaneFactory
+from tests.integration.agent.conftest import Cell, Pki, RunningAgent, running_agent, running_cell
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(240)]
+
+CHILD = "proxied"
+
+PROXY_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRole",
+    "metadata": {"name": "lattice-proxy-test"},
+    "rules": [{"apiGroups": ["lattice.dev"], "resources": ["latticeclusters/proxy"], "verbs": ["*"]}],
+}
+
+
+def _binding(kind: str, name: str, role: str, *users: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name, **({"namespace": "default"} if kind == "RoleBinding" else {})},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": u, "namespace": "default"} for u in users],
+    }
+
+
+def _role(name: str, verbs: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs}],
+    }
+
+
+@attrs.define
+class Proxy:
+    cell: Cell
+    cp: ControlPlane
+    child: ControlPlane
+    url: str
+    ca: Path
+    executor: api_proxy_agent.ApiProxyExecutor
+    work: Path
+    agent: RunningAgent
+
+    def token(self, user: str) -> str:
+        return self.cp.kubectl("create", "token", user, "-n", "default", "--duration=1h").stdout.strip()
+
+    def kubeconfig(self, user: str) -> Path:
+        config = api_proxy.kubeconfig([CHILD], self.url, self.ca.read_text(), self.token(user))
+        path = self.work / f"{user}.kubeconfig"
+        path.write_text(yamlio.dump_all([config]))
+        return path
+
+    async def kubectl(self, user: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            str(self.cp.toolchain.kubectl),
+            f"--kubeconfig={self.kubeconfig(user)}",
+            f"--cache-dir={self.work / ('cache-' + user)}",
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), 120)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    def client(self, user: str | None) -> httpx.AsyncClient:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
+        return httpx.AsyncClient(base_url=f"{self.url}/clusters/{CHILD}", verify=context, headers=headers)
+
+
+@contextlib.asynccontextmanager
+async def running_proxy(
+    cell_pki: Pki, cp: ControlPlane, child: ControlPlane, work: Path
+) -> AsyncIterator[Proxy]:
+    reviewer = KubeAccessReviewer(await api_proxy_agent.HttpTarget.from_kubeconfig(str(cp.kubeconfig)))
+    async with running_cell(cell_pki) as cell:
+        server = proxy_server(
+            api_proxy_app(relay=cell.hub.proxy, reviewer=reviewer),
+            tls.server_context(cell_pki.server, require_client_cert=False, alpn=("http/1.1",)),
+        )
+        await server.start()
+        executor = api_proxy_agent.ApiProxyExecutor(
+            CHILD, await api_proxy_agent.HttpTarget.from_kubeconfig(str(child.kubeconfig))
+        )
+        try:
+            async with running_agent(cell_pki.agent_files(CHILD), CHILD, cell.port, proxy=executor) as agent:
+                await cell.wait_connected(CHILD)
+                url = f"https://127.0.0.1:{server.port}"
+                yield Proxy(cell, cp, child, url, cell_pki.server.ca, executor, work, agent)
+        finally:
+            await executor.close()
+            await reviewer.close()
+            await server.stop()
+
+
+@pytest.fixture
+def child(control_plane_factory: ControlPlaneFactory) -> ControlPlane:
+    return control_plane_factory.one()
+
+
+@pytest.fixture
+def users(cell_control_plane: ControlPlane, child: ControlPlane) -> None:
+    cp = cell_control_plane
+    for user in ("alice", "bob", "carol"):
+        cp.kubectl("create", "serviceaccount", user, "-n", "default", check=False)
+    cp.apply(
+        [
+            PROXY_ROLE,
+            _binding(
+                "ClusterRoleBinding", "lattice-proxy-test", PROXY_ROLE["metadata"]["name"], "alice", "carol"
+            ),
+        ]
+    )
+    # On the child, alice may read configmaps everywhere and edit them in default; carol nothing.
+    child.apply(
+        [
+            _role("proxy-test-edit", ["get", "list", "watch", "create", "update", "patch", "delete"]),
+            _role("proxy-test-view", ["get", "list", "watch"]),
+            _binding("RoleBinding", "alice-edit", "proxy-test-edit", "alice"),
+            _binding("ClusterRoleBinding", "alice-view", "proxy-test-view", "alice"),
+        ]
+    )
+
+
+async def test_kubectl_through_the_proxy(
+    cell_pki: Pki, cell_control_plane: ControlPlane, child: ControlPlane, users: None, tmp_path: Path
+) -> None:
+    async with running_proxy(cell_pki, cell_control_plane, child, tmp_path) as proxy:
+        # discovery and get/list: the child's own objects (the cell has no such ConfigMap)
+        child.kubectl("create", "configmap", "only-on-child", "-n", "default", "--from-literal=k=v")
+        code, out, err = await proxy.kubectl("alice", "get", "configmaps", "-n", "default", "-o", "name")
+        assert code == 0, err
+        assert "configmap/only-on-child" in out
+        code, out, err = await proxy.kubectl("alice", "api-resources", "--api-group=apps", "-o", "name")
+        assert code == 0, err
+        assert "deployments.apps" in out
+
+        # create (apply), patch, delete, as alice, on the child
+        manifest = json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "applied", "namespace": "default"},
+                "data": {"a": "1"},
+            }
+        )
+        code, out, err = await proxy.kubectl("alice", "apply", "-f", "-", stdin=manifest)
+        assert code == 0, err
+        code, out, err = await proxy.kubectl(
+            "alice",
+            "apply",
+            "--server-side",
+            "--field-manager=t",
+            "--force-conflicts",
+            "-f",
+            "-",
+            stdin=manifest.replace('"1"', '"2"'),
+        )
+        assert code == 0, err
+        assert (
+            child.kubectl("get", "cm", "applied", "-n", "default", "-o", "jsonpath={.data.a}").stdout == "2"
+        )
+        code, _, err = await proxy.kubectl(
+            "alice", "patch", "cm", "applied", "-n", "default", "-p", '{"data":{"b":"3"}}'
+        )
+        assert code == 0, err
+        code, _, err = await proxy.kubectl("alice", "delete", "cm", "applied", "-n", "default")
+        assert code == 0, err
+        assert "applied" not in child.kubectl("get", "cm", "-n", "default", "-o", "name").stdout
+
+        # bob may not use the proxy: the cell's 403
+        code, _, err = await proxy.kubectl("bob", "get", "configmaps", "-n", "default")
+        assert code != 0
+        assert "Forbidden" in err
+
+        # carol may use the proxy but has nothing on the child: the child's own 403 (impersonation)
+        code, _, err = await proxy.kubectl("carol", "get", "configmaps", "-n", "default")
+        assert code != 0
+        assert 'User "system:serviceaccount:default:carol" cannot list resource "configmaps"' in err
+
+        # alice may view but not edit outside default: the child's RBAC decides
+        code, _, err = await proxy.kubectl("alice", "create", "configmap", "x", "-n", "kube-system")
+        assert code != 0
+        assert "forbidden" in err
+
+
+async def test_status_codes_and_limits(
+    cell_pki: Pki, cell_control_plane: ControlPlane, child: ControlPlane, users: None, tmp_path: Path
+) -> None:
+    async with running_proxy(cell_pki, cell_control_plane, child, tmp_path) as proxy:
+        async with proxy.client(None) as anonymous:
+            answer = await anonymous.get("/api")
+            assert answer.status_code == 401
+            assert answer.json()["reason"] == "Unauthorized"
+            assert proxy.executor.started == 0  # nothing was forwarded
+        async with proxy.client("alice") as alice:
+            wrong = await alice.get("/api", headers={"Authorization": "Bearer not-a-token"})
+            assert wrong.status_code == 401
+            huge = await alice.post(
+                "/api/v1/namespaces/default/configmaps", content=b"x" * (3 * 1024 * 1024 + 1)
+            )
+            assert huge.status_code == 413
+            assert (await alice.request("OPTIONS", "/api")).status_code == 405
+            bad = await alice.get(f"{proxy.url}/clusters/UPPER/api")
+            assert bad.status_code == 400
+            absent = await alice.get(f"{proxy.url}/clusters/not-connected/api")
+            assert absent.status_code == 503
+            assert "not connected" in absent.json()["message"]
+            version = await alice.get("/version")
+            assert version.status_code == 200
+            assert "gitVersion" in version.json()
+        async with proxy.client("bob") as bob:
+            refused = await bob.get("/api")
+            assert refused.status_code == 403
+            assert "latticeclusters/proxy" in refused.json()["message"]
+            assert "on this cell" in refused.json()["message"]
+        async with proxy.client("alice") as alice:
+            # alice may not impersonate anyone on the cell
+            other = await alice.get("/api", headers={"Impersonate-User": "admin"})
+            assert other.status_code == 403
+            assert "cannot impersonate" in other.json()["message"]
+
+
+async def test_watch_streams_and_is_cancelled_when_the_client_goes(
+    cell_pki: Pki, cell_control_plane: ControlPlane, child: ControlPlane, users: None, tmp_path: Path
+) -> None:
+    async with (
+        running_proxy(cell_pki, cell_control_plane, child, tmp_path) as proxy,
+        proxy.client("alice") as alice,
+    ):
+        async with alice.stream(
+            "GET", "/api/v1/namespaces/default/configmaps", params={"watch": "1"}, timeout=None
+        ) as watch:
+            assert watch.status_code == 200
+            lines = watch.aiter_lines()
+            child.kubectl("create", "configmap", "watched", "-n", "default")
+            seen: list[str] = []
+            async with asyncio.timeout(60):
+                async for line in lines:
+                    event = json.loads(line)
+                    seen.append(event["object"]["metadata"]["name"])
+                    if "watched" in seen:
+                        break
+            assert proxy.executor.open_requests == 1
+        # the client went away: the agent's request ends (its connection to the API server closes)
+        async with asyncio.timeout(30):
+            while proxy.executor.open_requests:  # noqa: ASYNC110 - polls the agent's counter
+                await asyncio.sleep(0.05)
+        assert proxy.executor.cancelled >= 1
+        assert not proxy.cell.hub.proxy.open_count(CHILD)
+
+
+async def test_heartbeats_continue_while_a_large_list_streams(
+    cell_pki: Pki, cell_control_plane: ControlPlane, child: ControlPlane, users: None, tmp_path: Path
+) -> None:
+    payload = "v" * 200_000
+    items = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"big-{i}", "namespace": "default"},
+            "data": {"v": payload},
+        }
+        for i in range(40)
+    ]
+    child.apply(items)
+    async with (
+        running_proxy(cell_pki, cell_control_plane, child, tmp_path) as proxy,
+        proxy.client("alice") as alice,
+    ):
+        beats = len(proxy.agent.rtts)
+        async with alice.stream("GET", "/api/v1/namespaces/default/configmaps") as listing:
+            assert listing.status_code == 200
+            received = 0
+            async for chunk in listing.aiter_bytes():
+                received += len(chunk)
+                await asyncio.sleep(0.05)  # a slow client: the window holds the agent back
+        assert received > 40 * 200_000
+        assert len(proxy.agent.rtts) > beats  # heartbeats were acknowledged meanwhile
+        assert proxy.cell.hub.proxy.violations == 0
