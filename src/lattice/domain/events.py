@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from attrs import frozen
+
 MESSAGE_LIMIT = 1024
 
 
@@ -49,3 +51,42 @@ def event_object(
         "reportingComponent": component,
         "reportingInstance": instance,
     }
+
+
+# Repeats of one Event are counted on it, as client-go's EventCorrelator does: the first is
+# created, each identical one after it (same object, type, reason, message, source) updates that
+# Event's ``count`` and ``lastTimestamp`` instead of creating another.
+
+
+@frozen
+class EventKey:
+    """What makes two Events the same Event (client-go's ``getEventKey``)."""
+
+    namespace: str
+    involved_kind: str
+    involved_name: str
+    involved_uid: str
+    event_type: str
+    reason: str
+    message: str
+    component: str
+
+
+def key_of(event: Mapping[str, Any]) -> EventKey:
+    """The key of an Event body as :func:`event_object` builds it."""
+    involved = event.get("involvedObject") or {}
+    return EventKey(
+        namespace=str((event.get("metadata") or {}).get("namespace", "")),
+        involved_kind=str(involved.get("kind", "")),
+        involved_name=str(involved.get("name", "")),
+        involved_uid=str(involved.get("uid", "")),
+        event_type=str(event.get("type", "")),
+        reason=str(event.get("reason", "")),
+        message=str(event.get("message", "")),
+        component=str((event.get("source") or {}).get("component", "")),
+    )
+
+
+def repeat_patch(count: int, now: str) -> dict[str, Any]:
+    """The merge patch that records ``count`` occurrences of an Event, the last at ``now``."""
+    return {"count": count, "lastTimestamp": now}

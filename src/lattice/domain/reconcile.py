@@ -3,14 +3,18 @@
 ``plan_cluster`` is pure: it reads the LatticeCluster as stored, the CAPI objects found for it
 (or ``None`` when they could not be read: *unreadable* is not *missing*), the operator's context
 and ``now``; it returns what to write. The controller in ``lattice.app`` executes the plan and
-feeds failures back through :func:`status_after_failure`. Writes are minimal: an object whose
-desired fields are already present is not applied again, and an unchanged status is not written,
-so an unchanged spec makes no writes at all.
+feeds failures back through :func:`status_after_failure`. Writes are minimal: each applied
+object carries the hash of what was applied (``APPLIED_HASH``); an object whose annotation
+matches its desired hash (or, without the annotation, whose desired fields are all present and
+equal) is not applied again, and an unchanged status is not written, so an unchanged spec makes
+no writes at all, whatever the CAPI controllers and webhooks default or write in those objects.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -33,6 +37,11 @@ from lattice.domain.models import ConditionStatus, Phase
 
 FINALIZER = "lattice.dev/cluster-cleanup"
 FIELD_MANAGER = "lattice-operator"
+# On every object the operator applies: the hash of the object as compiled (without this
+# annotation). Compared instead of the fields, because a webhook or controller may rewrite a
+# field the operator set (a defaulted version, a normalised quantity): comparing fields would
+# re-apply on every reconcile, and every status write by a controller triggers one.
+APPLIED_HASH = "lattice.dev/applied-hash"
 PROVISIONING_RECHECK_S = 30.0
 DELETION_RECHECK_S = 2.0
 
@@ -317,6 +326,32 @@ def is_subset(desired: Any, observed: Any) -> bool:
     return bool(desired == observed)
 
 
+def applied_hash(obj: Mapping[str, Any]) -> str:
+    """SHA-256 (128 bits shown) of ``obj`` as canonical JSON: sorted keys, no whitespace."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def with_applied_hash(obj: Mapping[str, Any]) -> Manifest:
+    """``obj`` annotated with :data:`APPLIED_HASH` of itself (a new dict; ``obj`` is unchanged)."""
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: applied_hash(obj)}
+    return {**obj, "metadata": meta}
+
+
+def up_to_date(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    """Whether applying ``desired`` (as compiled, not annotated) to ``observed`` is needed: not if
+    ``observed`` carries the hash of ``desired`` (fields that others rewrote since are theirs),
+    nor if it lacks the annotation but already holds every desired field (applied before the
+    annotation existed, or restored by a pivot)."""
+    if observed is None:
+        return False
+    annotations = (observed.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(APPLIED_HASH) == applied_hash(desired):
+        return True
+    return APPLIED_HASH not in annotations and is_subset(desired, observed)
+
+
 def _plan_apply(
     raw: Mapping[str, Any],
     status: models.LatticeClusterStatus,
@@ -347,15 +382,15 @@ def _plan_apply(
     observed = None if capi_objects is None else {ObjectKey.of(o): o for o in capi_objects}
     namespace = models.capi_namespace(valid.name)
     if observed is None:
-        to_apply = tuple(desired)
+        to_apply = tuple(with_applied_hash(d) for d in desired)
     else:
         # Namespaces are not watched: one that holds the cluster's objects exists.
         in_namespace = any(key.namespace == namespace for key in observed)
         to_apply = tuple(
-            d
+            with_applied_hash(d)
             for d in desired
             if not (d["kind"] == "Namespace" and in_namespace)
-            and not is_subset(d, observed.get(ObjectKey.of(d)))
+            and not up_to_date(d, observed.get(ObjectKey.of(d)))
         )
     if to_apply:
         events.append(

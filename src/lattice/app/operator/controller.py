@@ -10,16 +10,16 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from attrs import frozen
 
 from lattice.adapters.concurrency import gather_settled
+from lattice.app.operator.events import EventRecorder
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.app.operator.workqueue import WorkQueue
-from lattice.domain import capi, conditions, events, models, reconcile
+from lattice.domain import capi, models, reconcile
 from lattice.ports import kube
 from lattice.ports.clock import Clock
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
@@ -77,6 +77,18 @@ class ClusterController:
         self.clusters = Informer(api, models.API_VERSION, models.KIND, handler=self._on_cluster)
         self.capi: list[Informer] = []
         self.reports: list[Informer] = []
+        self.events = EventRecorder(
+            api,
+            clock,
+            component=reconcile.FIELD_MANAGER,
+            instance=self.config.identity,
+            reporting_component="lattice.dev/operator",
+            namespace=EVENT_NAMESPACE,
+        )
+        # (apiVersion, kind, namespace, name) → resourceVersion of this controller's last write
+        # to it: the watch event that echoes that write is not a change to reconcile.
+        self._own_writes: dict[tuple[str, str, str, str], str] = {}
+        self.echoes_skipped = 0
         self._active = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -136,11 +148,39 @@ class ClusterController:
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in (self.clusters, *self.capi))
 
-    def _on_cluster(self, _event: str, obj: Obj) -> None:
+    @staticmethod
+    def _write_key(obj: Obj, api_version: str, kind: str) -> tuple[str, str, str, str]:
+        meta = obj.get("metadata", {})
+        return (api_version, kind, meta.get("namespace") or "", meta.get("name", ""))
+
+    def _wrote(self, stored: Obj, api_version: str, kind: str) -> None:
+        rv = stored.get("metadata", {}).get("resourceVersion", "")
+        self._own_writes[self._write_key(stored, api_version, kind)] = rv
+
+    def _echo(self, obj: Obj, api_version: str, kind: str) -> bool:
+        """Whether ``obj`` is this controller's own last write coming back through the watch."""
+        key = self._write_key(obj, api_version, kind)
+        rv = obj.get("metadata", {}).get("resourceVersion")
+        if not rv or self._own_writes.get(key) != rv:
+            return False
+        del self._own_writes[key]
+        self.echoes_skipped += 1
+        return True
+
+    def _on_cluster(self, event: str, obj: Obj) -> None:
+        if event == "DELETED":
+            self._own_writes.pop(self._write_key(obj, models.API_VERSION, models.KIND), None)
+        elif self._echo(obj, models.API_VERSION, models.KIND):
+            return
         self.queue.add(obj["metadata"]["name"])
         self.metrics.queue_depth.set(len(self.queue))
 
-    def _on_capi(self, _event: str, obj: Obj) -> None:
+    def _on_capi(self, event: str, obj: Obj) -> None:
+        api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+        if event == "DELETED":
+            self._own_writes.pop(self._write_key(obj, api_version, kind), None)
+        elif self._echo(obj, api_version, kind):
+            return
         owner = obj.get("metadata", {}).get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER)
         if owner:
             self.queue.add(owner)
@@ -298,7 +338,7 @@ class ClusterController:
             self._event_soon(raw, reconcile.EventSpec("Warning", "ApplyFailed", error))
             raise
         if plan.status is not None:
-            await self.write_status(raw, plan.status)
+            await self.write_status(raw, plan.status, own=True)
         for event in plan.events:
             self._event_soon(raw, event)
         if plan.apply:
@@ -315,6 +355,7 @@ class ClusterController:
         }
         updated = await self.api.merge_patch(ref, patch)
         self.clusters.update(updated)
+        self._wrote(updated, models.API_VERSION, models.KIND)
         return updated
 
     async def _apply_all(
@@ -347,8 +388,11 @@ class ClusterController:
         for informer in self.capi:
             if (informer.api_version, informer.kind) == (stored.get("apiVersion"), stored.get("kind")):
                 informer.update(stored)
+                self._wrote(stored, informer.api_version, informer.kind)
 
-    async def write_status(self, raw: Obj, status: Obj) -> None:
+    async def write_status(self, raw: Obj, status: Obj, *, own: bool = False) -> None:
+        """Write ``status``; ``own``: the reconcile's own write, whose echo is not reconciled
+        (writes for the cell's flow are: the reconcile reads what they changed)."""
         body = {
             "apiVersion": models.API_VERSION,
             "kind": models.KIND,
@@ -358,22 +402,9 @@ class ClusterController:
         with contextlib.suppress(kube.NotFound):
             stored = await self.api.apply_status(body, reconcile.FIELD_MANAGER)
             self.clusters.update(stored)
+            if own:
+                self._wrote(stored, models.API_VERSION, models.KIND)
 
     async def _event(self, raw: Obj, event: reconcile.EventSpec) -> None:
-        meta = raw["metadata"]
-        body = events.event_object(
-            {**raw, "apiVersion": models.API_VERSION, "kind": models.KIND},
-            event_type=event.type,
-            reason=event.reason,
-            message=event.message,
-            now=conditions.rfc3339(self.clock.now()),
-            suffix=uuid.uuid4().hex[:16],
-            component=reconcile.FIELD_MANAGER,
-            instance=self.config.identity,
-            namespace=EVENT_NAMESPACE,
-        )
-        body["reportingComponent"] = "lattice.dev/operator"
-        try:
-            await self.api.create(body)
-        except kube.KubeError as exc:  # events are best-effort
-            log.warning("could not record event", extra={"cluster": meta["name"], "error": str(exc)})
+        involved = {**raw, "apiVersion": models.API_VERSION, "kind": models.KIND}
+        await self.events.record(involved, event.type, event.reason, event.message)
