@@ -94,6 +94,7 @@ class _Session:
     close_status: Status | None = None
     close_message: str = ""
     certificate_not_after: dt.datetime | None = None
+    certificate_not_before: dt.datetime | None = None
 
 
 @define(eq=False)
@@ -119,10 +120,14 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         discovery: CellDiscoveryHandler | None = None,
         signer: AgentCertificateSigner | None = None,
         renewal_interval: float = 10.0,
+        revocation: Callable[[str, dt.datetime], str | None] | None = None,
         proxy_limits: api_proxy.ProxyLimits | None = None,
     ) -> None:
         self._sink = sink
         self._signer = signer
+        self._revocation = revocation
+        self.refused_revoked = 0
+        """Streams refused, or closed, because their certificate was revoked (a counter)."""
         self._renewal_interval = renewal_interval
         self._last_renewal: dict[str, float] = {}
         self.renewals = 0
@@ -233,8 +238,15 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             cluster=cluster,
             stream=stream,
             task=asyncio.current_task(),
-            certificate_not_after=_peer_not_after(stream),
+            certificate_not_after=_peer_time(stream, "notAfter"),
+            certificate_not_before=_peer_time(stream, "notBefore"),
         )
+        revoked = self._revoked(session)
+        if revoked is not None:
+            self.refused_revoked += 1
+            log.warning("refused the stream of %s: %s", cluster, revoked)
+            await _finish(stream, Status.PERMISSION_DENIED, revoked)
+            return
         status, message = Status.OK, ""
         try:
             status, message = await self._serve(session)
@@ -447,6 +459,23 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             raise AgentNotConnected(f"the agent of cluster {cluster} is not connected")
         await self._send(session, command)
 
+    def _revoked(self, session: _Session) -> str | None:
+        if self._revocation is None or session.certificate_not_before is None:
+            return None
+        return self._revocation(session.cluster, session.certificate_not_before)
+
+    def close_revoked(self) -> int:
+        """Close the open streams whose certificate is now revoked; how many were closed."""
+        closed = 0
+        for session in list(self._sessions.values()):
+            reason = self._revoked(session)
+            if reason is not None:
+                log.warning("closing the stream of %s: %s", session.cluster, reason)
+                self._close_session(session, Status.PERMISSION_DENIED, reason)
+                self.refused_revoked += 1
+                closed += 1
+        return closed
+
     async def send_discovery(self, cluster: str, message: discovery.CellDiscoveryMessage) -> bool:
         """Push a discovery message to a connected cluster; False if not connected or it failed
         (never raises: a dependant that is down re-queries when it comes back)."""
@@ -588,9 +617,9 @@ def _peer_cert(stream: AgentStream) -> dict[str, Any] | None:
     return cert
 
 
-def _peer_not_after(stream: AgentStream) -> dt.datetime | None:
+def _peer_time(stream: AgentStream, which: str) -> dt.datetime | None:
     cert = _peer_cert(stream)
-    text = None if cert is None else cert.get("notAfter")
+    text = None if cert is None else cert.get(which)
     if not isinstance(text, str):
         return None
     try:

@@ -31,6 +31,8 @@ from lattice.ports.registration import CsrRefused
 
 DEFAULT_AGENT_CERT_TTL = dt.timedelta(days=30)
 _SKEW = dt.timedelta(minutes=5)
+CERTIFICATE_BACKDATE = _SKEW
+"""An agent certificate's notBefore is this long before it was issued (clock skew)."""
 
 
 def _utcnow() -> dt.datetime:

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lattice.app.cmd_install",
     "lattice.app.cmd_local_kubelet",
     "lattice.app.cmd_local_lb",
+    "lattice.app.cmd_revoke",
 )
 
 
@@ -43,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy-manifests": (
         "lattice.app.cmd_operator",
         "print the namespace, RBAC and Deployment that install the operator",
+    ),
+    "revoke-agent": (
+        "lattice.app.cmd_revoke",
+        "refuse the agent certificates a cluster holds (its cell closes their streams)",
     ),
     "install": ("lattice.app.cmd_install", "create a self-managing management cell"),
     "demo": ("lattice.app.cmd_install", "a local management cell and two workload clusters"),

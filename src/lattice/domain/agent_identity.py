@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from attrs import frozen
@@ -124,3 +125,43 @@ def cluster_from_peer(peer_cert: Mapping[str, Any] | None) -> str | None:
     if any(True for _ in cluster_name_errors(name, ("cn",))):
         return None
     return name
+
+
+# --- revocation -------------------------------------------------------------------------------
+#
+# A cell revokes by cluster and time: every certificate for a cluster issued up to the moment of
+# revocation is refused, so a deleted (or compromised) cluster's renewed certificates go with
+# the first one, and a cluster registered again afterwards gets in with its new certificate.
+# A certificate's issue time is its notBefore plus the issuer's backdating (``skew``).
+
+
+def revocation_reason(cluster: str, issued_at: datetime, revoked_at: datetime | None) -> str | None:
+    """Why the certificate of ``cluster`` issued at ``issued_at`` is refused; None if it is not."""
+    if revoked_at is None or issued_at > revoked_at:
+        return None
+    return (
+        f"the certificate of cluster {cluster!r} (issued {_rfc3339(issued_at)}) was revoked at "
+        f"{_rfc3339(revoked_at)}: the cluster must register again with a new token"
+    )
+
+
+def parse_revocations(data: Mapping[str, Any]) -> tuple[dict[str, datetime], list[FieldError]]:
+    """The revocations stored as ``{cluster: RFC 3339 time}``; every bad entry is named."""
+    revoked: dict[str, datetime] = {}
+    errors: list[FieldError] = []
+    for cluster, text in sorted(data.items()):
+        path = ("data", str(cluster))
+        errors.extend(cluster_name_errors(str(cluster), path))
+        try:
+            at = datetime.fromisoformat(text) if isinstance(text, str) else None
+        except ValueError:
+            at = None
+        if at is None or at.tzinfo is None:
+            errors.append(FieldError(path, f"must be an RFC 3339 time with a zone, not {text!r}"))
+        elif not any(e.path == path for e in errors):
+            revoked[str(cluster)] = at
+    return revoked, errors
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

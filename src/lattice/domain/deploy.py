@@ -63,7 +63,10 @@ def cluster_role_rules() -> list[dict[str, Any]]:
             for group in (capi.INFRA_API, capi.LOCAL_INFRA_API)
         ),
         _rule([""], ["namespaces"], ["get", "list", "watch", "create", "patch", "delete"]),
-        _rule([""], ["secrets"], ["get", "create", "patch", "delete"]),
+        # the token store replaces its Secret (a write conditional on its resourceVersion)
+        _rule([""], ["secrets"], ["get", "create", "patch", "update", "delete"]),
+        # agent certificate revocations (lattice.adapters.revocations)
+        _rule([""], ["configmaps"], ["get", "create", "patch"]),
         _rule([""], ["events"], ["create", "patch"]),
         # a cell exposes its webhook and gRPC ports (lattice.domain.addons.cell_service)
         _rule([""], ["services"], ["get", "create", "patch"]),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -97,6 +98,7 @@ async def running_cell(
     signer: cell_ca.CellCertificateAuthority | None = None,
     renewal_interval: float = 10.0,
     limits: ConnectionLimits | None = None,
+    revocation: Callable[[str, dt.datetime], str | None] | None = None,
 ) -> AsyncIterator[Cell]:
     sink = InMemoryAgentStatusSink()
     kwargs = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
@@ -105,6 +107,7 @@ async def running_cell(
         heartbeat_policy=heartbeat or HeartbeatPolicy(interval=0.5),
         signer=signer,
         renewal_interval=renewal_interval,
+        revocation=revocation,
         **kwargs,
     )
     server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), port=port, limits=limits)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import attrs
 import pytest
 from hypothesis import given
@@ -203,3 +205,29 @@ def test_response_json_shape():
 
 def test_the_compiled_registration_script_calls_this_path():
     assert capi.ParentEndpoint(host="cell.example").register_url.endswith(registration.REGISTER_PATH)
+
+
+def test_a_revocation_refuses_every_certificate_issued_up_to_it_and_none_after() -> None:
+    revoked = dt.datetime(2026, 12, 6, 17, 0, tzinfo=dt.UTC)
+    reason = ident.revocation_reason("w1", revoked - dt.timedelta(days=3), revoked)
+    assert reason is not None
+    assert "'w1'" in reason
+    assert "2026-12-06T17:00:00Z" in reason
+    assert "register again" in reason
+    assert ident.revocation_reason("w1", revoked, revoked) is not None  # the same second
+    assert ident.revocation_reason("w1", revoked + dt.timedelta(seconds=1), revoked) is None
+    assert ident.revocation_reason("w1", revoked, None) is None
+
+
+def test_stored_revocations_are_parsed_and_every_bad_entry_is_named() -> None:
+    revoked, errors = ident.parse_revocations(
+        {
+            "w1": "2026-12-06T17:00:00+00:00",
+            "w2": "2026-12-06T17:00:00",  # no zone
+            "w3": "soon",
+            "W_4": "2026-12-06T17:00:00Z",
+            "w5": 7,
+        }
+    )
+    assert list(revoked) == ["w1"]
+    assert sorted(".".join(map(str, e.path)) for e in errors) == ["data.W_4", "data.w2", "data.w3", "data.w5"]

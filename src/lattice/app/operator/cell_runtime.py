@@ -30,6 +30,7 @@ from lattice.adapters.registration_http import (
     RegistrationServer,
     registration_app,
 )
+from lattice.adapters.revocations import ConfigMapRevocations
 from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import yamlio
 from lattice.app.discovery.catalog_service import CatalogService
@@ -57,6 +58,8 @@ from lattice.ports.registration import TokenStoreUnavailable
 log = logging.getLogger("lattice.cell")
 
 SERVICE_RESYNC_S = 15.0
+REVOCATION_REFRESH_S = 5.0
+"""How soon a revocation (ConfigMap lattice-system/lattice-agent-revocations) closes open streams."""
 CELL_SERVICE_MANAGER = "lattice-cell"
 
 
@@ -161,6 +164,7 @@ class CellRuntime:
         self.kubeconfig = kubeconfig
         self.ca = load_or_create_ca(settings.state_dir / "pki")
         self.tokens = SecretTokenStore(controller.api)
+        self.revocations = ConfigMapRevocations(controller.api)
         self.registrations = Registrations(controller.api, self.tokens, self.ca)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -286,7 +290,10 @@ class CellRuntime:
         cert, key, ca_file = self.ca.write_server_files(directory, dns_names=dns_names, ip_addresses=ips)
         files = tls.TlsFiles(cert=cert, key=key, ca=ca_file)
         forwarder = _SinkForwarder()
-        hub = AgentHub(sink=forwarder, discovery=self.discovery, signer=self.ca)
+        await self.revocations.refresh()
+        hub = AgentHub(
+            sink=forwarder, discovery=self.discovery, signer=self.ca, revocation=self.revocations.reason
+        )
         self.grpc = CellGrpcServer(
             hub,
             tls.server_context(files, require_client_cert=True),
@@ -337,6 +344,16 @@ class CellRuntime:
         )
         self._tasks.append(
             asyncio.create_task(every(SERVICE_RESYNC_S, self.expose, self._stop), name="cell-service")
+        )
+
+        async def enforce_revocations() -> None:
+            await self.revocations.refresh()
+            hub.close_revoked()
+
+        self._tasks.append(
+            asyncio.create_task(
+                every(REVOCATION_REFRESH_S, enforce_revocations, self._stop), name="agent-revocations"
+            )
         )
         # the first export must not wait for the API server to build each CAPI kind's watch cache
         self._tasks.append(asyncio.create_task(self._warm(), name="warm-move-kinds"))
