@@ -8,7 +8,8 @@ python -m coverage erase
 # integration and E2E tests wait on real control planes and on the real Cluster API controllers
 # much of the time, so they overlap well. (Three workers on the two cores were not faster:
 # 1,030 s against 969 s, with more load-induced races.)
-python -m coverage run -m pytest -p no:cacheprovider -n "${LATTICE_TEST_WORKERS:-2}" --dist loadfile "$@"
+# --durations: the slowest tests and fixtures, so a slower run says where its time went.
+python -m coverage run -m pytest -p no:cacheprovider -n "${LATTICE_TEST_WORKERS:-2}" --dist loadfile --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "ERROR: pytest collected no tests; an empty selection is a failure" >&2
