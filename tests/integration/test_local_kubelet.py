@@ -4,16 +4,25 @@ LocalMachine's BootFailed condition), and nothing is left running."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lattice.adapters.binaries import Toolchain
+from lattice.domain import crds, deploy
 from lattice.domain import local_kubelet as lk
+from lattice.testing.fixtures import ControlPlaneFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_static_pods_that_cannot_start_are_reported(toolchain: Toolchain, tmp_path: Path) -> None:
@@ -38,3 +47,148 @@ def test_static_pods_that_cannot_start_are_reported(toolchain: Toolchain, tmp_pa
     status = lk.parse_status((tmp_path / lk.STATUS_FILE).read_text())
     assert status.phase is lk.Phase.FAILED
     assert "no-pki/ca.crt" in status.message
+
+
+# -- Lattice's pods run from the built image ------------------------------------------------
+
+
+def _image_dir() -> Path:
+    """The built image: ``LATTICE_IMAGE_DIR`` (CI sets it), else where build-image.sh puts it."""
+    configured = (
+        os.environ.get("LATTICE_IMAGE_DIR")
+        or subprocess.run(
+            ["bash", str(ROOT / "scripts/build-image.sh"), "--print-dir"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    directory = Path(configured)
+    if not (directory / ".complete").is_file():
+        pytest.fail(f"no built image at {directory}: run `bash scripts/build-image.sh`")
+    return directory
+
+
+def _pod(namespace: str, name: str, node: str) -> dict[str, Any]:
+    """The operator Deployment's pod as `lattice deploy-manifests` ships it, bound to ``node``."""
+    deployment = next(
+        m
+        for m in deploy.operator_manifests("ghcr.io/lattice-dev/lattice:test", replicas=1)
+        if m["kind"] == "Deployment"
+    )
+    template = deployment["spec"]["template"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": template["metadata"]["labels"]},
+        "spec": {**template["spec"], "nodeName": node},
+    }
+
+
+def _status_of(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def _pods_in(rootfs: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "root") == str(rootfs):
+                    found.append(int(entry.name))
+    return found
+
+
+def _wait(what: str, probe: Any, within: float) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+        time.sleep(1.0)
+
+
+def test_the_operator_pod_runs_from_the_image_as_its_user(
+    control_plane_factory: ControlPlaneFactory, tmp_path: Path
+) -> None:
+    image_dir = _image_dir()
+    cp = control_plane_factory.one()
+    for manifest in deploy.operator_manifests("ghcr.io/lattice-dev/lattice:test", replicas=1):
+        if manifest["kind"] != "Deployment":
+            cp.apply([manifest])
+    cp.apply(list(crds.all_crds()))
+    machine = tmp_path / "machine"
+    machine.mkdir()
+    config = lk.KubeletConfig(
+        node="img-0",
+        provider_id="local://c/img-0",
+        version=cp.toolchain.versions.kubernetes,
+        kubeconfig=str(cp.kubeconfig),
+        heartbeat_seconds=2.0,
+    )
+    (machine / lk.CONFIG_FILE).write_text(lk.dump_config(config))
+    env = {**os.environ, "LATTICE_IMAGE_DIR": str(image_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("LATTICE_POD_RUNTIME", None)  # the image is the default when LATTICE_IMAGE_DIR is set
+    with (machine / "kubelet.log").open("ab") as log:
+        kubelet = subprocess.Popen(
+            [sys.executable, "-m", "lattice.app.cli", "local-kubelet", "--machine-dir", str(machine)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        cp.apply([_pod("lattice-system", "operator-0", "img-0")])
+
+        def ready() -> bool:
+            pod = json.loads(
+                cp.kubectl("get", "pod", "-n", "lattice-system", "operator-0", "-o", "json").stdout
+            )
+            found = {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions") or []}
+            return found.get("Ready") == "True"
+
+        def leads() -> str:
+            lease = cp.kubectl(
+                "get", "lease", "-n", "lattice-system", "lattice-operator", "-o", "json", check=False
+            ).stdout
+            return str(json.loads(lease)["spec"].get("holderIdentity") or "") if lease.strip() else ""
+
+        try:
+            _wait("the operator pod Ready", ready, 180)
+            holder = _wait("the operator from the image to take its Lease", leads, 120)
+        finally:
+            print((machine / "kubelet.log").read_text(errors="replace")[-3000:])
+            for log_file in (machine / "pods").glob("*/container.log"):
+                print(log_file.read_text(errors="replace")[-3000:])
+        assert holder
+        (pod_dir,) = (machine / "pods").iterdir()
+        rootfs = pod_dir / "rootfs"
+        (pid,) = _pods_in(rootfs)
+        # Its root is the image's (an overlay of the unpacked layers); it runs as the image's
+        # user, with no way to gain privileges, its Secrets and token where the manifest says.
+        assert not (rootfs / "opt").exists()  # the image is mounted in the pod's namespace only
+        inside = Path(f"/proc/{pid}/root")  # (its /var/run is a link to /run)
+        assert (inside / "opt/lattice/site/lattice/app/cli.py").is_file()
+        assert (inside / "usr/local/bin/lattice").is_file()
+        assert not (inside / "usr/bin/sh").exists()
+        status = _status_of(pid)
+        assert status["Uid"].split() == ["65532"] * 4
+        assert status["Gid"].split() == ["65532"] * 4
+        assert status["NoNewPrivs"] == "1"
+        assert (inside / "run/secrets/kubernetes.io/serviceaccount/namespace").read_text() == "lattice-system"
+        assert os.readlink(f"/proc/{pid}/exe") == str(rootfs / "usr/bin/python3.11")  # the image's
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[:4] == [b"/usr/bin/python3.11", b"-sE", b"/usr/local/bin/lattice", b"operator"]
+        assert "forbidden" not in (pod_dir / "container.log").read_text().lower()
+
+        # The pod's process dies with its kubelet (the parent-death signal), as a machine's do.
+        kubelet.kill()
+        kubelet.wait(30)
+        _wait("the pod's process to die with its kubelet", lambda: not _pods_in(rootfs), 30)
+    finally:
+        if kubelet.poll() is None:
+            kubelet.terminate()
+            kubelet.wait(60)

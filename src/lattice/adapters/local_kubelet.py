@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.binaries import BinariesNotBuiltError, Toolchain
 from lattice.adapters.controlplane import ControlPlane, ManagedProcess, clean_env, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.pod_image import ImageError, UnpackedImage, unpack
 from lattice.domain import conditions, kubeadm_node, local_pods, yaml_text
 from lattice.domain.local_kubelet import STATUS_FILE, KubeletConfig, KubeletStatus, Phase, dump_status
 from lattice.ports import kube
@@ -89,8 +91,20 @@ def write_status(machine_dir: Path, status: KubeletStatus) -> None:
 
 
 class LocalKubelet:
-    def __init__(self, config: KubeletConfig, machine_dir: Path, toolchain: Toolchain, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: KubeletConfig,
+        machine_dir: Path,
+        toolchain: Toolchain,
+        clock: Clock,
+        *,
+        runtime: local_pods.PodRuntime = local_pods.PodRuntime.SOURCE,
+        image_dir: Path | None = None,
+    ) -> None:
         self.config = config
+        self.runtime = runtime
+        self.image_dir = image_dir
+        self._image: UnpackedImage | None = None
         self.machine_dir = machine_dir
         self.toolchain = toolchain
         self.clock = clock
@@ -286,8 +300,10 @@ class LocalKubelet:
                     log.warning("pod not run: %s", exc, extra={"pod": f"{meta['namespace']}/{meta['name']}"})
                 return None
         pod_dir = self._pod_dir(pod)
+        pod_dir.mkdir(parents=True, exist_ok=True)
         mounts = local_pods.volume_mounts(pod)
         replacements: dict[str, str] = {}
+        volume_dirs: dict[str, str] = {}
         for volume in (pod.get("spec") or {}).get("volumes") or []:
             name = str(volume.get("name"))
             if name not in mounts:
@@ -295,6 +311,7 @@ class LocalKubelet:
             target = pod_dir / "volumes" / name
             target.mkdir(parents=True, exist_ok=True)
             replacements[mounts[name]] = str(target)
+            volume_dirs[name] = str(target)
             for secret_name in local_pods.secret_sources(volume):
                 try:
                     secret = await api.get(ResourceRef("v1", "Secret", secret_name, meta["namespace"]))
@@ -325,6 +342,14 @@ class LocalKubelet:
         )
         kubeconfig.chmod(0o600)
         env = self._pod_env()
+        account_dir = self._service_account_volume(
+            pod_dir,
+            str(meta["namespace"]),
+            str(token["status"]["token"]),
+            base64.b64decode(cluster["certificate-authority-data"]),
+        )
+        if program is None and self.runtime is local_pods.PodRuntime.IMAGE:
+            return await self._image_pod(pod, kubeconfig, volume_dirs, account_dir, env)
         if program is None:
             argv = local_pods.pod_argv(
                 pod, python=self.python, kubeconfig=str(kubeconfig), mounts=replacements
@@ -340,16 +365,6 @@ class LocalKubelet:
                 env,
                 ports,
             )
-        account_dir = pod_dir / "serviceaccount"
-        account_dir.mkdir(parents=True, exist_ok=True)
-        files = local_pods.service_account_files(
-            str(meta["namespace"]),
-            str(token["status"]["token"]),
-            base64.b64decode(cluster["certificate-authority-data"]),
-        )
-        for file_name, content in files.items():
-            (account_dir / file_name).write_bytes(content)
-            (account_dir / file_name).chmod(0o600)
         argv = local_pods.with_service_account_volume(
             local_pods.known_program_argv(
                 pod, binary=binary, mounts=replacements, env=container_env, ports=ports
@@ -359,6 +374,70 @@ class LocalKubelet:
         env.update(container_env)
         env["KUBECONFIG"] = str(kubeconfig)  # controller-runtime's client reads it
         return argv, env, ports
+
+    @staticmethod
+    def _service_account_volume(pod_dir: Path, namespace: str, token: str, ca_pem: bytes) -> Path:
+        """The files of the pod's projected ServiceAccount volume, in a directory of the pod's."""
+        account_dir = pod_dir / "serviceaccount"
+        account_dir.mkdir(parents=True, exist_ok=True)
+        for file_name, content in local_pods.service_account_files(namespace, token, ca_pem).items():
+            (account_dir / file_name).write_bytes(content)
+            (account_dir / file_name).chmod(0o600)
+        return account_dir
+
+    def _unpacked(self) -> UnpackedImage:
+        if self._image is None:
+            if self.image_dir is None:
+                raise ImageError(f"{local_pods.RUNTIME_ENV}=image needs {local_pods.IMAGE_DIR_ENV}")
+            self._image = unpack(self.image_dir)
+        return self._image
+
+    async def _image_pod(
+        self,
+        pod: local_pods.Obj,
+        kubeconfig: Path,
+        volume_dirs: dict[str, str],
+        account_dir: Path,
+        env: dict[str, str],
+    ) -> tuple[list[str], dict[str, str], dict[str, int]] | None:
+        """A Lattice pod run from the image's root filesystem (:mod:`lattice.adapters.pod_sandbox`);
+        ``None`` (the reason logged once) when the image or the pod's settings do not allow it."""
+        meta = pod["metadata"]
+        where = f"{meta['namespace']}/{meta['name']}"
+        host_exec = json.dumps({"root": local_pods.HOST_ROOT, "python": self.python, "env": env})
+        try:
+            image = await asyncio.to_thread(self._unpacked)
+            sandbox = local_pods.image_sandbox(
+                pod,
+                image.config,
+                kubeconfig=str(kubeconfig),
+                volumes=volume_dirs,
+                service_account_dir=str(account_dir),
+                host_exec=host_exec,
+            )
+        except (ImageError, ValueError, OSError) as exc:
+            if meta["uid"] not in self._refused:
+                self._refused.add(meta["uid"])
+                log.warning("pod not run: %s", exc, extra={"pod": where})
+            return None
+        # The pod's files belong to the user it runs as, as a kubelet's volumes do.
+        owned = [kubeconfig, account_dir, *account_dir.iterdir()]
+        for directory in volume_dirs.values():
+            owned += [Path(directory), *Path(directory).rglob("*")]
+        for path in owned:
+            os.chown(path, sandbox.uid, sandbox.gid)
+        pod_dir = self._pod_dir(pod)
+        spec_path = pod_dir / "sandbox.json"
+        spec = {
+            "rootfs": str(image.rootfs),
+            "digest": image.digest,
+            "podDir": str(pod_dir),
+            "parent": os.getpid(),
+            "sandbox": attrs.asdict(sandbox),
+        }
+        spec_path.write_text(json.dumps(spec, indent=2))
+        spec_path.chmod(0o600)
+        return [self.python, "-m", "lattice.adapters.pod_sandbox", str(spec_path)], env, {}
 
     async def _report(self, api: Kr8sKube) -> None:
         moment = self.clock.now()

@@ -7,13 +7,18 @@ machine, registers the Node and keeps it Ready until SIGTERM, writing how far it
 ``kubelet-status.json``. docs/local-provider.md says what it stands in for.
 
 Exit codes: 0 after SIGTERM/SIGINT; 1 when the machine could not start (the status file and
-the log say why); 2 for a malformed ``kubelet.json``.
+the log say why); 2 for a malformed ``kubelet.json`` or ``LATTICE_POD_RUNTIME``.
+
+Lattice's own pods (the operator, the agent) run from the built image's root filesystem when
+``LATTICE_POD_RUNTIME=image``, or from this source tree's virtualenv when it is ``source``;
+unset, the image when ``LATTICE_IMAGE_DIR`` names one (CI sets it), else the source tree.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +29,7 @@ from lattice.adapters.clock import SystemClock
 from lattice.adapters.controlplane import ControlPlaneError
 from lattice.adapters.local_kubelet import LocalKubelet, write_status
 from lattice.app import logs
+from lattice.domain import local_pods
 from lattice.domain.local_kubelet import CONFIG_FILE, KubeletFileError, KubeletStatus, Phase, parse_config
 from lattice.ports import kube
 
@@ -61,7 +67,23 @@ def run(args: argparse.Namespace) -> int:
         if machine_dir.is_dir():
             write_status(machine_dir, KubeletStatus(phase=Phase.FAILED, message=str(exc)))
         return EXIT_CONFIG
-    kubelet = LocalKubelet(config, machine_dir, locate(), SystemClock())
+    try:
+        runtime = local_pods.pod_runtime(
+            os.environ.get(local_pods.RUNTIME_ENV), os.environ.get(local_pods.IMAGE_DIR_ENV)
+        )
+    except ValueError as exc:
+        print(f"lattice local-kubelet: {exc}", file=sys.stderr)
+        write_status(machine_dir, KubeletStatus(phase=Phase.FAILED, message=str(exc)))
+        return EXIT_CONFIG
+    image_dir = os.environ.get(local_pods.IMAGE_DIR_ENV)
+    kubelet = LocalKubelet(
+        config,
+        machine_dir,
+        locate(),
+        SystemClock(),
+        runtime=runtime,
+        image_dir=Path(image_dir) if image_dir else None,
+    )
     try:
         kubelet.start_static_pods()
         asyncio.run(_serve(kubelet))

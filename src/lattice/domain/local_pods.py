@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 from attrs import frozen
@@ -390,3 +391,246 @@ def runnable_pods(pods: Sequence[Obj]) -> list[Obj]:
         if not (p.get("metadata") or {}).get("deletionTimestamp")
         and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
     ]
+
+
+# -- running a Lattice pod from the built image (LATTICE_POD_RUNTIME) ---------------------------
+
+RUNTIME_ENV = "LATTICE_POD_RUNTIME"
+IMAGE_DIR_ENV = "LATTICE_IMAGE_DIR"
+HOST_EXEC_ENV = "LATTICE_HOST_EXEC"  # how a local-infra operator pod reaches the host (see below)
+HOST_ROOT = "/host"  # where such a pod sees the host's root filesystem
+DEVICES = ("null", "zero", "random", "urandom")
+
+
+class PodRuntime(StrEnum):
+    """Where the kubelet stand-in runs a Lattice pod from: the developer's source tree (its
+    virtualenv, as local processes) or the built image's root filesystem (what ships)."""
+
+    SOURCE = "source"
+    IMAGE = "image"
+
+
+def pod_runtime(value: str | None, image_dir: str | None) -> PodRuntime:
+    """``LATTICE_POD_RUNTIME`` when set, else the image when ``LATTICE_IMAGE_DIR`` is set (CI
+    sets it), else the source tree. ``ValueError`` names the variable and what it accepts."""
+    if value:
+        try:
+            runtime = PodRuntime(value)
+        except ValueError:
+            choices = ", ".join(r.value for r in PodRuntime)
+            raise ValueError(f"{RUNTIME_ENV}={value!r}: one of {choices} is required") from None
+        if runtime is PodRuntime.IMAGE and not image_dir:
+            raise ValueError(
+                f"{RUNTIME_ENV}=image needs {IMAGE_DIR_ENV} (bash scripts/build-image.sh --print-dir)"
+            )
+        return runtime
+    return PodRuntime.IMAGE if image_dir else PodRuntime.SOURCE
+
+
+@frozen
+class ImageConfig:
+    """What the kubelet needs of an OCI image's configuration."""
+
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    user: str
+    workdir: str
+
+
+def _strings(value: object, where: str, errors: list[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        errors.append(f"{where}: a list of strings is required")
+        return ()
+    return tuple(value)
+
+
+def parse_image_config(doc: Obj) -> ImageConfig:
+    """The ``config`` of an OCI image configuration; ``ValueError`` names every bad field."""
+    errors: list[str] = []
+    config = doc.get("config")
+    if not isinstance(config, Mapping):
+        raise ValueError("image config: config: an object is required")  # noqa: TRY004 - a bad document
+    env: list[tuple[str, str]] = []
+    for item in _strings(config.get("Env"), "config.Env", errors):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            errors.append(f"config.Env: {item!r} is not NAME=value")
+            continue
+        env.append((name, value))
+    user = config.get("User") or "0"
+    workdir = config.get("WorkingDir") or "/"
+    if not isinstance(user, str):
+        errors.append("config.User: a string is required")
+        user = "0"
+    if not isinstance(workdir, str) or not workdir.startswith("/"):
+        errors.append("config.WorkingDir: an absolute path is required")
+        workdir = "/"
+    entrypoint = _strings(config.get("Entrypoint"), "config.Entrypoint", errors)
+    cmd = _strings(config.get("Cmd"), "config.Cmd", errors)
+    if errors:
+        raise ValueError("image config: " + "; ".join(errors))
+    return ImageConfig(entrypoint=entrypoint, cmd=cmd, env=tuple(env), user=user, workdir=workdir)
+
+
+@frozen
+class Mount:
+    """One mount of a pod's sandbox. ``kind``: ``bind`` (a host file or directory), ``rbind``
+    (a host directory with everything mounted under it), ``tmpfs`` or ``proc``."""
+
+    kind: str
+    target: str
+    source: str = ""
+    read_only: bool = False
+
+
+@frozen
+class Sandbox:
+    """How a Lattice pod runs from the image's root filesystem: its command line and
+    environment, its user, the mounts laid over the image, and whether the image itself is
+    read-only. The pod shares the host's network and process id space (see
+    :func:`image_sandbox`)."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    workdir: str
+    mounts: tuple[Mount, ...]
+    read_only_root: bool
+    no_new_privileges: bool
+
+
+def runs_local_infra(pod: Obj) -> bool:
+    """Whether the pod runs the local infrastructure provider: it boots machines, which are
+    processes of this host (docs/local-provider.md), so it runs privileged with the host's root
+    at :data:`HOST_ROOT`, as a CAPD manager's pod reaches the host's Docker daemon."""
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    return "--local-infra" in [*(container.get("command") or []), *(container.get("args") or [])]
+
+
+def _id(value: str, where: str) -> int:
+    if not value.isdigit():
+        raise ValueError(f"{where}: a numeric user id is required, not {value!r}")
+    return int(value)
+
+
+def pod_user(pod: Obj, config: ImageConfig) -> tuple[int, int, tuple[int, ...]]:
+    """The (uid, gid, supplementary groups) a container runs as: its securityContext, the
+    pod's, then the image's ``User``; ``ValueError`` when runAsNonRoot forbids the result."""
+    spec = pod.get("spec") or {}
+    container = (spec.get("containers") or [{}])[0]
+    pod_ctx = spec.get("securityContext") or {}
+    ctx = container.get("securityContext") or {}
+
+    def setting(key: str) -> Any:
+        return ctx.get(key, pod_ctx.get(key))
+
+    image_uid, _, image_gid = config.user.partition(":")
+    uid = setting("runAsUser")
+    uid = _id(image_uid, "image config User") if uid is None else int(uid)
+    gid = setting("runAsGroup")
+    gid = (_id(image_gid, "image config User") if image_gid else 0) if gid is None else int(gid)
+    if setting("runAsNonRoot") and uid == 0:
+        raise ValueError("runAsNonRoot is set and the container would run as root (uid 0)")
+    groups = pod_ctx.get("fsGroup")
+    return uid, gid, () if groups is None else (int(groups),)
+
+
+def image_argv(pod: Obj, config: ImageConfig, *, kubeconfig: str) -> list[str]:
+    """A container's command line as a container runtime builds it: ``command`` replaces the
+    image's Entrypoint, ``args`` its Cmd, ``$(VAR)`` expanded; then the kubeconfig and, for the
+    operator, a free health port, as :func:`pod_argv` adds them."""
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    env, _ = container_env(pod, {})
+    command = [str(c) for c in container.get("command") or config.entrypoint]
+    args = [str(a) for a in container.get("args") or ([] if container.get("command") else config.cmd)]
+    argv = [expand(a, env) for a in [*command, *args]]
+    extra = ["--kubeconfig", kubeconfig]
+    if "operator" in argv[1:2]:
+        extra += ["--health-port", "0"]
+    return [*argv, *extra]
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.partition("=")[2]
+    return None
+
+
+def image_sandbox(
+    pod: Obj,
+    config: ImageConfig,
+    *,
+    kubeconfig: str,
+    volumes: Mapping[str, str],
+    service_account_dir: str,
+    host_exec: str = "",
+) -> Sandbox:
+    """The sandbox of a Lattice pod run from the image (``volumes``: volume name → the host
+    directory holding it; ``host_exec``: the :data:`HOST_EXEC_ENV` value for a local-infra
+    pod). ``ValueError`` says why the pod cannot run so.
+
+    Mounted over the image: ``/proc``; a ``/dev`` holding only null, zero, random, urandom;
+    the host's ``/etc/resolv.conf`` and ``/etc/hosts``; the pod's kubeconfig at its host path;
+    its ServiceAccount volume at :data:`SERVICE_ACCOUNT_DIR`; each volume at its mountPath
+    (read-only when the mount says so); a fresh ``/tmp`` unless a volume is mounted there. A
+    local-infra pod also gets the host's root at :data:`HOST_ROOT` and the machines directory
+    at its host path, and runs as root: its machines are this host's processes.
+
+    No pid namespace: a machine the pod boots must outlive it (as a VM outlives its cloud
+    controller), and the pids in the machines' records must mean the same to every host."""
+    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    ctx = container.get("securityContext") or {}
+    local_infra = runs_local_infra(pod)
+    uid, gid, groups = (0, 0, ()) if local_infra else pod_user(pod, config)
+    mounts: list[Mount] = []
+    if local_infra:
+        mounts.append(Mount("rbind", HOST_ROOT, "/"))
+    mounts += [
+        Mount("proc", "/proc"),
+        Mount("tmpfs", "/dev"),
+        *(Mount("bind", f"/dev/{name}", f"/dev/{name}") for name in DEVICES),
+        Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", read_only=True),
+        Mount("bind", "/etc/hosts", "/etc/hosts", read_only=True),
+        Mount("bind", kubeconfig, kubeconfig, read_only=True),
+        Mount("bind", SERVICE_ACCOUNT_DIR, service_account_dir, read_only=True),
+    ]
+    targets = set()
+    for mount in container.get("volumeMounts") or []:
+        name, target = str(mount.get("name")), str(mount.get("mountPath"))
+        if name not in volumes:
+            raise ValueError(f"volumeMounts: volume {name!r} is not one this kubelet can provide")
+        mounts.append(Mount("bind", target, volumes[name], read_only=bool(mount.get("readOnly"))))
+        targets.add(target.rstrip("/"))
+    if "/tmp" not in targets:  # noqa: S108 - the pod's own, fresh
+        mounts.append(Mount("tmpfs", "/tmp"))  # noqa: S108
+    argv = image_argv(pod, config, kubeconfig=kubeconfig)
+    machines = _flag_value(argv, "--machines-dir")
+    if local_infra and machines:
+        mounts.append(Mount("bind", machines, machines))
+    env = dict(config.env)
+    env.update(container_env(pod, {})[0])
+    env.setdefault("HOME", "/")
+    env["HOSTNAME"] = str((pod.get("metadata") or {}).get("name", ""))
+    env["PYTHONUNBUFFERED"] = "1"
+    if local_infra:
+        env[HOST_EXEC_ENV] = host_exec
+    return Sandbox(
+        argv=tuple(argv),
+        env=tuple(sorted(env.items())),
+        uid=uid,
+        gid=gid,
+        groups=groups,
+        workdir=str(container.get("workingDir") or config.workdir),
+        # a mount over a directory first, then what is mounted under it (a kubeconfig under /tmp)
+        mounts=tuple(sorted(mounts, key=lambda m: len(m.target.rstrip("/").split("/")))),
+        read_only_root=bool(ctx.get("readOnlyRootFilesystem")),
+        no_new_privileges=ctx.get("allowPrivilegeEscalation") is False and not local_infra,
+    )
