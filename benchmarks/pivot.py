@@ -12,18 +12,27 @@ a kube-apiserver builds a custom resource's watch cache on its first request and
 (Retry-After 1 s) until then, which costs a cold export about a second per kind. The cold
 figure is reported too (`pivot_clusterctl_direct_cold_export`: the first export from the child).
 
+Native: the same export and import with the native mover (lattice.adapters.mover_native, through
+the Kubernetes API; what the cell and the agent use by default, `--mover native`) from the child
+into another fresh control plane, timed the same way, connections included (a new mover each
+time, as clusterctl is a new process each time): `pivot_native_direct`, and its ratio to
+clusterctl alone, `pivot_native_vs_clusterctl` (issue 18's goal: <= 0.5). The cell's own pivot
+runs with the native mover, so `pivot_lattice_vs_clusterctl` is a whole pivot (export, the
+stream, import, deleting the source) against clusterctl's export and import alone.
+
 Then the way back: the child's LatticeCluster is deleted on the cell, which takes the objects
 back over the stream (the unpivot: the child's `clusterctl move --to-directory`, the files over
 the stream, the cell's `--from-directory`), then deletes the machines with its own CAPI
 controllers. Reported: delete -> objects back on the cell (`unpivot_lattice`, compared with the
 same direct clusterctl move), and delete -> LatticeCluster gone (`delete_lattice_total`).
 
-Target (issue 7): Lattice's pivot < 3 s, and its overhead over the direct move <= 20%.
+Targets: issue 7, Lattice's pivot < 3 s; issue 18, the native mover at most 0.5x clusterctl.
 Usage: PYTHONPATH=. python benchmarks/pivot.py
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -35,6 +44,7 @@ from pathlib import Path
 from lattice.adapters.binaries import locate
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.local_processes import stop_all
+from lattice.adapters.mover_native import NativeMover
 from tests.e2e.conftest import Cell, child_kubeconfig, local_cluster, start_cell, wait_for
 
 
@@ -55,6 +65,19 @@ def clusterctl(*args: str) -> float:
         env={**os.environ, "CLUSTERCTL_DISABLE_VERSIONCHECK": "true"},
     )
     return time.perf_counter() - started
+
+
+def native(kubeconfig: Path, namespace: str, directory: Path, target: Path) -> tuple[float, float]:
+    """Export then import with the native mover; seconds for each, connections included."""
+
+    async def run() -> tuple[float, float]:
+        started = time.perf_counter()
+        await NativeMover().export(kubeconfig, namespace, directory)
+        exported = time.perf_counter()
+        await NativeMover().import_(target, directory)
+        return exported - started, time.perf_counter() - exported
+
+    return asyncio.run(run())
 
 
 def warm(kubectl: Path, kubeconfig: Path) -> None:
@@ -100,6 +123,9 @@ def main() -> None:
         base = Path(tmp)
         cell = start_cell(toolchain, base)
         target = ControlPlane.create("target", base_dir=base / "target", toolchain=toolchain)
+        native_target = ControlPlane.create(
+            "native-target", base_dir=base / "native-target", toolchain=toolchain
+        )
         try:
             cell.control_plane.apply([local_cluster("bench-1", cell.name, workers=2)])
             wait_for(
@@ -108,11 +134,14 @@ def main() -> None:
             lattice = pivot_timings(cell.log, "bench-1")
             objects = cell.lc("bench-1")["status"]["pivot"]["objects"]
 
-            thread = threading.Thread(target=target.start)
-            thread.start()
-            thread.join()
-            target.install_capi_crds()
-            target.install_lattice_crds()
+            threads = [threading.Thread(target=cp.start) for cp in (target, native_target)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            for cp in (target, native_target):
+                cp.install_capi_crds()
+                cp.install_lattice_crds()
             child = child_kubeconfig(cell, "bench-1")
             export_dir = base / "direct"
             export_dir.mkdir()
@@ -128,21 +157,27 @@ def main() -> None:
             direct_import = clusterctl(
                 "move", "--to-kubeconfig", str(target.kubeconfig), "--from-directory", str(export_dir)
             )
+            native_export, native_import = native(
+                child, "capi-bench-1", base / "native", native_target.kubeconfig
+            )
             unpivot, deleted = time_deletion(cell, "bench-1")
         finally:
             cell.stop_operator()
             stop_all(cell.state_dir)
             cell.control_plane.stop()
             target.stop()
+            native_target.stop()
     total = sum(lattice.values())
     direct = direct_export + direct_import
     overhead = (total - direct) / direct * 100
+    native_direct = native_export + native_import
     print(
         f"pivot of {objects} objects through Lattice: {total:.2f} s (export {lattice['export']:.2f}, "
         f"transfer+import+restore {lattice['transfer_and_import']:.2f}, "
         f"delete source {lattice['delete']:.2f}); "
         f"clusterctl directly: {direct:.2f} s (export {direct_export:.2f}, import {direct_import:.2f}); "
-        f"Lattice overhead {overhead:+.0f}%"
+        f"Lattice overhead {overhead:+.0f}%; native mover: {native_direct:.2f} s (export "
+        f"{native_export:.2f}, import {native_import:.2f}), {native_direct / direct:.2f}x clusterctl"
     )
     for metric, value, unit in (
         ("pivot_lattice_total", total, "s"),
@@ -151,6 +186,11 @@ def main() -> None:
         ("pivot_lattice_delete_source", lattice["delete"], "s"),
         ("pivot_clusterctl_direct", direct, "s"),
         ("pivot_overhead", overhead, "%"),
+        ("pivot_native_direct", native_direct, "s"),
+        ("pivot_native_direct_export", native_export, "s"),
+        ("pivot_native_direct_import", native_import, "s"),
+        ("pivot_native_vs_clusterctl", native_direct / direct, "ratio"),
+        ("pivot_lattice_vs_clusterctl", total / direct, "ratio"),
         ("pivot_clusterctl_direct_cold_export", cold_export, "s"),
         ("unpivot_lattice", unpivot, "s"),
         ("unpivot_vs_clusterctl_direct", unpivot / direct, "ratio"),

@@ -28,10 +28,9 @@ from typing import Any
 
 import lattice
 from lattice.adapters import agent_client, agent_kube, agent_local, agent_renewal, fips, tls
-from lattice.adapters.binaries import locate
 from lattice.adapters.clock import SystemClock
-from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.mover_native import mover_for
 from lattice.app import logs
 from lattice.app.discovery.agent_side import AgentDiscoverySettings, AgentDiscoveryWiring
 from lattice.app.discovery.coordinator import DEFAULT_QUERY_TIMEOUT
@@ -43,6 +42,7 @@ from lattice.domain.endpoint import Endpoint
 from lattice.domain.errors import FieldError
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.ports.agent import AgentCredentials, CredentialStore, ManifestApplier, PivotImporter
+from lattice.ports.mover import MoverKind
 
 EXIT_CONFIG = 2
 EXIT_FIPS = 3
@@ -82,6 +82,13 @@ def register(subparsers: Any) -> None:
         help="this cluster's kubeconfig: apply bootstrap manifests and import pivots into it",
     )
     parser.add_argument("--require-fips", action="store_true", help="refuse to start without a FIPS provider")
+    parser.add_argument(
+        "--mover",
+        choices=[kind.value for kind in MoverKind],
+        default=MoverKind.NATIVE.value,
+        help="how pivots import and unpivots export the Cluster API objects: through the Kubernetes "
+        "API (native, the default) or with the clusterctl binary",
+    )
     found = parser.add_argument_group(
         "service discovery",
         "announce this cluster's LatticeServices to the parent and wire remote dependencies "
@@ -259,7 +266,7 @@ async def _run_with_cluster(
 ) -> None:
     """The agent on a real cluster: its commands act on the cluster's own API server."""
     api = await Kr8sKube.connect(str(args.kubeconfig))
-    mover = ClusterctlMover(locate().clusterctl)
+    mover = mover_for(MoverKind(args.mover), api)
     importer = agent_kube.KubePivotImporter(api, mover, args.kubeconfig)
     wiring = AgentDiscoveryWiring(api, found, SystemClock()) if found is not None else None
     runner = agent_client.AgentRunner(

@@ -18,6 +18,7 @@ from lattice.app.operator.process import OperatorSettings, default_identity, run
 from lattice.domain import capi, deploy, install, reconcile
 from lattice.domain.endpoint import host_error
 from lattice.domain.errors import FieldError
+from lattice.ports.mover import MoverKind
 
 EXIT_CONFIG = 2
 
@@ -89,6 +90,13 @@ def register(subparsers: Any) -> None:
         "Helm chart charts/lattice (helm template; the same objects)",
     )
     cell.add_argument(
+        "--mover",
+        choices=[kind.value for kind in MoverKind],
+        default=MoverKind.NATIVE.value,
+        help="how pivots move the Cluster API objects: through the Kubernetes API (native, the "
+        "default) or with the clusterctl binary (clusterctl move --to-directory/--from-directory)",
+    )
+    cell.add_argument(
         "--local-infra",
         action="store_true",
         help="run the contract-shaped local infrastructure provider (LocalCluster, LocalMachine); "
@@ -140,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             local_infra=args.local_infra,
             machines_dir=args.machines_dir,
             operator_via=install.Via(args.operator_via),
+            mover=MoverKind(args.mover),
         )
         cell_endpoint = cell_endpoint or cell.endpoint
         try:  # a cell renders every child's Cilium and sends Flux: say at once if they are not built

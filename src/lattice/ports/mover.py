@@ -1,13 +1,24 @@
-"""Moving a cluster's CAPI objects between API servers (``clusterctl move`` to/from a directory)."""
+"""Moving a cluster's CAPI objects between API servers (export to / import from a directory of
+``clusterctl move --to-directory`` files), and the two implementations to choose from."""
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Protocol
 
 
 class MoveError(RuntimeError):
-    """The move tool failed; the message carries its own explanation."""
+    """The move failed; the message carries its own explanation."""
+
+
+class MoverKind(enum.Enum):
+    """Which :class:`ClusterMover` a process uses (``--mover``)."""
+
+    NATIVE = "native"
+    """Through the Kubernetes API (lattice.adapters.mover_native): the default."""
+    CLUSTERCTL = "clusterctl"
+    """The ``clusterctl move`` binary (lattice.adapters.clusterctl), the native mover's oracle."""
 
 
 class ClusterMover(Protocol):

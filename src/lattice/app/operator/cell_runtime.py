@@ -20,10 +20,9 @@ from attrs import frozen
 from lattice.adapters import agent_cell, pki, tls
 from lattice.adapters.addons_bundle import AddonsBundle, locate_addons
 from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
-from lattice.adapters.binaries import locate
 from lattice.adapters.cell_ca import CellCertificateAuthority
 from lattice.adapters.chart import locate_operator_chart
-from lattice.adapters.clusterctl import ClusterctlMover
+from lattice.adapters.mover_native import mover_for
 from lattice.adapters.registration_http import (
     PayloadSettings,
     PayloadUnavailable,
@@ -53,6 +52,7 @@ from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
 from lattice.domain.discovery.catalog import ServiceCatalog
 from lattice.ports import kube
 from lattice.ports.kube import KubeApi, ResourceRef
+from lattice.ports.mover import MoverKind
 from lattice.ports.registration import TokenStoreUnavailable
 
 log = logging.getLogger("lattice.cell")
@@ -79,6 +79,8 @@ class CellSettings:
     """Seconds between the catalog's periodic pushes of what each child depends on."""
     operator_via: install.Via = install.Via.MANIFESTS
     """How the operator a child receives is rendered: the manifests, or the Helm chart."""
+    mover: MoverKind = MoverKind.NATIVE
+    """How pivots export and import: through the Kubernetes API, or with clusterctl."""
 
     @property
     def endpoint(self) -> capi.ParentEndpoint:
@@ -317,11 +319,10 @@ class CellRuntime:
             host=self.settings.bind_host,
             port=self.settings.bootstrap_port,
         )
-        toolchain = locate()
         self.coordinator = CellCoordinator(
             self.controller,
             hub,
-            ClusterctlMover(toolchain.clusterctl),
+            mover_for(self.settings.mover),
             cell_kubeconfig=self.kubeconfig,
             work_dir=self.settings.state_dir / "pivots",
             bootstrap_manifests=self.bootstrap_manifests,
