@@ -85,6 +85,10 @@ class ParentLostError(Exception):
     """No HeartbeatAck for too long: the stream is presumed dead."""
 
 
+def _no_fault(_point: str) -> None:
+    return None
+
+
 class AgentRunner:
     def __init__(
         self,
@@ -102,6 +106,7 @@ class AgentRunner:
         discovery: AgentDiscoveryHandler | None = None,
         unpivoter: Unpivoter | None = None,
         renewer: CertificateRenewer | None = None,
+        fault: Callable[[str], None] | None = None,
         proxy: ApiProxyExecutor | None = None,
     ) -> None:
         self.settings = settings
@@ -117,6 +122,8 @@ class AgentRunner:
         self._discovery = discovery
         self._unpivoter = unpivoter
         self._renewer = renewer
+        self._fault = fault or _no_fault
+        """Test-only: called at the named steps of a pivot import (lattice.app.faults)."""
         self._proxy = proxy
         self._stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand] | None = None
         self._send_lock = asyncio.Lock()
@@ -510,6 +517,7 @@ class AgentRunner:
             return agent.failure_reply(command, command_id, "; ".join(str(e) for e in errors))
         if command.pivot_id not in self._imported_pivots:
             self._pivot_running = True
+            self._fault("agent.import.received")
             try:
                 await self._importer.import_move(command)
             except Exception:
@@ -518,6 +526,7 @@ class AgentRunner:
             finally:
                 self._pivot_running = False
             self._imported_pivots.add(command.pivot_id)
+            self._fault("agent.import.done")
         self._pivot_failed = False
         self._self_managed = True
         return agent.PivotResult(command_id=command_id, pivot_id=command.pivot_id, success=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import random
 import signal
 import ssl
@@ -31,7 +32,7 @@ from lattice.adapters import agent_client, agent_kube, agent_local, agent_renewa
 from lattice.adapters.clock import SystemClock
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.mover_native import mover_for
-from lattice.app import logs
+from lattice.app import faults, logs
 from lattice.app.discovery.agent_side import AgentDiscoverySettings, AgentDiscoveryWiring
 from lattice.app.discovery.coordinator import DEFAULT_QUERY_TIMEOUT
 from lattice.domain.agent_identity import cluster_name_errors
@@ -137,6 +138,8 @@ def register(subparsers: Any) -> None:
         "its lifetime and saves into the TLS Secrets, or the --cert/--key/--ca files)",
     )
     parser.add_argument("--log-level", default="info")
+    # test-only fault points (lattice.app.faults): a cell adds it for LATTICE_AGENT_FAULT_AT
+    parser.add_argument("--fault-at", default="", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -170,6 +173,12 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(exc))
     for error in cluster_name_errors(args.cluster_name, ("--cluster-name",)):
         return _error(str(error))
+    try:
+        args.fault = functools.partial(
+            faults.hit, points=faults.parse(args.fault_at, faults.AGENT_POINTS, "--fault-at")
+        )
+    except ValueError as exc:
+        return _error(str(exc))
     try:
         settings = agent_client.AgentSettings(
             cluster_name=args.cluster_name,
@@ -212,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         importer=importer,
         probe=agent_local.StaticClusterProbe(args.kubernetes_version),
         renewer=_renewer(args, credentials, agent_renewal.FileCredentialStore(files)),
+        fault=args.fault,
     )
     asyncio.run(_run_until_signalled(runner))
     return 0
@@ -278,6 +288,7 @@ async def _run_with_cluster(
         discovery=wiring.handler if wiring is not None else None,
         unpivoter=agent_kube.KubeUnpivoter(api, mover, args.kubeconfig, args.cluster_name),
         renewer=_renewer(args, credentials, agent_renewal.SecretCredentialStore(api)),
+        fault=args.fault,
     )
     if wiring is None:
         await _run_until_signalled(runner)

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     try:
         faults.armed()
+        faults.agent_faults()
     except ValueError as exc:
         print(f"lattice operator: {exc}", file=sys.stderr)
         return 2

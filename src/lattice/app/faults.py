@@ -15,6 +15,16 @@ kills the cell at each in turn and restarts it):
   its status), step Importing still recorded: the gap before PivotComplete;
 * ``pivot.deleting_source`` - step DeletingSource recorded, nothing deleted yet;
 * ``pivot.deleted`` - the source is deleted, step Complete not recorded yet.
+
+The agent's points (:data:`AGENT_POINTS`), armed with its ``--fault-at`` flag, which a cell adds
+to the agent's Deployment of the clusters named in its own ``LATTICE_AGENT_FAULT_AT``
+(``<cluster>=<point>[+<point>...][;...]``) at registration:
+
+* ``agent.import.received`` - a pivot's objects arrived, nothing imported yet;
+* ``agent.import.done`` - all imported, the reply to the cell not sent yet.
+
+A killed agent is restarted by its kubelet with the same flag, so the test removes the flag
+from the Deployment (``tests/e2e/test_pivot_faults.py``).
 """
 
 from __future__ import annotations
@@ -37,19 +47,41 @@ POINTS = (
 )
 
 
-def armed(environ: dict[str, str] | None = None) -> frozenset[str]:
-    """The points armed in ``environ`` (default: this process's); unknown names are refused."""
-    text = (os.environ if environ is None else environ).get(ENV, "")
-    wanted = frozenset(part.strip() for part in text.split(",") if part.strip())
-    unknown = sorted(wanted - set(POINTS))
+AGENT_ENV = "LATTICE_AGENT_FAULT_AT"
+AGENT_POINTS = ("agent.import.received", "agent.import.done")
+
+
+def parse(text: str, known: tuple[str, ...] = POINTS, source: str = ENV) -> frozenset[str]:
+    """The points named in ``text`` (separated by ``,`` or ``+``); unknown names are refused."""
+    wanted = frozenset(part.strip() for part in text.replace("+", ",").split(",") if part.strip())
+    unknown = sorted(wanted - set(known))
     if unknown:
-        raise ValueError(f"{ENV}: unknown fault points {unknown}; known: {', '.join(POINTS)}")
+        raise ValueError(f"{source}: unknown fault points {unknown}; known: {', '.join(known)}")
     return wanted
 
 
-def hit(point: str) -> None:
-    """Kill this process group if ``point`` is armed."""
-    if point not in armed():
+def armed(environ: dict[str, str] | None = None) -> frozenset[str]:
+    """The points armed in ``environ`` (default: this process's); unknown names are refused."""
+    return parse((os.environ if environ is None else environ).get(ENV, ""))
+
+
+def agent_faults(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """A cell's ``LATTICE_AGENT_FAULT_AT``: the agent points to arm, per cluster."""
+    text = (os.environ if environ is None else environ).get(AGENT_ENV, "")
+    found: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in text.split(";"))):
+        cluster, sep, points = entry.partition("=")
+        if not sep or not cluster.strip():
+            raise ValueError(f"{AGENT_ENV}: {entry!r} is not <cluster>=<point>[+<point>...]")
+        parse(points, AGENT_POINTS, AGENT_ENV)
+        found[cluster.strip()] = points.strip()
+    return found
+
+
+def hit(point: str, points: frozenset[str] | None = None) -> None:
+    """Kill this process group if ``point`` is armed (in ``points``, default this process's
+    environment)."""
+    if point not in (armed() if points is None else points):
         return
     log.error("fault injected at %s (%s): killing this process group", point, ENV)
     for handler in logging.getLogger().handlers:

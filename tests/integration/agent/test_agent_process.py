@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lattice.domain import agent
+from lattice.ports.agent import AgentNotConnected, CommandTimeout
 
 from .conftest import Pki, running_cell
 
@@ -172,3 +173,39 @@ async def test_discovery_flag_errors_are_all_reported(cell_pki: Pki, tmp_path: P
     assert code == 2
     for fragment in fragments:
         assert fragment in stderr
+
+
+@pytest.mark.parametrize(
+    ("point", "imported"), [("agent.import.received", False), ("agent.import.done", True)]
+)
+async def test_an_armed_fault_point_kills_the_agent_at_that_step_of_an_import(
+    cell_pki: Pki, tmp_path: Path, point: str, imported: bool
+) -> None:
+    record = tmp_path / "record"
+    async with running_cell(cell_pki) as cell:
+        process = await asyncio.create_subprocess_exec(
+            *agent_command(cell_pki, cell.port, record, "--fault-at", point),
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # the fault kills the agent's whole process group
+        )
+        try:
+            await cell.wait_connected("proc1", within=30)
+            pivot = agent.PivotManifests(
+                "proc1", "capi-proc1", "p-1", (agent.MoveFile("Cluster_capi-proc1_proc1.yaml", b"{}"),)
+            )
+            with pytest.raises((AgentNotConnected, CommandTimeout)):  # the stream ends, no reply
+                await cell.hub.send_command("proc1", pivot, 10)
+            _, stderr = await asyncio.wait_for(process.communicate(), 15)
+            assert process.returncode == -signal.SIGKILL
+            assert f"fault injected at {point}" in stderr.decode()
+            assert (record / "pivot-p-1" / "Cluster_capi-proc1_proc1.yaml").exists() is imported
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_an_unknown_fault_point_is_refused(cell_pki: Pki, tmp_path: Path) -> None:
+    code, err = await _run_cli(*agent_command(cell_pki, 1, tmp_path / "r", "--fault-at", "agent.nowhere")[3:])
+    assert code == 2
+    assert "--fault-at: unknown fault points ['agent.nowhere']" in err

@@ -59,3 +59,41 @@ def test_the_operator_refuses_unknown_points(
     monkeypatch.setenv(faults.ENV, "nowhere")
     assert main(["operator", "--kubeconfig", "/nonexistent"]) == 2
     assert "unknown fault points ['nowhere']" in capsys.readouterr().err
+
+
+def test_a_cells_agent_faults_are_read_per_cluster() -> None:
+    assert faults.agent_faults({}) == {}
+    environ = {faults.AGENT_ENV: "w1=agent.import.received; w2 = agent.import.received+agent.import.done;"}
+    assert faults.agent_faults(environ) == {
+        "w1": "agent.import.received",
+        "w2": "agent.import.received+agent.import.done",
+    }
+    assert faults.parse("agent.import.received+agent.import.done", faults.AGENT_POINTS) == set(
+        faults.AGENT_POINTS
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("agent.import.received", "is not <cluster>=<point>"),
+        ("=agent.import.received", "is not <cluster>=<point>"),
+        ("w1=pivot.exported", r"unknown fault points \['pivot.exported'\]; known: agent.import.received"),
+    ],
+)
+def test_a_cells_agent_faults_name_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        faults.agent_faults({faults.AGENT_ENV: text})
+
+
+def test_points_passed_in_are_used_instead_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(faults.ENV, "pivot.deleted")
+    faults.hit("pivot.deleted", frozenset({"agent.import.done"}))  # still here
+
+
+def test_the_operator_refuses_a_bad_agent_fault_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(faults.AGENT_ENV, "w1")
+    assert main(["operator", "--kubeconfig", "/nonexistent"]) == 2
+    assert "LATTICE_AGENT_FAULT_AT: 'w1' is not <cluster>=<point>" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from lattice.adapters.registration_http import (
 )
 from lattice.adapters.revocations import ConfigMapRevocations
 from lattice.adapters.token_store_secret import SecretTokenStore
-from lattice.app import yamlio
+from lattice.app import faults, yamlio
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
 from lattice.app.operator.cell import CellCoordinator
@@ -167,6 +167,7 @@ class CellRuntime:
         self.ca = load_or_create_ca(settings.state_dir / "pki")
         self.tokens = SecretTokenStore(controller.api)
         self.revocations = ConfigMapRevocations(controller.api)
+        self._agent_faults = faults.agent_faults()
         self.registrations = Registrations(controller.api, self.tokens, self.ca)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -191,7 +192,9 @@ class CellRuntime:
     def agent_args(self, cluster_name: str) -> tuple[str, ...]:
         """Extra flags for a registering child's agent: discovery as its LatticeCluster asks."""
         child = self.controller.clusters.get(None, cluster_name) or {}
-        return agent_payload.discovery_agent_args((child.get("spec") or {}).get("discovery"))
+        found = agent_payload.discovery_agent_args((child.get("spec") or {}).get("discovery"))
+        points = self._agent_faults.get(cluster_name)  # test-only (lattice.app.faults)
+        return found if points is None else (*found, "--fault-at", points)
 
     def _child(self, cluster_name: str) -> models.LatticeCluster:
         raw = self.controller.clusters.get(None, cluster_name)
