@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lattice.app.cmd_install",
     "lattice.app.cmd_local_kubelet",
     "lattice.app.cmd_local_lb",
+    "lattice.app.cmd_kubeconfig",
     "lattice.app.cmd_revoke",
 )
 
@@ -50,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "refuse the agent certificates a cluster holds (its cell closes their streams)",
     ),
     "install": ("lattice.app.cmd_install", "create a self-managing management cell"),
+    "kubeconfig": (
+        "lattice.app.cmd_kubeconfig",
+        "print a kubeconfig for a cluster through its cell's API proxy",
+    ),
     "demo": ("lattice.app.cmd_install", "a local management cell and two workload clusters"),
     "down": ("lattice.app.cmd_install", "stop everything lattice install/demo started"),
     "local-kubelet": ("lattice.app.cmd_local_kubelet", "(internal) the kubelet stand-in of a local machine"),

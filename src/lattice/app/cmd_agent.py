@@ -32,7 +32,7 @@ from lattice.adapters import agent_client, agent_kube, agent_local, agent_renewa
 from lattice.adapters.clock import SystemClock
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.mover_native import mover_for
-from lattice.app import faults, logs
+from lattice.app import api_proxy, faults, logs
 from lattice.app.discovery.agent_side import AgentDiscoverySettings, AgentDiscoveryWiring
 from lattice.app.discovery.coordinator import DEFAULT_QUERY_TIMEOUT
 from lattice.domain.agent_identity import cluster_name_errors
@@ -83,6 +83,7 @@ def register(subparsers: Any) -> None:
         help="this cluster's kubeconfig: apply bootstrap manifests and import pivots into it",
     )
     parser.add_argument("--require-fips", action="store_true", help="refuse to start without a FIPS provider")
+    api_proxy.add_agent_flags(parser)
     parser.add_argument(
         "--mover",
         choices=[kind.value for kind in MoverKind],
@@ -179,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _error(str(exc))
+    problems = api_proxy.agent_proxy_errors(args)
+    if problems:
+        return _error("; ".join(problems))
     try:
         settings = agent_client.AgentSettings(
             cluster_name=args.cluster_name,
@@ -279,6 +283,7 @@ async def _run_with_cluster(
     mover = mover_for(MoverKind(args.mover), api)
     importer = agent_kube.KubePivotImporter(api, mover, args.kubeconfig)
     wiring = AgentDiscoveryWiring(api, found, SystemClock()) if found is not None else None
+    proxy = await api_proxy.agent_executor(args, args.cluster_name)
     runner = agent_client.AgentRunner(
         settings,
         context,
@@ -289,6 +294,7 @@ async def _run_with_cluster(
         unpivoter=agent_kube.KubeUnpivoter(api, mover, args.kubeconfig, args.cluster_name),
         renewer=_renewer(args, credentials, agent_renewal.SecretCredentialStore(api)),
         fault=args.fault,
+        proxy=proxy,
     )
     if wiring is None:
         await _run_until_signalled(runner)

@@ -76,6 +76,11 @@ def register(subparsers: Any) -> None:
     )
     cell.add_argument("--bootstrap-port", type=int, default=8443, help="HTTPS registration webhook port")
     cell.add_argument("--grpc-port", type=int, default=50051, help="agent stream port (mutual TLS)")
+    cell.add_argument(
+        "--proxy-port",
+        type=int,
+        help="serve the Kubernetes API of every descendant on this HTTPS port (docs/api-proxy.md)",
+    )
     cell.add_argument("--bind-host", default="127.0.0.1", help="address the cell's servers bind")
     cell.add_argument("--state-dir", type=Path, default=Path(".lattice/cell"), help="CA and pivot work files")
     cell.add_argument("--agent-image", default="ghcr.io/lattice-dev/lattice:0.1.0")
@@ -143,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.cell_host,
             bootstrap_port=args.bootstrap_port,
             grpc_port=args.grpc_port,
+            proxy_port=args.proxy_port,
             state_dir=args.state_dir,
             bind_host=args.bind_host,
             agent_image=args.agent_image,

@@ -231,7 +231,9 @@ def impersonation_checks(wanted: UserInfo) -> tuple[dict[str, str], ...]:
     ]
     checks += [{"verb": "impersonate", "resource": "groups", "name": group} for group in wanted.groups]
     if wanted.uid:
-        checks.append({"verb": "impersonate", "resource": "uids", "name": wanted.uid})
+        checks.append(
+            {"verb": "impersonate", "group": "authentication.k8s.io", "resource": "uids", "name": wanted.uid}
+        )
     for key, values in wanted.extra:
         checks += [
             {

@@ -32,6 +32,7 @@ from lattice.adapters.registration_http import (
 from lattice.adapters.revocations import ConfigMapRevocations
 from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app import faults, yamlio
+from lattice.app.api_proxy import CellApiProxy
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
 from lattice.app.operator.cell import CellCoordinator
@@ -79,6 +80,8 @@ class CellSettings:
     """Seconds between the catalog's periodic pushes of what each child depends on."""
     operator_via: install.Via = install.Via.MANIFESTS
     """How the operator a child receives is rendered: the manifests, or the Helm chart."""
+    proxy_port: int | None = None
+    """The Kubernetes API proxy's HTTPS port (docs/api-proxy.md); None: no proxy."""
     mover: MoverKind = MoverKind.NATIVE
     """How pivots export and import: through the Kubernetes API, or with clusterctl."""
 
@@ -173,6 +176,7 @@ class CellRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc: CellGrpcServer | None = None
         self.webhook: RegistrationServer | None = None
+        self.api_proxy: CellApiProxy | None = None
         self.coordinator: CellCoordinator | None = None
         self._child_capi_crds: bytes | None = None
         self._service_address: str | None = ""
@@ -334,6 +338,17 @@ class CellRuntime:
         self.controller.on_unpivot = self.coordinator.kick
         await self.grpc.start()
         await self.webhook.start()
+        if self.settings.proxy_port is not None:
+            host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+            self.api_proxy = CellApiProxy(
+                hub,
+                files,
+                kubeconfig=self.kubeconfig,
+                url=f"https://{host}:{self.settings.proxy_port}",
+                bind_host=self.settings.bind_host,
+                port=self.settings.proxy_port,
+            )
+            await self.api_proxy.start(self.controller.api)
         if self.settings.local_infra:
             await self._load_child_capi_crds()
         self._tasks.append(
@@ -408,6 +423,8 @@ class CellRuntime:
         self._stop.set()
         if self.coordinator is not None:
             await self.coordinator.close()
+        if self.api_proxy is not None:
+            await self.api_proxy.close()
         if self.webhook is not None:
             await self.webhook.stop()
         if self.grpc is not None:

@@ -1,0 +1,144 @@
+"""Wiring of the Kubernetes API proxy (docs/api-proxy.md) into the cell and the agent.
+
+* the cell (:class:`CellApiProxy`): the proxy endpoint on its own HTTPS port (``lattice operator
+  --proxy-port``), serving ``/clusters/<child>/...`` through the hub's agent streams, with the
+  cell's server certificate; it publishes where it listens in the ConfigMap
+  ``lattice-system/lattice-api-proxy`` (``url``, ``ca.crt``), which ``lattice kubeconfig`` reads;
+* the agent (:func:`agent_executor`): performs proxied requests against its cluster's API
+  server (``--kubeconfig``) impersonating the caller, and relays a descendant's request to the
+  cell in its own cluster (``--relay-url``, ``--relay-ca``, ``--relay-token-file``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from lattice.adapters import tls
+from lattice.adapters.agent_cell import AgentHub
+from lattice.adapters.api_proxy_agent import ApiProxyExecutor, HttpTarget
+from lattice.adapters.api_proxy_http import api_proxy_app, proxy_server
+from lattice.adapters.kube_access_review import KubeAccessReviewer
+from lattice.adapters.registration_http import RegistrationServer
+from lattice.ports import kube
+
+log = logging.getLogger("lattice.api_proxy")
+
+ENDPOINT_CONFIGMAP = "lattice-api-proxy"
+ENDPOINT_NAMESPACE = "lattice-system"
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+FIELD_MANAGER = "lattice-api-proxy"
+
+
+def endpoint_configmap(url: str, ca_pem: str) -> kube.Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": ENDPOINT_CONFIGMAP, "namespace": ENDPOINT_NAMESPACE},
+        "data": {"url": url, "ca.crt": ca_pem},
+    }
+
+
+class CellApiProxy:
+    """The cell's proxy endpoint: started with the cell, stopped with it."""
+
+    def __init__(
+        self,
+        hub: AgentHub,
+        files: tls.TlsFiles,
+        *,
+        kubeconfig: Path | None,
+        url: str,
+        bind_host: str,
+        port: int,
+    ) -> None:
+        self._hub = hub
+        self._files = files
+        self._kubeconfig = kubeconfig
+        self.url = url
+        self._bind_host = bind_host
+        self._port = port
+        self.server: RegistrationServer | None = None
+        self._reviewer: KubeAccessReviewer | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.port if self.server is not None else self._port
+
+    async def start(self, api: kube.KubeApi | None = None) -> None:
+        target = await HttpTarget.from_kubeconfig(str(self._kubeconfig) if self._kubeconfig else None)
+        self._reviewer = KubeAccessReviewer(target)
+        self.server = proxy_server(
+            api_proxy_app(relay=self._hub.proxy, reviewer=self._reviewer),
+            tls.server_context(self._files, require_client_cert=False, alpn=("http/1.1",)),
+            host=self._bind_host,
+            port=self._port,
+        )
+        await self.server.start()
+        log.info("api proxy serving", extra={"url": self.url, "port": self.server.port})
+        if api is not None:
+            try:
+                await api.apply(endpoint_configmap(self.url, self._files.ca.read_text()), FIELD_MANAGER)
+            except kube.KubeError as exc:  # lattice kubeconfig then needs --proxy-url
+                log.warning("could not publish the api proxy endpoint: %s", exc)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        if self._reviewer is not None:
+            await self._reviewer.close()
+
+
+def add_agent_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Kubernetes API proxy",
+        "perform the requests the cell proxies to this cluster (needs --kubeconfig), impersonating "
+        "each caller; relay a descendant's requests to the cell in this cluster",
+    )
+    group.add_argument(
+        "--no-api-proxy", action="store_true", help="refuse proxied requests (answered 501 at the cell)"
+    )
+    group.add_argument(
+        "--relay-url", metavar="URL", help="this cluster's own cell proxy endpoint (a cell's agent)"
+    )
+    group.add_argument("--relay-ca", type=Path, metavar="FILE", help="CA bundle of --relay-url")
+    group.add_argument(
+        "--relay-token-file",
+        type=Path,
+        default=IN_CLUSTER_TOKEN,
+        metavar="FILE",
+        help="the agent's ServiceAccount token for --relay-url (re-read for every request)",
+    )
+
+
+def agent_proxy_errors(args: argparse.Namespace) -> list[str]:
+    problems: list[str] = []
+    if args.relay_url and not args.relay_url.startswith("https://"):
+        problems.append(f"--relay-url {args.relay_url}: must be an https:// URL")
+    if args.relay_url and args.relay_ca is None:
+        problems.append("--relay-url needs --relay-ca (the CA of the cell's proxy endpoint)")
+    return problems
+
+
+async def agent_executor(args: argparse.Namespace, cluster_name: str) -> ApiProxyExecutor | None:
+    """The agent's proxy executor for ``lattice agent --kubeconfig``; None with --no-api-proxy."""
+    if getattr(args, "no_api_proxy", False):
+        return None
+    target = await HttpTarget.from_kubeconfig(str(args.kubeconfig))
+    relay = None
+    if getattr(args, "relay_url", None):
+        relay = HttpTarget(
+            base_url=args.relay_url,
+            verify=ssl.create_default_context(cafile=str(args.relay_ca)),
+            token_file=args.relay_token_file,
+        )
+    return ApiProxyExecutor(cluster_name, target, relay=relay)
+
+
+def read_endpoint(configmap: dict[str, Any]) -> tuple[str, str]:
+    data = configmap.get("data") or {}
+    return str(data.get("url") or ""), str(data.get("ca.crt") or "")
