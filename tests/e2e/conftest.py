@@ -46,8 +46,9 @@ class Cell:
     def kubectl(self, *args: str, check: bool = True) -> str:
         return self.control_plane.kubectl(*args, check=check).stdout
 
-    def start_operator(self, faults: str = "") -> None:
-        """Start the cell's operator; ``faults`` arms test-only fault points (lattice.app.faults)."""
+    def start_operator(self, faults: str = "", agent_faults: str = "") -> None:
+        """Start the cell's operator; ``faults`` arms test-only fault points (lattice.app.faults)
+        in it, ``agent_faults`` in the agents of the children it names (``<child>=<point>``)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.operator = subprocess.Popen(
@@ -76,7 +77,12 @@ class Cell:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "LATTICE_FAULT_AT": faults},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "LATTICE_FAULT_AT": faults,
+                "LATTICE_AGENT_FAULT_AT": agent_faults,
+            },
         )
 
     def stop_operator(self) -> None:

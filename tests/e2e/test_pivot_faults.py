@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from lattice.adapters.local_processes import processes_under
 from lattice.app import faults
 from lattice.domain import pivot
 from tests.e2e.conftest import (
     Cell,
-    agent_log,
     child_kubeconfig,
     kubectl,
     local_cluster,
@@ -146,13 +144,57 @@ def test_cell_killed_at_every_pivot_step_then_restarted_converges(cell: Cell, to
     )
 
 
-def test_agent_killed_mid_import_converges(cell: Cell, toolchain: Toolchain) -> None:
-    cell.control_plane.apply([local_cluster("fault-2", cell.name, workers=1)])
-    _, before = graph_until_step(cell, toolchain, "fault-2", ("Importing",))
-    pod = agent_log(machines_dir(cell), "fault-2").parent
-    killed = processes_under(pod)
-    assert killed, f"no agent process under {pod}"
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)  # its kubelet stand-in starts it again, as a kubelet would
-    wait_for(lambda: cell.lc("fault-2").get("status", {}).get("phase") == "Ready", 240, "Ready", cell.log)
-    assert_moved_exactly_once(cell, toolchain, "fault-2", before)
+def _agent_logs_say(cell: Cell, child: str, text: str) -> bool:
+    """Whether any agent pod of ``child`` (each restart or new pod of the Deployment) logged ``text``."""
+    logs = machines_dir(cell).glob(f"{child}-*/pods/lattice-system_lattice-agent-*/container.log")
+    return any(text in log.read_text(errors="replace") for log in logs)
+
+
+def _arm_agent(toolchain: Toolchain, kubeconfig: Path, point: str | None) -> None:
+    """Set (or, with None, drop) the agent Deployment's ``--fault-at`` on the child: the
+    Deployment controller and the scheduler replace the pod, which its kubelet stand-in runs."""
+    deployment = json.loads(
+        kubectl(
+            toolchain, kubeconfig, "get", "deployment", "lattice-agent", "-n", "lattice-system", "-o", "json"
+        )
+    )
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    if "--fault-at" in args:
+        at = args.index("--fault-at")
+        del args[at : at + 2]
+    if point is not None:
+        args += ["--fault-at", point]
+    patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": args}]
+    kubectl(
+        toolchain, kubeconfig, "patch", "deployment", "lattice-agent", "-n", "lattice-system",
+        "--type=json", "-p", json.dumps(patch),
+    )  # fmt: skip
+
+
+def test_agent_killed_at_each_import_step_converges(cell: Cell, toolchain: Toolchain) -> None:
+    """The child's agent dies at each step of the import in turn (test-only fault points armed
+    through the cell: ``--fault-at`` in the agent's Deployment), and the pivot still converges:
+    every object of the source's move graph ends on the child exactly once."""
+    cell.stop_operator()
+    cell.start_operator(agent_faults=f"fault-2={faults.AGENT_POINTS[0]}")
+    try:
+        cell.control_plane.apply([local_cluster("fault-2", cell.name, workers=1)])
+        _, before = graph_until_step(cell, toolchain, "fault-2", ("Importing",))
+        kubeconfig = child_kubeconfig(cell, "fault-2")
+        for index, point in enumerate(faults.AGENT_POINTS):
+            if index:
+                _arm_agent(toolchain, kubeconfig, point)
+            wait_for(
+                lambda point=point: _agent_logs_say(cell, "fault-2", f"fault injected at {point}"),
+                240,
+                f"the agent killed at {point}",
+                cell.log,
+            )
+            assert pivot_step(cell, "fault-2") in BEFORE_DELETION  # the cell waits for the agent
+            print(f"\nagent killed at {point}")
+        _arm_agent(toolchain, kubeconfig, None)
+        wait_for(lambda: cell.lc("fault-2").get("status", {}).get("phase") == "Ready", 240, "Ready", cell.log)
+        assert_moved_exactly_once(cell, toolchain, "fault-2", before)
+    finally:
+        cell.stop_operator()
+        cell.start_operator()
