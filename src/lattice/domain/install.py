@@ -141,13 +141,17 @@ def child_operator(
     """The operator a cell delivers to a child before its pivot (one replica): it compiles its
     own control plane with ``parent`` as its cell when it has one (``cellRef``), is a cell
     itself when its spec has ``parentConfig`` (then with the state volume), plus
-    ``infra_args`` (the local provider's)."""
+    ``infra_args`` (the local provider's, which need the state volume too)."""
     cell_args = cell_operator_args(spec, deploy.STATE_DIR)
     parent_args = parent_operator_args(spec, parent) if parent is not None else []
+    # The local provider's Cluster API managers keep their certificates and logs in the state
+    # directory too: it must be the writable volume (the image's root is read-only), not the
+    # default relative to the working directory.
+    state_args = ["--state-dir", deploy.STATE_DIR] if infra_args and not cell_args else []
     return deploy.OperatorInstall(
         image=image,
         cluster_name=cluster_name,
         replicas=1,
-        extra_args=(*parent_args, *cell_args, *infra_args),
-        state_volume=bool(cell_args),
+        extra_args=(*parent_args, *cell_args, *state_args, *infra_args),
+        state_volume=bool(cell_args or infra_args),
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from lattice.domain import deploy, install
 from lattice.domain import local_pods as lp
 
 CONFIG = lp.parse_image_config(
@@ -163,3 +164,12 @@ def test_a_volume_the_kubelet_cannot_provide_is_refused() -> None:
     odd = pod({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]})
     with pytest.raises(ValueError, match="volume 'cfg'"):
         lp.image_sandbox(odd, CONFIG, kubeconfig="/k", volumes={}, service_account_dir="/sa")
+
+
+def test_a_local_infra_childs_operator_keeps_its_state_on_its_volume() -> None:
+    """Its Cluster API managers write certificates and logs: the image's root is read-only."""
+    infra = ("--local-infra", "--capi-managers", "--machines-dir", "/m")
+    wanted = install.child_operator("c", {}, None, "lattice:1", infra)
+    assert wanted.state_volume
+    assert wanted.extra_args[-6:] == ("--state-dir", deploy.STATE_DIR, *infra)
+    assert not install.child_operator("c", {}, None, "lattice:1").state_volume
