@@ -2,13 +2,13 @@
 
 When a child's agent connects (reported through :class:`AgentStatusSink`), a driver task takes
 the child from ``Provisioning`` through ``Bootstrapping`` (ApplyManifests over the stream) and
-``Pivoting`` (export with clusterctl, send the files, the agent imports, delete the source) to
+``Pivoting`` (export with the ClusterMover, send the files, the agent imports, delete the source) to
 ``Ready``. Each step is persisted in the child's LatticeCluster status before the next begins
 (pure transitions in :mod:`lattice.domain.cell`), under the same per-cluster lock as the
 reconciler, so a restarted operator resumes from the last persisted step.
 
-Between export and deletion the source Cluster stays paused (clusterctl unpauses it after
-exporting); a pivot that is abandoned unpauses it again.
+Between export and deletion the source Cluster stays paused (either mover unpauses it after
+exporting, as clusterctl does); a pivot that is abandoned unpauses it again.
 """
 
 from __future__ import annotations
