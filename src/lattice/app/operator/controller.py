@@ -263,11 +263,8 @@ class ClusterController:
         namespace = models.capi_namespace(name)
         out: list[Obj] = []
         for informer in self.capi:
-            for obj in informer.items():
-                meta = obj["metadata"]
-                if meta.get("namespace") == namespace and (
-                    meta.get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER) == name
-                ):
+            for obj in informer.in_namespace(namespace):
+                if obj["metadata"].get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER) == name:
                     out.append(obj)
         return out
 
@@ -276,9 +273,8 @@ class ClusterController:
         return [
             obj
             for informer in self.reports
-            for obj in informer.items()
-            if obj["metadata"].get("namespace") == namespace
-            and obj["metadata"].get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER) == name
+            for obj in informer.in_namespace(namespace)
+            if obj["metadata"].get("labels", {}).get(capi.LABEL_LATTICE_CLUSTER) == name
         ]
 
     def observed(self, name: str) -> list[Obj]:

@@ -44,6 +44,7 @@ class Informer:
         self.kind = kind
         self.label_selector = label_selector
         self.store: dict[Key, Obj] = {}
+        self._by_namespace: dict[str, dict[Key, Obj]] = {}  # the same objects, by namespace
         self.synced = asyncio.Event()
         self._handler = handler
         self._watch_timeout = watch_timeout
@@ -56,11 +57,27 @@ class Informer:
     def items(self) -> list[Obj]:
         return list(self.store.values())
 
+    def in_namespace(self, namespace: str | None) -> list[Obj]:
+        """The objects of one namespace, without a scan of the whole store."""
+        return list(self._by_namespace.get(namespace or "", {}).values())
+
+    def _put(self, key: Key, obj: Obj) -> None:
+        self.store[key] = obj
+        self._by_namespace.setdefault(key[0], {})[key] = obj
+
+    def _drop(self, key: Key) -> None:
+        self.store.pop(key, None)
+        objects = self._by_namespace.get(key[0])
+        if objects is not None:
+            objects.pop(key, None)
+            if not objects:
+                del self._by_namespace[key[0]]
+
     def update(self, obj: Obj) -> None:
         """Record an object we just wrote, so a reconcile before the watch event sees it."""
         current = self.store.get(key_of(obj))
         if current is None or _rv(obj) >= _rv(current):
-            self.store[key_of(obj)] = obj
+            self._put(key_of(obj), obj)
 
     async def run(self) -> None:
         backoff = 0.1
@@ -84,11 +101,11 @@ class Informer:
         fresh = {key_of(o): o for o in listed.items}
         for key, obj in list(self.store.items()):
             if key not in fresh:
-                del self.store[key]
+                self._drop(key)
                 self._notify("DELETED", obj)
         for key, obj in fresh.items():
             old = self.store.get(key)
-            self.store[key] = obj
+            self._put(key, obj)
             if old is None or _rv(old) != _rv(obj):
                 self._notify("ADDED" if old is None else "MODIFIED", obj)
         self.synced.set()
@@ -107,11 +124,11 @@ class Informer:
                     continue
                 version = obj.get("metadata", {}).get("resourceVersion", version)
                 if event.type == "DELETED":
-                    self.store.pop(key_of(obj), None)
+                    self._drop(key_of(obj))
                 else:
                     obj.setdefault("apiVersion", self.api_version)
                     obj.setdefault("kind", self.kind)
-                    self.store[key_of(obj)] = obj
+                    self._put(key_of(obj), obj)
                 self._notify(event.type, obj)
 
     def _notify(self, event_type: str, obj: Obj) -> None:
