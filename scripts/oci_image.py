@@ -1,9 +1,11 @@
 """Write an OCI image archive (oci-archive: an OCI image layout in one tar) from directories.
 
-Used by scripts/build-image.sh; no container tool is needed. Every layer is an uncompressed tar
-(``application/vnd.oci.image.layer.v1.tar``) written reproducibly: entries sorted, mtime
-``SOURCE_DATE_EPOCH``, owner root (or the uid/gid given for a layer), no PAX times. So the same
-inputs give the same digest.
+Used by scripts/build-image.sh; no container tool is needed. Every layer is a tar written
+reproducibly: entries sorted, mtime ``SOURCE_DATE_EPOCH``, owner root (or the uid/gid given for
+a layer), no PAX times. So the same inputs give the same digest. Layers are uncompressed
+(``application/vnd.oci.image.layer.v1.tar``) unless ``--gzip`` is given; then each is gzipped
+(``...tar+gzip``) with an empty file name and mtime 0 in the gzip header, so that too is
+reproducible (with the same zlib), and the config's ``diff_ids`` are the uncompressed digests.
 
     python scripts/oci_image.py --out image.oci.tar \\
         --rootfs-tar rootfs.tar --exclude bin/sh \\
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gzip
 import hashlib
 import io
 import json
@@ -32,6 +35,8 @@ from typing import Any
 
 EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
 LAYER_MEDIA = "application/vnd.oci.image.layer.v1.tar"
+GZIP_LAYER_MEDIA = LAYER_MEDIA + "+gzip"
+GZIP_LEVEL = 6
 
 
 class Digesting:
@@ -110,15 +115,24 @@ def _copy_rootfs(tar: tarfile.TarFile, rootfs_tar: Path, exclude: set[str]) -> l
     return removed
 
 
-def _layer(directory: Path, write: Any) -> dict[str, Any]:
+def _layer(directory: Path, write: Any, compress: bool = False) -> tuple[dict[str, Any], str]:
+    """The layer's descriptor and its diff_id (the digest of the uncompressed tar)."""
     with tempfile.NamedTemporaryFile(dir=directory, delete=False) as raw:
-        digesting = Digesting(raw)
-        with tarfile.open(fileobj=digesting, mode="w", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
+        blob_digest = Digesting(raw)
+        gz = None
+        if compress:
+            gz = gzip.GzipFile(filename="", mode="wb", fileobj=blob_digest, compresslevel=GZIP_LEVEL, mtime=0)  # type: ignore[arg-type]
+        tar_digest = Digesting(gz) if gz is not None else blob_digest
+        with tarfile.open(fileobj=tar_digest, mode="w", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
             write(tar)
-    digest = digesting.sha.hexdigest()
+        if gz is not None:
+            gz.close()
+    digest = blob_digest.sha.hexdigest()
     blob = directory / "blobs" / "sha256" / digest
     os.replace(raw.name, blob)
-    return {"mediaType": LAYER_MEDIA, "digest": f"sha256:{digest}", "size": digesting.size}
+    media = GZIP_LAYER_MEDIA if compress else LAYER_MEDIA
+    descriptor = {"mediaType": media, "digest": f"sha256:{digest}", "size": blob_digest.size}
+    return descriptor, f"sha256:{tar_digest.sha.hexdigest()}"
 
 
 def _blob(directory: Path, data: bytes, media: str) -> dict[str, Any]:
@@ -129,6 +143,18 @@ def _blob(directory: Path, data: bytes, media: str) -> dict[str, Any]:
 
 def _json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _write_archive(layout: Path, out: Path) -> None:
+    """The layout as one tar (oci-archive), written beside ``out`` then renamed into place."""
+    partial = out.with_name(out.name + ".partial")
+    with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as archive:
+        blobs = sorted((layout / "blobs" / "sha256").iterdir())
+        for path in [layout / "oci-layout", layout / "index.json", *blobs]:
+            info = archive.gettarinfo(str(path), arcname=path.relative_to(layout).as_posix())
+            with path.open("rb") as handle:
+                archive.addfile(_normal(info, (0, 0)), handle)
+    os.replace(partial, out)
 
 
 def main() -> int:
@@ -145,25 +171,32 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("--label", action="append", default=[])
     parser.add_argument("--workdir", default="/")
+    parser.add_argument("--gzip", action="store_true", help="gzip every layer (reproducibly)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         layout = Path(tmp)
         (layout / "blobs" / "sha256").mkdir(parents=True)
         layers: list[dict[str, Any]] = []
+        diff_ids: list[str] = []
         removed: list[str] = []
+
+        def add(write: Any) -> None:
+            descriptor, diff_id = _layer(layout, write, args.gzip)
+            layers.append(descriptor)
+            diff_ids.append(diff_id)
 
         def base(tar: tarfile.TarFile) -> None:
             removed.extend(_copy_rootfs(tar, args.rootfs_tar, set(args.exclude)))
 
-        layers.append(_layer(layout, base))
+        add(base)
         missing = sorted(set(args.exclude) - set(removed))
         if missing:
             print(f"oci_image: --exclude paths not in the rootfs: {missing}", file=sys.stderr)
             return 2
         for spec in args.layer:
             target, _, source = spec.partition("=")
-            layers.append(_layer(layout, lambda tar, t=target, s=Path(source): _add_tree(tar, s, t, None)))
+            add(lambda tar, t=target, s=Path(source): _add_tree(tar, s, t, None))
 
         def files(tar: tarfile.TarFile) -> None:
             for spec in sorted(args.file):
@@ -175,7 +208,7 @@ def main() -> int:
                 tar.addfile(_normal(info, (0, 0)), io.BytesIO(data))
 
         if args.file:
-            layers.append(_layer(layout, files))
+            add(files)
         config = {
             "created": "1970-01-01T00:00:00Z" if EPOCH == 0 else None,
             "architecture": "amd64",
@@ -187,7 +220,7 @@ def main() -> int:
                 "WorkingDir": args.workdir,
                 "Labels": dict(label.partition("=")[::2] for label in args.label),
             },
-            "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
             "history": [{"created_by": "scripts/build-image.sh"} for _ in layers],
         }
         if config["created"] is None:
@@ -210,14 +243,7 @@ def main() -> int:
             )
         )
         (layout / "oci-layout").write_bytes(_json({"imageLayoutVersion": "1.0.0"}))
-        partial = args.out.with_name(args.out.name + ".partial")
-        with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as archive:
-            blobs = sorted((layout / "blobs" / "sha256").iterdir())
-            for path in [layout / "oci-layout", layout / "index.json", *blobs]:
-                info = archive.gettarinfo(str(path), arcname=path.relative_to(layout).as_posix())
-                with path.open("rb") as handle:
-                    archive.addfile(_normal(info, (0, 0)), handle)
-        os.replace(partial, args.out)
+        _write_archive(layout, args.out)
     print(manifest_desc["digest"])
     return 0
 

@@ -7,7 +7,9 @@ how to build it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -186,3 +188,52 @@ def test_the_image_writer_is_reproducible(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "bin/x" in missing.stderr
+
+
+def test_gzipped_layers_are_reproducible_and_name_their_uncompressed_digests(tmp_path: Path) -> None:
+    rootfs_tar = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs_tar, "w") as tar:
+        info = tarfile.TarInfo("etc/os-release")
+        data = b"ID=test\n"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "module.py").write_text("x = 1\n" * 1000)
+    outputs = []
+    for attempt in range(2):
+        os.utime(site / "module.py", (attempt, attempt))
+        out = tmp_path / f"gz-{attempt}.tar"
+        done = subprocess.run(
+            [
+                *WRITER,
+                "--out",
+                str(out),
+                "--rootfs-tar",
+                str(rootfs_tar),
+                "--layer",
+                f"/opt/site={site}",
+                "--gzip",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs.append((done.stdout.strip(), out.read_bytes()))
+    assert outputs[0] == outputs[1]
+    layout = tmp_path / "layout"
+    with tarfile.open(tmp_path / "gz-0.tar") as archive:
+        archive.extractall(layout, filter="data")
+    (descriptor,) = json.loads((layout / "index.json").read_text())["manifests"]
+    assert descriptor["digest"] == outputs[0][0]
+    manifest = json.loads(_blob(layout, descriptor["digest"]).read_bytes())
+    config = json.loads(_blob(layout, manifest["config"]["digest"]).read_bytes())
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    ] * 2
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
+        blob = _blob(layout, layer["digest"]).read_bytes()
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
+        plain = gzip.decompress(blob)
+        assert "sha256:" + hashlib.sha256(plain).hexdigest() == diff_id
+        assert len(blob) < len(plain)
