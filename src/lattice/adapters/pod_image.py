@@ -42,14 +42,18 @@ class UnpackedImage:
     config: ImageConfig
 
 
-def _json(archive: tarfile.TarFile, name: str) -> Any:
+def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
     try:
         handle = archive.extractfile(name)
     except KeyError:
         raise ImageError(f"{ARCHIVE}: no {name}") from None
     if handle is None:
         raise ImageError(f"{ARCHIVE}: {name} is not a file")
-    return json.loads(handle.read())
+    return handle
+
+
+def _json(archive: tarfile.TarFile, name: str) -> Any:
+    return json.loads(_member(archive, name).read())
 
 
 def _blob(digest: str) -> str:
@@ -110,10 +114,7 @@ def unpack(image_dir: Path, cache: Path | None = None) -> UnpackedImage:
                 manifest = _json(archive, _blob(manifests[0]["digest"]))
                 config = _json(archive, _blob(manifest["config"]["digest"]))
                 for layer in manifest["layers"]:
-                    handle = archive.extractfile(_blob(layer["digest"]))
-                    if handle is None:
-                        raise ImageError(f"{ARCHIVE}: layer {layer['digest']} is missing")
-                    _apply_layer(handle, rootfs)
+                    _apply_layer(_member(archive, _blob(layer["digest"])), rootfs)
             (work / "config.json").write_text(json.dumps(config))
             (work / "digest").write_text(digest + "\n")
             (work / ".complete").touch()
