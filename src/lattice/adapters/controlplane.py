@@ -26,7 +26,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +41,7 @@ import attrs
 
 from lattice.adapters import capi_crds, mesh_crds, pki
 from lattice.adapters.binaries import Toolchain, locate
+from lattice.domain import crds as lattice_crds
 from lattice.domain import yaml_text
 
 __all__ = [
@@ -716,20 +716,9 @@ class ControlPlane:
         target (fetched by scripts/fetch-mesh-crds.sh), as a platform's mesh install would."""
         return self.install_crds(mesh_crds.load_mesh_crds(mesh_crds.locate_mesh_crds(), names))
 
-    def install_lattice_crds(self) -> str:
-        """Install the CRDs ``lattice crds`` prints (the real CLI, as a user would)."""
-        result = subprocess.run(
-            [sys.executable, "-m", "lattice.app.cli", "crds"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ControlPlaneError(f"lattice crds failed: {result.stderr.strip()}")
-        applied = self.apply(result.stdout, extra_args=["--force-conflicts", "-o", "name"])
-        names = [line.split("/", 1)[1] for line in applied.stdout.split() if line.startswith("custom")]
-        self.wait_established(names)
-        return result.stdout
+    def install_lattice_crds(self) -> list[str]:
+        """Install the CRDs ``lattice crds`` prints (:func:`lattice.domain.crds.all_crds`)."""
+        return self.install_crds(lattice_crds.all_crds())
 
     def install_capi_crds(self, providers: Iterable[str] | None = None) -> list[str]:
         """Install the collected Cluster API CRDs labelled as ``clusterctl init`` labels them.

@@ -142,7 +142,7 @@ class Installer:
         self._save(via=self.via.value)
         cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
         if self.via is install.Via.MANIFESTS:
-            cp.install_lattice_crds()  # what `lattice crds` prints, through the real CLI
+            cp.install_lattice_crds()  # what `lattice crds` prints
             return
         try:
             lattice_crds = rendered_crds(self.via)

@@ -9,16 +9,8 @@ of defence for anyone writing to the API directly.
 
 from __future__ import annotations
 
-import enum
-import types
-from typing import Any, Union, get_args, get_origin, get_type_hints
-
-import attrs
-
-from lattice.domain import local_provider, models, validation
-from lattice.domain.serde import wire_name
-
-SchemaDict = dict[str, Any]
+from lattice.domain import crd_schema, local_provider, models, service_crd, validation
+from lattice.domain.crd_schema import SchemaDict
 
 # CEL rules, keyed by the attrs class whose schema node they sit on.
 _OLD = "semver(oldSelf.version, true)"
@@ -86,69 +78,14 @@ _RULES: dict[type, list[dict[str, str]]] = {
     ],
 }
 
+_SCHEMA_RULES = crd_schema.SchemaRules(objects=_RULES)
+
 _CLUSTER_ROOT_RULES = [
     {
         "rule": "!has(self.spec.cellRef) || self.spec.cellRef != self.metadata.name",
         "message": "a cluster cannot be its own cell",
     }
 ]
-
-
-def schema_for(cls: type) -> SchemaDict:
-    """OpenAPI v3 schema of an attrs class, with descriptions, constraints and CEL rules."""
-    hints = get_type_hints(cls)
-    properties: dict[str, SchemaDict] = {}
-    required: list[str] = []
-    for field in attrs.fields(cls):
-        name = wire_name(field.name)
-        prop = _schema_for_type(hints[field.name])
-        meta = field.metadata
-        if "description" in meta:
-            prop["description"] = meta["description"]
-        for key, value in meta.get("schema", {}).items():
-            target = (
-                prop["items"]
-                if key in ("minLength", "maxLength", "pattern") and prop.get("type") == "array"
-                else prop
-            )
-            target[key] = value
-        default = field.default
-        if default is attrs.NOTHING:  # required (NOTHING is itself an Enum member: check first)
-            pass
-        elif isinstance(default, enum.Enum):
-            prop["default"] = default.value
-        elif isinstance(default, (int, bool, str)):
-            prop["default"] = default
-        properties[name] = prop
-        if default is attrs.NOTHING:
-            required.append(name)
-    schema: SchemaDict = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = required
-    rules = _RULES.get(cls)
-    if rules:
-        schema["x-kubernetes-validations"] = [dict(rule) for rule in rules]
-    return schema
-
-
-def _schema_for_type(tp: Any) -> SchemaDict:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        inner = [arg for arg in get_args(tp) if arg is not type(None)]
-        return _schema_for_type(inner[0])
-    if origin is tuple:
-        return {"type": "array", "items": _schema_for_type(get_args(tp)[0])}
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return {"type": "string", "enum": [member.value for member in tp]}
-    if tp is bool:
-        return {"type": "boolean"}
-    if tp is int:
-        return {"type": "integer", "format": "int32"}
-    if tp is str:
-        return {"type": "string"}
-    if isinstance(tp, type) and attrs.has(tp):
-        return schema_for(tp)
-    raise TypeError(f"no schema mapping for {tp!r}")  # pragma: no cover - programming error
 
 
 def make_crd(
@@ -168,15 +105,15 @@ def make_crd(
     root_rules: list[dict[str, str]] | None = None,
     spec_required: bool = True,
 ) -> SchemaDict:
-    """A CRD whose schema is generated from attrs classes (see :func:`schema_for`)."""
+    """A CRD whose schema is generated from attrs classes (:func:`crd_schema.schema_for`)."""
     properties: SchemaDict = {
         "apiVersion": {"type": "string"},
         "kind": {"type": "string"},
         "metadata": {"type": "object"},
-        "spec": {**schema_for(spec_cls), "description": "Desired state."},
+        "spec": {**crd_schema.schema_for(spec_cls, _SCHEMA_RULES), "description": "Desired state."},
     }
     if status_cls is not None:
-        status = schema_for(status_cls)
+        status = crd_schema.schema_for(status_cls, _SCHEMA_RULES)
         status.pop("required", None)
         properties["status"] = {**status, "description": "Observed state."}
     root: SchemaDict = {"type": "object", "description": description, "properties": properties}
@@ -300,6 +237,4 @@ def _printer_columns() -> list[SchemaDict]:
 
 def all_crds() -> list[SchemaDict]:
     """Every Lattice CRD, in install order."""
-    from lattice.domain import service_crd  # noqa: PLC0415 - service_crd builds on this module
-
     return [lattice_cluster_crd(), *local_provider_crds(), service_crd.lattice_service_crd()]
