@@ -4,6 +4,7 @@ LocalMachine's BootFailed condition), and nothing is left running."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from lattice.domain import crds, deploy
+from lattice.adapters.clock import SystemClock
+from lattice.adapters.local_machine_host import LocalMachineHost
+from lattice.domain import crds, deploy, local_pods
 from lattice.domain import local_kubelet as lk
 from lattice.testing.fixtures import ControlPlaneFactory
 
@@ -192,3 +195,20 @@ def test_the_operator_pod_runs_from_the_image_as_its_user(
         if kubelet.poll() is None:
             kubelet.terminate()
             kubelet.wait(60)
+
+
+def test_a_provider_in_an_image_pod_runs_machine_commands_on_the_host(
+    toolchain: Toolchain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the kubelet passes a local-infra operator pod (LATTICE_HOST_EXEC): its machines'
+    commands run chrooted to the host's root (here ``/`` itself) with the host's environment,
+    and their kubelets with the host's Python."""
+    host_env = {"PATH": "/usr/bin:/bin", "LATTICE_BIN_DIR": "/host-bin", "MARK": "on-the-host"}
+    exec_doc = {"root": "/", "python": "/host/python", "env": host_env}
+    monkeypatch.setenv(local_pods.HOST_EXEC_ENV, json.dumps(exec_doc))
+    host = LocalMachineHost(toolchain, tmp_path / "machines", SystemClock())
+    assert host.python == "/host/python"
+    root = host.machine_dir("m0") / "root"
+    root.mkdir(parents=True)
+    asyncio.run(host._run("m0", 0, 'echo "$MARK $PATH" > out', root, None))
+    assert (root / "out").read_text() == "on-the-host /host-bin:/usr/bin:/bin\n"

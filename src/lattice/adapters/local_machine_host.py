@@ -75,6 +75,7 @@ from lattice.domain.local_kubelet import (
     dump_config,
     parse_status,
 )
+from lattice.domain.local_pods import HOST_EXEC_ENV
 from lattice.ports import kube
 from lattice.ports.clock import Clock
 from lattice.ports.machine_host import MachineBootError
@@ -89,6 +90,34 @@ STOP_TIMEOUT_SECONDS = 45.0
 CSR_TIMEOUT_SECONDS = 60.0
 COMMAND_TIMEOUT_SECONDS = 600.0
 KUBELET_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
+
+
+@attrs.frozen
+class _HostExec:
+    """How a provider that runs in a pod started from the image reaches this host, where its
+    machines run (``LATTICE_HOST_EXEC``, set by the kubelet stand-in; docs/local-provider.md):
+    the host's root as the pod sees it, the host's Python running Lattice, its environment."""
+
+    root: str
+    python: str
+    env: Mapping[str, str]
+
+    @staticmethod
+    def from_env() -> _HostExec | None:
+        raw = os.environ.get(HOST_EXEC_ENV)
+        if not raw:
+            return None
+        doc = json.loads(raw)
+        return _HostExec(root=str(doc["root"]), python=str(doc["python"]), env=dict(doc["env"]))
+
+    def enter(self, cwd: Path) -> Any:
+        """A ``preexec_fn`` that moves the new process onto the host (chroot), in ``cwd``."""
+
+        def enter() -> None:  # pragma: no cover - runs in the child between fork and exec
+            os.chroot(self.root)
+            os.chdir(cwd)
+
+        return enter
 
 
 @attrs.frozen
@@ -128,7 +157,8 @@ class LocalMachineHost:
         self.machines_dir = machines_dir
         self.clock = clock
         self.heartbeat_seconds = heartbeat_seconds
-        self.python = python
+        self.host = _HostExec.from_env()
+        self.python = self.host.python if self.host is not None else python
         self._locks: dict[str, asyncio.Lock] = {}
         self._spawned: dict[int, subprocess.Popen[bytes]] = {}  # kubelets started here, to reap
 
@@ -217,9 +247,16 @@ class LocalMachineHost:
             raise MachineBootError("the bootstrap data runs no kubeadm init or join")
         return machine
 
+    def _host_env(self) -> tuple[dict[str, str], str]:
+        """The environment of a process started on the host, and the host's binaries."""
+        if self.host is not None:
+            env = dict(self.host.env)
+            return env, env.get("LATTICE_BIN_DIR", str(self.toolchain.bin_dir))
+        return clean_env(), str(self.toolchain.bin_dir)
+
     def _env(self, root: Path, machine: _Machine | None) -> dict[str, str]:
-        env = clean_env()
-        env["PATH"] = f"{self.toolchain.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env, bin_dir = self._host_env()
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         env["LATTICE_BOOTSTRAP_DIR"] = str(root / "etc" / "lattice")
         env["LATTICE_MACHINE_ROOT"] = str(root)
         admin = root / "etc" / "kubernetes" / "admin.conf"
@@ -242,6 +279,7 @@ class LocalMachineHost:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=None if self.host is None else self.host.enter(root),
             )
             try:
                 code = await asyncio.wait_for(proc.wait(), COMMAND_TIMEOUT_SECONDS)
@@ -409,12 +447,12 @@ class LocalMachineHost:
         )
         (mdir / CONFIG_FILE).write_text(dump_config(kubelet_config))
         (mdir / STATUS_FILE).unlink(missing_ok=True)
-        env = clean_env()
-        env.update(
-            LATTICE_BIN_DIR=str(self.toolchain.bin_dir),
-            LATTICE_CRD_DIR=str(self.toolchain.crd_dir),
-            PYTHONUNBUFFERED="1",
-        )
+        env, _ = self._host_env()
+        if self.host is None:
+            env.update(
+                LATTICE_BIN_DIR=str(self.toolchain.bin_dir), LATTICE_CRD_DIR=str(self.toolchain.crd_dir)
+            )
+        env["PYTHONUNBUFFERED"] = "1"
         argv = [self.python, "-m", "lattice.app.cli", "local-kubelet", "--machine-dir", str(mdir)]
         with (mdir / "kubelet.log").open("ab") as out:
             popen = subprocess.Popen(  # noqa: S603 - our own program
@@ -424,6 +462,7 @@ class LocalMachineHost:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=None if self.host is None else self.host.enter(mdir),  # noqa: PLW1509
             )
         self._spawned[popen.pid] = popen
         self._update_record(request.machine, pid=popen.pid, state="booting", controlPlane=static is not None)
