@@ -99,8 +99,8 @@ def _prepare_target(root: Path, target: str, *, directory: bool) -> str:
     return str(where)
 
 
-def enter(spec: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """Everything up to the exec: the command line and environment to execute."""
+def prepare(spec: dict[str, Any]) -> Path:
+    """A mount namespace of this process's own with the pod's root laid out; returns the root."""
     sandbox = spec["sandbox"]
     pod_dir = Path(spec["podDir"])
     lower = str(spec["rootfs"])
@@ -143,6 +143,13 @@ def enter(spec: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
             raise SandboxError(f"mount {target}: unknown kind {kind!r}")
     if sandbox["read_only_root"]:
         _mount(None, str(root), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    return root
+
+
+def enter(spec: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """Everything up to the exec: the command line and environment to execute."""
+    sandbox = spec["sandbox"]
+    root = prepare(spec)
     os.chdir(root)
     os.chroot(".")
     os.setgroups(list(sandbox["groups"]))
