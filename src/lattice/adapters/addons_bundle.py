@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from ruamel.yaml import YAML
 
 from lattice.adapters.binaries import (
     COMPLETE_MARKER,
@@ -40,7 +39,7 @@ from lattice.adapters.binaries import (
     find_repo_root,
     parse_env_file,
 )
-from lattice.domain import addons, models
+from lattice.domain import addons, models, yaml_text
 
 BUILD_SCRIPT = "scripts/build-addons.sh"
 VERSIONS_FILE = "addons/versions.env"
@@ -56,11 +55,8 @@ class RenderError(RuntimeError):
 
 
 def _load_all(text: str, where: str) -> list[Obj]:
-    yaml = YAML(typ="safe", pure=True)
     out: list[Obj] = []
-    for doc in yaml.load_all(text):
-        if doc is None:
-            continue
+    for doc in yaml_text.load_all(text):
         if not isinstance(doc, dict) or "kind" not in doc:
             raise RenderError(f"{where}: a document is not a Kubernetes object")
         out.append(doc)

@@ -18,9 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ruamel.yaml import YAML
-
-from lattice.domain import addons, agent, capi, cell, models, pivot
+from lattice.domain import addons, agent, capi, cell, models, pivot, yaml_text
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
@@ -36,13 +34,12 @@ ESTABLISHED_TIMEOUT_S = 60.0
 
 def parse_manifests(streams: Sequence[bytes]) -> list[Obj]:
     """Every object of every YAML/JSON stream, in order; lists are flattened."""
-    yaml = YAML(typ="safe", pure=True)
     out: list[Obj] = []
     for index, stream in enumerate(streams):
         try:
             text = stream.decode("utf-8")
             # JSON is YAML too; a JSON stream (a cell's CRD list, megabytes) parses far faster so.
-            documents = [json.loads(text)] if text.lstrip().startswith("{") else list(yaml.load_all(text))
+            documents = [json.loads(text)] if text.lstrip().startswith("{") else yaml_text.load_all(text)
         except Exception as exc:
             raise ExecutionError(f"manifest stream {index} is not valid YAML: {exc}") from exc
         for doc in documents:

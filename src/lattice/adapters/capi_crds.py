@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from ruamel.yaml import YAML
+
+from lattice.domain import yaml_text
 
 __all__ = [
     "CLUSTERCTL_LABEL",
@@ -65,7 +66,7 @@ class CRDError(ValueError):
 
 
 def _yaml_load(text: str) -> Any:
-    return YAML(typ="safe", pure=True).load(text)
+    return yaml_text.load(text)
 
 
 def contract_for_version(metadata_yaml: str, version: str) -> str:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 import attrs
-from ruamel.yaml import YAML
 
 from lattice.adapters import capi_crds, pki
 from lattice.adapters.binaries import Toolchain
@@ -42,7 +41,7 @@ from lattice.adapters.controlplane import (
     free_port,
     http_ok,
 )
-from lattice.domain import capi_managers
+from lattice.domain import capi_managers, yaml_text
 from lattice.domain.capi_managers import MANAGERS, Manager, Ports
 
 __all__ = ["CapiManagers", "CapiManagersError", "KubeconfigTarget", "Target"]
@@ -55,11 +54,11 @@ class CapiManagersError(ControlPlaneError):
 
 
 def _yaml_all(path: Path) -> list[Any]:
-    return [doc for doc in YAML(typ="safe", pure=True).load_all(path.read_text()) if doc]
+    return [doc for doc in yaml_text.load_all(path.read_text()) if doc]
 
 
 def _yaml_one(path: Path) -> Any:
-    return YAML(typ="safe", pure=True).load(path.read_text()) or {}
+    return yaml_text.load(path.read_text()) or {}
 
 
 _live_lock = threading.Lock()

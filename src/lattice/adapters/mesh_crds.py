@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from lattice.adapters.binaries import (
     COMPLETE_MARKER,
     BinariesNotBuiltError,
@@ -22,6 +20,7 @@ from lattice.adapters.binaries import (
     find_repo_root,
     parse_env_file,
 )
+from lattice.domain import yaml_text
 
 FETCH_SCRIPT = "scripts/fetch-mesh-crds.sh"
 VERSIONS_FILE = "tools/mesh-versions.env"
@@ -74,10 +73,9 @@ def locate_mesh_crds(repo_root: Path | None = None) -> Path:
 def load_mesh_crds(directory: Path, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Every CRD document under ``directory`` (sorted by file), or only those named ``names``
     (``<plural>.<group>``); KeyError names any that is not there."""
-    yaml = YAML(typ="safe")
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(directory.rglob("*.yaml")):
-        for doc in yaml.load_all(path.read_text()):
+        for doc in yaml_text.load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
                 found[doc["metadata"]["name"]] = doc
     if names is None:

@@ -23,12 +23,12 @@ Not guaranteed: anything about the image (it must contain the ``lattice`` progra
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
-from ruamel.yaml import YAML
+
+from lattice.domain import yaml_text
 
 NAMESPACE = "lattice-system"
 AGENT_NAME = "lattice-agent"
@@ -236,14 +236,7 @@ def agent_manifests(params: AgentPayloadParams) -> tuple[dict[str, Any], ...]:
 
 def render_yaml_stream(documents: Sequence[Mapping[str, Any]]) -> str:
     """A multi-document YAML stream, each document starting with ``---``."""
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
-    yaml.width = 1 << 16
-    yaml.explicit_start = True
-    out = io.StringIO()
-    yaml.dump_all([dict(doc) for doc in documents], out)
-    return out.getvalue()
+    return yaml_text.dump_all(documents)
 
 
 def render_agent_manifests(params: AgentPayloadParams) -> str:

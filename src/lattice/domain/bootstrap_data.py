@@ -22,8 +22,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from attrs import frozen
-from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+
+from lattice.domain import yaml_text
 
 __all__ = [
     "BootstrapData",
@@ -121,7 +122,7 @@ def parse_cloud_config(text: str) -> BootstrapData:
     if HEADER not in [line.strip() for line in lines[:2]]:
         raise BootstrapDataError(f"not a cloud-config: the first lines carry no {HEADER!r} header")
     try:
-        data = YAML(typ="safe", pure=True).load(text)
+        data = yaml_text.load(text)
     except YAMLError as exc:
         raise BootstrapDataError(f"the cloud-config is not valid YAML: {exc}") from exc
     if not isinstance(data, Mapping):
@@ -175,7 +176,7 @@ def kubeadm_documents(config: bytes) -> dict[str, Mapping[str, Any]]:
     """The kubeadm configuration file by kind (``ClusterConfiguration``, ``InitConfiguration``,
     ``JoinConfiguration``)."""
     try:
-        docs = [d for d in YAML(typ="safe", pure=True).load_all(config.decode()) if d]
+        docs = [d for d in yaml_text.load_all(config.decode()) if d]
     except (YAMLError, UnicodeDecodeError) as exc:
         raise BootstrapDataError(f"the kubeadm configuration is not valid YAML: {exc}") from exc
     by_kind: dict[str, Mapping[str, Any]] = {}
