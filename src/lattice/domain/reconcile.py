@@ -34,6 +34,7 @@ from lattice.domain import (
 )
 from lattice.domain.errors import FieldError
 from lattice.domain.models import ConditionStatus, Phase
+from lattice.domain.refs import ResourceRef
 
 FINALIZER = "lattice.dev/cluster-cleanup"
 FIELD_MANAGER = "lattice-operator"
@@ -46,23 +47,6 @@ PROVISIONING_RECHECK_S = 30.0
 DELETION_RECHECK_S = 2.0
 
 Manifest = dict[str, Any]
-
-
-@frozen
-class ObjectKey:
-    api_version: str
-    kind: str
-    name: str
-    namespace: str | None
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> ObjectKey:
-        meta = obj["metadata"]
-        return cls(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-
-    @property
-    def group_kind(self) -> tuple[str, str]:
-        return (self.api_version.rpartition("/")[0], self.kind)
 
 
 @frozen
@@ -91,7 +75,7 @@ class EventSpec:
 class Plan:
     finalizers: tuple[str, ...] | None = None  # new list to write; None = leave as is
     apply: tuple[Manifest, ...] = ()
-    delete: tuple[ObjectKey, ...] = ()
+    delete: tuple[ResourceRef, ...] = ()
     status: Manifest | None = None  # full status to write; None = unchanged
     events: tuple[EventSpec, ...] = ()
     requeue_after: float | None = None
@@ -379,7 +363,7 @@ def _plan_apply(
         new_status = attrs.evolve(status, conditions=conds)
         return Plan(status=_status_plan(raw, new_status), requeue_after=PROVISIONING_RECHECK_S)
 
-    observed = None if capi_objects is None else {ObjectKey.of(o): o for o in capi_objects}
+    observed = None if capi_objects is None else {ResourceRef.of(o): o for o in capi_objects}
     namespace = models.capi_namespace(valid.name)
     if observed is None:
         to_apply = tuple(with_applied_hash(d) for d in desired)
@@ -390,7 +374,7 @@ def _plan_apply(
             with_applied_hash(d)
             for d in desired
             if not (d["kind"] == "Namespace" and in_namespace)
-            and not up_to_date(d, observed.get(ObjectKey.of(d)))
+            and not up_to_date(d, observed.get(ResourceRef.of(d)))
         )
     if to_apply:
         events.append(
@@ -412,7 +396,7 @@ def _plan_apply(
     cluster_obj = (
         None
         if observed is None
-        else observed.get(ObjectKey(f"{capi.CLUSTER_API}/v1beta2", "Cluster", valid.name, namespace))
+        else observed.get(ResourceRef(f"{capi.CLUSTER_API}/v1beta2", "Cluster", valid.name, namespace))
     )
     infra, control_plane = _capi_progress(cluster_obj)
     conds = conditions.set_condition(
@@ -681,13 +665,13 @@ def _plan_delete(
             events=tuple(events),
             requeue_after=DELETION_RECHECK_S,
         )
-    keys = [ObjectKey.of(o) for o in capi_objects if not o["metadata"].get("deletionTimestamp")]
+    keys = [ResourceRef.of(o) for o in capi_objects if not o["metadata"].get("deletionTimestamp")]
     remaining = len(capi_objects)
     if remaining == 0:
         # The namespace goes with the cluster: whatever else was kept there for it (its
         # registration Secret) is the cluster's too.
         events.append(EventSpec("Normal", "Deleted", "all Cluster API objects are gone"))
-        namespace = ObjectKey("v1", "Namespace", models.capi_namespace(name), None)
+        namespace = ResourceRef("v1", "Namespace", models.capi_namespace(name), None)
         return Plan(
             finalizers=tuple(f for f in finalizers if f != FINALIZER),
             delete=(namespace,),
@@ -696,7 +680,7 @@ def _plan_delete(
     # Delete the Cluster first and let CAPI's controllers cascade; whatever no controller
     # removes (no controllers, or objects they do not own) is deleted once the Cluster is gone.
     clusters = [k for k in keys if k.group_kind == (capi.CLUSTER_API, "Cluster")]
-    has_cluster = any(ObjectKey.of(o).kind == "Cluster" for o in capi_objects)
+    has_cluster = any(ResourceRef.of(o).kind == "Cluster" for o in capi_objects)
     to_delete = tuple(clusters if has_cluster else keys)
     message = f"waiting for {remaining} Cluster API object(s) to be deleted"
     new_status = attrs.evolve(status, phase=Phase.DELETING, message=message, conditions=conds)

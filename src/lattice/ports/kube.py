@@ -6,10 +6,14 @@ here. Errors are port-level: every adapter translates its library's errors into 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
 from attrs import frozen
+
+from lattice.domain.refs import ResourceRef
+
+__all__ = ["ResourceRef"]  # re-exported: the port speaks of objects by it
 
 Obj = dict[str, Any]
 
@@ -36,23 +40,6 @@ class Gone(KubeError):
 
 class Unavailable(KubeError):
     pass
-
-
-@frozen
-class ResourceRef:
-    api_version: str
-    kind: str
-    name: str
-    namespace: str | None = None
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> ResourceRef:
-        meta = obj.get("metadata", {})
-        return cls(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-
-    def __str__(self) -> str:
-        where = f"{self.namespace}/" if self.namespace else ""
-        return f"{self.kind} {where}{self.name}"
 
 
 @frozen

@@ -8,7 +8,8 @@ import pytest
 
 from lattice.domain import capi, cell, conditions, models, reconcile, serde, validation
 from lattice.domain.models import Phase
-from lattice.domain.reconcile import FINALIZER, ObjectKey, OperatorContext, plan_cluster
+from lattice.domain.reconcile import FINALIZER, OperatorContext, plan_cluster
+from lattice.domain.refs import ResourceRef
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 CELL = OperatorContext(self_name="mgmt", cell_endpoint=capi.ParentEndpoint(host="10.0.0.1"))
@@ -312,7 +313,7 @@ def test_deletion_deletes_the_cluster_first_then_the_rest_then_the_finalizer() -
     assert plan.finalizers == ()
     assert plan.events[-1].reason == "Deleted"
     # The namespace goes with the last pass (with whatever else was kept there for the cluster).
-    assert plan.delete == (ObjectKey("v1", "Namespace", "capi-w1", None),)
+    assert plan.delete == (ResourceRef("v1", "Namespace", "capi-w1", None),)
 
 
 def test_deletion_waits_for_objects_already_being_deleted() -> None:
@@ -355,7 +356,7 @@ def test_is_subset() -> None:
     assert not reconcile.is_subset({"a": [1]}, {"a": [1, 2]})
     assert not reconcile.is_subset({"a": 1}, None)
     assert (
-        ObjectKey.of({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}).namespace is None
+        ResourceRef.of({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}).namespace is None
     )
 
 

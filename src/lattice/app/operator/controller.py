@@ -297,7 +297,7 @@ class ClusterController:
             if plan.requeue_after != 0.0:  # the last pass of a deletion: what goes with it first
                 for key in plan.delete:
                     with contextlib.suppress(kube.NotFound):
-                        await self.api.delete(ResourceRef(key.api_version, key.kind, key.name, key.namespace))
+                        await self.api.delete(key)
             raw = await self._set_finalizers(raw, plan.finalizers)
             if plan.requeue_after != 0.0:  # finalizer removed: deletion completes
                 for event in plan.events:
@@ -326,7 +326,7 @@ class ClusterController:
             hook = self.before_child_apply if plan.apply and is_child else None
             await self._apply_all(plan.apply, before_rest=None if hook is None else (lambda: hook(name)))
             for key in plan.delete:
-                await self.api.delete(ResourceRef(key.api_version, key.kind, key.name, key.namespace))
+                await self.api.delete(key)
         except kube.KubeError as exc:
             error = f"{type(exc).__name__}: {exc}"
             status = reconcile.status_after_failure(raw, plan, error, self.clock.now())
