@@ -21,17 +21,15 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from lattice.adapters import pki
 from lattice.domain import agent_identity
 from lattice.ports.registration import CsrRefused
 
 DEFAULT_AGENT_CERT_TTL = dt.timedelta(days=30)
-_SKEW = dt.timedelta(minutes=5)
-CERTIFICATE_BACKDATE = _SKEW
+CERTIFICATE_BACKDATE = pki.CERTIFICATE_BACKDATE
 """An agent certificate's notBefore is this long before it was issued (clock skew)."""
 
 
@@ -129,48 +127,14 @@ class CellCertificateAuthority:
     def _sign(
         self, public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, cluster_name: str
     ) -> x509.Certificate:
-        now = self._clock()
-        ca_cert = self._ca.cert
-        not_after = min(now + self._ttl, ca_cert.not_valid_after_utc)
-        ca_public = ca_cert.public_key()
-        if not isinstance(ca_public, ec.EllipticCurvePublicKey):
-            raise pki.PKIError("the cell CA must have an ECDSA key")
-        digest: hashes.SHA256 | hashes.SHA384 = (
-            hashes.SHA384() if ca_public.curve.key_size >= 384 else hashes.SHA256()
-        )
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster_name)]))
-            .issuer_name(ca_cert.subject)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _SKEW)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=isinstance(public, rsa.RSAPublicKey),
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(agent_identity.spiffe_id(cluster_name))]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(pki.authority_key_identifier(ca_cert), critical=False)
-            .sign(self._ca.key, digest)
+        return pki.leaf_certificate(
+            self._ca,
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster_name)]),
+            public,
+            sans=[x509.UniformResourceIdentifier(agent_identity.spiffe_id(cluster_name))],
+            client=True,
+            validity=self._ttl,
+            now=self._clock(),
         )
 
     def issue_server_certificate(

@@ -43,7 +43,7 @@ PrivateKey = ec.EllipticCurvePrivateKey
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _CURVE = ec.SECP256R1
-_SKEW = dt.timedelta(minutes=5)
+CERTIFICATE_BACKDATE = dt.timedelta(minutes=5)
 """Certificates start this much in the past to tolerate clock skew between peers."""
 
 
@@ -144,7 +144,7 @@ def new_ca(
         .issuer_name(name)
         .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _SKEW)
+        .not_valid_before(now - CERTIFICATE_BACKDATE)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -190,17 +190,24 @@ def _sans(dns_names: Sequence[str], ip_addresses: Sequence[str | IPAddress]) -> 
     return names
 
 
-def _leaf(
+def leaf_certificate(
     ca: CertificateAuthority,
     subject: x509.Name,
-    public: ec.EllipticCurvePublicKey,
+    public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
     *,
-    dns_names: Sequence[str],
-    ip_addresses: Sequence[str | IPAddress],
-    server: bool,
-    client: bool,
+    sans: Sequence[x509.GeneralName] = (),
+    server: bool = False,
+    client: bool = False,
     validity: dt.timedelta,
+    now: dt.datetime | None = None,
 ) -> x509.Certificate:
+    """The one builder of every leaf certificate Lattice issues (control planes, agents).
+
+    It starts :data:`CERTIFICATE_BACKDATE` before ``now``, ends ``validity`` after it (at most
+    when the CA does), is not a CA, may sign (and, for an RSA key, encipher keys), is for
+    ``server`` and/or ``client`` authentication, names ``sans``, and is signed with SHA-384 by a
+    P-384 CA, SHA-256 otherwise.
+    """
     if not (server or client):
         raise PKIError("a leaf certificate needs server and/or client usage")
     usages = []
@@ -208,22 +215,27 @@ def _leaf(
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     if client:
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    now = _now()
-    not_after = min(now + validity, ca.cert.not_valid_after_utc)
+    ca_key: object = ca.key
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.curve.key_size not in (256, 384):
+        raise PKIError("the CA must have an ECDSA P-256 or P-384 key")
+    digest: hashes.SHA256 | hashes.SHA384 = (
+        hashes.SHA384() if ca_key.curve.key_size == 384 else hashes.SHA256()
+    )
+    start = _now() if now is None else now
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca.cert.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _SKEW)
-        .not_valid_after(not_after)
+        .not_valid_before(start - CERTIFICATE_BACKDATE)
+        .not_valid_after(min(start + validity, ca.cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=False,
+                key_encipherment=isinstance(public, rsa.RSAPublicKey),
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=False,
@@ -237,10 +249,9 @@ def _leaf(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(authority_key_identifier(ca.cert), critical=False)
     )
-    sans = _sans(dns_names, ip_addresses)
     if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(_check_key(ca.key), hashes.SHA256())
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(ca_key, digest)
 
 
 def issue_certificate(
@@ -262,12 +273,11 @@ def issue_certificate(
     name of a client certificate. The validity is capped at the CA's own expiry.
     """
     leaf_key = _check_key(key) if key is not None else generate_key()
-    cert = _leaf(
+    cert = leaf_certificate(
         ca,
         _name(common_name, organizations),
         leaf_key.public_key(),
-        dns_names=dns_names,
-        ip_addresses=ip_addresses,
+        sans=_sans(dns_names, ip_addresses),
         server=server,
         client=client,
         validity=validity,
@@ -315,15 +325,8 @@ def sign_csr(
     requested_dns, requested_ips = _requested_sans(csr)
     dns: Sequence[str] = requested_dns if dns_names is None else dns_names
     ips: Sequence[str | IPAddress] = requested_ips if ip_addresses is None else ip_addresses
-    return _leaf(
-        ca,
-        csr.subject,
-        public,
-        dns_names=dns,
-        ip_addresses=ips,
-        server=server,
-        client=client,
-        validity=validity,
+    return leaf_certificate(
+        ca, csr.subject, public, sans=_sans(dns, ips), server=server, client=client, validity=validity
     )
 
 
