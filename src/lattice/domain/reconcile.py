@@ -81,6 +81,7 @@ class Plan:
     requeue_after: float | None = None
     ignored: str | None = None  # why this object is not this operator's business
     unpivot: bool = False  # a pivoted child is deleted: the cell must take its objects back
+    revoke_agent: bool = False  # the cluster is gone: its agent's certificates are revoked first
 
     @property
     def writes(self) -> bool:
@@ -563,7 +564,7 @@ UNPIVOT_RECHECK_S = 10.0
 
 
 def _without_finalizer(finalizers: tuple[str, ...], *events: EventSpec) -> Plan:
-    return Plan(finalizers=tuple(f for f in finalizers if f != FINALIZER), events=events)
+    return Plan(finalizers=tuple(f for f in finalizers if f != FINALIZER), events=events, revoke_agent=True)
 
 
 def _plan_wait(
@@ -676,6 +677,7 @@ def _plan_delete(
             finalizers=tuple(f for f in finalizers if f != FINALIZER),
             delete=(namespace,),
             events=tuple(events),
+            revoke_agent=True,
         )
     # Delete the Cluster first and let CAPI's controllers cascade; whatever no controller
     # removes (no controllers, or objects they do not own) is deleted once the Cluster is gone.

@@ -13,11 +13,20 @@ Errors are port-level: :class:`AgentNotConnected`, :class:`CommandTimeout` and
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Protocol
 
 from attrs import field, frozen
 
 from lattice.domain import agent
+
+
+class AgentRevocations(Protocol):
+    """Where a cell records that a cluster's agent certificates are no longer accepted."""
+
+    async def revoke(self, cluster: str, at: dt.datetime) -> None:
+        """Refuse every certificate of ``cluster`` issued up to ``at`` (kube.KubeError on failure)."""
+        ...
 
 
 class AgentNotConnected(RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -14,8 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from lattice.adapters.controlplane import ControlPlane
+from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.revocations import ConfigMapRevocations
+from lattice.app.operator.cell_runtime import CellSettings
 from lattice.ports import kube
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.integration.conftest import events_of
@@ -272,3 +275,23 @@ def test_deploy_manifests_pass_a_server_side_dry_run(cell_control_plane: Control
     result = cell_control_plane.apply(manifests, dry_run=True)
     assert "deployment.apps/lattice-operator serverside-applied (server dry run)" in result.stdout
     assert "clusterrole.rbac.authorization.k8s.io/lattice-operator serverside-applied" in result.stdout
+
+
+async def test_a_cell_revokes_a_deleted_childs_agent_certificates(
+    cell_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    cp = cell_control_plane
+    api = await Kr8sKube.connect(str(cp.kubeconfig))
+    cell = CellSettings(
+        host="127.0.0.1", bootstrap_port=free_port(), grpc_port=free_port(), state_dir=tmp_path / "cell"
+    )
+    async with operator(cp, cell=cell):
+        await api.create(cluster("gone-1"))
+        await eventually(lambda: _observed(api, "gone-1", 1), what="first reconcile")
+        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        await api.delete(lc_ref("gone-1"))
+        await eventually(lambda: _absent(api, "gone-1"), what="deleted")
+        revocations = ConfigMapRevocations(api)
+        await revocations.refresh()
+        assert revocations.revoked["gone-1"] >= before
+        assert revocations.reason("gone-1", before - dt.timedelta(days=1)) is not None  # an old cert

@@ -309,9 +309,11 @@ def test_deletion_deletes_the_cluster_first_then_the_rest_then_the_finalizer() -
     plan = plan_cluster(with_status(raw, plan), rest, CELL, NOW)
     assert sorted(k.kind for k in plan.delete) == sorted(o["kind"] for o in rest)
     assert plan.events == ()
+    assert not plan.revoke_agent  # until the last pass
     plan = plan_cluster(raw, [], CELL, NOW)
     assert plan.finalizers == ()
     assert plan.events[-1].reason == "Deleted"
+    assert plan.revoke_agent  # its agent's certificates go with it
     # The namespace goes with the last pass (with whatever else was kept there for the cluster).
     assert plan.delete == (ResourceRef("v1", "Namespace", "capi-w1", None),)
 
@@ -432,6 +434,7 @@ def test_abandoning_the_infrastructure_drops_the_finalizer_and_deletes_nothing()
     assert plan.delete == ()
     assert plan.events[0].type == "Warning"
     assert plan.events[0].reason == "InfrastructureAbandoned"
+    assert plan.revoke_agent  # the machines stay; their agent is refused from now on
 
 
 SELF = OperatorContext(self_name="w1", self_parent=capi.ParentEndpoint(host="10.0.0.1"))

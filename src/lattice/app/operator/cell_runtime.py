@@ -163,13 +163,20 @@ class Registrations:
 
 
 class CellRuntime:
-    def __init__(self, settings: CellSettings, controller: ClusterController, kubeconfig: Path) -> None:
+    def __init__(
+        self,
+        settings: CellSettings,
+        controller: ClusterController,
+        kubeconfig: Path,
+        *,
+        revocations: ConfigMapRevocations | None = None,
+    ) -> None:
         self.settings = settings
         self.controller = controller
         self.kubeconfig = kubeconfig
         self.ca = load_or_create_ca(settings.state_dir / "pki")
         self.tokens = SecretTokenStore(controller.api)
-        self.revocations = ConfigMapRevocations(controller.api)
+        self.revocations = revocations or ConfigMapRevocations(controller.api)
         self._agent_faults = faults.agent_faults()
         self.registrations = Registrations(controller.api, self.tokens, self.ca)
         self._stop = asyncio.Event()

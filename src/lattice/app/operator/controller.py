@@ -21,6 +21,7 @@ from lattice.app.operator.metrics import OperatorMetrics
 from lattice.app.operator.workqueue import WorkQueue
 from lattice.domain import capi, models, reconcile
 from lattice.ports import kube
+from lattice.ports.agent import AgentRevocations
 from lattice.ports.clock import Clock
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
 
@@ -67,8 +68,11 @@ class ClusterController:
         random: Callable[[], float],
         metrics: OperatorMetrics | None = None,
         config: ControllerConfig | None = None,
+        revocations: AgentRevocations | None = None,
     ) -> None:
         self.api = api
+        self.revocations = revocations
+        """A cell's: a deleted child's agent certificates are revoked before its finalizer goes."""
         self.context = context
         self.clock = clock
         self.metrics = metrics or OperatorMetrics()
@@ -295,6 +299,8 @@ class ClusterController:
             return None
         if plan.finalizers is not None:
             if plan.requeue_after != 0.0:  # the last pass of a deletion: what goes with it first
+                if plan.revoke_agent and self.revocations is not None:
+                    await self.revocations.revoke(name, self.clock.now())
                 for key in plan.delete:
                     with contextlib.suppress(kube.NotFound):
                         await self.api.delete(key)

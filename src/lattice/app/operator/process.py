@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from lattice.adapters.clock import SystemClock
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.revocations import ConfigMapRevocations
 from lattice.app.operator.cell_runtime import CellRuntime, CellSettings
 from lattice.app.operator.controller import ClusterController, ControllerConfig
 from lattice.app.operator.leader import LeaderElector, LeaseConfig
@@ -125,6 +126,7 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
     clock = SystemClock()
     metrics = OperatorMetrics()
     rng = random.Random()  # noqa: S311 - jitter, not crypto
+    revocations = ConfigMapRevocations(api) if settings.cell is not None else None
     controller = ClusterController(
         api,
         settings.context,
@@ -134,6 +136,7 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
         config=ControllerConfig(
             workers=settings.workers, resync_s=settings.resync_s, identity=settings.identity
         ),
+        revocations=revocations,
     )
     elector = LeaderElector(api, settings.identity, clock, settings.lease) if settings.leader_elect else None
     server = QuietServer(
@@ -165,7 +168,9 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
             infra = LocalInfraRuntime(settings.local_infra, api, clock, _kubeconfig_path(settings.kubeconfig))
             await infra.start()
         if not stop.is_set() and settings.cell is not None:
-            cell = CellRuntime(settings.cell, controller, _kubeconfig_path(settings.kubeconfig))
+            cell = CellRuntime(
+                settings.cell, controller, _kubeconfig_path(settings.kubeconfig), revocations=revocations
+            )
             controller.before_child_apply = cell.registrations.ensure
             await controller.wait_synced()
             await cell.start()
