@@ -212,3 +212,20 @@ def test_a_provider_in_an_image_pod_runs_machine_commands_on_the_host(
     root.mkdir(parents=True)
     asyncio.run(host._run("m0", 0, 'echo "$MARK $PATH" > out', root, None))
     assert (root / "out").read_text() == "on-the-host /host-bin:/usr/bin:/bin\n"
+
+
+def test_an_unknown_pod_runtime_is_refused_by_name(tmp_path: Path) -> None:
+    config = lk.KubeletConfig(node="m0", provider_id="local://c/m0", version="v1.36.0", kubeconfig="/none")
+    (tmp_path / lk.CONFIG_FILE).write_text(lk.dump_config(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "lattice.app.cli", "local-kubelet", "--machine-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "LATTICE_POD_RUNTIME": "vm"},
+    )
+    assert done.returncode == 2, done.stderr
+    status = lk.parse_status((tmp_path / lk.STATUS_FILE).read_text())
+    assert status.phase is lk.Phase.FAILED
+    assert "LATTICE_POD_RUNTIME='vm': one of source, image" in status.message
