@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -100,11 +100,13 @@ class ApiProxyExecutor:
         target: HttpTarget,
         *,
         relay: HttpTarget | None = None,
+        relay_source: Callable[[], Awaitable[HttpTarget | None]] | None = None,
         limits: api_proxy.ProxyLimits | None = None,
     ) -> None:
         self._cluster = cluster_name
         self._target = target
         self._relay = relay
+        self._relay_source = relay_source
         self.limits = limits or api_proxy.ProxyLimits()
         self._running: dict[str, _Running] = {}
         self.started = 0
@@ -193,7 +195,7 @@ class ApiProxyExecutor:
         limits = self.limits
         streaming = request.streaming
         relay = api_proxy.relays(request.path)
-        target = self._relay if relay else self._target
+        target = (await self._relay_target()) if relay else self._target
         if target is None:
             return f"cluster {self._cluster} runs no cell to relay {request.path.split('?')[0]} to", 404
         user = api_proxy.UserInfo(
@@ -239,7 +241,7 @@ class ApiProxyExecutor:
                 sent_head = True
                 total = 0
                 piece = min(limits.chunk_bytes, running.ceiling)
-                async for received in response.aiter_raw():  # as it arrives (a watch event at once)
+                async for received in _coalesced(response, piece):
                     total += len(received)
                     if not streaming and total > limits.max_response_body:
                         return f"the response is larger than {limits.max_response_body} bytes", 0
@@ -257,8 +259,60 @@ class ApiProxyExecutor:
             return f"{where} failed: {type(exc).__name__}: {exc}", 502
         return "", 0
 
+    async def _relay_target(self) -> HttpTarget | None:
+        """The cell in this cluster: given, or looked up once (then kept) through ``relay_source``."""
+        if self._relay is None and self._relay_source is not None:
+            try:
+                self._relay = await self._relay_source()
+            except Exception as exc:
+                log.warning("api proxy: cannot find the cell in this cluster: %s", exc)
+        return self._relay
+
     async def _end(self, send: Send, request_id: str, error: str, status: int) -> None:
         await send(_frame(self._cluster, request_id, end=pb.ApiProxyEnd(error=error[:2048], status=status)))
+
+
+_READ_AHEAD = 64
+"""Pieces read from the API server ahead of the sender (then reading waits: backpressure)."""
+
+
+async def _coalesced(response: httpx.Response, size: int) -> AsyncIterator[bytes]:
+    """The body as it arrives, with what has already arrived joined up to ``size`` bytes: an
+    API server writes a list item by item (about 1 KiB each), and one frame per item would cost
+    a message, a lock and a client write each; a lone watch event still goes at once."""
+    pieces: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=_READ_AHEAD)
+
+    async def read() -> None:
+        try:
+            async for received in response.aiter_raw():
+                await pieces.put(received)
+        except Exception as exc:
+            await pieces.put(exc)
+        else:
+            await pieces.put(None)
+
+    reader = asyncio.create_task(read(), name="api-proxy-read")
+    try:
+        finished = False
+        while not finished:
+            item = await pieces.get()
+            buffer = bytearray()
+            while True:
+                if item is None:
+                    finished = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                buffer += item
+                if len(buffer) >= size or pieces.empty():
+                    break
+                item = pieces.get_nowait()
+            if buffer:
+                yield bytes(buffer)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 async def _wait_for_credit(running: _Running, count: int) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 
@@ -58,7 +59,11 @@ def proxy_server(
 ) -> RegistrationServer:
     """The proxy endpoint under uvicorn (the same guarded server as the registration webhook,
     with :data:`PROXY_CONNECTION_LIMITS`)."""
-    return RegistrationServer(app, ssl_context, host=host, port=port, limits=PROXY_CONNECTION_LIMITS)
+    server = RegistrationServer(app, ssl_context, host=host, port=port, limits=PROXY_CONNECTION_LIMITS)
+    # Accepted sockets inherit TCP_NODELAY from the listening socket (Linux). Without it, the
+    # chunks of a streamed response wait for the client's delayed ACK: +40 ms a request.
+    server._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return server
 
 
 def _status(code: int, message: str) -> Response:

@@ -6,7 +6,9 @@
   ``lattice-system/lattice-api-proxy`` (``url``, ``ca.crt``), which ``lattice kubeconfig`` reads;
 * the agent (:func:`agent_executor`): performs proxied requests against its cluster's API
   server (``--kubeconfig``) impersonating the caller, and relays a descendant's request to the
-  cell in its own cluster (``--relay-url``, ``--relay-ca``, ``--relay-token-file``).
+  cell in its own cluster: ``--relay-url``/``--relay-ca``, or else where that cell published
+  its endpoint (the same ConfigMap, read on the first relayed request), with the agent's
+  ServiceAccount token (``--relay-token-file``).
 """
 
 from __future__ import annotations
@@ -124,19 +126,44 @@ def agent_proxy_errors(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-async def agent_executor(args: argparse.Namespace, cluster_name: str) -> ApiProxyExecutor | None:
+async def agent_executor(
+    args: argparse.Namespace, cluster_name: str, api: kube.KubeApi
+) -> ApiProxyExecutor | None:
     """The agent's proxy executor for ``lattice agent --kubeconfig``; None with --no-api-proxy."""
-    if getattr(args, "no_api_proxy", False):
+    if args.no_api_proxy:
         return None
     target = await HttpTarget.from_kubeconfig(str(args.kubeconfig))
-    relay = None
-    if getattr(args, "relay_url", None):
+    if args.relay_url:
         relay = HttpTarget(
             base_url=args.relay_url,
             verify=ssl.create_default_context(cafile=str(args.relay_ca)),
             token_file=args.relay_token_file,
         )
-    return ApiProxyExecutor(cluster_name, target, relay=relay)
+        return ApiProxyExecutor(cluster_name, target, relay=relay)
+    return ApiProxyExecutor(cluster_name, target, relay_source=PublishedRelay(api, args.relay_token_file))
+
+
+class PublishedRelay:
+    """The cell in the agent's own cluster, where it published its endpoint: None when it
+    published none (this cluster is not a cell)."""
+
+    def __init__(self, api: kube.KubeApi, token_file: Path) -> None:
+        self._api = api
+        self._token_file = token_file
+
+    async def __call__(self) -> HttpTarget | None:
+        try:
+            found = await self._api.get(
+                kube.ResourceRef("v1", "ConfigMap", ENDPOINT_CONFIGMAP, ENDPOINT_NAMESPACE)
+            )
+        except kube.NotFound:
+            return None
+        url, ca = read_endpoint(found)
+        if not url or not ca:
+            return None
+        return HttpTarget(
+            base_url=url, verify=ssl.create_default_context(cadata=ca), token_file=self._token_file
+        )
 
 
 def read_endpoint(configmap: dict[str, Any]) -> tuple[str, str]:

@@ -283,7 +283,7 @@ async def _run_with_cluster(
     mover = mover_for(MoverKind(args.mover), api)
     importer = agent_kube.KubePivotImporter(api, mover, args.kubeconfig)
     wiring = AgentDiscoveryWiring(api, found, SystemClock()) if found is not None else None
-    proxy = await api_proxy.agent_executor(args, args.cluster_name)
+    proxy = await api_proxy.agent_executor(args, args.cluster_name, api)
     runner = agent_client.AgentRunner(
         settings,
         context,

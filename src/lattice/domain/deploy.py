@@ -70,6 +70,9 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         _rule([""], ["events"], ["create", "patch"]),
         # a cell exposes its webhook and gRPC ports (lattice.domain.addons.cell_service)
         _rule([""], ["services"], ["get", "create", "patch"]),
+        # the Kubernetes API proxy authenticates and authorizes its callers (docs/api-proxy.md)
+        _rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
+        _rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
     ]
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from lattice.adapters import api_proxy_agent, tls
 from lattice.adapters.api_proxy_http import api_proxy_app, proxy_server
-from lattice.adapters.controlplane import ControlPlane
+from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_access_review import KubeAccessReviewer
 from lattice.app import yamlio
 from lattice.domain import api_proxy
@@ -67,6 +67,7 @@ class Proxy:
     executor: api_proxy_agent.ApiProxyExecutor
     work: Path
     agent: RunningAgent
+    reviewer: KubeAccessReviewer
 
     def token(self, user: str) -> str:
         return self.cp.kubectl("create", "token", user, "-n", "default", "--duration=1h").stdout.strip()
@@ -99,7 +100,11 @@ class Proxy:
 
 @contextlib.asynccontextmanager
 async def running_proxy(
-    cell_pki: Pki, cp: ControlPlane, child: ControlPlane, work: Path
+    cell_pki: Pki,
+    cp: ControlPlane,
+    child: ControlPlane,
+    work: Path,
+    agent_limits: api_proxy.ProxyLimits | None = None,
 ) -> AsyncIterator[Proxy]:
     reviewer = KubeAccessReviewer(await api_proxy_agent.HttpTarget.from_kubeconfig(str(cp.kubeconfig)))
     async with running_cell(cell_pki) as cell:
@@ -109,13 +114,15 @@ async def running_proxy(
         )
         await server.start()
         executor = api_proxy_agent.ApiProxyExecutor(
-            CHILD, await api_proxy_agent.HttpTarget.from_kubeconfig(str(child.kubeconfig))
+            CHILD,
+            await api_proxy_agent.HttpTarget.from_kubeconfig(str(child.kubeconfig)),
+            limits=agent_limits,
         )
         try:
             async with running_agent(cell_pki.agent_files(CHILD), CHILD, cell.port, proxy=executor) as agent:
                 await cell.wait_connected(CHILD)
                 url = f"https://127.0.0.1:{server.port}"
-                yield Proxy(cell, cp, child, url, cell_pki.server.ca, executor, work, agent)
+                yield Proxy(cell, cp, child, url, cell_pki.server.ca, executor, work, agent, reviewer)
         finally:
             await executor.close()
             await reviewer.close()
@@ -216,7 +223,8 @@ async def test_kubectl_through_the_proxy(
 async def test_status_codes_and_limits(
     cell_pki: Pki, cell_control_plane: ControlPlane, child: ControlPlane, users: None, tmp_path: Path
 ) -> None:
-    async with running_proxy(cell_pki, cell_control_plane, child, tmp_path) as proxy:
+    limits = api_proxy.ProxyLimits(max_response_body=64 * 1024)  # the agent cuts big answers off
+    async with running_proxy(cell_pki, cell_control_plane, child, tmp_path, limits) as proxy:
         async with proxy.client(None) as anonymous:
             answer = await anonymous.get("/api")
             assert answer.status_code == 401
@@ -238,6 +246,23 @@ async def test_status_codes_and_limits(
             version = await alice.get("/version")
             assert version.status_code == 200
             assert "gitVersion" in version.json()
+            long_header = await alice.get("/api", headers={"Accept": "x" * 9000})
+            assert long_header.status_code == 400
+            assert "accept: longer than 8192" in long_header.json()["message"]
+            groups_only = await alice.get("/api", headers={"Impersonate-Group": "g"})
+            assert groups_only.status_code == 400
+
+            async def chunked() -> AsyncIterator[bytes]:
+                for _ in range(4):
+                    yield b"x" * (1024 * 1024)
+
+            streamed = await alice.post("/api/v1/namespaces/default/configmaps", content=chunked())
+            assert streamed.status_code == 413  # no Content-Length: counted as it arrives
+            with pytest.raises(httpx.RemoteProtocolError):
+                await alice.get("/openapi/v2")  # over the agent's limit: cut off, not truncated silently
+            reviews = proxy.reviewer.reviews
+            assert (await alice.get("/version")).status_code == 200
+            assert proxy.reviewer.reviews == reviews  # the same token and question: answered from the cache
         async with proxy.client("bob") as bob:
             refused = await bob.get("/api")
             assert refused.status_code == 403
@@ -307,3 +332,34 @@ async def test_heartbeats_continue_while_a_large_list_streams(
         assert received > 40 * 200_000
         assert len(proxy.agent.rtts) > beats  # heartbeats were acknowledged meanwhile
         assert proxy.cell.hub.proxy.violations == 0
+
+
+async def test_the_cell_answers_503_when_it_cannot_review(
+    cell_pki: Pki, cell_control_plane: ControlPlane, users: None
+) -> None:
+    token = cell_control_plane.kubectl("create", "token", "alice", "-n", "default").stdout.strip()
+    context = ssl.create_default_context(cafile=str(cell_control_plane.ca_file))
+    unreachable = api_proxy_agent.HttpTarget(base_url=f"https://127.0.0.1:{free_port()}", verify=context)
+    # alice's own token may not create reviews: the API server refuses the cell's review
+    unprivileged = api_proxy_agent.HttpTarget(base_url=cell_control_plane.url, verify=context, token=token)
+    for target, reason in ((unreachable, "ConnectError"), (unprivileged, "HTTP 403")):
+        reviewer = KubeAccessReviewer(target)
+        async with running_cell(cell_pki) as cell:
+            server = proxy_server(
+                api_proxy_app(relay=cell.hub.proxy, reviewer=reviewer),
+                tls.server_context(cell_pki.server, require_client_cert=False, alpn=("http/1.1",)),
+            )
+            await server.start()
+            try:
+                async with httpx.AsyncClient(
+                    verify=ssl.create_default_context(cafile=str(cell_pki.server.ca))
+                ) as client:
+                    answer = await client.get(
+                        f"https://127.0.0.1:{server.port}/clusters/{CHILD}/api",
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                assert answer.status_code == 503
+                assert reason in answer.json()["message"]
+            finally:
+                await server.stop()
+                await reviewer.close()

@@ -9,11 +9,11 @@ grants ``impersonate``, and then asks its own RBAC whether the caller may reach 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
 import json
-import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +25,7 @@ from lattice.adapters import api_proxy_agent
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app import yamlio
-from lattice.app.api_proxy import CellApiProxy
+from lattice.app.api_proxy import CellApiProxy, agent_executor
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.integration.agent.conftest import Pki, running_agent, running_cell
 
@@ -164,17 +164,19 @@ async def test_a_grandchild_through_two_cells(
 
     async with (
         cell_proxy(cell_pki, root, publish=True) as (root_cell, root_proxy),
-        cell_proxy(mid_pki, mid, publish=False) as (mid_cell, mid_proxy),
+        cell_proxy(mid_pki, mid, publish=True) as (mid_cell, _),
     ):
-        mid_executor = api_proxy_agent.ApiProxyExecutor(
-            "mid",
-            await api_proxy_agent.HttpTarget.from_kubeconfig(str(mid.kubeconfig)),
-            relay=api_proxy_agent.HttpTarget(
-                base_url=mid_proxy.url,
-                verify=ssl.create_default_context(cafile=str(mid_pki.server.ca)),
-                token_file=agent_token,
-            ),
+        # mid's agent as `lattice agent --kubeconfig` builds it: no --relay-url, so it finds
+        # mid's cell where that cell published its endpoint
+        flags = argparse.Namespace(
+            no_api_proxy=False,
+            kubeconfig=mid.kubeconfig,
+            relay_url=None,
+            relay_ca=None,
+            relay_token_file=agent_token,
         )
+        mid_executor = await agent_executor(flags, "mid", await Kr8sKube.connect(str(mid.kubeconfig)))
+        assert mid_executor is not None
         leaf_executor = api_proxy_agent.ApiProxyExecutor(
             "leaf", await api_proxy_agent.HttpTarget.from_kubeconfig(str(leaf.kubeconfig))
         )

@@ -3,13 +3,15 @@ its flag (the path through a real cell is in tests/integration/agent/test_api_pr
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import base64
 import json
 from pathlib import Path
 
 import pytest
 
-from lattice.app import cli, yamlio
+from lattice.app import api_proxy, cli, yamlio
 
 
 def _cell_kubeconfig(path: Path, token: str | None, server: str = "https://127.0.0.1:1") -> Path:
@@ -148,3 +150,8 @@ def test_agent_relay_flags_are_checked(
     )
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_no_api_proxy_means_no_executor() -> None:
+    flags = argparse.Namespace(no_api_proxy=True)
+    assert asyncio.run(api_proxy.agent_executor(flags, "c", None)) is None  # type: ignore[arg-type]
