@@ -22,6 +22,9 @@ the :class:`~lattice.ports.agent.AgentChannel` port:
   a ``CertificateRenewal`` is signed for the stream's own cluster (the CSR must name it) and
   answered with ``CertificateIssued`` (the certificate and the CA bundle), or with the reason it
   was refused. One renewal per cluster per ``renewal_interval`` seconds; more are refused;
+* **Kubernetes API proxy** - :attr:`AgentHub.proxy` (:class:`~lattice.adapters.api_proxy_cell.ProxyRelay`)
+  sends proxied requests on a cluster's stream and takes their response frames without ever
+  waiting on a client (flow control per request); a stream's end fails its requests;
 * **status** - every change of connection, state, versions or health goes to the
   :class:`~lattice.ports.agent.AgentStatusSink` (heartbeat timestamps alone do not, so a large
   fleet does not turn into a stream of status writes).

@@ -24,6 +24,9 @@ that finished while the stream was down. Then:
   task after each established stream (cancelled with it), discovery commands from the cell go to
   ``on_message`` (malformed ones are logged and ignored), ``on_disconnected`` when the stream
   ends; :meth:`AgentRunner.send_discovery` sends up (``ParentUnavailable`` without a stream).
+* with an :class:`~lattice.adapters.api_proxy_agent.ApiProxyExecutor`: ``api_proxy`` frames
+  go to it (each request runs as its own task, never blocking the receive loop); its requests
+  stop when the stream ends. Without one, a proxied request is answered 501.
 
 Independence from the parent (spec): losing the parent only produces log lines; nothing in the
 cluster depends on this loop.
