@@ -22,7 +22,7 @@ from lattice.adapters.api_proxy_http import api_proxy_app, proxy_server
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_access_review import KubeAccessReviewer
 from lattice.app import yamlio
-from lattice.domain import api_proxy
+from lattice.domain import agent, api_proxy
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.integration.agent.conftest import Cell, Pki, RunningAgent, running_agent, running_cell
 
@@ -321,17 +321,37 @@ async def test_heartbeats_continue_while_a_large_list_streams(
     async with (
         running_proxy(cell_pki, cell_control_plane, child, tmp_path) as proxy,
         proxy.client("alice") as alice,
+        running_agent(cell_pki.agent_files("other"), "other", proxy.cell.port) as other,
+        alice.stream("GET", "/api/v1/namespaces/default/configmaps", params={"watch": "1"}) as watch,
     ):
+        await proxy.cell.wait_connected("other")
+        assert watch.status_code == 200
         beats = len(proxy.agent.rtts)
+        pivot = agent.PivotManifests(
+            "other", "capi-other", "p-1", (agent.MoveFile("Cluster_capi-other_other.yaml", b"{}"),)
+        )
+        commands_done = False
         async with alice.stream("GET", "/api/v1/namespaces/default/configmaps") as listing:
             assert listing.status_code == 200
             received = 0
             async for chunk in listing.aiter_bytes():
                 received += len(chunk)
+                if received > 1024 * 1024 and not commands_done:
+                    # while the list and the watch hold the child's stream: a command on that
+                    # stream, and a pivot of another child, complete
+                    status = await proxy.cell.hub.send_command(CHILD, agent.StatusQuery(), reply_within=30)
+                    assert isinstance(status, agent.StatusReport)
+                    result = await proxy.cell.hub.send_command("other", pivot, reply_within=30)
+                    assert isinstance(result, agent.PivotResult)
+                    assert result.success
+                    commands_done = True
                 await asyncio.sleep(0.05)  # a slow client: the window holds the agent back
+        assert commands_done
         assert received > 40 * 200_000
         assert len(proxy.agent.rtts) > beats  # heartbeats were acknowledged meanwhile
+        assert [p.pivot_id for p in other.importer.imported] == ["p-1"]
         assert proxy.cell.hub.proxy.violations == 0
+        assert proxy.cell.hub.proxy.open_count(CHILD) == 1  # the watch is still open
 
 
 async def test_the_cell_answers_503_when_it_cannot_review(
