@@ -29,16 +29,28 @@ def processes_under(state_dir: Path) -> list[int]:
     return found
 
 
+STOP_ROUNDS = 3
+
+
 def stop_all(state_dir: Path, timeout: float = 10.0) -> list[int]:
-    """Stop every machine and pod the local provider started under ``state_dir``."""
-    pids = processes_under(state_dir)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
+    """Stop every machine and pod the local provider started under ``state_dir``.
+
+    Looks again after each round: a process that was stopping may have started another
+    meanwhile (an operator killed while it started its Cluster API managers, which are started
+    from a worker thread and so have no parent-death signal)."""
+    stopped: list[int] = []
+    for _ in range(STOP_ROUNDS):
+        pids = [pid for pid in processes_under(state_dir) if pid not in stopped]
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.1)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        stopped += pids
+    return stopped
