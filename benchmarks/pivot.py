@@ -16,13 +16,15 @@ Native: the same export and import with the native mover (lattice.adapters.mover
 the Kubernetes API; what the cell and the agent use by default, `--mover native`) from the child
 into another fresh control plane, timed the same way, connections included (a new mover each
 time, as clusterctl is a new process each time): `pivot_native_direct`, and its ratio to
-clusterctl alone, `pivot_native_vs_clusterctl` (issue 18's goal: <= 0.5). The cell's own pivot
-runs with the native mover, so `pivot_lattice_vs_clusterctl` is a whole pivot (export, the
-stream, import, deleting the source) against clusterctl's export and import alone.
+clusterctl alone, `pivot_native_vs_clusterctl` (issue 18's goal: <= 0.5). Both direct moves run
+ROUNDS times, interleaved and each first in turn (the machine is shared; the targets are emptied
+between rounds), and the medians are reported. The cell's own pivot runs with the native mover,
+so `pivot_lattice_vs_clusterctl` is a whole pivot (export, the stream, import, deleting the
+source) against clusterctl's export and import alone.
 
 Then the way back: the child's LatticeCluster is deleted on the cell, which takes the objects
-back over the stream (the unpivot: the child's `clusterctl move --to-directory`, the files over
-the stream, the cell's `--from-directory`), then deletes the machines with its own CAPI
+back over the stream (the unpivot: the child's export, the files over the stream, the cell's
+import, both with the native mover), then deletes the machines with its own CAPI
 controllers. Reported: delete -> objects back on the cell (`unpivot_lattice`, compared with the
 same direct clusterctl move), and delete -> LatticeCluster gone (`delete_lattice_total`).
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -43,8 +46,12 @@ from pathlib import Path
 
 from lattice.adapters.binaries import locate
 from lattice.adapters.controlplane import ControlPlane
+from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_processes import stop_all
 from lattice.adapters.mover_native import NativeMover
+from lattice.domain import move_graph
+from lattice.ports import kube
+from lattice.ports.kube import ResourceRef
 from tests.e2e.conftest import Cell, child_kubeconfig, local_cluster, start_cell, wait_for
 
 
@@ -78,6 +85,34 @@ def native(kubeconfig: Path, namespace: str, directory: Path, target: Path) -> t
         return exported - started, time.perf_counter() - exported
 
     return asyncio.run(run())
+
+
+ROUNDS = 3
+
+
+def median_pair(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
+
+
+def wipe(kubeconfig: Path, namespace: str) -> None:
+    """Delete every object a move created in ``namespace`` (finalizers dropped: no controllers
+    run on the targets), so that the next round imports into an empty namespace again."""
+
+    async def run() -> None:
+        api = await Kr8sKube.connect(str(kubeconfig))
+        crds = await api.list(
+            "apiextensions.k8s.io/v1", "CustomResourceDefinition", label_selector=move_graph.CLUSTERCTL_LABEL
+        )
+        for kind in move_graph.move_types(crds.items):
+            for obj in (await api.list(kind.api_version, kind.kind, namespace=namespace)).items:
+                ref = ResourceRef.of(obj)
+                await api.delete(ref)
+                try:
+                    await api.merge_patch(ref, {"metadata": {"finalizers": None}})
+                except kube.NotFound:
+                    continue
+
+    asyncio.run(run())
 
 
 def warm(kubectl: Path, kubeconfig: Path) -> None:
@@ -151,15 +186,45 @@ def main() -> None:
                 "move", "--kubeconfig", str(child), "-n", "capi-bench-1", "--to-directory", str(cold_dir)
             )
             warm(toolchain.kubectl, child)
-            direct_export = clusterctl(
-                "move", "--kubeconfig", str(child), "-n", "capi-bench-1", "--to-directory", str(export_dir)
-            )
-            direct_import = clusterctl(
-                "move", "--to-kubeconfig", str(target.kubeconfig), "--from-directory", str(export_dir)
-            )
-            native_export, native_import = native(
-                child, "capi-bench-1", base / "native", native_target.kubeconfig
-            )
+            by_clusterctl: list[tuple[float, float]] = []
+            natively: list[tuple[float, float]] = []
+            for round_ in range(ROUNDS):  # interleaved, each first in turn: the machine is shared
+
+                def with_clusterctl(round_: int = round_) -> None:
+                    directory = export_dir / str(round_)
+                    directory.mkdir()
+                    by_clusterctl.append(
+                        (
+                            clusterctl(
+                                "move",
+                                "--kubeconfig",
+                                str(child),
+                                "-n",
+                                "capi-bench-1",
+                                "--to-directory",
+                                str(directory),
+                            ),
+                            clusterctl(
+                                "move",
+                                "--to-kubeconfig",
+                                str(target.kubeconfig),
+                                "--from-directory",
+                                str(directory),
+                            ),
+                        )
+                    )
+                    wipe(target.kubeconfig, "capi-bench-1")
+
+                def with_native(round_: int = round_) -> None:
+                    natively.append(
+                        native(child, "capi-bench-1", base / f"native-{round_}", native_target.kubeconfig)
+                    )
+                    wipe(native_target.kubeconfig, "capi-bench-1")
+
+                for run in (
+                    (with_clusterctl, with_native) if round_ % 2 == 0 else (with_native, with_clusterctl)
+                ):
+                    run()
             unpivot, deleted = time_deletion(cell, "bench-1")
         finally:
             cell.stop_operator()
@@ -168,16 +233,21 @@ def main() -> None:
             target.stop()
             native_target.stop()
     total = sum(lattice.values())
-    direct = direct_export + direct_import
+    direct_export, direct_import = median_pair(by_clusterctl)
+    direct = statistics.median(e + i for e, i in by_clusterctl)
     overhead = (total - direct) / direct * 100
-    native_direct = native_export + native_import
+    native_export, native_import = median_pair(natively)
+    native_direct = statistics.median(e + i for e, i in natively)
+    ratios = [(ne + ni) / (ce + ci) for (ne, ni), (ce, ci) in zip(natively, by_clusterctl, strict=True)]
     print(
         f"pivot of {objects} objects through Lattice: {total:.2f} s (export {lattice['export']:.2f}, "
         f"transfer+import+restore {lattice['transfer_and_import']:.2f}, "
         f"delete source {lattice['delete']:.2f}); "
         f"clusterctl directly: {direct:.2f} s (export {direct_export:.2f}, import {direct_import:.2f}); "
         f"Lattice overhead {overhead:+.0f}%; native mover: {native_direct:.2f} s (export "
-        f"{native_export:.2f}, import {native_import:.2f}), {native_direct / direct:.2f}x clusterctl"
+        f"{native_export:.2f}, import {native_import:.2f}), {native_direct / direct:.2f}x clusterctl "
+        f"(medians of {ROUNDS} rounds; "
+        f"each round's ratio: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
     for metric, value, unit in (
         ("pivot_lattice_total", total, "s"),

@@ -231,11 +231,13 @@ class NativeMover:
             raise MoveError(f"importing into {kubeconfig}: {exc}") from exc
 
     async def _import(self, api: KubeApi, objects: list[Obj]) -> None:
-        types = await self._types(api)
-        graph = move_graph.build(objects, types)
+        # The namespaces while the kinds are listed: an export holds only objects that move, and
+        # an object of a cluster-scoped kind carries no namespace.
+        namespaces = sorted({ns for o in objects if (ns := (o.get("metadata") or {}).get("namespace"))})
+        types = asyncio.ensure_future(self._types(api))
+        await asyncio.gather(types, *(self._ensure_namespace(api, ns) for ns in namespaces))
+        graph = move_graph.build(objects, types.result())
         by_uid = {n.uid: o for n, o in _pairs(graph, objects)}
-        namespaces = sorted({n.id.namespace for n in graph.nodes if n.id.namespace and not n.is_global})
-        await asyncio.gather(*(self._ensure_namespace(api, ns) for ns in namespaces))
         new_uids: dict[str, str] = {}
         for group in graph.groups:
             results = await asyncio.gather(
