@@ -137,6 +137,8 @@ class ApiProxyExecutor:
             else:
                 log.warning("api proxy: request %s: %s", request_id, granted)
                 self._stop(request_id)
+                task = asyncio.create_task(self._end(send, request_id, f"refused: {granted}", 502))
+                task.add_done_callback(_log_failure)
         elif kind == "cancel":
             log.debug("api proxy: request %s cancelled: %s", request_id, frame.cancel.reason)
             self._stop(request_id)
@@ -182,6 +184,9 @@ class ApiProxyExecutor:
             error, status = await self._exchange(request_id, request, send, running)
         except asyncio.CancelledError:
             return
+        except Exception as exc:  # e.g. a header value httpx cannot encode: the cell still hears
+            log.warning("api proxy: request %s failed: %r", request_id, exc)
+            error, status = f"the agent could not perform the request: {type(exc).__name__}: {exc}", 502
         finally:
             if self._running.get(request_id) is running:
                 del self._running[request_id]

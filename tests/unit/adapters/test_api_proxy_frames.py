@@ -265,9 +265,13 @@ async def test_concurrency_window_and_cancel(silent_server: HttpTarget) -> None:
     assert [f.request_id for f in outbox.frames] == ["two"]
     assert executor.open_requests == 1
     # more credit than the window is a peer's error: the request stops
+    outbox.frames.clear()
     executor.on_frame(pb.ApiProxyToAgent(request_id="one", window_update=10**9), outbox.send)
     assert executor.open_requests == 0
     assert executor.cancelled == 1
+    refused = await outbox.next_end()  # the cell hears why, rather than waiting
+    assert refused.status == 502
+    assert "exceeds the limit" in refused.error
     executor.on_frame(request("three"), outbox.send)
     executor.on_frame(pb.ApiProxyToAgent(request_id="three", window_update=1), outbox.send)
     executor.on_frame(
@@ -279,4 +283,14 @@ async def test_concurrency_window_and_cancel(silent_server: HttpTarget) -> None:
     executor.reset()  # the stream ended
     assert executor.open_requests == 0
     assert executor.cancelled == 3
+    await executor.close()
+
+
+async def test_a_request_that_fails_unexpectedly_still_ends(silent_server: HttpTarget) -> None:
+    executor = ApiProxyExecutor("child", silent_server)
+    outbox = Outbox()
+    executor.on_frame(request("a", user="jos\u00e9\u2603"), outbox.send)  # no header can carry it
+    ended = await outbox.next_end()
+    assert ended.status == 502
+    assert "could not perform the request" in ended.error
     await executor.close()
