@@ -311,7 +311,7 @@ async def test_the_native_mover_refuses_what_clusterctl_refuses(planes: Planes, 
         },
         "test",
     )
-    with pytest.raises(MoveError, match="infrastructure is still being provisioned"):
+    with pytest.raises(MoveError, match="is still provisioning the infrastructure"):
         await mover.export(source.kubeconfig, namespace, tmp_path / "early")
 
     with pytest.raises(MoveError, match="holds no Cluster API objects"):

@@ -361,7 +361,7 @@ def paused(cluster: Mapping[str, Any]) -> bool:
 
 def provisioning_errors(objects: Iterable[Mapping[str, Any]]) -> list[str]:
     """clusterctl's export preflight (``checkProvisioningCompleted``) over a graph's Clusters and
-    Machines: each error names the object and what it waits for."""
+    Machines: each error names the object and what it waits for, in clusterctl's words."""
     errors: list[str] = []
     for obj in sorted(objects, key=lambda o: _sort_key(object_id(o))):
         oid = object_id(obj)
@@ -370,14 +370,19 @@ def provisioning_errors(objects: Iterable[Mapping[str, Any]]) -> list[str]:
             initialization = status.get("initialization") or {}
             conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
             if not initialization.get("infrastructureProvisioned"):
-                errors.append(f"{oid}: the infrastructure is still being provisioned")
+                errors.append(
+                    f"cannot start the move operation while {oid} is still provisioning the infrastructure"
+                )
             elif conditions.get("ControlPlaneInitialized") != "True" or (
                 (obj.get("spec") or {}).get("controlPlaneRef")
                 and not initialization.get("controlPlaneInitialized")
             ):
-                errors.append(f"{oid}: the control plane is not initialized yet")
+                errors.append(
+                    f"cannot start the move operation while the control plane for {oid} "
+                    "is not yet initialized"
+                )
         elif _is(oid, CLUSTER_GROUP, "Machine") and not (status.get("nodeRef") or {}).get("name"):
-            errors.append(f"{oid}: the node is still being provisioned")
+            errors.append(f"cannot start the move operation while {oid} is still provisioning the node")
     return errors
 
 

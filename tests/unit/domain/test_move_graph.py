@@ -332,11 +332,12 @@ def test_paused_and_the_preflight() -> None:
     errors = move_graph.provisioning_errors(
         [cluster, no_infra, no_condition, no_cp_status, machine, pending, other]
     )
+    start = "cannot start the move operation while"
     assert errors == [
-        "Cluster capi-w1/a: the infrastructure is still being provisioned",
-        "Cluster capi-w1/b: the control plane is not initialized yet",
-        "Cluster capi-w1/c: the control plane is not initialized yet",
-        "Machine capi-w1/p: the node is still being provisioned",
+        f"{start} Cluster capi-w1/a is still provisioning the infrastructure",
+        f"{start} the control plane for Cluster capi-w1/b is not yet initialized",
+        f"{start} the control plane for Cluster capi-w1/c is not yet initialized",
+        f"{start} Machine capi-w1/p is still provisioning the node",
     ]
 
 
