@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import base64
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,18 @@ def test_an_unreachable_cell_says_how_to_go_on(tmp_path: Path, capsys: pytest.Ca
 def test_agent_relay_flags_are_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
 ) -> None:
-    rc = cli.main(
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        rc = _agent(tmp_path, flags)
+    finally:  # lattice agent configures logging onto this test's captured stderr: undo it
+        root.handlers[:], root.level = handlers, level
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def _agent(tmp_path: Path, flags: list[str]) -> int:
+    return cli.main(
         [
             "agent",
             "--parent",
@@ -148,8 +160,6 @@ def test_agent_relay_flags_are_checked(
             *flags,
         ]
     )
-    assert rc == 2
-    assert message in capsys.readouterr().err
 
 
 def test_no_api_proxy_means_no_executor() -> None:
