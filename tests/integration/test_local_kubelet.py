@@ -18,7 +18,9 @@ import pytest
 
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.clock import SystemClock
+from lattice.adapters.local_kubelet import LocalKubelet
 from lattice.adapters.local_machine_host import LocalMachineHost
+from lattice.adapters.pod_image import ImageError
 from lattice.domain import crds, deploy, local_pods
 from lattice.domain import local_kubelet as lk
 from lattice.testing.fixtures import ControlPlaneFactory
@@ -229,3 +231,25 @@ def test_an_unknown_pod_runtime_is_refused_by_name(tmp_path: Path) -> None:
     status = lk.parse_status((tmp_path / lk.STATUS_FILE).read_text())
     assert status.phase is lk.Phase.FAILED
     assert "LATTICE_POD_RUNTIME='vm': one of source, image" in status.message
+
+
+def test_an_image_that_cannot_be_used_is_not_unpacked_again_at_every_sync(
+    toolchain: Toolchain, tmp_path: Path
+) -> None:
+    config = lk.KubeletConfig(node="m0", provider_id="local://c/m0", version="v1.36.0", kubeconfig="/none")
+    kubelet = LocalKubelet(
+        config,
+        tmp_path,
+        toolchain,
+        SystemClock(),
+        runtime=local_pods.PodRuntime.IMAGE,
+        image_dir=tmp_path / "not-built",
+    )
+    with pytest.raises(ImageError, match="no built image") as first:
+        kubelet._unpacked()
+    with pytest.raises(ImageError) as again:
+        kubelet._unpacked()
+    assert again.value is first.value
+    without = LocalKubelet(config, tmp_path, toolchain, SystemClock(), runtime=local_pods.PodRuntime.IMAGE)
+    with pytest.raises(ImageError, match="LATTICE_POD_RUNTIME=image needs LATTICE_IMAGE_DIR"):
+        without._unpacked()

@@ -104,7 +104,7 @@ class LocalKubelet:
         self.config = config
         self.runtime = runtime
         self.image_dir = image_dir
-        self._image: UnpackedImage | None = None
+        self._image: UnpackedImage | ImageError | None = None
         self.machine_dir = machine_dir
         self.toolchain = toolchain
         self.clock = clock
@@ -386,10 +386,18 @@ class LocalKubelet:
         return account_dir
 
     def _unpacked(self) -> UnpackedImage:
+        """The image, unpacked at the first pod; an image that cannot be used is not unpacked
+        again at every sync (1 GB each time): the error stays until the kubelet restarts."""
+        if isinstance(self._image, ImageError):
+            raise self._image
         if self._image is None:
-            if self.image_dir is None:
-                raise ImageError(f"{local_pods.RUNTIME_ENV}=image needs {local_pods.IMAGE_DIR_ENV}")
-            self._image = unpack(self.image_dir)
+            try:
+                if self.image_dir is None:
+                    raise ImageError(f"{local_pods.RUNTIME_ENV}=image needs {local_pods.IMAGE_DIR_ENV}")
+                self._image = unpack(self.image_dir)
+            except ImageError as exc:
+                self._image = exc
+                raise
         return self._image
 
     async def _image_pod(
