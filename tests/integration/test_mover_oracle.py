@@ -302,6 +302,11 @@ async def test_the_native_mover_refuses_what_clusterctl_refuses(planes: Planes, 
     assert not move_graph.paused(await api.get(ref))  # unpaused again after the refusal
     await api.merge_patch(ref, {"metadata": {"annotations": {move_graph.BLOCK_MOVE_ANNOTATION: None}}})
 
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(MoveError, match="writing the export of namespace"):
+        await mover.export(source.kubeconfig, namespace, tmp_path / "a-file" / "below")
+    assert not move_graph.paused(await api.get(ref))
+
     await api.apply_status(
         {
             "apiVersion": CAPI,

@@ -111,6 +111,8 @@ class NativeMover:
             return await self._export(api, namespace, directory)
         except kube.KubeError as exc:
             raise MoveError(f"exporting namespace {namespace}: {exc}") from exc
+        except OSError as exc:
+            raise MoveError(f"writing the export of namespace {namespace} to {directory}: {exc}") from exc
 
     async def _export(self, api: KubeApi, namespace: str, directory: Path) -> list[Path]:
         types = await self._types(api)
