@@ -36,6 +36,7 @@ from lattice.proto.agent.v1 import agent_pb2 as pb
 log = logging.getLogger(__name__)
 
 Send = Callable[[pb.AgentMessage], Awaitable[None]]
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 @define
@@ -48,6 +49,8 @@ class HttpTarget:
     token_file: Path | None = None
     """Read for every request (a projected ServiceAccount token is rotated on disk)."""
     client_cert: tuple[str, str] | None = None
+    kubeconfig: str | None = None
+    """Where the credentials came from: :meth:`refresh` reads them again (a token rotated)."""
     _client: httpx.AsyncClient | None = field(default=None, init=False)
 
     def client(self) -> httpx.AsyncClient:
@@ -74,6 +77,16 @@ class HttpTarget:
             await self._client.aclose()
             self._client = None
 
+    async def refresh(self) -> bool:
+        """Read the credentials again from where they came (after a 401: the kubeconfig's token
+        was rotated); False when there is nowhere to read them from."""
+        if self.token_file is not None or not self.kubeconfig:
+            return False
+        fresh = await HttpTarget.from_kubeconfig(self.kubeconfig)
+        await self.close()
+        self.base_url, self.verify, self.token = fresh.base_url, fresh.verify, fresh.token
+        return True
+
     @classmethod
     async def from_kubeconfig(cls, kubeconfig: str | None) -> HttpTarget:
         """This cluster's API server as kr8s reads a kubeconfig (or the in-cluster account)."""
@@ -82,7 +95,14 @@ class HttpTarget:
         api = await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
         auth = api.auth
         context = await auth.ssl_context()
-        return cls(base_url=str(auth.server), verify=context, token=auth.token or None)
+        in_cluster = kubeconfig is None and auth.token and IN_CLUSTER_TOKEN.exists()
+        return cls(
+            base_url=str(auth.server),
+            verify=context,
+            token=auth.token or None,
+            token_file=IN_CLUSTER_TOKEN if in_cluster else None,
+            kubeconfig=kubeconfig,
+        )
 
 
 @define(eq=False)
@@ -113,6 +133,11 @@ class ApiProxyExecutor:
         """Requests performed (a counter)."""
         self.cancelled = 0
         """Requests stopped by a cancel frame or the end of the stream (a counter)."""
+
+    @property
+    def target(self) -> HttpTarget:
+        """This cluster's API server."""
+        return self._target
 
     @property
     def open_requests(self) -> int:
@@ -218,7 +243,6 @@ class ApiProxyExecutor:
             *forwarded,
             ("Accept-Encoding", "identity"),  # the body crosses as it is (no Content-Encoding kept)
             *api_proxy.impersonation_headers(user),
-            *target.authorization(),
         ]
         timeout = httpx.Timeout(
             connect=limits.head_timeout,
@@ -226,22 +250,27 @@ class ApiProxyExecutor:
             write=limits.head_timeout,
             pool=limits.head_timeout,
         )
-        client = target.client()
         sent_head = False
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if not streaming:
                     await stack.enter_async_context(asyncio.timeout(limits.request_timeout))
-                async with asyncio.timeout(limits.head_timeout):
-                    response = await stack.enter_async_context(
-                        client.stream(
-                            request.method,
-                            request.path,
-                            headers=headers,
-                            content=bytes(request.body) if request.body else None,
-                            timeout=timeout,
+                for attempt in (1, 2):
+                    async with asyncio.timeout(limits.head_timeout):
+                        response = await stack.enter_async_context(
+                            target.client().stream(
+                                request.method,
+                                request.path,
+                                headers=[*headers, *target.authorization()],
+                                content=bytes(request.body) if request.body else None,
+                                timeout=timeout,
+                            )
                         )
-                    )
+                    # the agent's own credentials were refused (a rotated token): read them again
+                    if response.status_code != 401 or attempt == 2 or not await target.refresh():
+                        break
+                    log.info("api proxy: the API server refused the agent's credentials; read them again")
+                    await response.aclose()
                 await send(_frame(self._cluster, request_id, head=_head(response)))
                 sent_head = True
                 total = 0

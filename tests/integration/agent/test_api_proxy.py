@@ -6,6 +6,7 @@ mTLS performing requests against a real child API server, and the real kubectl a
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import ssl
@@ -105,6 +106,7 @@ async def running_proxy(
     child: ControlPlane,
     work: Path,
     agent_limits: api_proxy.ProxyLimits | None = None,
+    agent_kubeconfig: Path | None = None,
 ) -> AsyncIterator[Proxy]:
     reviewer = KubeAccessReviewer(await api_proxy_agent.HttpTarget.from_kubeconfig(str(cp.kubeconfig)))
     async with running_cell(cell_pki) as cell:
@@ -115,7 +117,7 @@ async def running_proxy(
         await server.start()
         executor = api_proxy_agent.ApiProxyExecutor(
             CHILD,
-            await api_proxy_agent.HttpTarget.from_kubeconfig(str(child.kubeconfig)),
+            await api_proxy_agent.HttpTarget.from_kubeconfig(str(agent_kubeconfig or child.kubeconfig)),
             limits=agent_limits,
         )
         try:
@@ -383,3 +385,38 @@ async def test_the_cell_answers_503_when_it_cannot_review(
             finally:
                 await server.stop()
                 await reviewer.close()
+
+
+async def test_the_agent_reads_its_rotated_token_again(
+    cell_pki: Pki, cell_control_plane: ControlPlane, child: ControlPlane, users: None, tmp_path: Path
+) -> None:
+    """An agent in a pod authenticates with its ServiceAccount token, which is rotated: a 401 for
+    its own credentials makes it read its kubeconfig again and retry, once."""
+    child.kubectl("create", "serviceaccount", "lattice-agent", "-n", "default")
+    child.apply([_binding("ClusterRoleBinding", "proxy-test-agent", "cluster-admin", "lattice-agent")])
+    token = child.kubectl("create", "token", "lattice-agent", "-n", "default").stdout.strip()
+    ca = base64.b64encode(child.ca_file.read_bytes()).decode()
+    kubeconfig = tmp_path / "agent.kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": child.url, "certificate-authority-data": ca}}
+                ],
+                "users": [{"name": "agent", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "agent"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    async with (
+        running_proxy(cell_pki, cell_control_plane, child, tmp_path, agent_kubeconfig=kubeconfig) as proxy,
+        proxy.client("alice") as alice,
+    ):
+        assert (await alice.get("/api/v1/namespaces/default/configmaps")).status_code == 200
+        proxy.executor.target.token = "a-token-that-expired"
+        answer = await alice.get("/api/v1/namespaces/default/configmaps")
+        assert answer.status_code == 200, answer.text
+        assert proxy.executor.target.token == token
