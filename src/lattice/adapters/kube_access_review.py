@@ -103,12 +103,9 @@ class KubeAccessReviewer:
     async def _create(self, path: str, review: dict[str, Any]) -> dict[str, Any]:
         self.reviews += 1
         try:
-            response = await self._target.client().post(
-                path,
-                content=json.dumps(review).encode(),
-                headers=[("Content-Type", "application/json"), *self._target.authorization()],
-                timeout=REVIEW_TIMEOUT_S,
-            )
+            response = await self._post(path, review)
+            if response.status_code == 401 and await self._target.refresh():
+                response = await self._post(path, review)  # the cell's own token was rotated
         except (httpx.HTTPError, OSError) as exc:
             raise ReviewUnavailable(f"{review['kind']}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 300:
@@ -120,6 +117,14 @@ class KubeAccessReviewer:
         if not isinstance(answer, dict):
             raise ReviewUnavailable(f"{review['kind']}: the answer is not an object")
         return answer
+
+    async def _post(self, path: str, review: dict[str, Any]) -> httpx.Response:
+        return await self._target.client().post(
+            path,
+            content=json.dumps(review).encode(),
+            headers=[("Content-Type", "application/json"), *self._target.authorization()],
+            timeout=REVIEW_TIMEOUT_S,
+        )
 
 
 _reviewer: type[AccessReviewer] = KubeAccessReviewer

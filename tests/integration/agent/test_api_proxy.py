@@ -395,22 +395,7 @@ async def test_the_agent_reads_its_rotated_token_again(
     child.kubectl("create", "serviceaccount", "lattice-agent", "-n", "default")
     child.apply([_binding("ClusterRoleBinding", "proxy-test-agent", "cluster-admin", "lattice-agent")])
     token = child.kubectl("create", "token", "lattice-agent", "-n", "default").stdout.strip()
-    ca = base64.b64encode(child.ca_file.read_bytes()).decode()
-    kubeconfig = tmp_path / "agent.kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "c", "cluster": {"server": child.url, "certificate-authority-data": ca}}
-                ],
-                "users": [{"name": "agent", "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "agent"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kubeconfig = _token_kubeconfig(tmp_path / "agent.kubeconfig", child, token)
     async with (
         running_proxy(cell_pki, cell_control_plane, child, tmp_path, agent_kubeconfig=kubeconfig) as proxy,
         proxy.client("alice") as alice,
@@ -420,3 +405,39 @@ async def test_the_agent_reads_its_rotated_token_again(
         answer = await alice.get("/api/v1/namespaces/default/configmaps")
         assert answer.status_code == 200, answer.text
         assert proxy.executor.target.token == token
+
+    # the cell's reviews too: its own token rotated, it reads its kubeconfig again
+    cp = cell_control_plane
+    cp.kubectl("create", "serviceaccount", "lattice-cell", "-n", "default", check=False)
+    cp.apply([_binding("ClusterRoleBinding", "proxy-test-cell", "cluster-admin", "lattice-cell")])
+    cell_token = cp.kubectl("create", "token", "lattice-cell", "-n", "default").stdout.strip()
+    target = await api_proxy_agent.HttpTarget.from_kubeconfig(
+        str(_token_kubeconfig(tmp_path / "cell.kubeconfig", cp, cell_token))
+    )
+    reviewer = KubeAccessReviewer(target)
+    try:
+        target.token = "a-token-that-expired"
+        alice = await reviewer.authenticate(
+            cp.kubectl("create", "token", "alice", "-n", "default").stdout.strip()
+        )
+        assert alice is not None
+        assert alice.username == "system:serviceaccount:default:alice"
+    finally:
+        await reviewer.close()
+
+
+def _token_kubeconfig(path: Path, cp: ControlPlane, token: str) -> Path:
+    ca = base64.b64encode(cp.ca_file.read_bytes()).decode()
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": cp.url, "certificate-authority-data": ca}}],
+                "users": [{"name": "me", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "me"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path
