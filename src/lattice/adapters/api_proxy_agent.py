@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 from attrs import define, field
@@ -129,6 +130,7 @@ class ApiProxyExecutor:
         self._relay_source = relay_source
         self.limits = limits or api_proxy.ProxyLimits()
         self._running: dict[str, _Running] = {}
+        self._ends: set[asyncio.Task[None]] = set()
         self.started = 0
         """Requests performed (a counter)."""
         self.cancelled = 0
@@ -162,11 +164,17 @@ class ApiProxyExecutor:
             else:
                 log.warning("api proxy: request %s: %s", request_id, granted)
                 self._stop(request_id)
-                task = asyncio.create_task(self._end(send, request_id, f"refused: {granted}", 502))
-                task.add_done_callback(_log_failure)
+                self._later(self._end(send, request_id, f"refused: {granted}", 502))
         elif kind == "cancel":
             log.debug("api proxy: request %s cancelled: %s", request_id, frame.cancel.reason)
             self._stop(request_id)
+
+    def _later(self, sending: Coroutine[Any, Any, None]) -> None:
+        """Send a frame from a task, kept until it is done (the receive loop never waits)."""
+        task = asyncio.create_task(sending)
+        self._ends.add(task)
+        task.add_done_callback(self._ends.discard)
+        task.add_done_callback(_log_failure)
 
     def reset(self) -> None:
         """The stream ended: stop every request (the cell forgot them too)."""
@@ -190,8 +198,7 @@ class ApiProxyExecutor:
     def _start(self, request_id: str, request: pb.ApiProxyRequest, send: Send) -> None:
         if len(self._running) >= self.limits.max_concurrent:
             message = f"more than {self.limits.max_concurrent} proxied requests at once on this agent"
-            task = asyncio.create_task(self._end(send, request_id, message, 429))
-            task.add_done_callback(_log_failure)
+            self._later(self._end(send, request_id, message, 429))
             return
         window = int(request.initial_window) or self.limits.window_bytes
         running = _Running(task=None, window=api_proxy.Window(window), ceiling=window)
