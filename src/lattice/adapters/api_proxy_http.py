@@ -121,6 +121,12 @@ class _ProxyHandler:
         user = await self._authenticate(request)
         if isinstance(user, Response):
             return user
+        if "upgrade" in request.headers:
+            return _status(
+                501,
+                "connection upgrades (kubectl exec, attach, port-forward, cp) are not carried by "
+                "the Lattice API proxy",
+            )
         allowed, reason = await self._reviewer.allowed(
             api_proxy.access_attributes(user, target.cluster, verb)
         )

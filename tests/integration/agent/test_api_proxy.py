@@ -251,6 +251,12 @@ async def test_status_codes_and_limits(
             long_header = await alice.get("/api", headers={"Accept": "x" * 9000})
             assert long_header.status_code == 400
             assert "accept: longer than 8192" in long_header.json()["message"]
+            upgrade = await alice.post(
+                "/api/v1/namespaces/default/pods/p/exec",
+                headers={"Connection": "Upgrade", "Upgrade": "SPDY/3.1"},
+            )
+            assert upgrade.status_code == 501
+            assert "kubectl exec" in upgrade.json()["message"]
             groups_only = await alice.get("/api", headers={"Impersonate-Group": "g"})
             assert groups_only.status_code == 400
 
