@@ -74,6 +74,17 @@ def _image_dir() -> Path:
     return directory
 
 
+PARENT = """
+import json, os, subprocess, sys, time
+spec = json.load(open(sys.argv[1]))
+spec["parent"] = os.getpid()
+json.dump(spec, open(sys.argv[1], "w"))
+child = subprocess.Popen([sys.executable, "-m", "lattice.adapters.pod_sandbox", sys.argv[1]])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
 def _pod(namespace: str, name: str, node: str) -> dict[str, Any]:
     """The operator Deployment's pod as `lattice deploy-manifests` ships it, bound to ``node``."""
     deployment = next(
@@ -189,10 +200,29 @@ def test_the_operator_pod_runs_from_the_image_as_its_user(
         assert cmdline[:4] == [b"/usr/bin/python3.11", b"-sE", b"/usr/local/bin/lattice", b"operator"]
         assert "forbidden" not in (pod_dir / "container.log").read_text().lower()
 
-        # The pod's process dies with its kubelet (the parent-death signal), as a machine's do.
-        kubelet.kill()
-        kubelet.wait(30)
-        _wait("the pod's process to die with its kubelet", lambda: not _pods_in(rootfs), 30)
+        # Stopping the kubelet stops its pods.
+        kubelet.terminate()
+        assert kubelet.wait(60) == 0
+        assert not _pods_in(rootfs)
+
+        # And a pod's process dies with the process that started it even when that one is
+        # killed (the parent-death signal, set again after the user change): here a parent that
+        # starts the launcher as the kubelet does, with the image's sleep as the command.
+        spec = json.loads((pod_dir / "sandbox.json").read_text())
+        spec["sandbox"]["argv"] = ["/usr/bin/sleep", "600"]
+        (pod_dir / "sleep.json").write_text(json.dumps(spec))
+        parent = subprocess.Popen(
+            [sys.executable, "-c", PARENT, str(pod_dir / "sleep.json")],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        _wait("the sleep to run in the image", lambda: child in _pods_in(rootfs), 30)
+        parent.kill()
+        parent.wait(30)
+        _wait("the pod's process to die with its parent", lambda: not _pods_in(rootfs), 30)
     finally:
         if kubelet.poll() is None:
             kubelet.terminate()
