@@ -149,9 +149,9 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self.refused_identity = 0
+        """Streams refused for a cluster_name that differs from the certificate (a counter)."""
         self.proxy = ProxyRelay(self.send_proxy, proxy_limits)
         """The Kubernetes API proxy's requests in flight on these streams (docs/api-proxy.md)."""
-        """Streams refused for a cluster_name that differs from the certificate (a counter)."""
 
     # --- lifecycle --------------------------------------------------------------------------
 
