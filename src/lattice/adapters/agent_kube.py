@@ -1,11 +1,12 @@
 """The agent's ports on a real cluster: apply manifests, import a pivot, probe health.
 
 ``KubePivotImporter`` is the child's half of a pivot: it writes the export's ``*.yaml`` files to
-a fresh directory and runs ``clusterctl move --from-directory`` into its own API server (which
-skips objects that already exist, so a retried import does not duplicate anything), then stores
+a fresh directory and imports them into its own API server with its ``ClusterMover`` (the native
+mover by default, or ``clusterctl move --from-directory``; either skips objects that already
+exist, so a retried import does not duplicate anything), then stores
 the cluster's own LatticeCluster (sent alongside the export) with its pivoted status, so the
 cluster's operator takes over. The status of the Cluster API objects, which the import drops, is
-not written: the cluster's own controllers recompute it, as after any ``clusterctl move``.
+not written: the cluster's own controllers recompute it, as after a ``clusterctl move``.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class KubeUnpivoter:
     """The agent's half of deleting its self-managing cluster (see docs/lifecycle.md).
 
     The cell asks for the objects; this pauses the cluster's own Cluster (its controllers stop
-    acting on it), exports the graph with ``clusterctl move --to-directory`` and returns the
+    acting on it), exports the graph with its ``ClusterMover`` and returns the
     files. A cell that still has children refuses, naming them, unless it is annotated
     ``lattice.dev/cascade-delete=true``: then it deletes them and refuses until they are gone.
     Once the cell holds the objects, :meth:`release` marks the own LatticeCluster so that the
