@@ -35,13 +35,14 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lattice.adapters import agent_cell, agent_client, agent_local, cell_ca, pki, tls
-from lattice.adapters.agent_local import InMemoryAgentStatusSink
 from lattice.adapters.api_proxy_agent import ApiProxyExecutor, HttpTarget
 from lattice.adapters.controlplane import ControlPlane, free_port, start_control_planes
 from lattice.app.api_proxy import CellApiProxy
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
 from lattice.domain.heartbeat import HeartbeatPolicy
+from lattice.testing import agents as agent_doubles
+from lattice.testing.agents import InMemoryAgentStatusSink
 
 
 def emit(metric: str, value: float, unit: str) -> None:
@@ -135,8 +136,8 @@ async def agent_of(cluster: str, cell: Cell, executor: ApiProxyExecutor) -> Asyn
             backoff=Backoff(initial=0.05, maximum=0.5),
         ),
         tls.client_context(cell.agent_files(cluster)),
-        applier=agent_local.RecordingManifestApplier(),
-        importer=agent_local.RecordingPivotImporter(),
+        applier=agent_doubles.RecordingManifestApplier(),
+        importer=agent_doubles.RecordingPivotImporter(),
         probe=agent_local.StaticClusterProbe("v1", agent.ClusterHealth(ready_nodes=1, total_nodes=1)),
         proxy=executor,
     )

@@ -14,12 +14,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
-from lattice.adapters.agent_local import InMemoryAgentStatusSink
 from lattice.adapters.api_proxy_agent import ApiProxyExecutor
 from lattice.adapters.conn_limits import ConnectionLimits
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
 from lattice.domain.heartbeat import HeartbeatPolicy
+from lattice.testing import agents as agent_doubles
+from lattice.testing.agents import InMemoryAgentStatusSink
 
 
 @pytest.fixture
@@ -121,8 +122,8 @@ async def running_cell(
 @attrs.define
 class RunningAgent:
     runner: agent_client.AgentRunner
-    applier: agent_local.RecordingManifestApplier
-    importer: agent_local.RecordingPivotImporter
+    applier: agent_doubles.RecordingManifestApplier
+    importer: agent_doubles.RecordingPivotImporter
     probe: agent_local.StaticClusterProbe
     rtts: list[float]
     stop: asyncio.Event
@@ -136,16 +137,16 @@ async def running_agent(
     port: int,
     *,
     interval: float = 0.5,
-    importer: agent_local.RecordingPivotImporter | None = None,
-    applier: agent_local.RecordingManifestApplier | None = None,
+    importer: agent_doubles.RecordingPivotImporter | None = None,
+    applier: agent_doubles.RecordingManifestApplier | None = None,
     tls_server_name: str | None = None,
     host: str = "127.0.0.1",
-    unpivoter: agent_local.RecordingUnpivoter | None = None,
+    unpivoter: agent_doubles.RecordingUnpivoter | None = None,
     renewer: agent_renewal.CertificateRenewer | None = None,
     proxy: ApiProxyExecutor | None = None,
 ) -> AsyncIterator[RunningAgent]:
-    applier = applier or agent_local.RecordingManifestApplier()
-    importer = importer or agent_local.RecordingPivotImporter()
+    applier = applier or agent_doubles.RecordingManifestApplier()
+    importer = importer or agent_doubles.RecordingPivotImporter()
     probe = agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(ready_nodes=1, total_nodes=1))
     rtts: list[float] = []
     runner = agent_client.AgentRunner(

@@ -12,10 +12,11 @@ import grpclib.server
 import pytest
 from grpclib.const import Status
 
-from lattice.adapters import agent_local, agent_wire
+from lattice.adapters import agent_wire
 from lattice.domain import agent
 from lattice.proto.agent.v1 import agent_grpc
 from lattice.proto.agent.v1 import agent_pb2 as pb
+from lattice.testing import agents as agent_doubles
 
 from .conftest import Pki, running_agent
 
@@ -115,7 +116,7 @@ async def _connected(cell: ScriptedCell) -> None:
 
 
 async def test_repeated_ids_are_answered_from_memory_and_running_commands_are_not_rerun(cell_pki: Pki):
-    importer = agent_local.RecordingPivotImporter(delay=0.5)
+    importer = agent_doubles.RecordingPivotImporter(delay=0.5)
     async with (
         scripted_cell(cell_pki) as (cell, port),
         running_agent(cell_pki.agent_files("a1"), "a1", port, importer=importer),
@@ -158,7 +159,7 @@ async def test_the_agent_reconnects_when_heartbeats_go_unacknowledged(cell_pki: 
 
 
 async def test_a_reply_finished_while_disconnected_is_delivered_on_resync(cell_pki: Pki):
-    importer = agent_local.RecordingPivotImporter(delay=0.6)
+    importer = agent_doubles.RecordingPivotImporter(delay=0.6)
     async with (
         scripted_cell(cell_pki) as (cell, port),
         running_agent(cell_pki.agent_files("a1"), "a1", port, importer=importer) as running,

@@ -17,11 +17,11 @@ import pytest
 from ruamel.yaml import YAML
 
 from lattice.adapters import agent_cell, registration_http, tls
-from lattice.adapters.agent_local import InMemoryAgentStatusSink
 from lattice.adapters.token_store_memory import InMemoryTokenStore
 from lattice.domain import agent_payload, capi
 from lattice.domain.endpoint import Endpoint
 from lattice.domain.heartbeat import HeartbeatPolicy
+from lattice.testing.agents import InMemoryAgentStatusSink
 
 from .conftest import Cell, Pki
 

@@ -10,12 +10,13 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from lattice.adapters import agent_cell, agent_local, tls
+from lattice.adapters import agent_cell, tls
 from lattice.domain import agent
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.ports.agent import AgentNotConnected, CommandTimeout
 from lattice.proto.agent.v1 import agent_grpc
 from lattice.proto.agent.v1 import agent_pb2 as pb
+from lattice.testing import agents as agent_doubles
 
 from .conftest import Pki, running_agent, running_cell
 from .h2raw import raw_h2
@@ -73,7 +74,7 @@ async def test_unpivot_notice_export_and_release(cell_pki: Pki):
     id), answers UnpivotCommand with its export (ClusterDeleting as the reply) and lets go on
     UnpivotComplete; an agent without access to its cluster refuses with the reason."""
     files = (agent.MoveFile("Cluster_capi-c1_c1.yaml", b'{"kind":"Cluster"}'),)
-    unpivoter = agent_local.RecordingUnpivoter(files, deleting_reason="deleted on the cluster")
+    unpivoter = agent_doubles.RecordingUnpivoter(files, deleting_reason="deleted on the cluster")
     async with (
         running_cell(cell_pki) as cell,
         running_agent(cell_pki.agent_files("c1"), "c1", cell.port, unpivoter=unpivoter),
@@ -110,8 +111,8 @@ async def test_unpivot_notice_export_and_release(cell_pki: Pki):
 
 
 async def test_failed_commands_come_back_as_failed_replies(cell_pki: Pki):
-    applier = agent_local.RecordingManifestApplier(fail_with="the API server said no")
-    importer = agent_local.RecordingPivotImporter(fail_with="clusterctl move failed")
+    applier = agent_doubles.RecordingManifestApplier(fail_with="the API server said no")
+    importer = agent_doubles.RecordingPivotImporter(fail_with="clusterctl move failed")
     async with (
         running_cell(cell_pki) as cell,
         running_agent(cell_pki.agent_files("c1"), "c1", cell.port, applier=applier, importer=importer),
@@ -256,7 +257,7 @@ async def test_cell_restart_agent_reconnects_and_resyncs(cell_pki: Pki):
 
 
 async def test_a_command_pending_when_the_stream_drops_is_resent_and_answered_once(cell_pki: Pki):
-    importer = agent_local.RecordingPivotImporter(delay=1.0)
+    importer = agent_doubles.RecordingPivotImporter(delay=1.0)
     async with (
         running_cell(cell_pki) as cell,
         running_agent(cell_pki.agent_files("c1"), "c1", cell.port, importer=importer) as a,
@@ -344,7 +345,7 @@ async def test_service_queries_get_an_answer_and_unknown_payloads_are_tolerated(
         assert cell.sink.latest["c1"].health == agent.ClusterHealth(2, 3)
 
 
-class FailingSink(agent_local.InMemoryAgentStatusSink):
+class FailingSink(agent_doubles.InMemoryAgentStatusSink):
     """A status sink whose backend is down: the streams must not care."""
 
     async def record(self, status: agent.AgentStatus) -> None:

@@ -25,6 +25,7 @@ from lattice.domain.discovery.naming import ClusterContext
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.domain.services import ValidService
 from lattice.ports.discovery import CellDiscoveryHandler
+from lattice.testing import agents as agent_doubles
 from tests.integration.agent.conftest import Pki
 
 BASE_DOMAIN = "lattice.example.com"
@@ -69,7 +70,7 @@ async def discovery_cell(
 ) -> AsyncIterator[DiscoveryCell]:
     service = CatalogService(ServiceCatalog("cell"), SystemClock())
     hub = agent_cell.AgentHub(
-        sink=agent_local.InMemoryAgentStatusSink(),
+        sink=agent_doubles.InMemoryAgentStatusSink(),
         heartbeat_policy=HeartbeatPolicy(interval=0.5),
         discovery=handler(service),
     )
@@ -147,8 +148,8 @@ async def discovery_agent(
             connect_timeout=5.0,
         ),
         tls.client_context(pki.agent_files(cluster)),
-        applier=agent_local.RecordingManifestApplier(),
-        importer=agent_local.RecordingPivotImporter(),
+        applier=agent_doubles.RecordingManifestApplier(),
+        importer=agent_doubles.RecordingPivotImporter(),
         probe=agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(1, 1)),
         discovery=handler,
     )

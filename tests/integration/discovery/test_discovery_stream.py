@@ -26,6 +26,7 @@ from lattice.domain.discovery.resolution import NotAllowed, NotFound, Resolved, 
 from lattice.domain.services import ValidService
 from lattice.ports.discovery import Addressed, ParentUnavailable
 from lattice.proto.agent.v1 import agent_pb2 as pb
+from lattice.testing import agents as agent_doubles
 from tests.integration.agent.conftest import Pki
 from tests.integration.agent.h2raw import raw_h2
 from tests.integration.agent.streams import ready
@@ -378,8 +379,8 @@ async def test_a_failing_agent_handler_ends_no_stream(cell_pki: Pki) -> None:
         runner = agent_client.AgentRunner(
             attrs.evolve(b.runner.settings, cluster_name="cluster-c"),
             tls.client_context(cell_pki.agent_files("cluster-c")),
-            applier=agent_local.RecordingManifestApplier(),
-            importer=agent_local.RecordingPivotImporter(),
+            applier=agent_doubles.RecordingManifestApplier(),
+            importer=agent_doubles.RecordingPivotImporter(),
             probe=agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(1, 1)),
             discovery=broken,
         )
