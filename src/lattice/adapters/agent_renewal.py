@@ -237,7 +237,6 @@ class CertificateRenewer:
         self._context = client_context(renewed)
         self._credentials = renewed
         self._due = self._draw_due()
-        self.renewals += 1
         self.last_error = None
         log.info(
             "renewed this agent's client certificate (valid until %s; next renewal at %s)",
@@ -255,6 +254,7 @@ class CertificateRenewer:
                     "would present the previous one",
                     exc,
                 )
+        self.renewals += 1  # counted once saved (or not), so a watcher reads what is stored
 
 
 class FileCredentialStore:
