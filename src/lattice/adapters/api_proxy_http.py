@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from lattice.adapters.api_proxy_cell import Exchange, ProxyFailed, ProxyRelay
 from lattice.adapters.conn_limits import ConnectionLimits
-from lattice.adapters.registration_http import RegistrationServer
+from lattice.adapters.registration_http import BodyTooLarge, RegistrationServer, read_body
 from lattice.domain import api_proxy
 from lattice.ports.api_proxy import AccessReviewer, ReviewUnavailable
 from lattice.proto.agent.v1 import agent_pb2 as pb
@@ -48,10 +48,6 @@ PROXY_CONNECTION_LIMITS = ConnectionLimits(
     max_per_client=256,
 )
 """Watches are long-lived: no lifetime limit (the API server's own watch timeout ends them)."""
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def proxy_server(
@@ -142,7 +138,7 @@ class _ProxyHandler:
         headers = api_proxy.forward_request_headers(request.headers.items())
         if not isinstance(headers, list):
             return _status(400, str(headers))
-        body = await _read_body(request, self.limits.max_request_body)
+        body = await read_body(request, self.limits.max_request_body)
         exchange = await self._relay.open(
             target.cluster,
             pb.ApiProxyRequest(
@@ -200,15 +196,3 @@ class _ProxyHandler:
                     f'user "{caller.username}" cannot impersonate {check["resource"]} "{check["name"]}"',
                 )
         return wanted
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise BodyTooLarge
-    return bytes(body)

@@ -81,7 +81,8 @@ def _field_error(error: FieldError) -> JSONResponse:
     return _error(400, error.reason, error.field)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with :class:`BodyTooLarge` past ``limit`` bytes (declared or sent)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -147,7 +148,7 @@ class _RegistrationHandler:
             return _error(500, "internal error; retry later", "<server>")
 
     async def _register(self, request: Request) -> Response:
-        body = await _read_body(request, self._max_body)
+        body = await read_body(request, self._max_body)
         token = registration.bearer_token(request.headers.get("authorization"))
         if token is None:
             return _error(401, "an Authorization: Bearer <token> header is required", "Authorization")
