@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -15,12 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.adapters.api_proxy_agent import ApiProxyExecutor
+from lattice.adapters.binaries import Toolchain
 from lattice.adapters.conn_limits import ConnectionLimits
+from lattice.adapters.controlplane import ControlPlane
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.testing import agents as agent_doubles
 from lattice.testing.agents import InMemoryAgentStatusSink
+from lattice.testing.fixtures import ControlPlaneFactory
 
 
 @pytest.fixture
@@ -176,3 +179,13 @@ async def running_agent(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="module")
+def control_plane(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """One real apiserver per test module (the Secret token store, the revocation list)."""
+    factory = ControlPlaneFactory(toolchain, tmp_path_factory.mktemp("control-plane"))
+    try:
+        yield factory.one()
+    finally:
+        factory.stop_all()

@@ -7,33 +7,22 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.revocations import CONFIG_MAP, NAMESPACE, ConfigMapRevocations
 from lattice.app import cli
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
-from lattice.testing.fixtures import ControlPlaneFactory
 
 from .conftest import Pki, running_agent, running_cell
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
 REF = ResourceRef("v1", "ConfigMap", CONFIG_MAP, NAMESPACE)
-
-
-@pytest.fixture(scope="module")
-def control_plane(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    factory = ControlPlaneFactory(toolchain, tmp_path_factory.mktemp("revocations"))
-    try:
-        yield factory.one()
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.token_store_secret import KEY, NAMESPACE, SECRET, SecretTokenStore
@@ -23,7 +22,6 @@ from lattice.domain import tokens
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 from lattice.ports.registration import TokenStoreUnavailable
-from lattice.testing.fixtures import ControlPlaneFactory
 
 from .conftest import Pki
 from .test_registration import openssl_csr, running_webhook
@@ -31,15 +29,6 @@ from .test_registration import openssl_csr, running_webhook
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
 REF = ResourceRef("v1", "Secret", SECRET, NAMESPACE)
-
-
-@pytest.fixture(scope="module")
-def control_plane(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    factory = ControlPlaneFactory(toolchain, tmp_path_factory.mktemp("token-store"))
-    try:
-        yield factory.one()
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture
