@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -189,3 +191,16 @@ def control_plane(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory
         yield factory.one()
     finally:
         factory.stop_all()
+
+
+def token_kubeconfig(cp: ControlPlane, token: str) -> dict[str, Any]:
+    """A kubeconfig for ``cp`` that authenticates with a bearer ``token``."""
+    ca = base64.b64encode(cp.ca_file.read_bytes()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": cp.url, "certificate-authority-data": ca}}],
+        "users": [{"name": "me", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "me"}}],
+        "current-context": "c",
+    }

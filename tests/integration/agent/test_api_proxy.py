@@ -6,7 +6,6 @@ mTLS performing requests against a real child API server, and the real kubectl a
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import ssl
@@ -25,7 +24,14 @@ from lattice.adapters.kube_access_review import KubeAccessReviewer
 from lattice.app import yamlio
 from lattice.domain import agent, api_proxy
 from lattice.testing.fixtures import ControlPlaneFactory
-from tests.integration.agent.conftest import Cell, Pki, RunningAgent, running_agent, running_cell
+from tests.integration.agent.conftest import (
+    Cell,
+    Pki,
+    RunningAgent,
+    running_agent,
+    running_cell,
+    token_kubeconfig,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(240)]
 
@@ -433,17 +439,5 @@ async def test_the_agent_reads_its_rotated_token_again(
 
 
 def _token_kubeconfig(path: Path, cp: ControlPlane, token: str) -> Path:
-    ca = base64.b64encode(cp.ca_file.read_bytes()).decode()
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": cp.url, "certificate-authority-data": ca}}],
-                "users": [{"name": "me", "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "me"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    path.write_text(json.dumps(token_kubeconfig(cp, token)))
     return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import sys
@@ -27,7 +26,7 @@ from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app import yamlio
 from lattice.app.api_proxy import CellApiProxy, agent_executor
 from lattice.testing.fixtures import ControlPlaneFactory
-from tests.integration.agent.conftest import Pki, running_agent, running_cell
+from tests.integration.agent.conftest import Pki, running_agent, running_cell, token_kubeconfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -67,18 +66,6 @@ CONFIGMAPS = _rbac(
     "relay-test-configmaps",
     rules=[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}],
 )
-
-
-def _token_kubeconfig(cp: ControlPlane, token: str) -> dict[str, Any]:
-    ca = base64.b64encode(cp.ca_file.read_bytes()).decode()
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "root", "cluster": {"server": cp.url, "certificate-authority-data": ca}}],
-        "users": [{"name": "me", "user": {"token": token}}],
-        "contexts": [{"name": "root", "context": {"cluster": "root", "user": "me"}}],
-        "current-context": "root",
-    }
 
 
 ENDPOINT_READER = _rbac(
@@ -191,7 +178,7 @@ async def test_a_grandchild_through_two_cells(
                 for user in ("alice", "carol"):
                     token = root.kubectl("create", "token", user, "-n", "default").stdout.strip()
                     via = tmp_path / f"root-{user}.kubeconfig"
-                    via.write_text(yamlio.dump_all([_token_kubeconfig(root, token)]))
+                    via.write_text(yamlio.dump_all([token_kubeconfig(root, token)]))
                     code, out, err = await _run(
                         sys.executable, "-m", "lattice.app.cli", "kubeconfig", "mid/leaf", "--via", str(via)
                     )
