@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
+from lattice.app.operator.events import EventRecorder
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.workqueue import WorkQueue, serve
-from lattice.domain import capi, conditions, events, local_infra, local_provider
+from lattice.domain import capi, local_infra, local_provider
 from lattice.domain.bootstrap_data import BootstrapDataError, parse_cloud_config
 from lattice.domain.endpoint import Endpoint
 from lattice.domain.models import ConditionStatus
@@ -55,6 +56,7 @@ class LocalInfraProvider:
         self.host = host
         self.clock = clock
         self.instance = f"lattice-local-infra-{uuid.uuid4().hex[:8]}"
+        self.events = EventRecorder(api, clock, component=FIELD_MANAGER, instance=self.instance)
         self._background: set[asyncio.Task[None]] = set()
         self.free_port = free_port
         self.queue: WorkQueue[Key] = WorkQueue(random=random)
@@ -235,25 +237,8 @@ class LocalInfraProvider:
     def _event(
         self, involved: Obj, event_type: Literal["Normal", "Warning"], reason: str, message: str
     ) -> None:
-        """Record an Event, best-effort and off the reconcile's path."""
-        body = events.event_object(
-            involved,
-            event_type=event_type,
-            reason=reason,
-            message=message,
-            now=conditions.rfc3339(self.clock.now()),
-            suffix=uuid.uuid4().hex[:16],
-            component=FIELD_MANAGER,
-            instance=self.instance,
-        )
-
-        async def create() -> None:
-            try:
-                await self.api.create(body)
-            except kube.KubeError as exc:
-                log.info("could not record event %s: %s", reason, exc)
-
-        task = asyncio.create_task(create())
+        """Record an Event (repeats counted on one Event), best-effort and off the reconcile's path."""
+        task = asyncio.create_task(self.events.record(involved, event_type, reason, message))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
