@@ -92,6 +92,44 @@ def _no_fault(_point: str) -> None:
     return None
 
 
+class ParentLink:
+    """The agent's current stream to its parent: what sends up (the runner, discovery, renewal)
+    go through. The composition root creates it first and hands it to each sender, so nothing
+    is bound after construction; the runner attaches each stream it establishes."""
+
+    def __init__(self, cluster_name: str) -> None:
+        self.cluster_name = cluster_name
+        self._stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None
+
+    def attach(self, stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand]) -> None:
+        self._stream = stream
+
+    def detach(self) -> None:
+        self._stream = None
+
+    async def send(self, message: pb.AgentMessage) -> None:
+        """Send on the current stream; ``ConnectionError`` without one."""
+        stream = self._stream
+        if stream is None:
+            raise ConnectionError("not connected")
+        async with self._lock:
+            await stream.send_message(message)
+
+    async def send_discovery(self, message: discovery.AgentDiscoveryMessage) -> None:
+        """Send a discovery message to the parent; ParentUnavailable without a working stream."""
+        try:
+            await self.send(discovery_wire.agent_message_to_pb(self.cluster_name, message))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ParentUnavailable(f"cannot send to the parent: {exc}") from exc
+
+
 class AgentRunner:
     def __init__(
         self,
@@ -111,8 +149,14 @@ class AgentRunner:
         renewer: CertificateRenewer | None = None,
         fault: Callable[[str], None] | None = None,
         proxy: ApiProxyExecutor | None = None,
+        link: ParentLink | None = None,
     ) -> None:
         self.settings = settings
+        self.link = link or ParentLink(settings.cluster_name)
+        if self.link.cluster_name != settings.cluster_name:
+            raise ValueError(
+                f"the parent link is for {self.link.cluster_name}, the agent for {settings.cluster_name}"
+            )
         self._ssl = ssl_context
         self._applier = applier
         self._importer = importer
@@ -128,8 +172,6 @@ class AgentRunner:
         self._fault = fault or _no_fault
         """Test-only: called at the named steps of a pivot import (lattice.app.faults)."""
         self._proxy = proxy
-        self._stream: grpclib.client.Stream[pb.AgentMessage, pb.CellCommand] | None = None
-        self._send_lock = asyncio.Lock()
         self._done: OrderedDict[str, agent.Reply] = OrderedDict()
         self._running: set[str] = set()
         self._unsent: OrderedDict[str, agent.Reply] = OrderedDict()
@@ -160,7 +202,7 @@ class AgentRunner:
 
     @property
     def connected(self) -> bool:
-        return self._stream is not None
+        return self.link.connected
 
     # --- the reconnect loop ----------------------------------------------------------------------
 
@@ -239,7 +281,7 @@ class AgentRunner:
             log.exception("agent stream failed")
             self._note_error(f"{type(exc).__name__}: {exc}")
         finally:
-            self._stream = None
+            self.link.detach()
             if self._proxy is not None:
                 self._proxy.reset()  # the cell forgot the stream's requests too
             for task in (discovery_task, renewal_task):
@@ -292,12 +334,7 @@ class AgentRunner:
 
     async def send_discovery(self, message: discovery.AgentDiscoveryMessage) -> None:
         """Send a discovery message to the parent; ParentUnavailable without a working stream."""
-        try:
-            await self._send(discovery_wire.agent_message_to_pb(self.settings.cluster_name, message))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise ParentUnavailable(f"cannot send to the parent: {exc}") from exc
+        await self.link.send_discovery(message)
 
     def _note_error(self, message: str) -> None:
         self.last_error = message
@@ -326,7 +363,7 @@ class AgentRunner:
         for command_id, reply in list(self._unsent.items()):
             await stream.send_message(agent_wire.reply_to_pb(name, reply))
             self._unsent.pop(command_id, None)
-        self._stream = stream
+        self.link.attach(stream)
         self._last_ack = self._monotonic()
 
     async def _serve(
@@ -399,11 +436,7 @@ class AgentRunner:
         )
 
     async def _send(self, message: pb.AgentMessage) -> None:
-        stream = self._stream
-        if stream is None:
-            raise ConnectionError("not connected")
-        async with self._send_lock:
-            await stream.send_message(message)
+        await self.link.send(message)
 
     # --- commands --------------------------------------------------------------------------------
 

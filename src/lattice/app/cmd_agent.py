@@ -282,7 +282,12 @@ async def _run_with_cluster(
     api = await Kr8sKube.connect(str(args.kubeconfig))
     mover = mover_for(MoverKind(args.mover), api)
     importer = agent_kube.KubePivotImporter(api, mover, args.kubeconfig)
-    wiring = AgentDiscoveryWiring(api, found, SystemClock()) if found is not None else None
+    link = agent_client.ParentLink(args.cluster_name)
+    wiring = (
+        AgentDiscoveryWiring(api, found, SystemClock(), send=link.send_discovery)
+        if found is not None
+        else None
+    )
     proxy = await api_proxy.agent_executor(args, args.cluster_name, api)
     runner = agent_client.AgentRunner(
         settings,
@@ -295,12 +300,9 @@ async def _run_with_cluster(
         renewer=_renewer(args, credentials, agent_renewal.SecretCredentialStore(api)),
         fault=args.fault,
         proxy=proxy,
+        link=link,
     )
-    if wiring is None:
-        await _run_until_signalled(runner)
-        return
-    wiring.bind(runner.send_discovery)
-    await _run_until_signalled(runner, wiring.run)
+    await _run_until_signalled(runner, *(() if wiring is None else (wiring.run,)))
 
 
 async def _run_until_signalled(

@@ -12,8 +12,10 @@ import grpclib.server
 import pytest
 from grpclib.const import Status
 
-from lattice.adapters import agent_wire
+from lattice.adapters import agent_client, agent_local, agent_wire, tls
 from lattice.domain import agent
+from lattice.domain.discovery.messages import ServiceQuery
+from lattice.ports.discovery import ParentUnavailable
 from lattice.proto.agent.v1 import agent_grpc
 from lattice.proto.agent.v1 import agent_pb2 as pb
 from lattice.testing import agents as agent_doubles
@@ -193,4 +195,24 @@ async def test_health_changes_are_reported(cell_pki: Pki):
                 m.WhichOneof("payload") == "cluster_health" and m.cluster_health.total_nodes == 5
                 for _, m in cell.received
             )
+        )
+
+
+async def test_the_parent_link_is_shared_and_checked(cell_pki: Pki):
+    """Discovery and the runner send through one ParentLink the composition root creates first:
+    without a stream a send is refused with the reason, and a link for another cluster is named."""
+    link = agent_client.ParentLink("cluster-a")
+    with pytest.raises(ConnectionError, match="not connected"):
+        await link.send(pb.AgentMessage(cluster_name="cluster-a"))
+    with pytest.raises(ParentUnavailable, match="cannot send to the parent"):
+        await link.send_discovery(ServiceQuery("q1", "prod", "api", "frontend"))
+    settings = agent_client.AgentSettings(cluster_name="cluster-b", host="127.0.0.1", port=1)
+    with pytest.raises(ValueError, match="the parent link is for cluster-a, the agent for cluster-b"):
+        agent_client.AgentRunner(
+            settings,
+            tls.client_context(cell_pki.agent_files("cluster-b")),
+            applier=agent_doubles.RecordingManifestApplier(),
+            importer=agent_doubles.RecordingPivotImporter(),
+            probe=agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(1, 1)),
+            link=link,
         )

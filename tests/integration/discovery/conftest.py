@@ -20,7 +20,6 @@ from lattice.domain import agent
 from lattice.domain.backoff import Backoff
 from lattice.domain.discovery.cache import CacheChanges
 from lattice.domain.discovery.catalog import ServiceCatalog
-from lattice.domain.discovery.messages import AgentDiscoveryMessage
 from lattice.domain.discovery.naming import ClusterContext
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.domain.services import ValidService
@@ -113,13 +112,8 @@ async def discovery_agent(
     on_changes: Callable[[CacheChanges], Awaitable[None]] | None = None,
 ) -> AsyncIterator[DiscoveryAgent]:
     ctx = ClusterContext(cluster_name=cluster, base_domain=BASE_DOMAIN)
-    runner: agent_client.AgentRunner | None = None
-
-    async def send(message: AgentDiscoveryMessage) -> None:
-        assert runner is not None
-        await runner.send_discovery(message)
-
-    parent = StreamParent(send, query_timeout=query_timeout)
+    link = agent_client.ParentLink(cluster)
+    parent = StreamParent(link.send_discovery, query_timeout=query_timeout)
     coordinator = DiscoveryCoordinator(
         DiscoveryConfig(ctx, query_timeout=query_timeout, refresh_interval=refresh_interval),
         parent,
@@ -152,6 +146,7 @@ async def discovery_agent(
         importer=agent_doubles.RecordingPivotImporter(),
         probe=agent_local.StaticClusterProbe("v1.34.1", agent.ClusterHealth(1, 1)),
         discovery=handler,
+        link=link,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))

@@ -3,7 +3,7 @@
 :class:`AgentDiscoveryWiring` builds, for a cluster with discovery enabled:
 
 * a :class:`~lattice.app.discovery.stream.StreamParent` that sends over the agent's own stream
-  (the agent runner is created after it, hence ``bind``);
+  (``send``: the agent's :class:`~lattice.adapters.agent_client.ParentLink`, created before both);
 * the :class:`~lattice.app.discovery.coordinator.DiscoveryCoordinator` (cache, 5 s queries);
 * the :class:`~lattice.app.discovery.service_controller.ServiceController`, reconciling this
   cluster's LatticeServices into the generated Istio / Cilium / Gateway API / external-dns objects;
@@ -47,10 +47,9 @@ class AgentDiscoverySettings:
 
 
 class AgentDiscoveryWiring:
-    def __init__(self, api: KubeApi, settings: AgentDiscoverySettings, clock: Clock) -> None:
+    def __init__(self, api: KubeApi, settings: AgentDiscoverySettings, clock: Clock, send: Send) -> None:
         self.settings = settings
-        self._send: Send | None = None
-        self.parent = StreamParent(self._forward, query_timeout=settings.query_timeout)
+        self.parent = StreamParent(send, query_timeout=settings.query_timeout)
         self.coordinator = DiscoveryCoordinator(
             DiscoveryConfig(
                 settings.context,
@@ -70,15 +69,6 @@ class AgentDiscoveryWiring:
             self.controller.local_services,
             self.controller.on_cache_changes,
         )
-
-    def bind(self, send: Send) -> None:
-        """Messages to the parent go through ``send`` (the agent runner's ``send_discovery``)."""
-        self._send = send
-
-    async def _forward(self, message: AgentDiscoveryMessage) -> None:
-        if self._send is None:
-            raise RuntimeError("discovery is not bound to an agent stream")
-        await self._send(message)
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(
