@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from lattice.domain import conditions, lifecycle, models, serde
+from lattice.domain import conditions, lifecycle, models, pivot_failure, serde
 from lattice.domain.models import (
     ConditionStatus,
     Phase,
@@ -23,7 +23,7 @@ from lattice.domain.models import (
     UnpivotStep,
 )
 
-MAX_PIVOT_ATTEMPTS = 5
+MAX_PIVOT_ATTEMPTS = pivot_failure.MAX_PIVOT_ATTEMPTS
 # Set on the LatticeCluster a child holds of itself: created by a pivot, so it is Ready at once
 # (status cannot be written on create; this keeps the child's operator from starting over).
 PIVOTED_ANNOTATION = "lattice.dev/pivoted-from"
@@ -195,11 +195,13 @@ def pivot_step(
 def pivot_failed(
     status: models.LatticeClusterStatus, error: str, now: dt.datetime
 ) -> models.LatticeClusterStatus:
-    """Count the failure: retry (source unpaused, export again) or give up after the last try."""
+    """Count the failure: retry (source unpaused, export again) or give up after the last try
+    (the policy: :func:`lattice.domain.pivot_failure.pivot_failure`)."""
     if status.pivot is None:
         raise StepRejected("no pivot in progress")
     attempt = status.pivot.attempt
-    if attempt >= MAX_PIVOT_ATTEMPTS:
+    policy = pivot_failure.pivot_failure(attempt, pivot_failure.Fault.FAILED)
+    if policy.next_attempt is None:
         phase = _advance(status, lifecycle.Event.PIVOT_ABANDONED)
         message = (
             f"pivot abandoned after {attempt} attempts: {error}; the source stays in charge "
@@ -209,7 +211,7 @@ def pivot_failed(
     else:
         phase = _advance(status, lifecycle.Event.PIVOT_FAILED)
         message = f"pivot attempt {attempt} failed: {error}; retrying"
-        pivot = PivotStatus(step=PivotStep.EXPORTING, attempt=attempt + 1, last_error=error)
+        pivot = PivotStatus(step=PivotStep.EXPORTING, attempt=policy.next_attempt, last_error=error)
     return attrs.evolve(
         status,
         phase=phase,

@@ -29,8 +29,21 @@ import attrs
 from lattice.adapters.concurrency import gather_settled
 from lattice.app import faults
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import agent, capi, capi_reports, cell, models, pivot, reconcile, serde
-from lattice.domain.models import Phase, PivotStep, UnpivotStep
+from lattice.domain import (
+    agent,
+    capi,
+    capi_reports,
+    cell,
+    models,
+    pivot,
+    pivot_failure,
+    pivot_policy,
+    reconcile,
+    serde,
+)
+from lattice.domain.models import Phase, PivotStep
+from lattice.domain.pivot_failure import Fault, Response
+from lattice.domain.pivot_policy import Action, UnpivotAction
 from lattice.ports import kube
 from lattice.ports.agent import AgentChannel, AgentNotConnected, CommandTimeout
 from lattice.ports.kube import Obj, ResourceRef
@@ -177,24 +190,26 @@ class CellCoordinator:
                 if raw is None:
                     return
                 status = cell.parse_status(raw)
-                now = self.controller.clock.now()
-                if raw["metadata"].get("deletionTimestamp") and cell.pivoted_away(status):
-                    if cell.unpivot_done(status) or not await self._unpivot(name, status):
+                decision = pivot_policy.next_action(
+                    status,
+                    deleting=bool(raw["metadata"].get("deletionTimestamp")),
+                    connected=name in self.channel.connected(),
+                )
+                action = decision.action
+                if action is Action.UNPIVOT:
+                    if not await self._unpivot(name, status):
                         return
-                    continue
-                if name not in self.channel.connected():
-                    return
-                if status.phase is Phase.PROVISIONING:
-                    if not cell.capi_applied(status):
-                        # The reconciler is still applying (or retrying a failed apply); bootstrap
-                        # and pivot wait for the whole graph while the agent stays connected.
-                        await asyncio.sleep(RETRY_DELAY_S)
-                        continue
+                elif action is Action.WAIT_FOR_CAPI:
+                    # The reconciler is still applying (or retrying a failed apply); bootstrap
+                    # and pivot wait for the whole graph while the agent stays connected.
+                    await asyncio.sleep(RETRY_DELAY_S)
+                elif action is Action.CONNECT:
+                    now = self.controller.clock.now()
                     if await self._transition(name, functools.partial(cell.agent_connected, now=now)) is None:
                         return
-                elif status.phase is Phase.BOOTSTRAPPING:
+                elif action is Action.BOOTSTRAP:
                     await self._bootstrap(name)
-                elif status.phase is Phase.PIVOTING and status.pivot is not None:
+                elif action is Action.PIVOT:
                     await self._pivot(name, raw, status)
                 else:
                     return
@@ -234,15 +249,19 @@ class CellCoordinator:
         namespace = models.capi_namespace(name)
         attempt_dir = self.work_dir / name / f"attempt-{status.pivot.attempt}"
         timings = self.pivot_timings.setdefault(name, {})
-        if status.pivot.step is PivotStep.EXPORTING:
-            blockers = capi_reports.move_blockers(self.controller.observed(name))
-            if blockers:
-                # Not an attempt: clusterctl's preflight would refuse; wait for CAPI instead.
-                log.info("pivot waits for Cluster API", extra={"cluster": name, "blockers": list(blockers)})
-                await asyncio.sleep(RETRY_DELAY_S)
-                return
+        blockers = (
+            tuple(capi_reports.move_blockers(self.controller.observed(name)))
+            if status.pivot.step is PivotStep.EXPORTING
+            else ()
+        )
+        plan = pivot_policy.pivot_plan(status.pivot, blockers)
+        if plan.wait_for:
+            # Not an attempt: clusterctl's preflight would refuse; wait for CAPI instead.
+            log.info("pivot waits for Cluster API", extra={"cluster": name, "blockers": list(plan.wait_for)})
+            await asyncio.sleep(RETRY_DELAY_S)
+            return
         try:
-            if status.pivot.step in (PivotStep.EXPORTING, PivotStep.TRANSFERRING, PivotStep.IMPORTING):
+            if plan.exports:
                 started = _clock()
                 exported = await self._export(namespace, attempt_dir)
                 timings["export"] = _clock() - started
@@ -275,19 +294,29 @@ class CellCoordinator:
             log.info(
                 "pivot complete", extra={"cluster": name, **{k: round(v, 3) for k, v in timings.items()}}
             )
-        except (AgentNotConnected, CommandTimeout) as exc:
+        except (AgentNotConnected, CommandTimeout, PivotFailure, MoveError, kube.KubeError, OSError) as exc:
+            await self._pivot_failed(name, namespace, status.pivot.attempt, exc)
+
+    async def _pivot_failed(self, name: str, namespace: str, attempt: int, exc: Exception) -> None:
+        """Act on the failure policy (:func:`lattice.domain.pivot_failure.pivot_failure`)."""
+        away = isinstance(exc, AgentNotConnected | CommandTimeout)
+        policy = pivot_failure.pivot_failure(attempt, Fault.AGENT_AWAY if away else Fault.FAILED)
+        if policy.response is Response.WAIT_FOR_AGENT:
             # The stream went away: keep the source paused and resume when the agent is back.
             log.warning(
                 "pivot interrupted; waiting for the agent", extra={"cluster": name, "error": str(exc)}
             )
-            await asyncio.sleep(RETRY_DELAY_S)
-        except (PivotFailure, MoveError, kube.KubeError, OSError) as exc:
+        else:
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("pivot attempt failed", extra={"cluster": name, "error": error})
-            await self._set_paused(namespace, name, paused=False)
+            log.warning(
+                "pivot attempt failed",
+                extra={"cluster": name, "error": error, "response": policy.response.value},
+            )
+            if policy.unpause:
+                await self._set_paused(namespace, name, paused=False)
             now = self.controller.clock.now()
             await self._transition(name, lambda s: cell.pivot_failed(s, error, now), deleting=True)
-            await asyncio.sleep(RETRY_DELAY_S)
+        await asyncio.sleep(RETRY_DELAY_S)
 
     # ------------------------------------------------------------------ the unpivot
 
@@ -295,14 +324,16 @@ class CellCoordinator:
         """One step of taking a deleted, self-managing child's objects back; False to stop
         driving (wait for the agent to connect)."""
         now = self.controller.clock.now()
-        step = status.unpivot.step if status.unpivot is not None else None
-        if step is None:
+        action = pivot_policy.unpivot_action(status)
+        if action is UnpivotAction.REQUEST:
             return (
                 await self._transition(name, lambda s: cell.unpivot_requested(s, name, now), deleting=True)
                 is not None
             )
-        if step is UnpivotStep.REQUESTED:
+        if action is UnpivotAction.FETCH:
             return await self._request_objects(name)
+        if action is UnpivotAction.DONE:
+            return False
         # Imported: tell the child (best effort, bounded), then let the reconciler delete.
         try:
             reply = await self.channel.send_command(name, agent.UnpivotComplete(name), RELEASE_TIMEOUT_S)
