@@ -151,7 +151,12 @@ def test_cell_values_render_the_operator_a_cell_delivers(helm: Path, tmp_path: P
     """cell.* gives the arguments and state volume a cell gives a child that is a cell itself."""
     spec: Obj = {
         "provider": {"type": "aws"},
-        "parentConfig": {"host": "cell.example.com", "bootstrapPort": 9443, "grpcPort": 9051},
+        "parentConfig": {
+            "host": "cell.example.com",
+            "bootstrapPort": 9443,
+            "grpcPort": 9051,
+            "proxyPort": 9444,
+        },
     }
     expected = install.child_operator("mgmt", spec, None, deploy.DEFAULT_IMAGE)
     rendered = _template(
@@ -160,7 +165,20 @@ def test_cell_values_render_the_operator_a_cell_delivers(helm: Path, tmp_path: P
         "--set",
         "replicas=1,clusterName=mgmt,cell.enabled=true,cell.host=cell.example.com",
         "--set",
-        "cell.bootstrapPort=9443,cell.grpcPort=9051",
+        "cell.bootstrapPort=9443,cell.grpcPort=9051,cell.proxyPort=9444",
+    )
+    _assert_same(rendered, expected.manifests())
+
+
+def test_cell_proxy_port_0_renders_a_cell_without_the_api_proxy(helm: Path, tmp_path: Path) -> None:
+    spec: Obj = {"provider": {"type": "aws"}, "parentConfig": {"host": "cell.example.com", "proxyPort": 0}}
+    expected = install.child_operator("mgmt", spec, None, deploy.DEFAULT_IMAGE)
+    assert "--proxy-port" not in expected.extra_args
+    rendered = _template(
+        helm,
+        tmp_path,
+        "--set",
+        "replicas=1,clusterName=mgmt,cell.enabled=true,cell.host=cell.example.com,cell.proxyPort=0",
     )
     _assert_same(rendered, expected.manifests())
 
@@ -204,7 +222,8 @@ def test_the_other_values_land_where_they_say(helm: Path, tmp_path: Path) -> Non
     assert container["args"] == [
         "operator", "--health-host", "0.0.0.0", "--health-port", "9090", "--log-level", "debug",
         "--cell-host", "fd00::1", "--bootstrap-port", "8443", "--grpc-port", "50051",
-        "--bind-host", "::", "--state-dir", deploy.STATE_DIR, "--agent-image", "r.io/l:2",
+        "--proxy-port", "8444", "--bind-host", "::", "--state-dir", deploy.STATE_DIR,
+        "--agent-image", "r.io/l:2",
     ]  # fmt: skip
 
 

@@ -39,7 +39,11 @@ app.kubernetes.io/part-of: lattice
 {{- $args = concat $args .Values.extraArgs -}}
 {{- with .Values.cell -}}
 {{- if .enabled -}}
-{{- $args = concat $args (list "--cell-host" .host "--bootstrap-port" (toString (int .bootstrapPort)) "--grpc-port" (toString (int .grpcPort)) "--bind-host" .bindHost "--state-dir" (include "lattice.stateDir" $)) -}}
+{{- $args = concat $args (list "--cell-host" .host "--bootstrap-port" (toString (int .bootstrapPort)) "--grpc-port" (toString (int .grpcPort))) -}}
+{{- if .proxyPort -}}
+{{- $args = concat $args (list "--proxy-port" (toString (int .proxyPort))) -}}
+{{- end -}}
+{{- $args = concat $args (list "--bind-host" .bindHost "--state-dir" (include "lattice.stateDir" $)) -}}
 {{- with .agentImage -}}
 {{- $args = concat $args (list "--agent-image" .) -}}
 {{- end -}}

@@ -144,7 +144,12 @@ def demo_cluster(name: str = "mgmt") -> dict[str, Any]:
         "spec": {
             "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
             "nodes": {"controlPlane": 1, "workers": 1},
-            "parentConfig": {"host": "127.0.0.1", "grpcPort": free_port(), "bootstrapPort": free_port()},
+            "parentConfig": {
+                "host": "127.0.0.1",
+                "grpcPort": free_port(),
+                "bootstrapPort": free_port(),
+                "proxyPort": free_port(),
+            },
         },
     }
 

@@ -79,7 +79,8 @@ def register(subparsers: Any) -> None:
     cell.add_argument(
         "--proxy-port",
         type=int,
-        help="serve the Kubernetes API of every descendant on this HTTPS port (docs/api-proxy.md)",
+        help="serve the Kubernetes API of every descendant on this HTTPS port (docs/api-proxy.md); "
+        "a deployed cell gets it from spec.parentConfig.proxyPort (default 8444, 0: none)",
     )
     cell.add_argument("--bind-host", default="127.0.0.1", help="address the cell's servers bind")
     cell.add_argument("--state-dir", type=Path, default=Path(".lattice/cell"), help="CA and pivot work files")

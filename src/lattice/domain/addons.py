@@ -129,8 +129,8 @@ def network_objects(
 
 
 def cell_service(cluster_name: str, spec: models.LatticeClusterSpec) -> dict[str, Any] | None:
-    """The Service that exposes a cell's registration webhook and gRPC ports, or ``None`` for a
-    cluster that is not a cell.
+    """The Service that exposes a cell's registration webhook, gRPC and API proxy ports (no proxy
+    port with ``proxyPort: 0``), or ``None`` for a cluster that is not a cell.
 
     Its type is ``spec.parentConfig.service.type``. A LoadBalancer asks Cilium's LB-IPAM for
     ``parentConfig.host`` when that host is an address of the cluster's pool, so the address
@@ -170,6 +170,18 @@ def cell_service(cluster_name: str, spec: models.LatticeClusterSpec) -> dict[str
                     "port": parent.grpc_port,
                     "targetPort": parent.grpc_port,
                 },
+                *(
+                    [
+                        {
+                            "name": "https-api-proxy",
+                            "protocol": "TCP",
+                            "port": parent.proxy_port,
+                            "targetPort": parent.proxy_port,
+                        }
+                    ]
+                    if parent.proxy_port
+                    else []
+                ),
             ],
         },
     }

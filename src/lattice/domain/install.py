@@ -112,6 +112,13 @@ def parent_operator_args(spec: dict[str, Any], parent: capi.ParentEndpoint) -> l
     return ["--parent-endpoint", str(parent)] if spec.get("cellRef") else []
 
 
+def proxy_args(parent: dict[str, Any]) -> list[str]:
+    """``--proxy-port`` of a cell's operator: the Kubernetes API proxy is on unless
+    ``parentConfig.proxyPort`` is 0 (docs/api-proxy.md)."""
+    port = int(parent.get("proxyPort", models.DEFAULT_PROXY_PORT))
+    return ["--proxy-port", str(port)] if port else []
+
+
 def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
     """Arguments that make a child's own operator a cell (when its spec has parentConfig)."""
     parent = spec.get("parentConfig")
@@ -124,6 +131,7 @@ def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
         str(parent.get("bootstrapPort", models.DEFAULT_BOOTSTRAP_PORT)),
         "--grpc-port",
         str(parent.get("grpcPort", models.DEFAULT_GRPC_PORT)),
+        *proxy_args(parent),
         "--bind-host",
         _bind_host(spec),
         "--state-dir",

@@ -30,6 +30,7 @@ PLURAL = "latticeclusters"
 
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_BOOTSTRAP_PORT = 8443
+DEFAULT_PROXY_PORT = 8444  # the Kubernetes API proxy (docs/api-proxy.md)
 DEFAULT_GATEWAY_PORT = 443
 DEFAULT_POD_CIDR = "192.168.0.0/16"
 DEFAULT_SERVICE_CIDR = "10.128.0.0/12"
@@ -307,6 +308,13 @@ class ParentConfig:
         "Port of the HTTPS registration webhook (POST /api/clusters/register).",
         default=DEFAULT_BOOTSTRAP_PORT,
         minimum=1,
+        maximum=65535,
+    )
+    proxy_port: int = describe(
+        "Port of the Kubernetes API proxy (HTTPS) through which the cell serves its descendants' "
+        "API servers (docs/api-proxy.md); 0 turns the proxy off.",
+        default=DEFAULT_PROXY_PORT,
+        minimum=0,
         maximum=65535,
     )
     service: ServiceSpec | None = describe("Service exposing the cell's ports.", default=None)

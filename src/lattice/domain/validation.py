@@ -320,6 +320,12 @@ def _topology_errors(cluster: models.LatticeCluster, path: tuple[PathSegment, ..
                 yield FieldError((*ppath, key), f"must be a port between 1 and 65535, got {port}")
         if pc.grpc_port == pc.bootstrap_port:
             yield FieldError((*ppath, "bootstrapPort"), "must differ from grpcPort")
+        if not 0 <= pc.proxy_port <= 65535:
+            yield FieldError(
+                (*ppath, "proxyPort"), f"must be 0 (no proxy) or a port up to 65535, got {pc.proxy_port}"
+            )
+        elif pc.proxy_port in (pc.grpc_port, pc.bootstrap_port):
+            yield FieldError((*ppath, "proxyPort"), "must differ from grpcPort and bootstrapPort")
 
 
 def _discovery_errors(discovery: models.DiscoverySpec, path: tuple[PathSegment, ...]) -> Iterator[FieldError]:

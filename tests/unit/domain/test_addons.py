@@ -60,6 +60,19 @@ def test_a_leaf_has_no_cell_service_and_a_cell_has_one() -> None:
     service = addons.cell_service("m", _cluster("mgmt-docker.yaml").spec)
     assert service is not None
     assert service["spec"]["type"] == "LoadBalancer"
+    assert {p["name"] for p in service["spec"]["ports"]} == {
+        "https-register",
+        "grpc-agent",
+        "https-api-proxy",
+    }
+
+
+def test_a_cell_without_the_api_proxy_exposes_no_proxy_port() -> None:
+    spec = _cluster("mgmt-docker.yaml").spec
+    assert spec.parent_config is not None
+    off = attrs.evolve(spec, parent_config=attrs.evolve(spec.parent_config, proxy_port=0))
+    service = addons.cell_service("m", off)
+    assert service is not None
     assert {p["name"] for p in service["spec"]["ports"]} == {"https-register", "grpc-agent"}
 
 

@@ -170,6 +170,8 @@ def test_cell_operator_args() -> None:
         "2",
         "--grpc-port",
         "1",
+        "--proxy-port",
+        "8444",
         "--bind-host",
         "127.0.0.1",
         "--state-dir",
@@ -179,6 +181,10 @@ def test_cell_operator_args() -> None:
         {"parentConfig": {"host": "cell.example"}, "provider": {"type": "aws"}}, "/s"
     )
     assert named[named.index("--bind-host") + 1] == "0.0.0.0"
+    no_proxy = install.cell_operator_args(
+        {"parentConfig": {"host": "cell.example", "proxyPort": 0}, "provider": {"type": "aws"}}, "/s"
+    )
+    assert "--proxy-port" not in no_proxy
     assert Path("/s").name == "s"
 
 

@@ -142,6 +142,18 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "must differ from grpcPort",
     ),
     (
+        "proxy-port-range",
+        _set("spec.parentConfig", {"host": "h", "proxyPort": 70000}),
+        "spec.parentConfig.proxyPort",
+        "0 (no proxy) or a port up to 65535",
+    ),
+    (
+        "proxy-same-port",
+        _set("spec.parentConfig", {"host": "h", "grpcPort": 1, "proxyPort": 1}),
+        "spec.parentConfig.proxyPort",
+        "must differ from grpcPort and bootstrapPort",
+    ),
+    (
         "discovery-domain",
         _set("spec.discovery", {"enabled": True}),
         "spec.discovery.baseDomain",
