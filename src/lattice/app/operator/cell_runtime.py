@@ -18,11 +18,10 @@ from pathlib import Path
 from attrs import frozen
 
 from lattice.adapters import agent_cell, pki, tls
-from lattice.adapters.addons_bundle import AddonsBundle, locate_addons
+from lattice.adapters.addons_bundle import AddonsBundle
 from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
 from lattice.adapters.cell_ca import CellCertificateAuthority
 from lattice.adapters.chart import locate_operator_chart
-from lattice.adapters.mover_native import mover_for
 from lattice.adapters.registration_http import (
     PayloadSettings,
     PayloadUnavailable,
@@ -37,9 +36,9 @@ from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
 from lattice.app.operator.cell import CellCoordinator
 from lattice.app.operator.controller import ClusterController
+from lattice.app.operator.mailboxes import AgentStatusMailbox, Wakeups
 from lattice.domain import (
     addons,
-    agent,
     agent_payload,
     capi,
     child_capi,
@@ -53,7 +52,7 @@ from lattice.domain.discovery.cache import DEFAULT_REFRESH_INTERVAL
 from lattice.domain.discovery.catalog import ServiceCatalog
 from lattice.ports import kube
 from lattice.ports.kube import KubeApi, ResourceRef
-from lattice.ports.mover import MoverKind
+from lattice.ports.mover import ClusterMover, MoverKind
 from lattice.ports.registration import TokenStoreUnavailable
 
 log = logging.getLogger("lattice.cell")
@@ -112,17 +111,6 @@ def _names(host: str) -> tuple[list[str], list[str]]:
     return ["localhost"], sorted({host, "127.0.0.1"})
 
 
-class _SinkForwarder:
-    """The hub reports to the coordinator, which is created after the hub."""
-
-    def __init__(self) -> None:
-        self.target: CellCoordinator | None = None
-
-    async def record(self, status: agent.AgentStatus) -> None:
-        if self.target is not None:
-            await self.target.record(status)
-
-
 class Registrations:
     """Issues a child's bootstrap token and stores it with the CA bundle for its kubeadm."""
 
@@ -162,23 +150,41 @@ class Registrations:
             log.info("issued a bootstrap token", extra={"cluster": cluster_name})
 
 
+@frozen
+class CellParts:
+    """The adapters a cell runs on, chosen by the composition root
+    (:func:`lattice.app.operator.process.compose_cell`) and handed in whole: the cell's runtime
+    constructs none of them, and none is patched after construction."""
+
+    ca: CellCertificateAuthority
+    tokens: SecretTokenStore
+    revocations: ConfigMapRevocations
+    registrations: Registrations
+    mover: ClusterMover
+    addons: AddonsBundle
+    statuses: AgentStatusMailbox
+    """The agent hub's status sink, served to the coordinator."""
+    wakeups: Wakeups
+    """Clusters the ClusterController hands to the coordinator (an unpivot to start)."""
+
+
 class CellRuntime:
     def __init__(
         self,
         settings: CellSettings,
         controller: ClusterController,
         kubeconfig: Path,
-        *,
-        revocations: ConfigMapRevocations | None = None,
+        parts: CellParts,
     ) -> None:
         self.settings = settings
         self.controller = controller
         self.kubeconfig = kubeconfig
-        self.ca = load_or_create_ca(settings.state_dir / "pki")
-        self.tokens = SecretTokenStore(controller.api)
-        self.revocations = revocations or ConfigMapRevocations(controller.api)
+        self.parts = parts
+        self.ca = parts.ca
+        self.tokens = parts.tokens
+        self.revocations = parts.revocations
         self._agent_faults = faults.agent_faults()
-        self.registrations = Registrations(controller.api, self.tokens, self.ca)
+        self.registrations = parts.registrations
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc: CellGrpcServer | None = None
@@ -187,7 +193,7 @@ class CellRuntime:
         self.coordinator: CellCoordinator | None = None
         self._child_capi_crds: bytes | None = None
         self._service_address: str | None = ""
-        self.addons: AddonsBundle = locate_addons()
+        self.addons = parts.addons
         cilium_crds = {"apiVersion": "v1", "kind": "List", "items": self.addons.cilium_crds()}
         self._cilium_crds = json.dumps(cilium_crds).encode()
         self._flux = yamlio.dump_all(self.addons.flux_install()).encode()
@@ -305,10 +311,12 @@ class CellRuntime:
         dns_names, ips = _names(self.settings.host)
         cert, key, ca_file = self.ca.write_server_files(directory, dns_names=dns_names, ip_addresses=ips)
         files = tls.TlsFiles(cert=cert, key=key, ca=ca_file)
-        forwarder = _SinkForwarder()
         await self.revocations.refresh()
         hub = AgentHub(
-            sink=forwarder, discovery=self.discovery, signer=self.ca, revocation=self.revocations.reason
+            sink=self.parts.statuses,
+            discovery=self.discovery,
+            signer=self.ca,
+            revocation=self.revocations.reason,
         )
         self.grpc = CellGrpcServer(
             hub,
@@ -336,13 +344,21 @@ class CellRuntime:
         self.coordinator = CellCoordinator(
             self.controller,
             hub,
-            mover_for(self.settings.mover),
+            self.parts.mover,
             cell_kubeconfig=self.kubeconfig,
             work_dir=self.settings.state_dir / "pivots",
             bootstrap_manifests=self.bootstrap_manifests,
         )
-        forwarder.target = self.coordinator
-        self.controller.on_unpivot = self.coordinator.kick
+        self._tasks.append(
+            asyncio.create_task(
+                self.parts.statuses.serve(self.coordinator.record, self._stop), name="agent-statuses"
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self.parts.wakeups.serve(self.coordinator.kick, self._stop), name="cell-wakeups"
+            )
+        )
         await self.grpc.start()
         await self.webhook.start()
         if self.settings.proxy_port is not None:

@@ -69,6 +69,8 @@ class ClusterController:
         metrics: OperatorMetrics | None = None,
         config: ControllerConfig | None = None,
         revocations: AgentRevocations | None = None,
+        before_child_apply: Callable[[str], Awaitable[None]] | None = None,
+        on_unpivot: Callable[[str], None] | None = None,
     ) -> None:
         self.api = api
         self.revocations = revocations
@@ -100,10 +102,10 @@ class ClusterController:
         self._idle.set()
         self._stopping = asyncio.Event()
         self.reconciled: dict[str, float] = {}  # name → monotonic time of last successful apply
-        # A cell sets this: issue a child's bootstrap token before its CAPI objects exist.
-        self.before_child_apply: Callable[[str], Awaitable[None]] | None = None
-        # A cell sets this: a deleted, self-managing child's objects must be taken back first.
-        self.on_unpivot: Callable[[str], None] | None = None
+        self.before_child_apply = before_child_apply
+        """A cell's: issue a child's bootstrap token before its CAPI objects exist."""
+        self.on_unpivot = on_unpivot
+        """A cell's: a deleted, self-managing child's objects must be taken back first."""
 
     # ------------------------------------------------------------------ wiring
 

@@ -25,13 +25,23 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.clock import SystemClock
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.mover_native import mover_for
 from lattice.adapters.revocations import ConfigMapRevocations
-from lattice.app.operator.cell_runtime import CellRuntime, CellSettings
+from lattice.adapters.token_store_secret import SecretTokenStore
+from lattice.app.operator.cell_runtime import (
+    CellParts,
+    CellRuntime,
+    CellSettings,
+    Registrations,
+    load_or_create_ca,
+)
 from lattice.app.operator.controller import ClusterController, ControllerConfig
 from lattice.app.operator.leader import LeaderElector, LeaseConfig
 from lattice.app.operator.local_infra_runtime import LocalInfraRuntime, LocalInfraSettings
+from lattice.app.operator.mailboxes import AgentStatusMailbox, Wakeups
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.domain import reconcile
 from lattice.ports import kube
@@ -114,6 +124,24 @@ async def connect_with_retry(kubeconfig: str | None, attempts: int = 30) -> Kr8s
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def compose_cell(settings: CellSettings, api: Kr8sKube) -> CellParts:
+    """The real adapters a cell runs on: its CA (kept in its state directory), the bootstrap
+    tokens and revocations in Secrets and a ConfigMap, the mover ``--mover`` names, the add-ons
+    bundle, and the mailboxes between the hub, the controller and the coordinator."""
+    ca = load_or_create_ca(settings.state_dir / "pki")
+    tokens = SecretTokenStore(api)
+    return CellParts(
+        ca=ca,
+        tokens=tokens,
+        revocations=ConfigMapRevocations(api),
+        registrations=Registrations(api, tokens, ca),
+        mover=mover_for(settings.mover),
+        addons=locate_addons(),
+        statuses=AgentStatusMailbox(),
+        wakeups=Wakeups(),
+    )
+
+
 async def run_operator(  # noqa: PLR0915 - the composition root reads best as one sequence
     settings: OperatorSettings, stop: asyncio.Event | None = None
 ) -> int:
@@ -126,7 +154,7 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
     clock = SystemClock()
     metrics = OperatorMetrics()
     rng = random.Random()  # noqa: S311 - jitter, not crypto
-    revocations = ConfigMapRevocations(api) if settings.cell is not None else None
+    parts = compose_cell(settings.cell, api) if settings.cell is not None else None
     controller = ClusterController(
         api,
         settings.context,
@@ -136,7 +164,9 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
         config=ControllerConfig(
             workers=settings.workers, resync_s=settings.resync_s, identity=settings.identity
         ),
-        revocations=revocations,
+        revocations=None if parts is None else parts.revocations,
+        before_child_apply=None if parts is None else parts.registrations.ensure,
+        on_unpivot=None if parts is None else parts.wakeups.put,
     )
     elector = LeaderElector(api, settings.identity, clock, settings.lease) if settings.leader_elect else None
     server = QuietServer(
@@ -167,11 +197,8 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
         if not stop.is_set() and settings.local_infra is not None:
             infra = LocalInfraRuntime(settings.local_infra, api, clock, _kubeconfig_path(settings.kubeconfig))
             await infra.start()
-        if not stop.is_set() and settings.cell is not None:
-            cell = CellRuntime(
-                settings.cell, controller, _kubeconfig_path(settings.kubeconfig), revocations=revocations
-            )
-            controller.before_child_apply = cell.registrations.ensure
+        if not stop.is_set() and settings.cell is not None and parts is not None:
+            cell = CellRuntime(settings.cell, controller, _kubeconfig_path(settings.kubeconfig), parts)
             await controller.wait_synced()
             await cell.start()
         if not stop.is_set():
