@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from pathlib import Path
 
 import anyio.to_thread
 from attrs import frozen
 
-from lattice.adapters.binaries import locate
-from lattice.adapters.capi_managers import CapiManagers, CapiManagersError, KubeconfigTarget
-from lattice.adapters.controlplane import ControlPlaneError, free_port
-from lattice.adapters.local_machine_host import LocalMachineHost
+from lattice.adapters.capi_managers import CapiManagers, CapiManagersError
+from lattice.adapters.controlplane import ControlPlaneError
 from lattice.app.local_infra import LocalInfraProvider
-from lattice.ports.clock import Clock
-from lattice.ports.kube import KubeApi
 
 log = logging.getLogger("lattice.local_infra")
 
@@ -38,30 +33,19 @@ class LocalInfraSettings:
 
 
 class LocalInfraRuntime:
-    def __init__(self, settings: LocalInfraSettings, api: KubeApi, clock: Clock, kubeconfig: Path) -> None:
-        self.settings = settings
-        self.api = api
-        self.clock = clock
-        self.kubeconfig = kubeconfig
-        self.managers: CapiManagers | None = None
+    """Runs the provider and the managers the composition root built
+    (:func:`lattice.app.operator.process.compose_local_infra`); constructs neither."""
+
+    def __init__(self, provider: LocalInfraProvider, managers: CapiManagers | None) -> None:
+        self.provider = provider
+        self.managers = managers
         self._stop = asyncio.Event()
         self._managers_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        toolchain = locate()
-        host = LocalMachineHost(toolchain, self.settings.machines_dir, self.clock)
-        provider = LocalInfraProvider(
-            self.api,
-            host,
-            self.clock,
-            random=random.Random().random,  # noqa: S311 - jitter
-            free_port=free_port,
-        )
-        self._tasks.append(asyncio.create_task(provider.run(self._stop), name="local-infra"))
-        if self.settings.capi_managers:
-            target = KubeconfigTarget(self.kubeconfig, toolchain, self.settings.state_dir / "capi-managers")
-            self.managers = CapiManagers(target, directory=target.dir)
+        self._tasks.append(asyncio.create_task(self.provider.run(self._stop), name="local-infra"))
+        if self.managers is not None:
             self._tasks.append(asyncio.create_task(self._run_managers(self.managers), name="capi-managers"))
             # Nothing is applied before the managers' webhooks can default and validate it.
             await self._managers_up.wait()

@@ -26,11 +26,16 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from lattice.adapters.addons_bundle import locate_addons
+from lattice.adapters.binaries import locate
+from lattice.adapters.capi_managers import CapiManagers, KubeconfigTarget
 from lattice.adapters.clock import SystemClock
+from lattice.adapters.controlplane import free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.adapters.local_machine_host import LocalMachineHost
 from lattice.adapters.mover_native import mover_for
 from lattice.adapters.revocations import ConfigMapRevocations
 from lattice.adapters.token_store_secret import SecretTokenStore
+from lattice.app.local_infra import LocalInfraProvider
 from lattice.app.operator.cell_runtime import (
     CellParts,
     CellRuntime,
@@ -142,6 +147,26 @@ def compose_cell(settings: CellSettings, api: Kr8sKube) -> CellParts:
     )
 
 
+def compose_local_infra(
+    settings: LocalInfraSettings, api: Kr8sKube, clock: SystemClock, kubeconfig: Path
+) -> LocalInfraRuntime:
+    """The local provider on this host's machines directory and, with ``--capi-managers``, the
+    real Cluster API managers against this cluster (kubeconfig target)."""
+    toolchain = locate()
+    provider = LocalInfraProvider(
+        api,
+        LocalMachineHost(toolchain, settings.machines_dir, clock),
+        clock,
+        random=random.Random().random,  # noqa: S311 - jitter
+        free_port=free_port,
+    )
+    managers = None
+    if settings.capi_managers:
+        target = KubeconfigTarget(kubeconfig, toolchain, settings.state_dir / "capi-managers")
+        managers = CapiManagers(target, directory=target.dir)
+    return LocalInfraRuntime(provider, managers)
+
+
 async def run_operator(  # noqa: PLR0915 - the composition root reads best as one sequence
     settings: OperatorSettings, stop: asyncio.Event | None = None
 ) -> int:
@@ -195,7 +220,9 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
             for task in leader_or_stop:
                 task.cancel()
         if not stop.is_set() and settings.local_infra is not None:
-            infra = LocalInfraRuntime(settings.local_infra, api, clock, _kubeconfig_path(settings.kubeconfig))
+            infra = compose_local_infra(
+                settings.local_infra, api, clock, _kubeconfig_path(settings.kubeconfig)
+            )
             await infra.start()
         if not stop.is_set() and settings.cell is not None and parts is not None:
             cell = CellRuntime(settings.cell, controller, _kubeconfig_path(settings.kubeconfig), parts)
