@@ -103,6 +103,43 @@ def test_stop_frees_ports_and_processes(control_plane_factory: ControlPlaneFacto
     cp.stop()  # idempotent
 
 
+def test_apply_goes_on_past_a_refused_object_and_names_it(control_plane_factory: ControlPlaneFactory) -> None:
+    """ControlPlane.apply is Kr8sKube.apply (server-side, Strict field validation) of each
+    object of a YAML stream: Lists flattened, a namespaced object without a namespace in
+    ``default``, a refusal naming its object without stopping the others."""
+    cp = control_plane_factory.one()
+    stream = textwrap.dedent(
+        """\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: unplaced}
+        data: {k: v}
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: misspelt, namespace: default}
+        dta: {k: v}
+        ---
+        apiVersion: v1
+        kind: List
+        items:
+        - {apiVersion: v1, kind: ConfigMap, metadata: {name: listed, namespace: default}}
+        - {kind: ConfigMap, metadata: {name: no-version}}
+        """
+    )
+    result = cp.apply(stream, check=False)
+    assert [o["metadata"]["name"] for o in result.objects] == ["unplaced", "listed"]
+    assert result.objects[0]["metadata"]["namespace"] == "default"
+    assert result.returncode == 1
+    assert len(result.errors) == 2
+    assert "ConfigMap misspelt in namespace default" in result.errors[0]
+    assert "dta" in result.errors[0]
+    assert result.errors[1] == "ConfigMap no-version: no apiVersion"
+    with pytest.raises(ControlPlaneError, match="ConfigMap misspelt"):
+        cp.apply(stream)
+    assert cp.apply([_configmap("fine")]).stderr == ""
+
+
 def test_restart_apiserver_keeps_data_and_url(control_plane_factory: ControlPlaneFactory) -> None:
     cp = control_plane_factory.one()
     url, kubeconfig = cp.url, cp.kubeconfig.read_text()
@@ -128,7 +165,7 @@ def test_controller_manager_collects_garbage_and_deletes_namespaces(
     cp = control_plane_factory.one(controller_manager=True)
     cp.kubectl("create", "namespace", "doomed")
     cp.apply([{**_configmap("in-doomed"), "metadata": {"name": "in-doomed", "namespace": "doomed"}}])
-    owner = json.loads(cp.apply([_configmap("owner")], extra_args=["-o", "json"]).stdout)
+    owner = cp.apply([_configmap("owner")]).objects[0]
     dependent = _configmap("dependent")
     dependent["metadata"] = {
         "name": "dependent",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import json
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any, Protocol, Self
 
 import attrs
 
-from lattice.adapters import capi_crds, pki
+from lattice.adapters import capi_crds, kube_kr8s, pki
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import (
     LOOPBACK,
@@ -94,13 +93,7 @@ class Target(Protocol):
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
 
-    def apply(
-        self,
-        manifests: Sequence[Mapping[str, Any]],
-        *,
-        field_manager: str = "lattice",
-        extra_args: Sequence[str] = (),
-    ) -> subprocess.CompletedProcess[str]: ...
+    def apply(self, manifests: Sequence[Mapping[str, Any]], *, field_manager: str = "lattice") -> object: ...
 
 
 @attrs.frozen
@@ -133,16 +126,12 @@ class KubeconfigTarget:
             raise CapiManagersError(f"kubectl {' '.join(args)[:300]} failed: {result.stderr.strip()[:2000]}")
         return result
 
-    def apply(
-        self,
-        manifests: Sequence[Mapping[str, Any]],
-        *,
-        field_manager: str = "lattice",
-        extra_args: Sequence[str] = (),
-    ) -> subprocess.CompletedProcess[str]:
-        text = "".join(f"---\n{json.dumps(doc)}\n" for doc in manifests)
-        args = ["apply", "--server-side", f"--field-manager={field_manager}", "-f", "-", *extra_args]
-        return self.kubectl(*args, input=text)
+    def apply(self, manifests: Sequence[Mapping[str, Any]], *, field_manager: str = "lattice") -> object:
+        """Server-side apply through the one implementation (``Kr8sKube.apply``)."""
+        done = kube_kr8s.apply_blocking(str(self.kubeconfig), [dict(m) for m in manifests], field_manager)
+        if done.errors:
+            raise CapiManagersError("apply refused: " + "; ".join(done.errors))
+        return done
 
 
 class CapiManagers:
@@ -261,7 +250,7 @@ class CapiManagers:
     def register_webhooks(self) -> None:
         """Apply the webhook configurations and conversion settings (server-side apply)."""
         objects = self.desired_objects()
-        self.control_plane.apply(objects, field_manager=FIELD_MANAGER, extra_args=["--force-conflicts"])
+        self.control_plane.apply(objects, field_manager=FIELD_MANAGER)
         self._registered = [o for o in objects if o["kind"] in capi_managers.WEBHOOK_KINDS]
         self._conversions = [
             o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"
@@ -273,7 +262,6 @@ class CapiManagers:
             self.control_plane.apply(
                 [capi_managers.without_conversion(name) for name in self._conversions],
                 field_manager=FIELD_MANAGER,
-                extra_args=["--force-conflicts"],
             )
         for obj in self._registered:
             self.control_plane.kubectl(

@@ -39,12 +39,13 @@ from typing import Any, Self
 import anyio.to_thread
 import attrs
 
-from lattice.adapters import capi_crds, mesh_crds, pki
+from lattice.adapters import capi_crds, kube_kr8s, mesh_crds, pki
 from lattice.adapters.binaries import Toolchain, locate
 from lattice.domain import crds as lattice_crds
 from lattice.domain import yaml_text
 
 __all__ = [
+    "ApplyResult",
     "ControlPlane",
     "ControlPlaneError",
     "ManagedProcess",
@@ -669,18 +670,18 @@ class ControlPlane:
         dry_run: bool = False,
         field_manager: str = "lattice",
         check: bool = True,
-        extra_args: Sequence[str] = (),
-    ) -> subprocess.CompletedProcess[str]:
-        """``kubectl apply --server-side`` of a YAML stream or of objects."""
-        text = (
-            manifests
-            if isinstance(manifests, str)
-            else "".join(f"---\n{json.dumps(doc)}\n" for doc in manifests)
-        )
-        args = ["apply", "--server-side", f"--field-manager={field_manager}", "-f", "-"]
-        if dry_run:
-            args.append("--dry-run=server")
-        return self.kubectl(*args, *extra_args, input=text, check=check)
+    ) -> ApplyResult:
+        """Server-side apply of a YAML stream or of objects as the admin, through the one
+        implementation (:meth:`lattice.adapters.kube_kr8s.Kr8sKube.apply`): in order, forcing
+        conflicts, refusing unknown fields, a namespaced object without a namespace in
+        ``default``. A refused object does not stop the others; with ``check`` any refusal
+        raises :class:`ControlPlaneError` naming them."""
+        objects = _documents(manifests) if isinstance(manifests, str) else [dict(m) for m in manifests]
+        done = kube_kr8s.apply_blocking(str(self.kubeconfig), objects, field_manager, dry_run=dry_run)
+        result = ApplyResult(done.objects, done.errors)
+        if check and done.errors:
+            raise ControlPlaneError(f"{self.name}: apply refused: {result.stderr}")
+        return result
 
     def wait_established(self, crd_names: Iterable[str], timeout: float = 120.0) -> None:
         """Poll (one cheap ``kubectl get`` a round) until every named CRD is Established."""
@@ -706,7 +707,7 @@ class ControlPlane:
 
     def install_crds(self, crds: Sequence[Mapping[str, Any]]) -> list[str]:
         """Apply CRD objects and wait until they are Established; return their names."""
-        self.apply(crds, extra_args=["--force-conflicts"])
+        self.apply(crds)
         names = [str(crd["metadata"]["name"]) for crd in crds]
         self.wait_established(names)
         return names
@@ -784,6 +785,33 @@ class ControlPlane:
         tb: TracebackType | None,
     ) -> None:
         await self.astop()
+
+
+@attrs.frozen
+class ApplyResult:
+    """What :meth:`ControlPlane.apply` did: the objects as the server returned them, and one
+    line per refused object. ``returncode`` and ``stderr`` read like the kubectl results tests
+    were written against (0 when nothing was refused; the refusals)."""
+
+    objects: tuple[dict[str, Any], ...]
+    errors: tuple[str, ...]
+
+    @property
+    def returncode(self) -> int:
+        return 1 if self.errors else 0
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.errors)
+
+
+def _documents(text: str) -> list[dict[str, Any]]:
+    """The objects of a YAML stream, Lists flattened, empty documents skipped."""
+    out: list[dict[str, Any]] = []
+    for doc in yaml_text.load_all(text):
+        if isinstance(doc, dict):
+            out.extend(dict(item) for item in _items(doc))
+    return out
 
 
 def _items(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -9,10 +9,11 @@ imports kr8s or httpx for Kubernetes, and it translates their errors into ``latt
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import re
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -229,12 +230,19 @@ class Kr8sKube:
         except (httpx.HTTPError, OSError, kr8s.APITimeoutError) as exc:
             raise kube.Unavailable(f"watch {kind}: {exc or type(exc).__name__}") from exc
 
-    async def apply(self, obj: Obj, field_manager: str, *, dry_run: bool = False) -> Obj:
+    async def apply(
+        self, obj: Obj, field_manager: str, *, dry_run: bool = False, field_validation: str | None = None
+    ) -> Obj:
+        """Server-side apply (forcing conflicts). ``field_validation`` is the server's
+        ``fieldValidation`` (``Strict`` refuses unknown fields, as ``kubectl apply`` asks); unset,
+        the server's default (``Warn``) applies."""
         ref = ResourceRef.of(obj)
         path = await self._path(ref.api_version, ref.kind, ref.namespace, ref.name)
         params = {"fieldManager": field_manager, "force": "true"}
         if dry_run:
             params["dryRun"] = "All"
+        if field_validation:
+            params["fieldValidation"] = field_validation
         return await self._request(
             "PATCH",
             path,
@@ -242,6 +250,16 @@ class Kr8sKube:
             body=json.dumps(obj).encode(),
             content_type="application/apply-patch+yaml",
         )
+
+    async def _in_default_namespace(self, obj: Obj) -> Obj:
+        """``obj`` with namespace ``default`` if it is namespaced and names none (as kubectl
+        places it)."""
+        metadata = obj.get("metadata") or {}
+        if metadata.get("namespace"):
+            return dict(obj)
+        if not (await self.resource(obj["apiVersion"], obj["kind"])).namespaced:
+            return dict(obj)
+        return {**obj, "metadata": {**metadata, "namespace": "default"}}
 
     async def apply_status(self, obj: Obj, field_manager: str) -> Obj:
         ref = ResourceRef.of(obj)
@@ -289,6 +307,71 @@ class Kr8sKube:
             await self._request("DELETE", path, body=body.encode())
         except kube.NotFound:
             return
+
+
+@frozen
+class Applied:
+    """What :func:`apply_blocking` did: the objects the server returned, in order, and one line
+    per object it refused (naming the object and carrying the server's message)."""
+
+    objects: tuple[Obj, ...]
+    errors: tuple[str, ...]
+
+
+def apply_blocking(
+    kubeconfig: str,
+    objects: Sequence[Obj],
+    field_manager: str,
+    *,
+    dry_run: bool = False,
+    field_validation: str = "Strict",
+) -> Applied:
+    """:meth:`Kr8sKube.apply` of each object in order, for synchronous callers (the installer,
+    test control planes). It runs on an event loop of its own in a worker thread, so a caller
+    that is itself inside a running loop can call it too. Like ``kubectl apply -f``, a refused
+    object does not stop the others, and unknown fields are refused (``Strict``)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lattice-apply") as pool:
+        return pool.submit(
+            asyncio.run, _apply_all(kubeconfig, objects, field_manager, dry_run, field_validation)
+        ).result()
+
+
+async def _apply_all(
+    kubeconfig: str, objects: Sequence[Obj], field_manager: str, dry_run: bool, field_validation: str
+) -> Applied:
+    silence_tested_version_warning()
+    try:
+        # A session of its own (not kr8s's per-thread cache): it lives as long as this loop.
+        api = await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
+    except (httpx.HTTPError, kr8s.ServerError, OSError) as exc:
+        raise kube.Unavailable(f"cannot reach the API server of {kubeconfig}: {exc}") from exc
+    client = Kr8sKube(api, watch_api=api)
+    applied: list[Obj] = []
+    errors: list[str] = []
+    try:
+        for obj in objects:
+            try:
+                placed = await client._in_default_namespace(obj)
+                applied.append(
+                    await client.apply(
+                        placed, field_manager, dry_run=dry_run, field_validation=field_validation
+                    )
+                )
+            except kube.KubeError as exc:
+                errors.append(f"{_describe(obj)}: {exc}")
+            except KeyError as exc:
+                errors.append(f"{_describe(obj)}: no {exc.args[0]}")
+    finally:
+        session = getattr(api, "_session", None)
+        if session is not None:
+            await session.aclose()
+    return Applied(tuple(applied), tuple(errors))
+
+
+def _describe(obj: Obj) -> str:
+    metadata = obj.get("metadata") or {}
+    where = f" in namespace {metadata['namespace']}" if metadata.get("namespace") else ""
+    return f"{obj.get('kind', '<no kind>')} {metadata.get('name', '<no name>')}{where}"
 
 
 def _split(path: str) -> tuple[str, str]:

@@ -148,7 +148,7 @@ class Installer:
             lattice_crds = rendered_crds(self.via)
         except RenderError as exc:
             raise InstallError(step, str(exc), f"check {CHART_PATH} with helm lint") from exc
-        cp.apply(lattice_crds, extra_args=["--force-conflicts"])
+        cp.apply(lattice_crds)
         cp.wait_established(str(crd["metadata"]["name"]) for crd in lattice_crds)
 
     def _bootstrap_operator(self, cp: ControlPlane) -> dict[str, int]:
