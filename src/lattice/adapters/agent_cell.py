@@ -1,4 +1,6 @@
-"""The cell end of the agent streams: a grpclib ``LatticeAgent`` service and its registry.
+"""The cell end of the agent streams: a grpclib ``LatticeAgent`` service, the transport of the
+agent registry (its decisions - status merge, resend on attach, LOST, reply matching, renewal
+rate - are :mod:`lattice.domain.agent_registry`'s; the hub reads, calls them, and acts).
 
 :class:`AgentHub` implements the generated ``LatticeAgentBase`` (the ``Connect`` handler) and
 the :class:`~lattice.ports.agent.AgentChannel` port:
@@ -58,7 +60,7 @@ from grpclib.exceptions import GRPCError
 from lattice.adapters import agent_wire, discovery_wire
 from lattice.adapters.api_proxy_cell import ProxyRelay
 from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, TlsGate
-from lattice.domain import agent, agent_identity, api_proxy, heartbeat
+from lattice.domain import agent, agent_identity, agent_registry, api_proxy, heartbeat
 from lattice.domain.discovery import messages as discovery
 from lattice.ports.agent import AgentChannel, AgentNotConnected, AgentStatusSink, CommandTimeout
 from lattice.ports.discovery import CellDiscoveryHandler
@@ -102,14 +104,13 @@ class _Session:
 
 @define(eq=False)
 class _Pending:
-    cluster: str
-    command: agent.Command
+    queued: agent_registry.QueuedCommand
     future: asyncio.Future[agent.Reply]
-    delivered: bool = False
 
 
 class AgentHub(agent_grpc.LatticeAgentBase):
-    """Registry of connected agents; the ``LatticeAgent`` service; an ``AgentChannel``."""
+    """The ``LatticeAgent`` service and an ``AgentChannel``: the transport of the agent registry,
+    whose decisions are :mod:`lattice.domain.agent_registry`'s."""
 
     def __init__(
         self,
@@ -143,9 +144,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         self._max_message = max_message_bytes
         self._sessions: dict[str, _Session] = {}
         self._pending: dict[str, _Pending] = {}
-        self._last_seen: dict[str, float] = {}
-        self._lost: set[str] = set()
-        self._status: dict[str, agent.AgentStatus] = {}
+        self._agents: dict[str, agent_registry.AgentRecord] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self.refused_identity = 0
@@ -188,15 +187,15 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         return True
 
     def status(self, cluster_name: str) -> agent.AgentStatus | None:
-        return self._status.get(cluster_name)
+        record = self._agents.get(cluster_name)
+        return None if record is None else record.status
 
     async def send_command(
         self, cluster_name: str, command: agent.Command, reply_within: float
     ) -> agent.Reply:
         command_id = self._new_command_id()
         pending = _Pending(
-            cluster=cluster_name,
-            command=command,
+            queued=agent_registry.QueuedCommand(command_id, cluster_name, command),
             future=asyncio.get_running_loop().create_future(),
         )
         self._pending[command_id] = pending
@@ -207,7 +206,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                     await self._deliver(session, command_id, pending)
                 return await pending.future
         except TimeoutError:
-            if not pending.delivered:
+            if not pending.queued.delivered:
                 raise AgentNotConnected(f"the agent of cluster {cluster_name} is not connected") from None
             raise CommandTimeout(
                 f"cluster {cluster_name} did not answer command {command_id} "
@@ -218,11 +217,11 @@ class AgentHub(agent_grpc.LatticeAgentBase):
 
     async def _deliver(self, session: _Session, command_id: str, pending: _Pending) -> None:
         try:
-            await self._send(session, agent_wire.command_to_pb(command_id, pending.command))
+            await self._send(session, agent_wire.command_to_pb(command_id, pending.queued.command))
         except Exception as exc:  # the stream broke; resent when the agent reconnects
             log.info("could not send command %s to %s: %r", command_id, session.cluster, exc)
         else:
-            pending.delivered = True
+            pending.queued = evolve(pending.queued, delivered=True)
 
     # --- the gRPC handler -------------------------------------------------------------------
 
@@ -320,19 +319,20 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             async with session.send_lock:
                 await session.stream.send_initial_metadata()
         session.attached = True
-        self._last_seen[session.cluster] = self._monotonic()
-        self._lost.discard(session.cluster)
-        await self._update(
-            session.cluster,
-            connection=agent.Connection.CONNECTED,
+        reported = agent_registry.StatusChange(
             state=agent_wire.state_from_pb(ready.state),
             agent_version=ready.agent_version,
             kubernetes_version=ready.kubernetes_version,
             certificate_not_after=session.certificate_not_after,
         )
+        await self._step(
+            agent_registry.attached(self._record(session.cluster), reported, self._monotonic(), self._wall())
+        )
         log.info("agent of cluster %s connected (%s)", session.cluster, ready.agent_version)
-        for command_id, pending in list(self._pending.items()):
-            if pending.cluster == session.cluster and not pending.future.done():
+        queue = [p.queued for p in self._pending.values()]
+        for command_id in agent_registry.to_resend(session.cluster, queue):
+            pending = self._pending.get(command_id)
+            if pending is not None:
                 await self._deliver(session, command_id, pending)
 
     async def _detach(self, session: _Session) -> None:
@@ -340,7 +340,7 @@ class AgentHub(agent_grpc.LatticeAgentBase):
             return
         del self._sessions[session.cluster]
         self.proxy.on_disconnect(session.cluster, session.close_message or "disconnected")
-        self._last_seen.pop(session.cluster, None)
+        self._agents[session.cluster] = agent_registry.released(self._record(session.cluster))
         if self._discovery is not None:
             try:
                 await self._discovery.on_disconnect(session.cluster)
@@ -348,13 +348,11 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                 raise
             except Exception:
                 log.exception("discovery could not forget the services of %s", session.cluster)
-        if session.cluster in self._lost:
-            return  # keep LOST: it says more than DISCONNECTED
         try:
-            await self._update(session.cluster, connection=agent.Connection.DISCONNECTED)
+            await self._step(agent_registry.disconnected(self._record(session.cluster), self._wall()))
         except asyncio.CancelledError:
             raise
-        except Exception:  # pragma: no cover - _update already guards the sink
+        except Exception:  # pragma: no cover - _step already guards the sink
             log.exception("could not record the disconnection of %s", session.cluster)
 
     async def _handle(self, session: _Session, message: pb.AgentMessage) -> None:
@@ -365,10 +363,12 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         elif kind == "ready":
             await self._attach(session, message.ready)
         elif kind == "cluster_health":
-            await self._update(cluster, health=agent_wire.health_from_pb(message.cluster_health))
+            await self._update(
+                cluster, agent_registry.StatusChange(health=agent_wire.health_from_pb(message.cluster_health))
+            )
         elif kind == "cluster_deleting" and not message.cluster_deleting.command_id:
             reason = message.cluster_deleting.reason or "deleting"
-            await self._update(cluster, deleting_reason=reason)
+            await self._update(cluster, agent_registry.StatusChange(deleting_reason=reason))
         elif kind in discovery_wire.AGENT_DISCOVERY_KINDS:
             await self._on_discovery(session, message)
         elif kind == "api_proxy":
@@ -386,13 +386,14 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         cluster = session.cluster
         answer = pb.CertificateIssued(request_id=request.request_id)
         now = self._monotonic()
-        last = self._last_renewal.get(cluster)
-        if self._signer is None:
-            answer.error_message = "certificate renewal is not enabled on this cell"
-        elif last is not None and now - last < self._renewal_interval:
-            answer.error_message = (
-                f"too many renewals: at most one per {self._renewal_interval:g} s per cluster"
-            )
+        refusal = agent_registry.renewal_refusal(
+            enabled=self._signer is not None,
+            last=self._last_renewal.get(cluster),
+            now=now,
+            interval=self._renewal_interval,
+        )
+        if refusal is not None or self._signer is None:
+            answer.error_message = refusal or agent_registry.RENEWAL_DISABLED
         else:
             self._last_renewal[cluster] = now
             try:
@@ -407,7 +408,9 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         if answer.success:
             self.renewals += 1
             log.info("renewed the agent certificate of cluster %s", cluster)
-            await self._update(cluster, certificate_not_after=_not_after(answer.certificate))
+            await self._update(
+                cluster, agent_registry.StatusChange(certificate_not_after=_not_after(answer.certificate))
+            )
         else:
             log.warning("refused the certificate renewal of %s: %s", cluster, answer.error_message)
         await self._send(session, pb.CellCommand(certificate_issued=answer))
@@ -496,13 +499,10 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         return True
 
     async def _on_heartbeat(self, session: _Session, beat: pb.Heartbeat) -> None:
-        cluster = session.cluster
-        self._last_seen[cluster] = self._monotonic()
-        changes: dict[str, Any] = {"state": agent_wire.state_from_pb(beat.state)}
-        if cluster in self._lost:
-            self._lost.discard(cluster)
-            changes["connection"] = agent.Connection.CONNECTED
-        await self._update(cluster, **changes)
+        state = agent_wire.state_from_pb(beat.state)
+        await self._step(
+            agent_registry.heartbeat(self._record(session.cluster), state, self._monotonic(), self._wall())
+        )
         await self._send(
             session,
             pb.CellCommand(
@@ -513,80 +513,76 @@ class AgentHub(agent_grpc.LatticeAgentBase):
         )
 
     async def _on_reply(self, cluster: str, reply: agent.Reply) -> None:
-        if isinstance(reply, agent.StatusReport):
-            await self._update(
-                cluster,
-                state=reply.state,
-                kubernetes_version=reply.kubernetes_version or None,
-                agent_version=reply.agent_version or None,
-                health=reply.health,
-            )
+        change = agent_registry.report_change(reply)
+        if change is not None:
+            await self._update(cluster, change)
         pending = self._pending.get(reply.command_id)
-        if pending is None:
+        queued = None if pending is None else pending.queued
+        match = agent_registry.match_reply(queued, cluster, reply)
+        if match is agent_registry.ReplyMatch.UNKNOWN:
             log.debug("cluster %s answered unknown command %r", cluster, reply.command_id)
-            return
-        if pending.cluster != cluster:
+        elif match is agent_registry.ReplyMatch.OTHER_CLUSTER and queued is not None:
             log.warning(
                 "cluster %s answered command %s that was sent to %s; ignored",
                 cluster,
                 reply.command_id,
-                pending.cluster,
+                queued.cluster,
             )
-            return
-        if not agent.answers(pending.command, reply):
+        elif match is agent_registry.ReplyMatch.WRONG_KIND and queued is not None:
             log.warning(
                 "cluster %s answered %s with a %s; ignored",
                 cluster,
-                type(pending.command).__name__,
+                type(queued.command).__name__,
                 type(reply).__name__,
             )
-            return
-        if not pending.future.done():
-            pending.future.set_result(reply)
+        elif match is agent_registry.ReplyMatch.ACCEPTED and pending is not None:
+            pending.queued = evolve(pending.queued, answered=True)
+            if not pending.future.done():
+                pending.future.set_result(reply)
 
     # --- status -----------------------------------------------------------------------------
 
-    async def _update(self, cluster: str, **changes: Any) -> None:
-        """Apply changes (``None`` values are ignored) and tell the sink if anything changed."""
-        current = self._status.get(cluster) or agent.AgentStatus(
-            cluster_name=cluster, connection=agent.Connection.DISCONNECTED
-        )
-        effective = {key: value for key, value in changes.items() if value is not None}
-        updated = evolve(current, **effective)
-        if self._last_seen.get(cluster) is not None:
-            updated = evolve(updated, last_heartbeat=self._wall())
-        if evolve(updated, last_heartbeat=None) == evolve(current, last_heartbeat=None):
-            self._status[cluster] = updated
+    def _record(self, cluster: str) -> agent_registry.AgentRecord:
+        return self._agents.get(cluster) or agent_registry.AgentRecord(cluster)
+
+    async def _update(self, cluster: str, change: agent_registry.StatusChange) -> None:
+        await self._step(agent_registry.update(self._record(cluster), change, self._wall()))
+
+    async def _step(self, step: agent_registry.Step) -> None:
+        """Keep the registry's record; tell the sink when the status changed."""
+        self._agents[step.record.cluster] = step.record
+        if step.report is None:
             return
-        self._status[cluster] = updated
         try:
-            await self._sink.record(updated)
+            await self._sink.record(step.report)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("the agent status sink failed for cluster %s", cluster)
+            log.exception("the agent status sink failed for cluster %s", step.record.cluster)
 
     # --- heartbeat loss -----------------------------------------------------------------------
 
     async def sweep(self) -> tuple[str, ...]:
         """Mark agents LOST that missed too many heartbeats; close their streams."""
-        lost = heartbeat.newly_lost(self._policy, self._last_seen, frozenset(self._lost), self._monotonic())
-        for cluster in lost:
-            self._lost.add(cluster)
+        now = self._monotonic()
+        lost = []
+        for candidate in agent_registry.sweep(self._agents.values(), self._policy, now, self._wall()):
+            cluster = candidate.record.cluster
+            # decided again on the current record: the sink of the one before may have waited
+            step = agent_registry.lost(self._record(cluster), self._policy, now, self._wall())
+            if step is None:
+                continue
+            lost.append(cluster)
             log.warning(
                 "agent of cluster %s is LOST: no heartbeat for %.1f s",
                 cluster,
                 self._policy.lost_after,
             )
-            await self._update(cluster, connection=agent.Connection.LOST)
+            await self._step(step)
             session = self._sessions.get(cluster)
-            if session is not None:
-                self._close_session(
-                    session,
-                    Status.UNAVAILABLE,
-                    f"no heartbeat for {self._policy.lost_after:.1f} s",
-                )
-        return lost
+            if session is not None and step.close is not None:
+                self._close_session(session, Status.UNAVAILABLE, step.close)
+        return tuple(lost)
 
     async def _sweep_forever(self) -> None:
         period = max(0.05, self._policy.interval / 2)
