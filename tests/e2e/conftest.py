@@ -32,6 +32,8 @@ class Cell:
     state_dir: Path
     bootstrap_port: int
     grpc_port: int
+    proxy_port: int = 0
+    """The Kubernetes API proxy's port (docs/api-proxy.md); 0: none."""
     operator: subprocess.Popen[bytes] | None = None
     managers: CapiManagers | None = None
 
@@ -67,6 +69,7 @@ class Cell:
                 str(self.bootstrap_port),
                 "--grpc-port",
                 str(self.grpc_port),
+                *(["--proxy-port", str(self.proxy_port)] if self.proxy_port else []),
                 "--state-dir",
                 str(self.state_dir),
                 "--local-infra",
@@ -219,7 +222,7 @@ def start_cell(toolchain: Toolchain, base: Path, name: str = "mgmt") -> Cell:
     cp.install_lattice_crds()
     # The management cluster's own CAPI installation (clusterctl init), as processes.
     managers = CapiManagers(cp).start()
-    cell = Cell(name, cp, base / "state", free_port(), free_port(), managers=managers)
+    cell = Cell(name, cp, base / "state", free_port(), free_port(), free_port(), managers=managers)
     cell.start_operator()
     return cell
 

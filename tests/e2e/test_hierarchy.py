@@ -4,7 +4,12 @@ control planes, the real Cluster API controllers in every cluster)."""
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,12 +38,17 @@ REGION_ADDRESS = "127.77.1.1"
 
 
 def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) -> None:
-    grpc, bootstrap = free_port(), free_port()
+    grpc, bootstrap, proxy = free_port(), free_port(), free_port()
     child_cell = local_cluster(
         "region-1",
         cell.name,
         workers=1,
-        parentConfig={"host": REGION_ADDRESS, "grpcPort": grpc, "bootstrapPort": bootstrap},
+        parentConfig={
+            "host": REGION_ADDRESS,
+            "grpcPort": grpc,
+            "bootstrapPort": bootstrap,
+            "proxyPort": proxy,
+        },
         networking={"default": {"cidr": "127.77.1.0/30"}},
     )
     cell.control_plane.apply([child_cell])
@@ -59,7 +69,8 @@ def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) 
     service = wait_for(exposed, 120, "region-1's cell Service to get its LoadBalancer address")
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["status"]["loadBalancer"]["ingress"] == [{"ip": REGION_ADDRESS, "ipMode": "VIP"}]
-    assert {p["port"] for p in service["spec"]["ports"]} == {grpc, bootstrap}
+    # the cell serves the Kubernetes API proxy by default (parentConfig.proxyPort)
+    assert {p["port"] for p in service["spec"]["ports"]} == {grpc, bootstrap, proxy}
     grandchild = json.dumps(local_cluster("edge-1", "region-1", workers=1))
     kubectl_apply = [str(toolchain.kubectl), f"--kubeconfig={region}", "apply", "-f", "-"]
     subprocess.run(kubectl_apply, input=grandchild, text=True, check=True, capture_output=True)
@@ -78,6 +89,10 @@ def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) 
     assert f"127.0.0.1:{cell.grpc_port}" not in edge_agent
     # The root cell never saw edge-1.
     assert "edge-1" not in cell.kubectl("get", "lc", "-o", "name")
+
+    started = time.monotonic()
+    _reach_both_through_the_root_proxy(cell, toolchain, region)
+    print(f"API proxy checks through the root cell took {time.monotonic() - started:.1f} s")
 
     # Deleting region-1 on the root: a cell with a child refuses, naming it...
     cell.kubectl("delete", "lc", "region-1", "--wait=false")
@@ -99,3 +114,180 @@ def test_a_child_cell_provisions_a_grandchild(cell: Cell, toolchain: Toolchain) 
 
 def _has(cell: Cell, name: str) -> bool:
     return bool(cell.kubectl("get", "lc", name, "--ignore-not-found", "-o", "name").strip())
+
+
+# ------------------------------------------------------------------ the Kubernetes API proxy
+
+PROXY_NS = "proxy-e2e"
+
+
+def _apply(toolchain: Toolchain, kubeconfig: Path, objects: list[dict[str, Any]]) -> None:
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    subprocess.run(
+        [str(toolchain.kubectl), f"--kubeconfig={kubeconfig}", "apply", "-f", "-"],
+        input=body,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _binding(name: str, role: str, *accounts: str) -> dict[str, Any]:
+    # a ServiceAccount of the root is this user on every cluster below it (impersonated)
+    users = [f"system:serviceaccount:{PROXY_NS}:{account}" for account in accounts]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u} for u in users],
+    }
+
+
+def _configmap(name: str, value: str) -> str:
+    metadata = {"name": name, "namespace": "default"}
+    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"v": value}})
+
+
+def _proxy_kubeconfig(cell: Cell, path: str, account: str, out: Path) -> Path:
+    token = cell.kubectl("create", "token", account, "-n", PROXY_NS, "--duration=1h").strip()
+    via = ("--via", str(cell.kubeconfig))
+    made = subprocess.run(
+        [sys.executable, "-m", "lattice.app.cli", "kubeconfig", path, *via, "--token", token],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out.write_text(made.stdout)
+    return out
+
+
+def _run(
+    toolchain: Toolchain, kubeconfig: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(toolchain.kubectl), f"--kubeconfig={kubeconfig}", "--request-timeout=60s", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def _watch_sees_a_change(toolchain: Toolchain, kubeconfig: Path) -> str:
+    """A watch streamed through the proxy: the first event on a ConfigMap changed after the watch
+    started; then the client goes (killed), which cancels the watch down the tree."""
+    name = "proxy-e2e-watch"
+    created = _run(toolchain, kubeconfig, "apply", "-f", "-", stdin=_configmap(name, "0"))
+    assert created.returncode == 0, created.stderr
+    kubectl_at = (str(toolchain.kubectl), f"--kubeconfig={kubeconfig}")
+    watch = subprocess.Popen(
+        [*kubectl_at, "get", "configmap", name, "-n", "default", "--watch-only", "-o", "name"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    out = watch.stdout
+    assert out is not None
+
+    def read() -> None:
+        for line in out:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        # the watch starts after its list: change the object until the watch reports a change
+        for i in range(1, 60):
+            changed = _run(toolchain, kubeconfig, "apply", "-f", "-", stdin=_configmap(name, str(i)))
+            assert changed.returncode == 0, changed.stderr
+            try:
+                return lines.get(timeout=1.0).strip()
+            except queue.Empty:
+                continue
+        raise AssertionError("the watch through the proxy reported nothing")
+    finally:
+        watch.kill()
+        watch.wait(10)
+        _run(toolchain, kubeconfig, "delete", "configmap", name, "-n", "default", "--wait=false")
+
+
+def _reach_both_through_the_root_proxy(cell: Cell, toolchain: Toolchain, region: Path) -> None:
+    """From the root cell's proxy, with `lattice kubeconfig` and the real kubectl: get, apply,
+    delete and a watch on region-1 and on edge-1 (relayed by region-1's agent to region-1's own
+    cell) for an allowed caller; 403 from the root for a caller without the proxy permission; the
+    child's own 403 for a caller allowed on the root but granted nothing on the child."""
+    edge = child_kubeconfig(cell, "edge-1")
+    proxy_rule = {
+        "apiGroups": ["lattice.dev"],
+        "resources": ["latticeclusters/proxy"],
+        "verbs": ["get", "create", "update", "patch", "delete"],
+    }
+    proxy_role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "proxy-e2e"},
+        "rules": [proxy_rule],
+    }
+    accounts = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": a, "namespace": PROXY_NS}}
+        for a in ("alice", "bob", "carol")
+    ]
+    cell.kubectl("create", "namespace", PROXY_NS)
+    # the root: alice and carol may use the proxy, bob may not
+    _apply(
+        toolchain,
+        cell.kubeconfig,
+        [*accounts, proxy_role, _binding("proxy-e2e", "proxy-e2e", "alice", "carol")],
+    )
+    # region-1 (whose cell checks the proxy permission for edge-1 in turn) and edge-1: alice only
+    _apply(toolchain, region, [_binding("proxy-e2e-alice", "cluster-admin", "alice")])
+    _apply(toolchain, edge, [_binding("proxy-e2e-alice", "cluster-admin", "alice")])
+    work = cell.state_dir / "proxy-e2e"
+    work.mkdir(exist_ok=True)
+    for path in ("region-1", "region-1/edge-1"):
+        alice = _proxy_kubeconfig(cell, path, "alice", work / f"alice-{path.replace('/', '-')}.kubeconfig")
+        server = _yaml(alice)["clusters"][0]["cluster"]["server"]
+        assert server.endswith("/clusters/" + "/clusters/".join(path.split("/"))), server
+
+        def listed(kubeconfig: Path = alice) -> str:
+            got = _run(toolchain, kubeconfig, "get", "namespaces", "-o", "name")
+            assert got.returncode == 0, got.stderr
+            return got.stdout
+
+        # a binding just applied on the child is enforced once its API server's cache has it
+        assert "namespace/kube-system" in wait_for(listed, 60, f"kubectl get through the proxy to {path}")
+        applied = _run(toolchain, alice, "apply", "-f", "-", stdin=_configmap("proxy-e2e", path))
+        assert applied.returncode == 0, applied.stderr
+        direct = edge if path.endswith("edge-1") else region
+        # the object is on that cluster (read directly with its admin kubeconfig)
+        value = kubectl(
+            toolchain, direct, "get", "cm", "proxy-e2e", "-n", "default", "-o", "jsonpath={.data.v}"
+        )
+        assert value == path
+        assert _watch_sees_a_change(toolchain, alice) == "configmap/proxy-e2e-watch"
+        deleted = _run(toolchain, alice, "delete", "configmap", "proxy-e2e", "-n", "default")
+        assert deleted.returncode == 0, deleted.stderr
+        gone = kubectl(toolchain, direct, "get", "cm", "proxy-e2e", "-n", "default", "--ignore-not-found")
+        assert not gone.strip()
+
+        bob = _proxy_kubeconfig(cell, path, "bob", work / "bob.kubeconfig")
+        refused = _run(toolchain, bob, "get", "configmaps", "-n", "default")
+        assert refused.returncode != 0
+        # the root refuses, naming its own subresource and region-1 (its child on the path)
+        assert 'cannot get resource "latticeclusters/proxy"' in refused.stderr, refused.stderr
+        assert "region-1" in refused.stderr, refused.stderr
+
+    carol = _proxy_kubeconfig(cell, "region-1", "carol", work / "carol.kubeconfig")
+    denied = _run(toolchain, carol, "get", "configmaps", "-n", "default")
+    assert denied.returncode != 0
+    # region-1's own API server refuses carol, whom its agent impersonated
+    expected = f'User "system:serviceaccount:{PROXY_NS}:carol" cannot list resource "configmaps"'
+    assert expected in denied.stderr, denied.stderr
+
+
+def _yaml(path: Path) -> Any:
+    from ruamel.yaml import YAML  # noqa: PLC0415 - only these checks read YAML
+
+    return YAML(typ="safe", pure=True).load(path.read_text())

@@ -35,6 +35,13 @@ IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 FIELD_MANAGER = "lattice-api-proxy"
 
 
+ENDPOINT_NAMESPACE_OBJECT: kube.Obj = {
+    "apiVersion": "v1",
+    "kind": "Namespace",
+    "metadata": {"name": ENDPOINT_NAMESPACE},
+}
+
+
 def endpoint_configmap(url: str, ca_pem: str) -> kube.Obj:
     return {
         "apiVersion": "v1",
@@ -83,6 +90,8 @@ class CellApiProxy:
         log.info("api proxy serving", extra={"url": self.url, "port": self.server.port})
         if api is not None:
             try:
+                # a root cell run by hand may have no lattice-system yet (nothing deployed it)
+                await api.apply(ENDPOINT_NAMESPACE_OBJECT, FIELD_MANAGER)
                 await api.apply(endpoint_configmap(self.url, self._files.ca.read_text()), FIELD_MANAGER)
             except kube.KubeError as exc:  # lattice kubeconfig then needs --proxy-url
                 log.warning("could not publish the api proxy endpoint: %s", exc)
@@ -113,7 +122,9 @@ def add_agent_flags(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=IN_CLUSTER_TOKEN,
         metavar="FILE",
-        help="the agent's ServiceAccount token for --relay-url (re-read for every request)",
+        help="the agent's ServiceAccount token for the relay (re-read for every request); when "
+        "the file does not exist, the token of --kubeconfig (a pod run without the projected "
+        "token volume at the default path)",
     )
 
 
@@ -133,23 +144,39 @@ async def agent_executor(
     if args.no_api_proxy:
         return None
     target = await HttpTarget.from_kubeconfig(str(args.kubeconfig))
+    credentials = RelayCredentials(args.relay_token_file, target.token)
     if args.relay_url:
         relay = HttpTarget(
             base_url=args.relay_url,
             verify=ssl.create_default_context(cafile=str(args.relay_ca)),
-            token_file=args.relay_token_file,
+            **credentials.target_fields(),
         )
         return ApiProxyExecutor(cluster_name, target, relay=relay)
-    return ApiProxyExecutor(cluster_name, target, relay_source=PublishedRelay(api, args.relay_token_file))
+    return ApiProxyExecutor(cluster_name, target, relay_source=PublishedRelay(api, credentials))
+
+
+class RelayCredentials:
+    """The agent's own token for its cell's proxy: the token file while it exists (re-read for
+    every request: a projected token is rotated on disk), else the token of its kubeconfig (a
+    pod whose ServiceAccount token is only in its kubeconfig, as the local kubelet runs them)."""
+
+    def __init__(self, token_file: Path, kubeconfig_token: str | None) -> None:
+        self.token_file = token_file
+        self.kubeconfig_token = kubeconfig_token
+
+    def target_fields(self) -> dict[str, Any]:
+        if self.token_file.exists() or not self.kubeconfig_token:
+            return {"token_file": self.token_file}
+        return {"token": self.kubeconfig_token}
 
 
 class PublishedRelay:
     """The cell in the agent's own cluster, where it published its endpoint: None when it
     published none (this cluster is not a cell)."""
 
-    def __init__(self, api: kube.KubeApi, token_file: Path) -> None:
+    def __init__(self, api: kube.KubeApi, credentials: RelayCredentials) -> None:
         self._api = api
-        self._token_file = token_file
+        self._credentials = credentials
 
     async def __call__(self) -> HttpTarget | None:
         try:
@@ -162,7 +189,7 @@ class PublishedRelay:
         if not url or not ca:
             return None
         return HttpTarget(
-            base_url=url, verify=ssl.create_default_context(cadata=ca), token_file=self._token_file
+            base_url=url, verify=ssl.create_default_context(cadata=ca), **self._credentials.target_fields()
         )
 
 
