@@ -17,7 +17,6 @@ the same code in a worker thread for async callers.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ctypes
 import json
 import os
@@ -39,7 +38,7 @@ from typing import Any, Self
 import anyio.to_thread
 import attrs
 
-from lattice.adapters import capi_crds, kube_kr8s, mesh_crds, pki
+from lattice.adapters import capi_crds, kube_kr8s, local_processes, mesh_crds, pki
 from lattice.adapters.binaries import Toolchain, locate
 from lattice.domain import crds as lattice_crds
 from lattice.domain import yaml_text
@@ -160,14 +159,10 @@ class ManagedProcess:
         if popen is None:
             return
         if popen.poll() is None:
-            _signal_group(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(popen.pid, signal.SIGKILL)
-                popen.wait(timeout)
+            local_processes.terminate([popen.pid], timeout, group=True, alive=lambda: popen.poll() is None)
+            popen.wait(timeout)
         # Anything the leader left in its group goes too.
-        _signal_group(popen.pid, signal.SIGKILL)
+        local_processes.send(popen.pid, signal.SIGKILL, group=True)
         self.popen = None
 
     def tail(self, lines: int) -> str:
@@ -189,11 +184,6 @@ def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 _live_lock = threading.Lock()

@@ -35,11 +35,9 @@ import json
 import logging
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from ruamel.yaml import YAML
 
-from lattice.adapters import pki
+from lattice.adapters import local_processes, pki
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import clean_env
 from lattice.adapters.kube_kr8s import Kr8sKube
@@ -514,14 +512,10 @@ class LocalMachineHost:
     def _terminate(self, pid: object, mdir: Path) -> None:
         if not isinstance(pid, int) or not self._alive(pid, mdir):
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        while self._alive(pid, mdir) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if self._alive(pid, mdir):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)  # its static pods die with it (parent-death signal)
+        # SIGKILL after the timeout: its static pods die with it (parent-death signal).
+        local_processes.terminate(
+            [pid], STOP_TIMEOUT_SECONDS, group=True, alive=lambda: self._alive(pid, mdir)
+        )
         popen = self._spawned.pop(pid, None)
         if popen is not None:
             popen.wait()

@@ -1,6 +1,8 @@
-"""Finding and stopping the processes Lattice started under a state directory (machines, their
-kubelet stand-ins and pods, managers), by their command lines: what ``lattice down`` and the
-tests use to leave nothing behind."""
+"""Stopping processes Lattice started: the one place that signals them (:func:`send`,
+:func:`terminate`), used by the control planes' processes, the machine host's kubelet stand-ins,
+the installer's bootstrap operator, and :func:`stop_all`, which finds every process started under
+a state directory (machines, their kubelet stand-ins and pods, managers) by its command line:
+what ``lattice down`` and the tests use to leave nothing behind."""
 
 from __future__ import annotations
 
@@ -8,9 +10,49 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["processes_under", "stop_all"]
+__all__ = ["processes_under", "send", "stop_all", "terminate"]
+
+POLL_SECONDS = 0.1
+
+
+def send(pid: int, sig: signal.Signals, *, group: bool = False) -> None:
+    """Signal a process, or with ``group`` the process group it leads; one already gone (or no
+    longer ours) is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _any_exists(pids: Sequence[int]) -> bool:
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def terminate(
+    pids: Sequence[int],
+    timeout: float,
+    *,
+    group: bool = False,
+    alive: Callable[[], bool] | None = None,
+) -> bool:
+    """SIGTERM each process (its group, with ``group``), wait up to ``timeout`` seconds while
+    ``alive()`` (by default: while any of them is in /proc), then SIGKILL them if still alive.
+    Returns whether SIGKILL was needed."""
+    still = alive if alive is not None else (lambda: _any_exists(pids))
+    for pid in pids:
+        send(pid, signal.SIGTERM, group=group)
+    deadline = time.monotonic() + timeout
+    while still() and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    if not still():
+        return False
+    for pid in pids:
+        send(pid, signal.SIGKILL, group=group)
+    return True
 
 
 def processes_under(state_dir: Path) -> list[int]:
@@ -43,14 +85,6 @@ def stop_all(state_dir: Path, timeout: float = 10.0) -> list[int]:
         pids = [pid for pid in processes_under(state_dir) if pid not in stopped]
         if not pids:
             break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.1)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        terminate(pids, timeout)
         stopped += pids
     return stopped

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from typing import Any
 
 from attrs import define, frozen
 
-from lattice.adapters import pki
+from lattice.adapters import local_processes, pki
 from lattice.adapters.addons_bundle import RenderError, locate_addons
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
@@ -322,7 +323,7 @@ class Installer:
         step = install.Step.CLEANUP
         saved = self._load().get("operator")
         if saved and _alive(saved["pid"]):
-            os.kill(saved["pid"], 15)
+            local_processes.send(saved["pid"], signal.SIGTERM)
             _wait(lambda: not _alive(saved["pid"]), 30, step, "the bootstrap operator did not stop", None)
         # The management cluster's agent streamed to the bootstrap cell, which is going away.
         kubeconfig = self._management_kubeconfig()
