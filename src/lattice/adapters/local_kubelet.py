@@ -35,7 +35,6 @@ from typing import Any
 
 import attrs
 import httpx
-from ruamel.yaml import YAML
 
 from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.binaries import BinariesNotBuiltError, Toolchain
@@ -328,7 +327,7 @@ class LocalKubelet:
             local_pods.token_request(pod),
         )
         kubeconfig = pod_dir / "kubeconfig"
-        kubelet_conf: Any = YAML(typ="safe", pure=True).load(Path(self.config.kubeconfig).read_text())
+        kubelet_conf: Any = yaml_text.load(Path(self.config.kubeconfig).read_text())
         cluster = kubelet_conf["clusters"][0]["cluster"]
         kubeconfig.write_text(
             yaml_text.dump(

@@ -46,7 +46,6 @@ import anyio.to_thread
 import attrs
 import httpx
 from cryptography.hazmat.primitives import serialization
-from ruamel.yaml import YAML
 
 from lattice.adapters import local_processes, pki
 from lattice.adapters.binaries import Toolchain
@@ -64,13 +63,18 @@ from lattice.domain.endpoint import Endpoint
 from lattice.domain.local_infra import Boot, provider_id
 from lattice.domain.local_kubelet import (
     CONFIG_FILE,
+    MACHINE_FILE,
     STATUS_FILE,
     KubeletConfig,
     KubeletFileError,
     KubeletStatus,
+    MachineRecord,
+    MachineState,
     Phase,
     StaticControlPlane,
     dump_config,
+    dump_record,
+    parse_record,
     parse_status,
 )
 from lattice.domain.local_pods import HOST_EXEC_ENV
@@ -163,30 +167,30 @@ class LocalMachineHost:
     # -- the port ---------------------------------------------------------------------------
 
     def booted(self, machine: str) -> bool:
-        record = self._record(machine) or {}
-        return record.get("state") == "booted" and self._alive(record.get("pid"), self.machine_dir(machine))
+        record = self._record(machine) or MachineRecord()
+        return record.state is MachineState.BOOTED and self._alive(record.pid, self.machine_dir(machine))
 
     async def boot(self, request: Boot, data: BootstrapData) -> None:
         lock = self._locks.setdefault(request.machine, asyncio.Lock())
         async with lock:
-            record = self._record(request.machine) or {}
-            if record.get("state") == "failed":
+            record = self._record(request.machine) or MachineRecord()
+            if record.state is MachineState.FAILED:
                 # As a VM whose cloud-init failed: it stays failed until it is deleted.
-                raise MachineBootError(str(record.get("message", "")))
+                raise MachineBootError(record.message)
             if self.booted(request.machine):
                 return
             try:
                 machine = await self._boot(request, data)
             except (MachineBootError, BootstrapDataError, kube.KubeError, OSError) as exc:
                 message = f"machine {request.machine} failed to boot: {exc}"[:4000]
-                self._update_record(request.machine, state="failed", message=message)
+                self._update_record(request.machine, state=MachineState.FAILED, message=message)
                 raise MachineBootError(message) from exc
-            self._update_record(machine.name, state="booted", message="")
+            self._update_record(machine.name, state=MachineState.BOOTED, message="")
 
     async def stop(self, machine: str) -> None:
         record = self._record(machine)
         if record is not None:
-            await anyio.to_thread.run_sync(self._terminate, record.get("pid"), self.machine_dir(machine))
+            await anyio.to_thread.run_sync(self._terminate, record.pid, self.machine_dir(machine))
             self._record_path(machine).unlink(missing_ok=True)
         # A released machine's disk goes with it, as a cloud's does.
         await anyio.to_thread.run_sync(shutil.rmtree, self.machine_dir(machine), True)
@@ -197,20 +201,19 @@ class LocalMachineHost:
     # -- records ----------------------------------------------------------------------------
 
     def _record_path(self, machine: str) -> Path:
-        return self.machine_dir(machine) / "machine.json"
+        return self.machine_dir(machine) / MACHINE_FILE
 
-    def _record(self, machine: str) -> dict[str, Any] | None:
+    def _record(self, machine: str) -> MachineRecord | None:
         try:
-            record = json.loads(self._record_path(machine).read_text())
-        except (OSError, ValueError):
+            return parse_record(self._record_path(machine).read_text())
+        except (OSError, KubeletFileError):
             return None
-        return record if isinstance(record, dict) else None
 
     def _update_record(self, machine: str, **values: Any) -> None:
         path = self._record_path(machine)
-        record = {**(self._record(machine) or {}), **values}
+        record = attrs.evolve(self._record(machine) or MachineRecord(), **values)
         partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(record, sort_keys=True))
+        partial.write_text(dump_record(record))
         os.replace(partial, path)
 
     # -- booting ----------------------------------------------------------------------------
@@ -362,7 +365,7 @@ class LocalMachineHost:
             response = await client.get(f"{server}/api/v1/namespaces/kube-public/configmaps/cluster-info")
         if response.status_code != 200:
             raise MachineBootError(f"cluster-info: HTTP {response.status_code}: {response.text[:200]}")
-        config = YAML(typ="safe", pure=True).load(response.json()["data"]["kubeconfig"])
+        config = yaml_text.load(response.json()["data"]["kubeconfig"])
         ca_pem = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
         spki = (
             pki.cert_from_pem(ca_pem)
@@ -463,7 +466,9 @@ class LocalMachineHost:
                 preexec_fn=None if self.host is None else self.host.enter(mdir),  # noqa: PLW1509
             )
         self._spawned[popen.pid] = popen
-        self._update_record(request.machine, pid=popen.pid, state="booting", controlPlane=static is not None)
+        self._update_record(
+            request.machine, pid=popen.pid, state=MachineState.BOOTING, control_plane=static is not None
+        )
         return popen.pid
 
     async def _wait_kubelet(self, machine: str, pid: int, phase: Phase) -> KubeletStatus:
@@ -525,14 +530,14 @@ class LocalMachineHost:
         base = self.machines_dir
         if not base.is_dir():
             return []
-        return sorted(d.name for d in base.iterdir() if (d / "machine.json").is_file())
+        return sorted(d.name for d in base.iterdir() if (d / MACHINE_FILE).is_file())
 
     def pids(self) -> list[int]:
         """The process ids of every running machine: each kubelet stand-in and its static pods."""
         out: list[int] = []
         for machine in self.machines():
-            pid = (self._record(machine) or {}).get("pid")
-            if isinstance(pid, int) and self._alive(pid, self.machine_dir(machine)):
+            pid = (self._record(machine) or MachineRecord()).pid
+            if pid is not None and self._alive(pid, self.machine_dir(machine)):
                 out.extend([pid, *_descendants(pid)])
         return out
 

@@ -7,9 +7,10 @@ processes; on every machine it registers the Node with the node's own credential
 its Lease, Ready condition and mirror pods current. The machine therefore outlives the
 provider process that booted it, as a VM outlives its cloud controller.
 
-The host writes :class:`KubeletConfig` to ``kubelet.json`` in the machine's directory; the
-kubelet writes :class:`KubeletStatus` to ``kubelet-status.json`` as it goes. Both are JSON
-documents; reading one that is malformed gives every problem at once, by field.
+The host writes :class:`KubeletConfig` to ``kubelet.json`` in the machine's directory and keeps
+its own :class:`MachineRecord` in ``machine.json``; the kubelet writes :class:`KubeletStatus` to
+``kubelet-status.json`` as it goes. All three are JSON documents read and written here; reading
+one that is malformed gives every problem at once, by field.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from attrs import field, frozen
 
 CONFIG_FILE = "kubelet.json"
 STATUS_FILE = "kubelet-status.json"
+MACHINE_FILE = "machine.json"
 
 
 class KubeletFileError(ValueError):
@@ -183,3 +185,53 @@ def dump_status(status: KubeletStatus) -> str:
         )
         + "\n"
     )
+
+
+class MachineState(StrEnum):
+    BOOTING = "booting"
+    BOOTED = "booted"
+    FAILED = "failed"  # as a VM whose cloud-init failed: it stays failed until it is deleted
+
+
+@frozen
+class MachineRecord:
+    """The host's record of one machine: its kubelet stand-in's pid, how far its boot got, and
+    why it failed. Any host sharing the machines directory reads it to find the machines."""
+
+    state: MachineState | None = None
+    pid: int | None = None
+    message: str = ""
+    control_plane: bool = False
+
+
+def parse_record(text: str) -> MachineRecord:
+    doc = _document(text, MACHINE_FILE)
+    errors: list[str] = []
+    state: MachineState | None = None
+    if doc.get("state") is not None:
+        try:
+            state = MachineState(str(doc["state"]))
+        except ValueError:
+            errors.append(f"state: one of {', '.join(s.value for s in MachineState)} is required")
+    pid = doc.get("pid")
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+        errors.append("pid: a positive integer is required")
+        pid = None
+    message = doc.get("message", "")
+    if not isinstance(message, str):
+        errors.append("message: a string is required")
+    control_plane = doc.get("controlPlane", False)
+    if not isinstance(control_plane, bool):
+        errors.append("controlPlane: true or false is required")
+    if errors:
+        raise KubeletFileError(f"{MACHINE_FILE}: " + "; ".join(errors))
+    return MachineRecord(state=state, pid=pid, message=message, control_plane=control_plane)
+
+
+def dump_record(record: MachineRecord) -> str:
+    doc: dict[str, Any] = {"message": record.message, "controlPlane": record.control_plane}
+    if record.state is not None:
+        doc["state"] = record.state.value
+    if record.pid is not None:
+        doc["pid"] = record.pid
+    return json.dumps(doc, sort_keys=True) + "\n"

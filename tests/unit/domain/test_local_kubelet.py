@@ -100,3 +100,35 @@ def test_status_errors_are_named() -> None:
     assert "message: a string is required" in message
     assert "nodeUID: a string is required" in message
     assert lk.parse_status('{"phase": "Starting"}') == lk.KubeletStatus(phase=lk.Phase.STARTING)
+
+
+@given(
+    state=st.one_of(st.none(), st.sampled_from(lk.MachineState)),
+    pid=st.one_of(st.none(), st.integers(1, 2**22)),
+    message=st.text(max_size=30),
+    control_plane=st.booleans(),
+)
+def test_machine_record_round_trips(
+    state: lk.MachineState | None, pid: int | None, message: str, control_plane: bool
+) -> None:
+    record = lk.MachineRecord(state=state, pid=pid, message=message, control_plane=control_plane)
+    assert lk.parse_record(lk.dump_record(record)) == record
+
+
+def test_machine_record_reads_what_the_host_wrote_before() -> None:
+    """The keys (and a record without a pid: a boot that failed before its kubelet started)."""
+    written = json.dumps({"controlPlane": True, "message": "", "pid": 42, "state": "booted"}, sort_keys=True)
+    assert lk.parse_record(written) == lk.MachineRecord(lk.MachineState.BOOTED, 42, "", True)
+    failed = lk.parse_record('{"state": "failed", "message": "no"}')
+    assert failed == lk.MachineRecord(lk.MachineState.FAILED, None, "no", False)
+
+
+def test_machine_record_errors_are_all_named() -> None:
+    with pytest.raises(lk.KubeletFileError) as err:
+        lk.parse_record('{"state": "dozing", "pid": true, "message": 3, "controlPlane": "yes"}')
+    text = str(err.value)
+    assert text.startswith("machine.json: ")
+    for field in ("state: one of booting, booted, failed", "pid: a positive", "message:", "controlPlane:"):
+        assert field in text
+    with pytest.raises(lk.KubeletFileError, match="not JSON"):
+        lk.parse_record("{")
