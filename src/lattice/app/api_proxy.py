@@ -22,7 +22,7 @@ from typing import Any
 from lattice.adapters import tls
 from lattice.adapters.agent_cell import AgentHub
 from lattice.adapters.api_proxy_agent import ApiProxyExecutor, HttpTarget
-from lattice.adapters.api_proxy_http import api_proxy_app, proxy_server
+from lattice.adapters.api_proxy_http import api_proxy_app, proxy_server, proxy_ssl_context
 from lattice.adapters.kube_access_review import KubeAccessReviewer
 from lattice.adapters.registration_http import RegistrationServer
 from lattice.ports import kube
@@ -33,6 +33,21 @@ ENDPOINT_CONFIGMAP = "lattice-api-proxy"
 ENDPOINT_NAMESPACE = "lattice-system"
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 FIELD_MANAGER = "lattice-api-proxy"
+CLIENT_CA = kube.ResourceRef("v1", "ConfigMap", "extension-apiserver-authentication", "kube-system")
+"""Where the API server publishes the CA of the client certificates it accepts
+(``client-ca-file``): delegated authentication as an aggregated API server reads it."""
+
+
+async def cluster_client_ca(api: kube.KubeApi) -> str | None:
+    """The cell cluster's client CA bundle (PEM), None when it publishes none or cannot be read
+    (then the proxy accepts bearer tokens only)."""
+    try:
+        found = await api.get(CLIENT_CA)
+    except kube.KubeError as exc:
+        log.warning("api proxy: no client certificates (cannot read the cluster's client CA: %s)", exc)
+        return None
+    ca = (found.get("data") or {}).get("client-ca-file")
+    return str(ca) if ca else None
 
 
 ENDPOINT_NAMESPACE_OBJECT: kube.Obj = {
@@ -80,9 +95,10 @@ class CellApiProxy:
     async def start(self, api: kube.KubeApi | None = None) -> None:
         target = await HttpTarget.from_kubeconfig(str(self._kubeconfig) if self._kubeconfig else None)
         self._reviewer = KubeAccessReviewer(target)
+        client_ca = await cluster_client_ca(api) if api is not None else None
         self.server = proxy_server(
             api_proxy_app(relay=self._hub.proxy, reviewer=self._reviewer),
-            tls.server_context(self._files, require_client_cert=False, alpn=("http/1.1",)),
+            proxy_ssl_context(self._files, client_ca),
             host=self._bind_host,
             port=self._port,
         )

@@ -5,8 +5,9 @@ CLUSTER is a child of the cell, or a path through the tree below it (``child/gra
 The server is the cell's proxy path for it (``https://<cell>/clusters/child/clusters/grandchild``)
 as the cell publishes it in the ConfigMap ``lattice-system/lattice-api-proxy`` (``--proxy-url``
 and ``--proxy-ca`` instead). The user is a bearer token: ``--token``/``--token-file``, else the
-token of the cell kubeconfig's current user (the proxy authenticates with TokenReview on the
-cell, so a client certificate of the cell's API server does not work through it).
+token of the cell kubeconfig's current user (reviewed with TokenReview on the cell), else its
+client certificate (the proxy accepts certificates of the cell cluster's client CA, as its API
+server does: a kubeadm admin.conf works as it is).
 
 Exit codes: 0 printed; 2 bad arguments; 1 the cell could not be read.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,15 +52,32 @@ def _error(message: str, code: int = EXIT_CONFIG) -> int:
     return code
 
 
-def _current_token(kubeconfig: dict[str, Any]) -> str | None:
+def _current_user(kubeconfig: dict[str, Any]) -> dict[str, Any]:
     current = kubeconfig.get("current-context")
     contexts = {c.get("name"): c.get("context") or {} for c in kubeconfig.get("contexts") or []}
     user_name = contexts.get(current, {}).get("user")
     for user in kubeconfig.get("users") or []:
         if user.get("name") == user_name:
-            token = (user.get("user") or {}).get("token")
-            return str(token) if token else None
-    return None
+            return dict(user.get("user") or {})
+    return {}
+
+
+def _current_token(kubeconfig: dict[str, Any]) -> str | None:
+    token = _current_user(kubeconfig).get("token")
+    return str(token) if token else None
+
+
+def _current_certificate(kubeconfig: dict[str, Any], base: Path) -> tuple[str, str] | None:
+    """The client certificate and key of the current user (base64, as kubeconfig data), from
+    ``client-certificate-data`` or a file ``client-certificate`` (relative to the kubeconfig)."""
+    user = _current_user(kubeconfig)
+    found: list[str] = []
+    for field in ("client-certificate", "client-key"):
+        if user.get(f"{field}-data"):
+            found.append(str(user[f"{field}-data"]))
+        elif user.get(field):
+            found.append(base64.b64encode((base / str(user[field])).read_bytes()).decode())
+    return (found[0], found[1]) if len(found) == 2 else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,14 +108,20 @@ def run(args: argparse.Namespace) -> int:
         token = args.token_file.read_text().strip()
     else:
         token = _current_token(cell_config)
-        if token is None:
+    certificate = None
+    if token is None:
+        try:
+            certificate = _current_certificate(cell_config, args.via.parent)
+        except OSError as exc:
+            return _error(f"--via {args.via}: cannot read the user's client certificate: {exc}")
+        if certificate is None:
             print(
-                "lattice kubeconfig: the cell kubeconfig's user has no token; add one to the "
-                "printed user (--token): the proxy accepts bearer tokens the cell's API server "
-                "can review",
+                "lattice kubeconfig: the cell kubeconfig's user has neither a token nor a client "
+                "certificate; add one to the printed user (--token): the proxy accepts bearer "
+                "tokens the cell's API server can review and client certificates of its client CA",
                 file=sys.stderr,
             )
-    config = api_proxy.kubeconfig(args.cluster.split("/"), url, ca or None, token)
+    config = api_proxy.kubeconfig(args.cluster.split("/"), url, ca or None, token, certificate)
     sys.stdout.write(yamlio.dump_all([config]))
     return 0
 

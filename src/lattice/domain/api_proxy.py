@@ -19,6 +19,8 @@ This module decides, for both ends:
 * :func:`forward_request_headers`, :func:`forward_response_headers`,
   :func:`impersonation_headers` - what crosses the proxy (allowlists; never the caller's
   credentials);
+* :func:`certificate_user` - a verified client certificate's user (CN) and groups (O), as the
+  API server's x509 authenticator maps them, refused unless FIPS-approved;
 * :func:`is_streaming` - watches and followed logs have no overall deadline;
 * :class:`Window` - the flow control of a response: the agent sends body bytes only within
   the credit the cell granted, so a slow client holds its own response, never the stream.
@@ -370,6 +372,52 @@ def user_from_review(status: Mapping[str, Any]) -> UserInfo | None:
     )
 
 
+FIPS_CURVES = frozenset({"secp256r1", "secp384r1"})
+FIPS_HASHES = frozenset({"sha256", "sha384", "sha512"})
+MIN_RSA_BITS = 2048
+
+
+@frozen
+class ClientCertificate:
+    """What the cell reads from a client certificate its TLS layer verified against the cluster's
+    client CA (``lattice.adapters.api_proxy_http``)."""
+
+    common_name: str
+    organizations: tuple[str, ...] = ()
+    key_type: str = "rsa"
+    """``rsa``, ``ec``, or the name of another key type (refused)."""
+    key_bits: int = 0
+    curve: str = ""
+    signature_hash: str = ""
+    """The hash of the issuer's signature (``sha256``...), empty when it has none (Ed25519)."""
+    client_auth: bool = True
+    """Its extended key usage allows client authentication (or it has none)."""
+
+
+def certificate_user(cert: ClientCertificate) -> UserInfo | str:
+    """The caller a client certificate names: the user is its Common Name, the groups its
+    Organizations (as the API server's x509 authenticator), no uid; a str says why it is refused
+    (a key or signature that is not FIPS-approved, no client-auth usage, no Common Name)."""
+    problems: list[str] = []
+    if cert.key_type == "rsa":
+        if cert.key_bits < MIN_RSA_BITS:
+            problems.append(f"an RSA key of {cert.key_bits} bits (at least {MIN_RSA_BITS})")
+    elif cert.key_type == "ec":
+        if cert.curve not in FIPS_CURVES:
+            problems.append(f"an EC key on {cert.curve or 'an unnamed curve'} (P-256 or P-384)")
+    else:
+        problems.append(f"a {cert.key_type} key (RSA of 2048 bits or more, ECDSA P-256 or P-384)")
+    if cert.signature_hash not in FIPS_HASHES:
+        problems.append(f"a signature with {cert.signature_hash or 'no hash'} (SHA-256, SHA-384 or SHA-512)")
+    if not cert.client_auth:
+        problems.append("an extended key usage without client authentication")
+    if not cert.common_name:
+        problems.append("no Common Name (the user name)")
+    if problems:
+        return "the client certificate has " + "; ".join(problems)
+    return UserInfo(username=cert.common_name, groups=(*cert.organizations, "system:authenticated"))
+
+
 def route(clusters: Sequence[str]) -> str:
     """The proxy path of a cluster reached through its ancestors below the cell:
     ``("child", "grandchild")`` -> ``/clusters/child/clusters/grandchild``."""
@@ -385,13 +433,25 @@ def route_errors(text: str) -> list[FieldError]:
     return errors
 
 
-def kubeconfig(path: Sequence[str], proxy_url: str, ca_pem: str | None, token: str | None) -> dict[str, Any]:
-    """A kubeconfig whose server is the cell's proxy path for the cluster at ``path``."""
+def kubeconfig(
+    path: Sequence[str],
+    proxy_url: str,
+    ca_pem: str | None,
+    token: str | None,
+    client_certificate: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """A kubeconfig whose server is the cell's proxy path for the cluster at ``path``; its user
+    a bearer ``token``, else ``client_certificate`` (base64 certificate and key data, as a
+    kubeconfig holds them)."""
     name = path[-1]
     cluster: dict[str, Any] = {"server": proxy_url.rstrip("/") + route(path)}
     if ca_pem:
         cluster["certificate-authority-data"] = base64.b64encode(ca_pem.encode()).decode()
-    user: dict[str, Any] = {"token": token} if token else {}
+    user: dict[str, Any] = {}
+    if token:
+        user["token"] = token
+    elif client_certificate is not None:
+        user["client-certificate-data"], user["client-key-data"] = client_certificate
     return {
         "apiVersion": "v1",
         "kind": "Config",

@@ -83,8 +83,42 @@ def test_without_a_token_it_says_what_to_add(tmp_path: Path, capsys: pytest.Capt
     )
     captured = capsys.readouterr()
     assert rc == 0
-    assert "has no token" in captured.err
+    assert "has neither a token nor a client certificate" in captured.err
     assert "token:" not in captured.out
+
+
+def _with_user(path: Path, user: dict[str, str]) -> Path:
+    config = json.loads(_cell_kubeconfig(path, "x").read_text())
+    config["users"][1]["user"] = user
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_without_a_token_the_client_certificate_of_the_cell_kubeconfig(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("PEM")
+    proxy = ["--proxy-url", "https://cell:8444", "--proxy-ca", str(ca)]
+    data = _with_user(
+        tmp_path / "data.kubeconfig", {"client-certificate-data": "Q0VSVA==", "client-key-data": "S0VZ"}
+    )
+    assert cli.main(["kubeconfig", "c", "--via", str(data), *proxy]) == 0
+    expected = {"client-certificate-data": "Q0VSVA==", "client-key-data": "S0VZ"}
+    assert _printed(capsys)["users"] == [{"name": "c-via-proxy", "user": expected}]
+    # files named relative to the kubeconfig, as kubectl reads them
+    (tmp_path / "admin.crt").write_bytes(b"CERT")
+    (tmp_path / "admin.key").write_bytes(b"KEY")
+    files = _with_user(
+        tmp_path / "files.kubeconfig", {"client-certificate": "admin.crt", "client-key": "admin.key"}
+    )
+    assert cli.main(["kubeconfig", "c", "--via", str(files), *proxy]) == 0
+    assert _printed(capsys)["users"] == [{"name": "c-via-proxy", "user": expected}]
+    missing = _with_user(
+        tmp_path / "missing.kubeconfig", {"client-certificate": "nope.crt", "client-key": "k"}
+    )
+    assert cli.main(["kubeconfig", "c", "--via", str(missing), *proxy]) == 2
+    assert "cannot read the user's client certificate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -292,3 +292,52 @@ def test_routes_and_kubeconfig() -> None:
 def test_limits_are_positive() -> None:
     with pytest.raises(ValueError, match="window_bytes"):
         ap.ProxyLimits(window_bytes=0)
+
+
+def test_a_client_certificate_names_the_user_and_its_groups() -> None:
+    cert = ap.ClientCertificate(
+        "dave",
+        ("team-a", "proxy-users"),
+        key_type="ec",
+        key_bits=256,
+        curve="secp256r1",
+        signature_hash="sha256",
+    )
+    assert ap.certificate_user(cert) == ap.UserInfo(
+        username="dave", groups=("team-a", "proxy-users", "system:authenticated")
+    )
+    rsa = ap.ClientCertificate("erin", key_type="rsa", key_bits=3072, signature_hash="sha384")
+    assert ap.certificate_user(rsa) == ap.UserInfo(username="erin", groups=("system:authenticated",))
+
+
+@pytest.mark.parametrize(
+    ("cert", "reason"),
+    [
+        (
+            ap.ClientCertificate("a", key_type="rsa", key_bits=1024, signature_hash="sha256"),
+            "RSA key of 1024 bits",
+        ),
+        (
+            ap.ClientCertificate("a", key_type="ec", curve="secp521r1", signature_hash="sha256"),
+            "EC key on secp521r1",
+        ),
+        (ap.ClientCertificate("a", key_type="ec", signature_hash="sha256"), "an unnamed curve"),
+        (ap.ClientCertificate("a", key_type="ed25519", signature_hash=""), "a ed25519 key"),
+        (
+            ap.ClientCertificate("a", key_type="rsa", key_bits=2048, signature_hash="sha1"),
+            "a signature with sha1",
+        ),
+        (ap.ClientCertificate("a", key_type="rsa", key_bits=2048, signature_hash=""), "with no hash"),
+        (
+            ap.ClientCertificate(
+                "a", key_type="rsa", key_bits=2048, signature_hash="sha256", client_auth=False
+            ),
+            "without client authentication",
+        ),
+        (ap.ClientCertificate("", key_type="rsa", key_bits=2048, signature_hash="sha256"), "no Common Name"),
+    ],
+)
+def test_a_client_certificate_is_refused_naming_why(cert: ap.ClientCertificate, reason: str) -> None:
+    refused = ap.certificate_user(cert)
+    assert isinstance(refused, str)
+    assert reason in refused
