@@ -23,6 +23,7 @@ from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.local_processes import processes_under, stop_all
+from lattice.domain.operator_command import OperatorOptions, operator_command
 
 
 @define
@@ -53,30 +54,20 @@ class Cell:
         in it, ``agent_faults`` in the agents of the children it names (``<child>=<point>``)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
+        options = OperatorOptions(
+            kubeconfig=str(self.kubeconfig),
+            cluster_name=self.name,
+            cell_host="127.0.0.1",
+            bootstrap_port=self.bootstrap_port,
+            grpc_port=self.grpc_port,
+            proxy_port=self.proxy_port or None,
+            state_dir=str(self.state_dir),
+            local_infra=True,
+            leader_elect=False,
+            health_port=free_port(),
+        )
         self.operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lattice.app.cli",
-                "operator",
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--cluster-name",
-                self.name,
-                "--cell-host",
-                "127.0.0.1",
-                "--bootstrap-port",
-                str(self.bootstrap_port),
-                "--grpc-port",
-                str(self.grpc_port),
-                *(["--proxy-port", str(self.proxy_port)] if self.proxy_port else []),
-                "--state-dir",
-                str(self.state_dir),
-                "--local-infra",
-                "--no-leader-elect",
-                "--health-port",
-                str(free_port()),
-            ],
+            operator_command(sys.executable, options),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

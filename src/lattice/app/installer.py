@@ -52,6 +52,7 @@ from lattice.domain import (
     validation,
 )
 from lattice.domain.endpoint import Endpoint
+from lattice.domain.operator_command import OperatorOptions, operator_command
 
 
 class InstallError(RuntimeError):
@@ -160,34 +161,23 @@ class Installer:
             return dict(saved["ports"])
         ports = {"bootstrap": free_port(), "grpc": free_port(), "health": free_port()}
         log = (self.state_dir / "bootstrap-operator.log").open("ab")
+        options = OperatorOptions(
+            kubeconfig=str(cp.kubeconfig),
+            leader_elect=False,
+            cell_host="127.0.0.1",
+            bootstrap_port=ports["bootstrap"],
+            grpc_port=ports["grpc"],
+            health_port=ports["health"],
+            state_dir=str(self.bootstrap_dir / "cell"),
+            machines_dir=str(self.machines_dir),
+            # The contract-shaped local provider and the real Cluster API managers, which
+            # the management cluster's own operator runs again after the pivot.
+            local_infra=True,
+            capi_managers=True,
+            operator_via=self.via.value,
+        )
         proc = subprocess.Popen(  # noqa: S603 - our own CLI
-            [
-                sys.executable,
-                "-m",
-                "lattice.app.cli",
-                "operator",
-                "--kubeconfig",
-                str(cp.kubeconfig),
-                "--no-leader-elect",
-                "--cell-host",
-                "127.0.0.1",
-                "--bootstrap-port",
-                str(ports["bootstrap"]),
-                "--grpc-port",
-                str(ports["grpc"]),
-                "--health-port",
-                str(ports["health"]),
-                "--state-dir",
-                str(self.bootstrap_dir / "cell"),
-                "--machines-dir",
-                str(self.machines_dir),
-                # The contract-shaped local provider and the real Cluster API managers, which
-                # the management cluster's own operator runs again after the pivot.
-                "--local-infra",
-                "--capi-managers",
-                "--operator-via",
-                self.via.value,
-            ],
+            operator_command(sys.executable, options),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

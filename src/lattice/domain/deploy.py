@@ -16,6 +16,7 @@ from attrs import frozen
 
 from lattice import __version__
 from lattice.domain import capi, models
+from lattice.domain.operator_command import OperatorOptions, operator_argv
 from lattice.domain.reconcile import FIELD_MANAGER
 
 NAMESPACE = "lattice-system"
@@ -85,10 +86,10 @@ def operator_manifests(
     state_volume: bool = False,
 ) -> list[Manifest]:
     # Probes come from the kubelet over the pod network, so the probe server binds all interfaces.
-    args = ["operator", "--health-host", "0.0.0.0"]  # noqa: S104
-    if cluster_name:
-        args += ["--cluster-name", cluster_name]
-    args += extra_args or []
+    probes = "0.0.0.0"  # noqa: S104
+    args = operator_argv(
+        OperatorOptions(health_host=probes, cluster_name=cluster_name or None, extra=tuple(extra_args or ()))
+    )
     meta = {"namespace": NAMESPACE, "labels": LABELS}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": LABELS}},

@@ -19,6 +19,7 @@ from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.process import OperatorSettings, run_operator
 from lattice.domain import capi, reconcile
+from lattice.domain.operator_command import OperatorOptions, operator_command
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 
@@ -109,26 +110,17 @@ def start_operator_process(
 ) -> subprocess.Popen[bytes]:
     """The real ``lattice operator`` as its own process (for kill -9 and failover tests)."""
     log = (log_dir / f"operator-{identity}.log").open("ab")
+    options = OperatorOptions(
+        kubeconfig=str(cp.kubeconfig),
+        cluster_name="mgmt",
+        cell_endpoint="10.0.0.1",
+        identity=identity,
+        health_port=free_port(),
+        lease_namespace="default",
+        extra=extra,
+    )
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lattice.app.cli",
-            "operator",
-            "--kubeconfig",
-            str(cp.kubeconfig),
-            "--cluster-name",
-            "mgmt",
-            "--cell-endpoint",
-            "10.0.0.1",
-            "--identity",
-            identity,
-            "--health-port",
-            str(free_port()),
-            "--lease-namespace",
-            "default",
-            *extra,
-        ],
+        operator_command(sys.executable, options),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
