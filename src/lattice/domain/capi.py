@@ -136,9 +136,33 @@ class CompileContext:
     parent: ParentEndpoint | None
 
 
+REGISTRATION_TOKEN_KEY = "token"  # noqa: S105 - the name of a Secret key
+REGISTRATION_CA_KEY = "ca.crt"
+
+
 def registration_secret_name(cluster_name: str) -> str:
     """Secret (in the CAPI namespace) with keys ``token`` and ``ca.crt`` for the child's kubeadm."""
     return f"{cluster_name}-lattice-registration"
+
+
+def registration_secret(cluster_name: str, token: str, ca_bundle_pem: str) -> dict[str, Any]:
+    """The Secret that the kubeadm ``files`` of a child with a cell read (see
+    :func:`_kubeadm_config_spec`): its bootstrap token and the cell's CA bundle, under the keys
+    those files name. The operator creates it once per child (``Registrations.ensure``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": registration_secret_name(cluster_name),
+            "namespace": models.capi_namespace(cluster_name),
+            "labels": {LABEL_CLUSTER_NAME: cluster_name, LABEL_MANAGED_BY: "lattice"},
+        },
+        "type": "Opaque",
+        "data": {
+            REGISTRATION_TOKEN_KEY: base64.b64encode(token.encode()).decode(),
+            REGISTRATION_CA_KEY: base64.b64encode(ca_bundle_pem.encode()).decode(),
+        },
+    }
 
 
 def control_plane_name(cluster_name: str) -> str:
@@ -345,13 +369,13 @@ def _kubeadm_config_spec(valid: ValidCluster, context: CompileContext) -> dict[s
                 "path": f"{BOOTSTRAP_DIR}/bootstrap-token",
                 "owner": "root:root",
                 "permissions": "0600",
-                "contentFrom": {"secret": {"name": secret, "key": "token"}},
+                "contentFrom": {"secret": {"name": secret, "key": REGISTRATION_TOKEN_KEY}},
             },
             {
                 "path": f"{BOOTSTRAP_DIR}/ca.crt",
                 "owner": "root:root",
                 "permissions": "0644",
-                "contentFrom": {"secret": {"name": secret, "key": "ca.crt"}},
+                "contentFrom": {"secret": {"name": secret, "key": REGISTRATION_CA_KEY}},
             },
         ]
         spec["postKubeadmCommands"] = [registration_script(name, context.parent)]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,22 @@ def test_registration_only_for_children_with_a_cell() -> None:
     }
     # The token is never inlined.
     assert all("content" not in f for f in with_parent["files"])
+
+
+def test_the_registration_secret_holds_what_the_kubeadm_files_read() -> None:
+    """One contract: the Secret the operator creates has the name, namespace and keys the
+    compiled kubeadm ``files`` reference, and the cluster's labels."""
+    valid = _examples()["prod-us-west"]
+    compiled = capi.compile_cluster(valid, CONTEXT)
+    files = compiled[4]["spec"]["kubeadmConfigSpec"]["files"]
+    secret = capi.registration_secret("prod-us-west", "abc.def", "-----BEGIN CERTIFICATE-----\n")
+    assert secret["metadata"]["namespace"] == compiled[4]["metadata"]["namespace"]
+    assert {(f["contentFrom"]["secret"]["name"], f["contentFrom"]["secret"]["key"]) for f in files} == {
+        (secret["metadata"]["name"], key) for key in secret["data"]
+    }
+    assert secret["metadata"]["labels"][capi.LABEL_CLUSTER_NAME] == "prod-us-west"
+    assert base64.b64decode(secret["data"][capi.REGISTRATION_TOKEN_KEY]) == b"abc.def"
+    assert base64.b64decode(secret["data"][capi.REGISTRATION_CA_KEY]).startswith(b"-----BEGIN")
 
 
 def test_ipv6_cell_host_is_bracketed() -> None:

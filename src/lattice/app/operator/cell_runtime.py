@@ -9,7 +9,6 @@ its children's agents trust.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
 import json
 import logging
@@ -131,21 +130,7 @@ class Registrations:
                 # The reconcile records it (status, Warning event) and retries with backoff.
                 raise kube.Unavailable(f"cannot issue the bootstrap token: {exc}") from exc
             await self.api.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {
-                        "name": ref.name,
-                        "namespace": namespace,
-                        "labels": {capi.LABEL_CLUSTER_NAME: cluster_name, capi.LABEL_MANAGED_BY: "lattice"},
-                    },
-                    "type": "Opaque",
-                    "data": {
-                        "token": base64.b64encode(token.encode()).decode(),
-                        "ca.crt": base64.b64encode(self.ca.ca_bundle_pem().encode()).decode(),
-                    },
-                },
-                "lattice-operator",
+                capi.registration_secret(cluster_name, token, self.ca.ca_bundle_pem()), "lattice-operator"
             )
             log.info("issued a bootstrap token", extra={"cluster": cluster_name})
 
