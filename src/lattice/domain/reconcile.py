@@ -26,6 +26,7 @@ from lattice.domain import (
     capi_reports,
     cell,
     cert_renewal,
+    cluster_observations,
     conditions,
     lifecycle,
     models,
@@ -106,12 +107,29 @@ def plan_cluster(
     context: OperatorContext,
     now: dt.datetime,
     reports: Sequence[Manifest] = (),
+    observations: cluster_observations.Observations = cluster_observations.NOTHING,
 ) -> Plan:
     """``reports``: the objects the CAPI controllers and the infrastructure provider create for
-    the cluster's machines (KubeadmConfigs, infrastructure machines), read for failures."""
+    the cluster's machines (KubeadmConfigs, infrastructure machines), read for failures.
+    ``observations``: what other parts of the operator learnt of the cluster (its agent), merged
+    into the status this plan writes: the reconciler is the only writer of those parts."""
     reason = is_mine(raw, context)
     if reason is not None:
         return Plan(ignored=reason)
+    plan = _plan_cluster(raw, capi_objects, context, now, reports, observations)
+    if plan.finalizers is not None:
+        return plan  # the finalizers are written alone; the next pass writes the status
+    return _with_observations(raw, plan, observations)
+
+
+def _plan_cluster(
+    raw: Mapping[str, Any],
+    capi_objects: Sequence[Manifest] | None,
+    context: OperatorContext,
+    now: dt.datetime,
+    reports: Sequence[Manifest],
+    observations: cluster_observations.Observations,
+) -> Plan:
     meta = raw.get("metadata", {})
     generation = int(meta.get("generation", 0))
     finalizers = tuple(meta.get("finalizers", ()))
@@ -139,12 +157,14 @@ def plan_cluster(
         return _plan_invalid(raw, status, [compile_context], generation, now)
     if cell.pivoted_away(status) and valid.name != context.self_name:
         # The child manages itself; this cell keeps the record and never re-creates its objects.
-        return _with_agent_certificate(raw, _plan_record_only(raw, status, generation, now), now, generation)
+        return _with_agent(
+            raw, _plan_record_only(raw, status, generation, now), observations, now, generation
+        )
     if cell.pivot_abandoned(status, generation):
         # The objects are applied for this generation; the failure stays visible until a new spec.
-        return _with_agent_certificate(raw, Plan(), now, generation)
+        return _with_agent(raw, Plan(), observations, now, generation)
     desired = capi.compile_cluster(valid, compile_context)
-    return _with_agent_certificate(
+    return _with_agent(
         raw,
         _plan_apply(
             raw,
@@ -157,15 +177,38 @@ def plan_cluster(
             capi_reports.failures(reports),
             None if capi_objects is None else capi_reports.rollout([*capi_objects, *reports]),
         ),
+        observations,
         now,
         generation,
     )
 
 
+def _with_agent(
+    raw: Mapping[str, Any],
+    plan: Plan,
+    observations: cluster_observations.Observations,
+    now: dt.datetime,
+    generation: int,
+) -> Plan:
+    """``plan`` with the agent as observed, and the condition derived from it."""
+    return _with_agent_certificate(raw, _with_observations(raw, plan, observations), now, generation)
+
+
+def _with_observations(
+    raw: Mapping[str, Any], plan: Plan, observations: cluster_observations.Observations
+) -> Plan:
+    """``plan`` writing the observed facts too (:func:`cluster_observations.merge`)."""
+    written = _current_status(raw if plan.status is None else {"status": plan.status})
+    merged = cluster_observations.merge(written, observations)
+    if merged is written:
+        return plan
+    return attrs.evolve(plan, status=serde.status_to_dict(merged))
+
+
 def _with_agent_certificate(raw: Mapping[str, Any], plan: Plan, now: dt.datetime, generation: int) -> Plan:
     """``plan`` with the ``AgentCertificate`` condition of a child whose agent has connected:
-    from the expiry of the certificate it last connected with (``status.agent``, which the cell
-    coordinator records), rechecked when it would change by itself."""
+    from the expiry of the certificate it last connected with (``status.agent``, observed by the
+    cell's agent hub), rechecked when it would change by itself."""
     written = _current_status(raw if plan.status is None else {"status": plan.status})
     not_after = None if written.agent is None else written.agent.certificate_not_after
     if not_after is None:

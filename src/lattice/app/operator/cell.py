@@ -9,12 +9,17 @@ reconciler, so a restarted operator resumes from the last persisted step.
 
 Between export and deletion the source Cluster stays paused (either mover unpauses it after
 exporting, as clusterctl does); a pivot that is abandoned unpauses it again.
+
+What to do next is decided in the domain (:mod:`lattice.domain.pivot_policy`: the phase and
+unpivot dispatch, which steps a resumed pivot runs; :mod:`lattice.domain.pivot_failure`: what a
+failed attempt costs); this driver reads the status, calls those functions, and acts. The agent's
+status is not written here: it is handed to the ClusterController as an observation
+(:mod:`lattice.domain.cluster_observations`), whose reconcile writes ``status.agent``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import functools
 import json
 import logging
@@ -22,9 +27,6 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import attrs
 
 from lattice.adapters.concurrency import gather_settled
 from lattice.app import faults
@@ -34,6 +36,7 @@ from lattice.domain import (
     capi,
     capi_reports,
     cell,
+    cluster_observations,
     models,
     pivot,
     pivot_failure,
@@ -85,7 +88,8 @@ class CellCoordinator:
 
     # The AgentStatusSink port: the hub reports every change of an agent's connection.
     async def record(self, status: agent.AgentStatus) -> None:
-        await self._record_agent(status)
+        # A fact for the status's owner, the ClusterController, which writes it (status.agent).
+        self.controller.observe_agent(status.cluster_name, cluster_observations.agent_status(status))
         if status.deleting_reason is not None:
             await self._delete_requested(status.cluster_name, status.deleting_reason)
         if status.connection is agent.Connection.CONNECTED:
@@ -126,34 +130,6 @@ class CellCoordinator:
         await asyncio.gather(*self._drivers.values(), return_exceptions=True)
 
     # ------------------------------------------------------------------ status
-
-    async def _record_agent(self, status: agent.AgentStatus) -> None:
-        name = status.cluster_name
-        async with self.controller.lock(name):
-            raw = self.controller.clusters.get(None, name)
-            if raw is None:
-                return
-            current = cell.parse_status(raw)
-            heartbeat = (
-                None
-                if status.last_heartbeat is None
-                else status.last_heartbeat.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            )
-            updated = models.AgentStatus(
-                connected=status.connection is agent.Connection.CONNECTED,
-                state=status.state.value,
-                version=status.agent_version or None,
-                last_heartbeat_time=heartbeat,
-                nodes=None
-                if status.health is None
-                else f"{status.health.ready_nodes}/{status.health.total_nodes}",
-                reported=() if status.health is None else agent.reported(status.health.conditions),
-                certificate_not_after=None
-                if status.certificate_not_after is None
-                else status.certificate_not_after.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            )
-            if current.agent != updated:
-                await self._write(raw, _evolve(current, agent=updated))
 
     async def _write(self, raw: Obj, status: models.LatticeClusterStatus) -> Obj:
         await self.controller.write_status(raw, serde.status_to_dict(status))
@@ -504,10 +480,6 @@ class CellCoordinator:
                 ):
                     ids.append(pivot.object_id(obj))
         return ids
-
-
-def _evolve(status: models.LatticeClusterStatus, **changes: Any) -> models.LatticeClusterStatus:
-    return attrs.evolve(status, **changes)
 
 
 def _clock() -> float:

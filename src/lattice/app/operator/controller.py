@@ -19,7 +19,7 @@ from lattice.app.operator.events import EventRecorder
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.app.operator.workqueue import WorkQueue
-from lattice.domain import capi, models, reconcile
+from lattice.domain import capi, cluster_observations, models, reconcile
 from lattice.ports import kube
 from lattice.ports.agent import AgentRevocations
 from lattice.ports.clock import Clock
@@ -95,6 +95,9 @@ class ClusterController:
         # to it: the watch event that echoes that write is not a change to reconcile.
         self._own_writes: dict[tuple[str, str, str, str], str] = {}
         self.echoes_skipped = 0
+        # name → what other parts of the process learnt of the cluster (its agent), merged into
+        # the status by the reconcile: this controller is the only writer of those parts.
+        self._observations: dict[str, cluster_observations.Observations] = {}
         self._active = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -176,6 +179,7 @@ class ClusterController:
     def _on_cluster(self, event: str, obj: Obj) -> None:
         if event == "DELETED":
             self._own_writes.pop(self._write_key(obj, models.API_VERSION, models.KIND), None)
+            self._observations.pop(obj["metadata"]["name"], None)
         elif self._echo(obj, models.API_VERSION, models.KIND):
             return
         self.queue.add(obj["metadata"]["name"])
@@ -238,6 +242,21 @@ class ClusterController:
         """Serialises everything that writes one LatticeCluster (reconcile, cell driver)."""
         return self._locks.setdefault(name, asyncio.Lock())
 
+    def observe_agent(self, name: str, agent: models.AgentStatus) -> bool:
+        """The cell's agent hub saw cluster ``name``'s agent so: kept for the reconcile, which
+        writes it into ``status.agent`` (and derives ``AgentCertificate``); queues ``name`` when
+        that changes what is known. Returns whether it did."""
+        updated = cluster_observations.with_agent(self.observations(name), agent)
+        if updated is None:
+            return False
+        self._observations[name] = updated
+        self.queue.add(name)
+        self.metrics.queue_depth.set(len(self.queue))
+        return True
+
+    def observations(self, name: str) -> cluster_observations.Observations:
+        return self._observations.get(name, cluster_observations.NOTHING)
+
     # ------------------------------------------------------------------ reconcile
 
     async def reconcile_key(self, name: str) -> None:
@@ -289,7 +308,12 @@ class ClusterController:
 
     def _plan(self, raw: Obj, name: str) -> reconcile.Plan:
         return reconcile.plan_cluster(
-            raw, self._capi_objects(name), self.context, self.clock.now(), self._reports(name)
+            raw,
+            self._capi_objects(name),
+            self.context,
+            self.clock.now(),
+            self._reports(name),
+            self.observations(name),
         )
 
     async def _reconcile(self, name: str) -> float | None:

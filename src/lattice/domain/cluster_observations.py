@@ -1,0 +1,66 @@
+"""Facts about a LatticeCluster that other parts of the operator learn, for its reconciler to merge.
+
+One writer per object's status, in the Cluster API manner: the LatticeCluster reconciler
+(:func:`lattice.domain.reconcile.plan_cluster`) owns ``status``. A part that learns something
+about a cluster without owning it (the cell's agent hub learns how the cluster's agent is)
+hands it over as an :class:`Observations` value, kept in memory per cluster by the controller,
+and asks for a reconcile; the reconcile merges the facts with :func:`merge` into the status it
+writes. Facts are the latest word, not history: a newer one replaces the older.
+
+So far the agent's status goes this way; the pivot and unpivot steps and the bootstrap result
+are still written by the cell's driver (``docs/architecture.md``, "Status ownership").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import attrs
+from attrs import frozen
+
+from lattice.domain import agent, models
+
+
+@frozen
+class Observations:
+    """What is known of one cluster besides its own object and its Cluster API objects."""
+
+    agent: models.AgentStatus | None = None
+    """The cluster's agent as this cell's hub last saw it; None: no word since this process
+    started (the status keeps what it says)."""
+
+
+NOTHING = Observations()
+
+
+def _rfc3339(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def agent_status(status: agent.AgentStatus) -> models.AgentStatus:
+    """``status.agent`` as the hub's view of an agent says it (a peer's reports bounded by
+    :func:`lattice.domain.agent.reported`)."""
+    health = status.health
+    return models.AgentStatus(
+        connected=status.connection is agent.Connection.CONNECTED,
+        state=status.state.value,
+        version=status.agent_version or None,
+        last_heartbeat_time=_rfc3339(status.last_heartbeat),
+        nodes=None if health is None else f"{health.ready_nodes}/{health.total_nodes}",
+        reported=() if health is None else agent.reported(health.conditions),
+        certificate_not_after=_rfc3339(status.certificate_not_after),
+    )
+
+
+def with_agent(observations: Observations, status: models.AgentStatus) -> Observations | None:
+    """``observations`` with the agent's newest status; None when that changes nothing."""
+    if observations.agent == status:
+        return None
+    return attrs.evolve(observations, agent=status)
+
+
+def merge(status: models.LatticeClusterStatus, observations: Observations) -> models.LatticeClusterStatus:
+    """``status`` with the facts of ``observations``; what was not observed stays as written."""
+    if observations.agent is None or status.agent == observations.agent:
+        return status
+    return attrs.evolve(status, agent=observations.agent)
