@@ -101,6 +101,10 @@ def test_stop_frees_ports_and_processes(control_plane_factory: ControlPlaneFacto
     assert logs == {"etcd.log", "kube-apiserver.log", "kube-controller-manager.log"}
     assert "starting:" in (cp.logs_dir / "kube-apiserver.log").read_text()
     cp.stop()  # idempotent
+    # Applying to a stopped control plane is refused like any other refusal.
+    assert "cannot reach the API server" in cp.apply([_configmap("late")], check=False).stderr
+    with pytest.raises(ControlPlaneError, match="cannot reach the API server"):
+        cp.apply([_configmap("late")])
 
 
 def test_apply_goes_on_past_a_refused_object_and_names_it(control_plane_factory: ControlPlaneFactory) -> None:

@@ -42,6 +42,7 @@ from lattice.adapters import capi_crds, kube_kr8s, local_processes, mesh_crds, p
 from lattice.adapters.binaries import Toolchain, locate
 from lattice.domain import crds as lattice_crds
 from lattice.domain import yaml_text
+from lattice.ports import kube
 
 __all__ = [
     "ApplyResult",
@@ -667,9 +668,12 @@ class ControlPlane:
         ``default``. A refused object does not stop the others; with ``check`` any refusal
         raises :class:`ControlPlaneError` naming them."""
         objects = _documents(manifests) if isinstance(manifests, str) else [dict(m) for m in manifests]
-        done = kube_kr8s.apply_blocking(str(self.kubeconfig), objects, field_manager, dry_run=dry_run)
-        result = ApplyResult(done.objects, done.errors)
-        if check and done.errors:
+        try:
+            done = kube_kr8s.apply_blocking(str(self.kubeconfig), objects, field_manager, dry_run=dry_run)
+            result = ApplyResult(done.objects, done.errors)
+        except kube.KubeError as exc:  # the API server cannot be reached at all
+            result = ApplyResult((), (str(exc),))
+        if check and result.errors:
             raise ControlPlaneError(f"{self.name}: apply refused: {result.stderr}")
         return result
 

@@ -362,9 +362,8 @@ async def _apply_all(
             except KeyError as exc:
                 errors.append(f"{_describe(obj)}: no {exc.args[0]}")
     finally:
-        session = getattr(api, "_session", None)
-        if session is not None:
-            await session.aclose()
+        # kr8s has no close(); its session exists from the version check that connecting made.
+        await api._session.aclose()
     return Applied(tuple(applied), tuple(errors))
 
 
