@@ -79,8 +79,9 @@ def register(subparsers: Any) -> None:
     cell.add_argument(
         "--proxy-port",
         type=int,
-        help="serve the Kubernetes API of every descendant on this HTTPS port (docs/api-proxy.md); "
-        "a deployed cell gets it from spec.parentConfig.proxyPort (default 8444, 0: none)",
+        help="serve the Kubernetes API of every descendant on this HTTPS port (docs/api-proxy.md; "
+        "0 or absent: no proxy); a deployed cell gets it from spec.parentConfig.proxyPort "
+        "(default 8444)",
     )
     cell.add_argument("--bind-host", default="127.0.0.1", help="address the cell's servers bind")
     cell.add_argument("--state-dir", type=Path, default=Path(".lattice/cell"), help="CA and pivot work files")
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.cell_host,
             bootstrap_port=args.bootstrap_port,
             grpc_port=args.grpc_port,
-            proxy_port=args.proxy_port,
+            proxy_port=args.proxy_port or None,  # 0: no proxy, as parentConfig.proxyPort: 0
             state_dir=args.state_dir,
             bind_host=args.bind_host,
             agent_image=args.agent_image,
