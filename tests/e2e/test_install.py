@@ -36,6 +36,7 @@ spec:
     host: 127.0.0.1
     grpcPort: {grpc}
     bootstrapPort: {bootstrap}
+    proxyPort: {proxy}
 """
 
 
@@ -63,7 +64,7 @@ def install(manifest: Path, state: Path, timeout: float) -> subprocess.Completed
 def test_install_interrupted_after_provisioning_resumes(tmp_path: Path, toolchain: Toolchain) -> None:
     state = tmp_path / "state"
     manifest = tmp_path / "mgmt.yaml"
-    manifest.write_text(MGMT.format(grpc=free_port(), bootstrap=free_port()))
+    manifest.write_text(MGMT.format(grpc=free_port(), bootstrap=free_port(), proxy=free_port()))
     try:
         first = subprocess.Popen(
             # through the Helm chart (the demo installs from the manifests): the CRDs, and the
