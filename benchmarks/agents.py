@@ -24,6 +24,17 @@ Every wait is bounded; the run stops by itself. The last lines are one JSON obje
     python benchmarks/agents.py                      # 5,000 streams, 2,000 agents (~2-3 min)
     python benchmarks/agents.py --streams 10000      # the stretch target
     python benchmarks/agents.py --tls-read-buffer 262144   # asyncio's default buffer, to compare
+    python benchmarks/agents.py --streams 5000 --agents 5000 --storm-only   # the 5,000-agent storm
+    python benchmarks/agents.py --breakdown 500      # where a stream's memory goes (~10 min)
+
+``--breakdown N`` runs only the memory breakdown, each part a ``stream_bytes_<part>`` line:
+N bare mutual-TLS connections (the same TLS context and read buffer, an empty protocol:
+``stream_bytes_bare_mtls``), then N agent streams with grpclib's default HTTP/2 settings (the
+baseline, ``stream_bytes_total_baseline``) and with the cell's (``stream_bytes_total`` and
+their ratio), each as RSS growth; then both again under tracemalloc, grouped by the package of
+the allocating line (``stream_bytes_<package>``) and of the innermost frame in ours, grpclib,
+h2, hpack or ssl (``stream_bytes_by_owner_<package>``); ``stream_bytes_native`` is the RSS
+growth that tracemalloc does not see (OpenSSL). The 30 largest lines go to stderr.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -40,10 +52,12 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from grpclib.config import Configuration
 
 from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.domain import agent
@@ -95,10 +109,16 @@ async def cell_main(args: argparse.Namespace) -> None:
         signer=cell_ca.CellCertificateAuthority(authority),
     )
     server = agent_cell.CellGrpcServer(
-        hub, tls.server_context(files, require_client_cert=True), port=args.port, backlog=4096
+        hub,
+        tls.server_context(files, require_client_cert=True),
+        port=args.port,
+        backlog=4096,
+        config=Configuration() if args.grpc_defaults else agent_cell.CELL_GRPC_CONFIG,
     )
     await server.start()
     _emit(event="listening", port=server.port, pid=os.getpid())
+    if args.trace:
+        await _trace_breakdown(args.expect, lambda: len(hub.connected()))
     deadline = time.monotonic() + args.lifetime
     while time.monotonic() < deadline:
         resynced = sum(
@@ -109,6 +129,175 @@ async def cell_main(args: argparse.Namespace) -> None:
         _emit(event="count", connected=len(hub.connected()), resynced=resynced, renewals=hub.renewals)
         await asyncio.sleep(0.2)
     await server.stop()
+
+
+PACKAGES = (
+    ("lattice", "/lattice/"),
+    ("grpclib", "/grpclib/"),
+    ("h2", "/h2/"),
+    ("hpack", "/hpack/"),
+    ("ssl", "/asyncio/sslproto.py"),
+    ("ssl", "/ssl.py"),
+    ("asyncio", "/asyncio/"),
+    ("protobuf", "/protobuf/"),
+)
+
+
+def _package(filename: str) -> str:
+    for name, marker in PACKAGES:
+        if marker in filename:
+            return name
+    return "other"
+
+
+def _owner(traceback: Any) -> str:
+    """The innermost frame in our code or an HTTP/2 or TLS package (who asked for the object)."""
+    for frame in reversed(traceback):
+        package = _package(frame.filename)
+        if package not in {"asyncio", "other"}:
+            return package
+    return _package(traceback[-1].filename)
+
+
+async def _trace_breakdown(expect: int, connected: Any) -> None:
+    """Trace the cell's Python allocations from 0 streams to ``expect`` streams and report them.
+
+    tracemalloc sees what Python allocates (objects, bytearrays, dicts); OpenSSL's own
+    allocations (the SSL object, its record buffers, the peer certificate chain) go through
+    C ``malloc`` and appear only in the RSS: ``native`` (in :func:`breakdown`) is an untraced
+    run's RSS growth minus what was traced here.
+    """
+    await asyncio.sleep(1.0)
+    gc.collect()
+    rss0 = _rss_kib(os.getpid()) * 1024
+    tracemalloc.start(16)
+    overhead0 = tracemalloc.get_tracemalloc_memory()
+    _emit(event="tracing")
+    stable_since = time.monotonic()
+    last = -1
+    while True:  # every stream in and no new one for 3 s (or 99 % of them and none for 20 s)
+        now = connected()
+        if now != last:
+            stable_since, last = time.monotonic(), now
+        stable = time.monotonic() - stable_since
+        if (now >= expect and stable >= 3.0) or (now >= 0.99 * expect and stable >= 20.0):
+            break
+        await asyncio.sleep(0.5)
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    overhead = tracemalloc.get_tracemalloc_memory() - overhead0
+    tracemalloc.stop()
+    rss = _rss_kib(os.getpid()) * 1024
+    streams = connected()
+    by_package: dict[str, int] = {}
+    by_owner: dict[str, int] = {}
+    by_line: dict[tuple[str, int, str], list[int]] = {}
+    for trace in snapshot.traces:
+        inner = trace.traceback[-1]
+        package = _package(inner.filename)
+        by_package[package] = by_package.get(package, 0) + trace.size
+        owner = _owner(trace.traceback)
+        by_owner[owner] = by_owner.get(owner, 0) + trace.size
+        key = (inner.filename, inner.lineno, owner)
+        entry = by_line.setdefault(key, [0, 0])
+        entry[0] += trace.size
+        entry[1] += 1
+    traced = sum(by_package.values())
+    top = sorted(by_line.items(), key=lambda item: -item[1][0])[:30]
+    _emit(
+        event="breakdown",
+        streams=streams,
+        rss_delta=rss - rss0,
+        traced=traced,
+        tracemalloc_overhead=overhead,
+        by_package=by_package,
+        by_owner=by_owner,
+        lines=[
+            {
+                "where": f"{_short(filename)}:{lineno}",
+                "owner": owner,
+                "bytes_per_stream": round(size / max(1, streams)),
+                "blocks_per_stream": round(count / max(1, streams), 2),
+            }
+            for (filename, lineno, owner), (size, count) in top
+        ],
+    )
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/src/", "/lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+# --- the bare mutual-TLS baseline -------------------------------------------------------------
+
+
+async def bare_cell_main(args: argparse.Namespace) -> None:
+    """A server with the cell's TLS context and read buffer and nothing else: each connection
+    is an asyncio TLS transport and an empty protocol. Its RSS growth per connection is the
+    floor the gRPC cell is compared with."""
+    _raise_nofile()
+    tls.set_ssl_read_buffer(args.tls_read_buffer)
+    directory = Path(args.pki)
+    files = tls.TlsFiles(directory / "server.crt", directory / "server.key", directory / "ca.crt")
+    context = tls.server_context(files, require_client_cert=True)
+    held: set[asyncio.BaseTransport] = set()
+
+    class Hold(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport_ = transport
+            held.add(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            held.discard(self.transport_)
+
+        transport_: asyncio.BaseTransport
+
+    def factory() -> asyncio.Protocol:
+        return Hold()
+
+    server = await asyncio.get_running_loop().create_server(
+        factory, "127.0.0.1", 0, ssl=context, backlog=4096
+    )
+    port = server.sockets[0].getsockname()[1]
+    _emit(event="listening", port=port, pid=os.getpid())
+    deadline = time.monotonic() + args.lifetime
+    while time.monotonic() < deadline:
+        _emit(event="count", connected=len(held))
+        await asyncio.sleep(0.2)
+    server.close()
+
+
+async def bare_agents_main(args: argparse.Namespace) -> None:
+    """``--count`` mutual-TLS connections, each its own identity and context, held open."""
+    _raise_nofile()
+    tls.set_ssl_read_buffer(16 * 1024)
+    directory = Path(args.pki)
+    writers = []
+    for index in range(args.first, args.first + args.count):
+        name = _name(index)
+        files = tls.TlsFiles(directory / f"{name}.crt", directory / f"{name}.key", directory / "ca.crt")
+        context = tls.client_context(files)
+        for _attempt in range(20):
+            try:
+                _reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", args.port, ssl=context, server_hostname="127.0.0.1"
+                )
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            writers.append(writer)
+            break
+        await asyncio.sleep(args.ramp / max(1, args.count))
+    _emit(event="started", count=len(writers))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()
+    for writer in writers:
+        writer.close()
 
 
 # --- an agents process -----------------------------------------------------------------------
@@ -452,6 +641,9 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
                 {"metric": "storm_resync_time", "value": round(storm, 1) if resynced else None, "unit": "s"},
             ]
 
+            if args.storm_only:
+                return results
+
             # phase 4: heartbeats while bad clients flood the cell
             flood = await _spawn("--role", "flood", *common, "--port", str(port), "--flood", str(args.flood))
             children.append(flood)
@@ -507,11 +699,138 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+async def _hold_streams(
+    directory: Path, count: int, cell_args: list[str], *, bare: bool = False, trace: bool = False
+) -> dict[str, Any]:
+    """Start a cell (``bare``: the TLS-only server), connect ``count`` agents, measure, stop."""
+    common = ["--pki", str(directory)]
+    role = "bare-cell" if bare else "cell"
+    extra = ["--trace", "--expect", str(count)] if trace else []
+    cell = await _spawn("--role", role, *common, *cell_args, *extra, "--port", "0", "--lifetime", "900")
+    children = [cell]
+    try:
+        port = (await cell.expect("listening", 30))["port"]
+        if trace:
+            await cell.expect("tracing", 30)
+        else:
+            await asyncio.sleep(1.0)
+        baseline = _rss_kib(cell.process.pid)
+        per = -(-count // 2)  # two agent processes: the cell's two cores are shared with them
+        for first in range(0, count, per):
+            size = min(per, count - first)
+            children.append(await _spawn(
+                "--role", "bare-agents" if bare else "agents", *common, "--port", str(port),
+                "--first", str(first), "--count", str(size), "--ramp", f"{size / 50:.2f}",
+                "--heartbeat-interval", "10", "--lifetime", "900",
+            ))  # fmt: skip
+        if trace:
+            breakdown = await cell.expect("breakdown", 600)
+            return {"streams": breakdown["streams"], "breakdown": breakdown}
+        held = await _wait(lambda: cell.latest.get("connected", 0) >= count, 600)
+        await asyncio.sleep(3.0)
+        rss = _rss_kib(cell.process.pid)
+        connected = cell.latest.get("connected", 0)
+        if not held:
+            _progress(f"only {connected} of {count} connected")
+        return {"streams": connected, "bytes_per_stream": (rss - baseline) * 1024 / max(1, connected)}
+    finally:
+        for child in reversed(children):
+            await child.stop()
+
+
+async def breakdown(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Where a stream's memory goes: the bare TLS floor, then the cell with grpclib's default
+    HTTP/2 settings (the baseline) and with the cell's, each by RSS, then traced."""
+    _raise_nofile()
+    count = args.breakdown
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="lattice-bench-") as tmp:
+        directory = Path(tmp)
+        await asyncio.to_thread(_make_pki, directory, count)
+        buffer = ["--tls-read-buffer", str(args.tls_read_buffer)]
+        _progress(f"bare mutual TLS: {count} connections")
+        bare = await _hold_streams(directory, count, buffer, bare=True)
+        _progress(f"cell, grpclib's HTTP/2 settings: {count} streams")
+        default = await _hold_streams(directory, count, [*buffer, "--grpc-defaults"])
+        _progress(f"cell, the cell's HTTP/2 settings: {count} streams")
+        lean = await _hold_streams(directory, count, buffer)
+        results += [
+            {"metric": "breakdown_streams", "value": lean["streams"], "unit": "streams"},
+            {"metric": "stream_bytes_bare_mtls", "value": round(bare["bytes_per_stream"]), "unit": "bytes"},
+            {
+                "metric": "stream_bytes_total_baseline",
+                "value": round(default["bytes_per_stream"]),
+                "unit": "bytes",
+            },
+            {"metric": "stream_bytes_total", "value": round(lean["bytes_per_stream"]), "unit": "bytes"},
+            {
+                "metric": "stream_bytes_total_vs_baseline",
+                "value": round(lean["bytes_per_stream"] / max(1.0, default["bytes_per_stream"]), 3),
+                "unit": "ratio",
+            },
+            {
+                "metric": "stream_bytes_above_bare",
+                "value": round(lean["bytes_per_stream"] - bare["bytes_per_stream"]),
+                "unit": "bytes",
+            },
+        ]
+        runs = (("", buffer, lean), ("_baseline", [*buffer, "--grpc-defaults"], default))
+        for label, cell_args, untraced in runs:
+            _progress(f"traced cell{label}: {count} streams")
+            traced = (await _hold_streams(directory, count, cell_args, trace=True))["breakdown"]
+            streams = max(1, traced["streams"])
+            for package, size in sorted(traced["by_package"].items()):
+                results.append(
+                    {
+                        "metric": f"stream_bytes{label}_{package}",
+                        "value": round(size / streams),
+                        "unit": "bytes",
+                    }
+                )
+            for owner, size in sorted(traced["by_owner"].items()):
+                results.append(
+                    {
+                        "metric": f"stream_bytes{label}_by_owner_{owner}",
+                        "value": round(size / streams),
+                        "unit": "bytes",
+                    }
+                )
+            # OpenSSL's allocations are not Python's: the untraced run's RSS growth less what was traced
+            native = untraced["bytes_per_stream"] - traced["traced"] / streams
+            results += [
+                {
+                    "metric": f"stream_bytes{label}_python_traced",
+                    "value": round(traced["traced"] / streams),
+                    "unit": "bytes",
+                },
+                {"metric": f"stream_bytes{label}_native", "value": round(native), "unit": "bytes"},
+            ]
+            for line in traced["lines"]:
+                print(f"# {label or 'cell'}: {json.dumps(line)}", file=sys.stderr, flush=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--role", choices=["orchestrate", "cell", "agents", "flood"], default="orchestrate")
+    parser.add_argument(
+        "--role",
+        choices=["orchestrate", "cell", "agents", "flood", "bare-cell", "bare-agents"],
+        default="orchestrate",
+    )
+    parser.add_argument(
+        "--breakdown",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only measure where the memory of N streams goes (bare TLS, baseline, traced) and exit",
+    )
+    parser.add_argument(
+        "--grpc-defaults", action="store_true", help="the cell uses grpclib's HTTP/2 settings"
+    )
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--flood", type=int, default=500, help="bad clients in the flood phase")
     parser.add_argument("--agents", type=int, default=2000, help="agents for the heartbeat and storm phases")
     parser.add_argument("--streams", type=int, default=5000, help="concurrent streams for the capacity phase")
@@ -531,6 +850,9 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--connect-timeout", type=float, default=180.0)
     parser.add_argument("--storm-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--storm-only", action="store_true", help="stop after the storm (no flood, no renewal phase)"
+    )
     parser.add_argument("--pki")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--first", type=int, default=0)
@@ -546,6 +868,16 @@ def main() -> int:
         return 0
     if args.role == "flood":
         asyncio.run(flood_main(args))
+        return 0
+    if args.role == "bare-cell":
+        asyncio.run(bare_cell_main(args))
+        return 0
+    if args.role == "bare-agents":
+        asyncio.run(bare_agents_main(args))
+        return 0
+    if args.breakdown:
+        for result in asyncio.run(breakdown(args)):
+            print(json.dumps(result), flush=True)
         return 0
     for result in asyncio.run(orchestrate(args)):
         print(json.dumps(result), flush=True)

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import grpclib.server
 from attrs import define, evolve, field
 from cryptography import x509
+from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -76,6 +77,14 @@ else:
 log = logging.getLogger(__name__)
 
 SERVICE_DISCOVERY_DISABLED = "service discovery is not enabled on this cell"
+CELL_GRPC_CONFIG = Configuration(
+    http2_connection_window_size=1024 * 1024, http2_stream_window_size=1024 * 1024
+)
+"""The hub's HTTP/2 receive windows: 1 MiB per connection and per stream instead of grpclib's
+4 MiB. What an agent may send before the hub reads it is held in grpclib's buffer, so this
+bounds a cell's worst case (5,000 agents x 4 MiB = 20 GiB) at a quarter; an idle stream's
+memory does not depend on it (docs/protocol.md, "Scale"). Larger messages (pivot exports,
+API proxy responses) still pass: the window is acknowledged as the hub reads."""
 CELL_SSL_READ_BUFFER = 4 * 1024
 """Recommended :func:`lattice.adapters.tls.set_ssl_read_buffer` size for a cell process: agents
 send small messages, and asyncio's default (256 KiB per connection) dominates a cell's memory."""
@@ -649,8 +658,10 @@ class LimitedServer(grpclib.server.Server):
     ``Server.start`` does; ``tests/integration/agent/test_limits.py`` breaks if they change.
     """
 
-    def __init__(self, handlers: list[Any], limits: ConnectionLimits) -> None:
-        super().__init__(handlers)
+    def __init__(
+        self, handlers: list[Any], limits: ConnectionLimits, config: Configuration = CELL_GRPC_CONFIG
+    ) -> None:
+        super().__init__(handlers, config=config)
         self.guard = ConnectionGuard(limits, "gRPC")
 
     async def start_limited(self, sock: socket.socket, ssl_context: ssl.SSLContext, backlog: int) -> None:
@@ -676,11 +687,13 @@ class CellGrpcServer:
         port: int = 0,
         backlog: int = 4096,
         limits: ConnectionLimits | None = None,
+        config: Configuration = CELL_GRPC_CONFIG,
     ) -> None:
         if ssl_context.verify_mode is not ssl.CERT_REQUIRED:
             raise ValueError("the cell's gRPC server requires client certificates (CERT_REQUIRED)")
         self.hub = hub
         self.limits = limits or ConnectionLimits()
+        self.config = config
         self._ssl = ssl_context
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family, backlog=backlog)
@@ -698,7 +711,7 @@ class CellGrpcServer:
         return self._server
 
     async def start(self) -> None:
-        self._server = LimitedServer([self.hub], self.limits)
+        self._server = LimitedServer([self.hub], self.limits, self.config)
         await self._server.start_limited(self._sock, self._ssl, self._backlog)
         self.hub.start()
 
