@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from grpclib.const import Status
 
 from lattice.adapters import agent_cell, tls
 from lattice.domain import agent
@@ -65,4 +66,56 @@ async def test_an_older_stream_ending_does_not_disconnect_a_newer_one(cell_pki: 
             assert [s.connection for s in sink.history] == [agent.Connection.CONNECTED] * len(sink.history)
     finally:
         discovery.release.set()
+        await server.stop()
+
+
+class HeldLostSink(InMemoryAgentStatusSink):
+    """Records statuses; holds the first LOST one until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def record(self, status: agent.AgentStatus) -> None:
+        if status.connection is agent.Connection.LOST and not self.release.is_set():
+            self.holding.set()
+            await self.release.wait()
+        await super().record(status)
+
+
+async def test_an_agent_heard_while_the_sweep_reports_another_is_not_lost(cell_pki: Pki):
+    """The sweep decides again for each agent when it gets to it: one that sent a heartbeat while
+    the sink took an earlier LOST agent's status stays connected."""
+    now = [0.0]
+    sink = HeldLostSink()
+    hub = agent_cell.AgentHub(
+        sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5), monotonic=lambda: now[0]
+    )
+    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context())
+    await server.start()
+    try:
+        async with (
+            raw_h2(server.port, tls.client_context(cell_pki.agent_files("c1"))) as c1,
+            raw_h2(server.port, tls.client_context(cell_pki.agent_files("c2"))) as c2,
+        ):
+            s1, s2 = c1.start_stream(), c2.start_stream()
+            await c1.send_message(s1, ready("c1"))
+            await c2.send_message(s2, ready("c2"))
+            await sink.wait_for(lambda latest: {"c1", "c2"} <= latest.keys())
+            now[0] = 100.0  # both silent for longer than LOST
+            async with asyncio.timeout(10):
+                await sink.holding.wait()  # the sweeper reports c1 LOST
+            await c2.send_message(s2, beat("c2", 1))
+            await c2.next_messages(s2, 1)  # c2 heard at 100
+            sink.release.set()
+            assert (await c1.result(s1)).status is Status.UNAVAILABLE
+            assert sink.latest["c1"].connection is agent.Connection.LOST
+            status = hub.status("c2")
+            assert status is not None
+            assert status.connection is agent.Connection.CONNECTED
+            assert "c2" in hub.connected()
+            assert not c2.results[s2].ended.is_set()
+    finally:
+        sink.release.set()
         await server.stop()
