@@ -7,8 +7,9 @@ hands it over as an :class:`Observations` value, kept in memory per cluster by t
 and asks for a reconcile; the reconcile merges the facts with :func:`merge` into the status it
 writes. Facts are the latest word, not history: a newer one replaces the older.
 
-So far the agent's status goes this way; the pivot and unpivot steps and the bootstrap result
-are still written by the cell's driver (``docs/architecture.md``, "Status ownership").
+So far the agent's status and a failed bootstrap go this way; the runtime flow's steps (phase
+changes, pivot and unpivot steps) are still written by the cell's driver
+(``docs/architecture.md``, "Status ownership").
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import datetime as dt
 import attrs
 from attrs import frozen
 
-from lattice.domain import agent, models
+from lattice.domain import agent, cell, models
+from lattice.domain.models import Phase
 
 
 @frozen
@@ -28,6 +30,9 @@ class Observations:
     agent: models.AgentStatus | None = None
     """The cluster's agent as this cell's hub last saw it; None: no word since this process
     started (the status keeps what it says)."""
+    bootstrap_error: str | None = None
+    """Why the agent could not apply the bootstrap payload, the last time it was sent; None:
+    nothing failed since the last success (or since this process started)."""
 
 
 NOTHING = Observations()
@@ -59,8 +64,22 @@ def with_agent(observations: Observations, status: models.AgentStatus) -> Observ
     return attrs.evolve(observations, agent=status)
 
 
-def merge(status: models.LatticeClusterStatus, observations: Observations) -> models.LatticeClusterStatus:
-    """``status`` with the facts of ``observations``; what was not observed stays as written."""
-    if observations.agent is None or status.agent == observations.agent:
-        return status
-    return attrs.evolve(status, agent=observations.agent)
+def with_bootstrap(observations: Observations, error: str | None) -> Observations | None:
+    """``observations`` with the last bootstrap's outcome (``error``, None: applied); None when
+    that changes nothing."""
+    if observations.bootstrap_error == error:
+        return None
+    return attrs.evolve(observations, bootstrap_error=error)
+
+
+def merge(
+    status: models.LatticeClusterStatus, observations: Observations, now: dt.datetime
+) -> models.LatticeClusterStatus:
+    """``status`` with the facts of ``observations``; what was not observed stays as written.
+    A failed bootstrap shows while the cluster is ``Bootstrapping``
+    (:func:`lattice.domain.cell.bootstrap_failed`); after, it is history."""
+    if observations.agent is not None and status.agent != observations.agent:
+        status = attrs.evolve(status, agent=observations.agent)
+    if observations.bootstrap_error is not None and status.phase is Phase.BOOTSTRAPPING:
+        status = cell.bootstrap_failed(status, observations.bootstrap_error, now)
+    return status

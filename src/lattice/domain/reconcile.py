@@ -13,6 +13,7 @@ no writes at all, whatever the CAPI controllers and webhooks default or write in
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -119,7 +120,7 @@ def plan_cluster(
     plan = _plan_cluster(raw, capi_objects, context, now, reports, observations)
     if plan.finalizers is not None:
         return plan  # the finalizers are written alone; the next pass writes the status
-    return _with_observations(raw, plan, observations)
+    return _with_observations(raw, plan, observations, now)
 
 
 def _plan_cluster(
@@ -191,18 +192,35 @@ def _with_agent(
     generation: int,
 ) -> Plan:
     """``plan`` with the agent as observed, and the condition derived from it."""
-    return _with_agent_certificate(raw, _with_observations(raw, plan, observations), now, generation)
+    return _with_agent_certificate(raw, _with_observations(raw, plan, observations, now), now, generation)
 
 
 def _with_observations(
-    raw: Mapping[str, Any], plan: Plan, observations: cluster_observations.Observations
+    raw: Mapping[str, Any], plan: Plan, observations: cluster_observations.Observations, now: dt.datetime
 ) -> Plan:
-    """``plan`` writing the observed facts too (:func:`cluster_observations.merge`)."""
+    """``plan`` writing the observed facts too (:func:`cluster_observations.merge`); a Warning
+    Event when a failed bootstrap's message is new."""
+    source = raw.get("status") if plan.status is None else plan.status
+    if observations.bootstrap_error is None and (
+        observations.agent is None
+        or (isinstance(source, dict) and source.get("agent") == _agent_dict(observations.agent))
+    ):
+        return plan  # nothing to merge (the usual pass): no parse of the status
     written = _current_status(raw if plan.status is None else {"status": plan.status})
-    merged = cluster_observations.merge(written, observations)
-    if merged is written:
+    merged = cluster_observations.merge(written, observations, now)
+    if merged == written:
         return plan
-    return attrs.evolve(plan, status=serde.status_to_dict(merged))
+    stored = _current_status(raw)
+    events = plan.events
+    bootstrap_failed = observations.bootstrap_error is not None and merged.phase is Phase.BOOTSTRAPPING
+    if bootstrap_failed and merged.message != stored.message:
+        events = (*events, EventSpec("Warning", "BootstrapFailed", merged.message or ""))
+    return attrs.evolve(plan, status=_status_plan(raw, merged), events=events)
+
+
+@functools.lru_cache(maxsize=1024)
+def _agent_dict(agent: models.AgentStatus) -> Any:
+    return serde.status_to_dict(models.LatticeClusterStatus(agent=agent)).get("agent")
 
 
 def _with_agent_certificate(raw: Mapping[str, Any], plan: Plan, now: dt.datetime, generation: int) -> Plan:

@@ -18,6 +18,7 @@ from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.controller import ClusterController
 from lattice.domain import models
 from lattice.ports import kube
+from tests.integration.conftest import events_of
 from tests.integration.operator.conftest import CELL, cluster, eventually, lc_ref
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -48,7 +49,9 @@ async def controller(cell_control_plane: ControlPlane) -> AsyncIterator[ClusterC
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_the_controller_writes_the_observed_agent(controller: ClusterController) -> None:
+async def test_the_controller_writes_the_observed_agent(
+    controller: ClusterController, cell_control_plane: ControlPlane
+) -> None:
     api = controller.api
     await api.create(cluster("owned-1"))
 
@@ -84,6 +87,33 @@ async def test_the_controller_writes_the_observed_agent(controller: ClusterContr
     await eventually(
         lambda: status(lambda s: (s.get("agent") or {}).get("nodes") == "1/3"), what="status.agent restored"
     )
+
+    # The driver moves the cluster to Bootstrapping; the agent fails to apply the payload: the
+    # owner shows it, and its own pass for the phase keeps it (no second writer to undo it).
+    raw = controller.clusters.get(None, "owned-1")
+    assert raw is not None
+    async with controller.lock("owned-1"):
+        current = (await api.get(lc_ref("owned-1")))["status"]
+        await controller.write_status(raw, {**current, "phase": "Bootstrapping"})
+    assert controller.observe_bootstrap("owned-1", "applying Namespace x: forbidden")
+    failed = await eventually(
+        lambda: status(lambda s: s.get("message", "").startswith("bootstrap payload not applied")),
+        what="the failed bootstrap shown",
+    )
+    assert failed["phase"] == "Bootstrapping"
+    assert failed["message"] == "bootstrap payload not applied: applying Namespace x: forbidden"
+    assert controller.observe_agent("owned-1", models.AgentStatus(connected=True, state="Ready", nodes="2/3"))
+    kept = await eventually(
+        lambda: status(lambda s: (s.get("agent") or {}).get("nodes") == "2/3"), what="the agent's new count"
+    )
+    assert kept["message"] == failed["message"]
+
+    async def warned() -> bool:
+        events = await asyncio.to_thread(events_of, cell_control_plane, "owned-1")
+        return any(e["reason"] == "BootstrapFailed" and e["type"] == "Warning" for e in events)
+
+    await eventually(warned, what="a BootstrapFailed Event")
+    assert controller.observe_bootstrap("owned-1", None)
 
     assert controller.observe_agent("owned-1", models.AgentStatus(connected=False, state="Unknown"))
     await eventually(

@@ -66,10 +66,10 @@ def test_the_hubs_view_of_an_agent_becomes_status_agent() -> None:
 
 def test_merge_replaces_only_what_was_observed() -> None:
     status = models.LatticeClusterStatus(phase=models.Phase.READY, agent=CONNECTED)
-    assert cluster_observations.merge(status, cluster_observations.NOTHING) is status
-    assert cluster_observations.merge(status, Observations(agent=CONNECTED)) is status
+    assert cluster_observations.merge(status, cluster_observations.NOTHING, NOW) is status
+    assert cluster_observations.merge(status, Observations(agent=CONNECTED), NOW) is status
     lost = models.AgentStatus(connected=False)
-    merged = cluster_observations.merge(status, Observations(agent=lost))
+    merged = cluster_observations.merge(status, Observations(agent=lost), NOW)
     assert merged == models.LatticeClusterStatus(phase=models.Phase.READY, agent=lost)
 
 
@@ -152,3 +152,54 @@ def test_finalizer_passes_and_other_cells_clusters_carry_no_status() -> None:
     )
     assert ignored.ignored is not None
     assert ignored.status is None
+
+
+# --------------------------------------------------------------------------- a failed bootstrap
+
+
+def _bootstrapping() -> dict[str, Any]:
+    raw = _provisioning()
+    raw["status"]["phase"] = "Bootstrapping"
+    return raw
+
+
+def test_a_failed_bootstrap_is_shown_by_the_owner_and_stays_shown() -> None:
+    raw = _bootstrapping()
+    error = "applying CiliumLoadBalancerIPPool default: spec.blocks[0].cidr: Invalid value"
+    failed = Observations(bootstrap_error=error)
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=failed)
+    assert plan.status is not None
+    assert plan.status["phase"] == "Bootstrapping"
+    assert plan.status["message"] == f"bootstrap payload not applied: {error}"
+    (condition,) = [c for c in plan.status["conditions"] if c["type"] == "Bootstrapped"]
+    assert (condition["status"], condition["reason"], condition["message"]) == ("False", "ApplyFailed", error)
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "BootstrapFailed")]
+    raw = with_status(raw, plan)
+    # The reconcile's own message for the phase no longer replaces it: nothing to write, no Event.
+    later = NOW + dt.timedelta(minutes=1)
+    again = plan_cluster(raw, desired(raw), CELL, later, observations=failed)
+    assert again.status is None
+    assert not [e for e in again.events if e.reason == "BootstrapFailed"]
+    # Another error: shown, with its Event.
+    other = plan_cluster(raw, desired(raw), CELL, later, observations=Observations(bootstrap_error="boom"))
+    assert other.status is not None
+    assert other.status["message"] == "bootstrap payload not applied: boom"
+    assert [e.reason for e in other.events if e.reason == "BootstrapFailed"] == ["BootstrapFailed"]
+
+
+@pytest.mark.parametrize("kind", ["provisioning", "pivoted", "deleted-pivoted"])
+def test_a_bootstrap_error_is_history_outside_bootstrapping(kind: str) -> None:
+    make, objects = OBJECTS[kind]
+    raw = make()
+    failed = Observations(bootstrap_error="boom")
+    assert plan_cluster(raw, objects(raw), CELL, NOW, observations=failed) == plan_cluster(
+        raw, objects(raw), CELL, NOW
+    )
+
+
+def test_a_bootstrap_outcome_that_changes_nothing_is_not_news() -> None:
+    assert cluster_observations.with_bootstrap(cluster_observations.NOTHING, None) is None
+    failed = cluster_observations.with_bootstrap(cluster_observations.NOTHING, "boom")
+    assert failed == Observations(bootstrap_error="boom")
+    assert cluster_observations.with_bootstrap(failed, "boom") is None
+    assert cluster_observations.with_bootstrap(failed, None) == cluster_observations.NOTHING

@@ -13,8 +13,8 @@ exporting, as clusterctl does); a pivot that is abandoned unpauses it again.
 What to do next is decided in the domain (:mod:`lattice.domain.pivot_policy`: the phase and
 unpivot dispatch, which steps a resumed pivot runs; :mod:`lattice.domain.pivot_failure`: what a
 failed attempt costs); this driver reads the status, calls those functions, and acts. The agent's
-status is not written here: it is handed to the ClusterController as an observation
-(:mod:`lattice.domain.cluster_observations`), whose reconcile writes ``status.agent``.
+status and a failed bootstrap are not written here: they are handed to the ClusterController as
+observations (:mod:`lattice.domain.cluster_observations`), whose reconcile writes them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from lattice.domain import (
     pivot,
     pivot_failure,
     pivot_policy,
-    reconcile,
     serde,
 )
 from lattice.domain.models import Phase, PivotStep
@@ -207,16 +206,11 @@ class CellCoordinator:
         if not getattr(reply, "success", False):
             error = str(getattr(reply, "error", ""))
             log.warning("bootstrap failed on the agent", extra={"cluster": name, "error": error})
-            now = self.controller.clock.now()
-            before = self.controller.clusters.get(None, name)
-            changed = await self._transition(name, lambda s: cell.bootstrap_failed(s, error, now))
-            was = None if before is None else cell.parse_status(before).message
-            if changed is not None and before is not None and was != changed.message:
-                self.controller.record_event(
-                    before, reconcile.EventSpec("Warning", "BootstrapFailed", changed.message or "")
-                )
+            # A fact for the status's owner, which shows it (and records the Event).
+            self.controller.observe_bootstrap(name, error)
             await asyncio.sleep(RETRY_DELAY_S)
             return
+        self.controller.observe_bootstrap(name, None)
         now = self.controller.clock.now()
         await self._transition(name, lambda s: cell.bootstrap_completed(s, now))
 

@@ -254,6 +254,18 @@ class ClusterController:
         self.metrics.queue_depth.set(len(self.queue))
         return True
 
+    def observe_bootstrap(self, name: str, error: str | None) -> bool:
+        """The cell sent cluster ``name``'s agent the bootstrap payload: ``error`` says why it was
+        not applied (None: it was). The reconcile shows a failure while the cluster is
+        ``Bootstrapping`` (message, ``Bootstrapped=False``, a Warning Event when it is new)."""
+        updated = cluster_observations.with_bootstrap(self.observations(name), error)
+        if updated is None:
+            return False
+        self._observations[name] = updated
+        self.queue.add(name)
+        self.metrics.queue_depth.set(len(self.queue))
+        return True
+
     def observations(self, name: str) -> cluster_observations.Observations:
         return self._observations.get(name, cluster_observations.NOTHING)
 
@@ -401,10 +413,6 @@ class ClusterController:
             self._remember(obj)
         if error is not None:
             raise error
-
-    def record_event(self, raw: Obj, event: reconcile.EventSpec) -> None:
-        """An Event on a LatticeCluster from another part of this process (the cell's flow)."""
-        self._event_soon(raw, event)
 
     def _event_soon(self, raw: Obj, event: reconcile.EventSpec) -> None:
         """Events are best-effort and off the reconcile's critical path."""
