@@ -59,7 +59,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpclib.config import Configuration
 
-from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
+from lattice.adapters import agent_client, agent_hub, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.domain import agent
 from lattice.domain.backoff import Backoff
 from lattice.domain.heartbeat import HeartbeatPolicy
@@ -103,17 +103,17 @@ async def cell_main(args: argparse.Namespace) -> None:
         cert=pki.cert_from_pem((directory / "ca.crt").read_bytes()),
         key=pki.key_from_pem((directory / "ca.key").read_bytes()),
     )
-    hub = agent_cell.AgentHub(
+    hub = agent_hub.AgentHub(
         sink=sink,
         heartbeat_policy=HeartbeatPolicy(interval=args.heartbeat_interval),
         signer=cell_ca.CellCertificateAuthority(authority),
     )
-    server = agent_cell.CellGrpcServer(
+    server = agent_hub.CellGrpcServer(
         hub,
         tls.server_context(files, require_client_cert=True),
         port=args.port,
         backlog=4096,
-        config=Configuration() if args.grpc_defaults else agent_cell.CELL_GRPC_CONFIG,
+        config=Configuration() if args.grpc_defaults else agent_hub.CELL_GRPC_CONFIG,
     )
     await server.start()
     _emit(event="listening", port=server.port, pid=os.getpid())
@@ -840,7 +840,7 @@ def main() -> int:
     parser.add_argument(
         "--tls-read-buffer",
         type=int,
-        default=agent_cell.CELL_SSL_READ_BUFFER,
+        default=agent_hub.CELL_SSL_READ_BUFFER,
         help="the cell's asyncio TLS read buffer",
     )
     parser.add_argument("--max-backoff", type=float, default=10.0)

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lattice.adapters import agent_cell, agent_client, agent_local, cell_ca, pki, tls
+from lattice.adapters import agent_client, agent_hub, agent_local, cell_ca, pki, tls
 from lattice.adapters.api_proxy_agent import ApiProxyExecutor, HttpTarget
 from lattice.adapters.controlplane import ControlPlane, free_port, start_control_planes
 from lattice.app.api_proxy import CellApiProxy
@@ -91,10 +91,10 @@ class Cell:
             directory, ip_addresses=["127.0.0.1"], dns_names=["localhost"]
         )
         self.files = tls.TlsFiles(cert=cert, key=key, ca=bundle)
-        self.hub = agent_cell.AgentHub(
+        self.hub = agent_hub.AgentHub(
             sink=InMemoryAgentStatusSink(), heartbeat_policy=HeartbeatPolicy(interval=2)
         )
-        self.grpc = agent_cell.CellGrpcServer(
+        self.grpc = agent_hub.CellGrpcServer(
             self.hub, tls.server_context(self.files, require_client_cert=True)
         )
         port = free_port()

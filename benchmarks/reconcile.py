@@ -49,7 +49,7 @@ import httpx
 
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.domain import capi, reconcile, serde, validation
+from lattice.domain import capi, cluster_reconcile, serde, validation
 
 CELL_ENDPOINT = capi.ParentEndpoint(host="10.0.0.1")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -88,7 +88,7 @@ def compiled(name: str, i: int) -> list[dict[str, Any]]:
     valid = validation.validate_cluster(parsed)
     assert isinstance(valid, validation.ValidCluster), valid
     objects = capi.compile_cluster(valid, capi.CompileContext(parent=CELL_ENDPOINT))
-    return [reconcile.with_applied_hash(o) for o in objects]
+    return [cluster_reconcile.with_applied_hash(o) for o in objects]
 
 
 def cpu_s(pid: int) -> float:

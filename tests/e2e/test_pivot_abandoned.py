@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from lattice.adapters.binaries import Toolchain
-from lattice.app.operator.cell import RETRY_DELAY_S
-from lattice.domain import cell as cell_flow
+from lattice.app.operator.child_driver import RETRY_DELAY_S
+from lattice.domain import pivot_flow as cell_flow
 from tests.e2e.conftest import Cell, child_kubeconfig, local_cluster, wait_for
 from tests.e2e.test_pivot_faults import moved_objects
 

@@ -15,7 +15,7 @@ import pytest
 
 from lattice.adapters.binaries import Toolchain
 from lattice.app import faults
-from lattice.domain import pivot
+from lattice.domain import pivot_export
 from tests.e2e.conftest import (
     Cell,
     child_kubeconfig,
@@ -81,9 +81,9 @@ def assert_moved_exactly_once(
     child = child_kubeconfig(cell, name)
     on_cell = moved_objects(toolchain, cell.kubeconfig, name)
     on_child = moved_objects(toolchain, child, name)
-    report = pivot.compare_sides(before, on_cell, on_child)
+    report = pivot_export.compare_sides(before, on_cell, on_child)
     assert report.moved_exactly_once, report
-    ids = [str(pivot.object_id(o)) for o in on_child]
+    ids = [str(pivot_export.object_id(o)) for o in on_child]
     assert len(ids) == len(set(ids)), ids
     assert all(not o["spec"].get("paused") for o in on_child if o["kind"] == "Cluster")
 

@@ -167,7 +167,7 @@ def receive_all(data: bytes, message_type: type[Message], limit: int, truncated:
 
 
 def cell_decodes(message: pb.AgentMessage) -> object:
-    """What the cell does with an AgentMessage (adapters/agent_cell.py ``_handle``)."""
+    """What the cell does with an AgentMessage (adapters/agent_hub.py ``_handle``)."""
     kind = message.WhichOneof("payload")
     if kind == "ready":
         return agent_wire.state_from_pb(message.ready.state)

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.domain import reconcile, serde, services, validation
+from lattice.domain import cluster_reconcile, lattice_service, serde, validation
 from lattice.domain.errors import FieldError
 from tests.fuzz.plugin import fuzz
 from tests.fuzz.strategies import (
@@ -59,11 +59,11 @@ def test_cluster_documents(doc: Any) -> None:
 @given(doc=st.one_of(service_documents(), json_values))
 @fuzz("validation.service", examples=300)
 def test_service_documents(doc: Any) -> None:
-    parsed = services.service_from_dict(doc)
+    parsed = lattice_service.service_from_dict(doc)
     if isinstance(parsed, list):
         check_errors(parsed, doc)
         return
-    valid = services.validate_service(parsed)
+    valid = lattice_service.validate_service(parsed)
     if isinstance(valid, list):
         check_errors(valid, doc)
     else:
@@ -86,7 +86,9 @@ def stored_clusters(draw: st.DrawFn) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "name": draw(names),
         "generation": draw(st.integers(1, 2**31)),
-        "finalizers": draw(st.sampled_from([[reconcile.FINALIZER], [], ["other/x", reconcile.FINALIZER]])),
+        "finalizers": draw(
+            st.sampled_from([[cluster_reconcile.FINALIZER], [], ["other/x", cluster_reconcile.FINALIZER]])
+        ),
     }
     if draw(st.integers(0, 9)) == 0:
         metadata["deletionTimestamp"] = "2026-01-02T03:04:05Z"
@@ -103,13 +105,14 @@ def stored_clusters(draw: st.DrawFn) -> dict[str, Any]:
 )
 @fuzz("validation.plan_cluster", examples=200)
 def test_plan_cluster(raw: dict[str, Any], capi_objects: list[Any] | None, self_name: str | None) -> None:
-    context = reconcile.OperatorContext(self_name=self_name)
-    plan = reconcile.plan_cluster(raw, capi_objects, context, NOW)
-    assert isinstance(plan, reconcile.Plan)
+    context = cluster_reconcile.OperatorContext(self_name=self_name)
+    plan = cluster_reconcile.plan_cluster(raw, capi_objects, context, NOW)
+    assert isinstance(plan, cluster_reconcile.Plan)
     parsed = serde.cluster_from_dict(raw)
     valid = parsed if isinstance(parsed, list) else validation.validate_cluster(parsed)
     wanted = (
-        reconcile.FINALIZER in raw["metadata"]["finalizers"] and "deletionTimestamp" not in raw["metadata"]
+        cluster_reconcile.FINALIZER in raw["metadata"]["finalizers"]
+        and "deletionTimestamp" not in raw["metadata"]
     )
     if isinstance(valid, list) and wanted and plan.ignored is None and plan.status is not None:
         assert valid[0].field in plan.status["message"], (valid[0], plan.status)

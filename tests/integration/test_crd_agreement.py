@@ -24,7 +24,7 @@ from hypothesis import assume, event, given
 
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import ControlPlane
-from lattice.domain import serde, services, validation
+from lattice.domain import lattice_service, serde, validation
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.fuzz.plugin import fuzz
 from tests.fuzz.strategies import cluster_documents, service_documents
@@ -102,8 +102,8 @@ def test_the_schema_admits_every_cluster_the_operator_accepts(control_plane: Con
 def test_the_schema_admits_every_service_the_operator_accepts(control_plane: ControlPlane, doc: Any) -> None:
     assume(_sendable(doc, "LatticeService"))
     doc["metadata"]["namespace"] = "default"
-    parsed = services.service_from_dict(doc)
-    accepted = not isinstance(parsed, list) and not isinstance(services.validate_service(parsed), list)
+    parsed = lattice_service.service_from_dict(doc)
+    accepted = not isinstance(parsed, list) and not isinstance(lattice_service.validate_service(parsed), list)
     admitted, why = _admitted(control_plane, doc)
     event(f"operator {'accepts' if accepted else 'refuses'}, apiserver {'admits' if admitted else 'refuses'}")
     if accepted:

@@ -21,7 +21,7 @@ from lattice.adapters.addons_bundle import RenderError, locate_addons
 from lattice.adapters.chart import OperatorChart, locate_chart, locate_operator_chart
 from lattice.adapters.controlplane import ControlPlane
 from lattice.app import installer
-from lattice.domain import capi, deploy, install
+from lattice.domain import capi, deploy, install_plan
 from lattice.testing.fixtures import ControlPlaneFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -158,7 +158,7 @@ def test_cell_values_render_the_operator_a_cell_delivers(helm: Path, tmp_path: P
             "proxyPort": 9444,
         },
     }
-    expected = install.child_operator("mgmt", spec, None, deploy.DEFAULT_IMAGE)
+    expected = install_plan.child_operator("mgmt", spec, None, deploy.DEFAULT_IMAGE)
     rendered = _template(
         helm,
         tmp_path,
@@ -172,7 +172,7 @@ def test_cell_values_render_the_operator_a_cell_delivers(helm: Path, tmp_path: P
 
 def test_cell_proxy_port_0_renders_a_cell_without_the_api_proxy(helm: Path, tmp_path: Path) -> None:
     spec: Obj = {"provider": {"type": "aws"}, "parentConfig": {"host": "cell.example.com", "proxyPort": 0}}
-    expected = install.child_operator("mgmt", spec, None, deploy.DEFAULT_IMAGE)
+    expected = install_plan.child_operator("mgmt", spec, None, deploy.DEFAULT_IMAGE)
     assert "--proxy-port" not in expected.extra_args
     rendered = _template(
         helm,
@@ -290,7 +290,7 @@ def _installs() -> list[deploy.OperatorInstall]:
         deploy.OperatorInstall(),
         deploy.OperatorInstall(image="r.io:5000/l:2@sha256:" + "d" * 64, cluster_name="x", replicas=5),
         # what a cell gives a local child that is a cell itself (CellRuntime.bootstrap_manifests)
-        install.child_operator(
+        install_plan.child_operator(
             "child", local_cell, capi.ParentEndpoint("127.0.0.1", 8443, 50051), "img:1", infra
         ),
         deploy.OperatorInstall(extra_args=("--log-level", "debug", "--resync", "30"), state_volume=True),
@@ -299,26 +299,28 @@ def _installs() -> list[deploy.OperatorInstall]:
 
 @pytest.mark.parametrize("operator", _installs(), ids=["defaults", "digest", "local-cell", "extra-args"])
 def test_the_installer_renders_the_same_operator_either_way(operator: deploy.OperatorInstall) -> None:
-    via_helm = installer.rendered_operator(install.Via.HELM, operator)
-    _assert_same(via_helm, installer.rendered_operator(install.Via.MANIFESTS, operator))
+    via_helm = installer.rendered_operator(install_plan.Via.HELM, operator)
+    _assert_same(via_helm, installer.rendered_operator(install_plan.Via.MANIFESTS, operator))
     assert via_helm[0]["kind"] == "Namespace"  # applied first, as in the manifests
 
 
 def test_the_installer_renders_the_same_crds_either_way() -> None:
-    _assert_same(installer.rendered_crds(install.Via.HELM), installer.rendered_crds(install.Via.MANIFESTS))
+    _assert_same(
+        installer.rendered_crds(install_plan.Via.HELM), installer.rendered_crds(install_plan.Via.MANIFESTS)
+    )
     assert locate_operator_chart().chart == CHART
 
 
 def test_install_dry_run_via_helm_writes_the_same_objects(tmp_path: Path) -> None:
     written = {}
-    for via in install.Via:
+    for via in install_plan.Via:
         out = tmp_path / via.value
         _lattice("install", "-f", str(MGMT), "--via", via.value, "--dry-run", str(out))
         written[via] = {p.name: _documents(p.read_text()) for p in sorted(out.iterdir())}
-    assert list(written[install.Via.HELM]) == list(written[install.Via.MANIFESTS])
-    for name, objects in written[install.Via.MANIFESTS].items():
-        _assert_same(written[install.Via.HELM][name], objects)
-    operator = _by_key(written[install.Via.HELM]["40-management-operator.yaml"])
+    assert list(written[install_plan.Via.HELM]) == list(written[install_plan.Via.MANIFESTS])
+    for name, objects in written[install_plan.Via.MANIFESTS].items():
+        _assert_same(written[install_plan.Via.HELM][name], objects)
+    operator = _by_key(written[install_plan.Via.HELM]["40-management-operator.yaml"])
     deployment = operator[("apps/v1", "Deployment", "lattice-system", "lattice-operator")]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--cell-host") + 1] == "127.0.0.1"
@@ -377,7 +379,7 @@ def test_install_via_helm_applies_the_chart_crds_as_it_applies_lattice_crds(
         tmp_path / "state",
         cp.toolchain,
         installer.Progress(step=lambda step, message: steps.append(f"{step.value}: {message}"), detail=print),
-        via=install.Via.HELM,
+        via=install_plan.Via.HELM,
     )
     runner._crds(cp)
     assert steps == ["CRDs: Cluster API (labelled as clusterctl init does) and Lattice (helm)"]

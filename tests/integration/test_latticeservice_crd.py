@@ -13,7 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from lattice.adapters.controlplane import ControlPlane
-from lattice.domain import services
+from lattice.domain import lattice_service
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +49,10 @@ def test_examples_are_accepted_and_read_back(
     stored = json.loads(cell_control_plane.kubectl("get", "ls", "-n", "shop", "-o", "json").stdout)
     by_name = {item["metadata"]["name"]: item for item in stored["items"]}
     assert sorted(by_name) == ["api", "frontend"]
-    api = services.service_from_dict(by_name["api"])
-    assert isinstance(api, services.LatticeService), api
-    valid = services.validate_service(api)
-    assert isinstance(valid, services.ValidService), valid
+    api = lattice_service.service_from_dict(by_name["api"])
+    assert isinstance(api, lattice_service.LatticeService), api
+    valid = lattice_service.validate_service(api)
+    assert isinstance(valid, lattice_service.ValidService), valid
     assert valid.allowed_callers == ("frontend",)
     assert valid.version > 0  # resourceVersion became the announcement version
     # The defaulted protocol is stored.

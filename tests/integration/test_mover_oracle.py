@@ -32,7 +32,7 @@ from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.mover_native import NativeMover, mover_for
-from lattice.domain import move_graph, pivot
+from lattice.domain import move_graph, pivot_export
 from lattice.ports.kube import ResourceRef
 from lattice.ports.mover import MoveError, MoverKind
 from lattice.testing.fixtures import ControlPlaneFactory
@@ -88,12 +88,12 @@ def normalised(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         refs = []
         for ref in meta.get("ownerReferences") or []:
             owner = by_uid.get(ref["uid"])
-            assert owner is not None, f"{pivot.object_id(item)}: owner {ref} is not on this target"
+            assert owner is not None, f"{pivot_export.object_id(item)}: owner {ref} is not on this target"
             assert (owner["kind"], owner["metadata"]["name"]) == (ref["kind"], ref["name"]), ref
             refs.append({**ref, "uid": f"{owner['kind']}/{owner['metadata']['name']}"})
         if refs:
             meta["ownerReferences"] = sorted(refs, key=lambda r: (r["kind"], r["name"]))
-        out[str(pivot.object_id(obj))] = obj
+        out[str(pivot_export.object_id(obj))] = obj
     return out
 
 

@@ -27,7 +27,7 @@ from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
-from lattice.domain import agent, capi_reports, models, pivot
+from lattice.domain import agent, capi_reports, models, pivot_export
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.compiled import compiled_local, with_post_kubeadm
 from tests.integration.conftest import local_infra
@@ -117,8 +117,8 @@ async def import_twice(
     export_dir = tmp_path / "export"
     export_dir.mkdir()
     files = await mover.export(source.kubeconfig, NAMESPACE, export_dir)
-    exported = pivot.parse_export([(p.name, p.read_bytes()) for p in files])
-    bodies = [o.body for o in exported if isinstance(o, pivot.ExportedObject)]
+    exported = pivot_export.parse_export([(p.name, p.read_bytes()) for p in files])
+    bodies = [o.body for o in exported if isinstance(o, pivot_export.ExportedObject)]
     assert len(bodies) == len(exported) == len(files)
     kinds = sorted(o["kind"] for o in bodies)
     assert {
@@ -150,9 +150,9 @@ async def import_twice(
     await KubePivotImporter(target_api, mover, target.kubeconfig).import_move(command(files, attempt=2))
 
     on_target = objects_in(target)
-    report = pivot.compare_sides(bodies, [], on_target)
+    report = pivot_export.compare_sides(bodies, [], on_target)
     assert report.moved_exactly_once, report
-    ids = [str(pivot.object_id(o)) for o in on_target]
+    ids = [str(pivot_export.object_id(o)) for o in on_target]
     assert len(ids) == len(set(ids)) == len(bodies), ids
     by_kind = {o["kind"]: o for o in on_target}
     assert not (by_kind["Cluster"].get("status") or {}).get("initialization")

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from lattice.domain import addons, agent, capi, cell, models, pivot, yaml_text
+from lattice.domain import addons, agent, capi, models, pivot_export, pivot_flow, yaml_text
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
@@ -114,14 +114,14 @@ class KubePivotImporter:
         self.kubeconfig = kubeconfig
 
     async def import_move(self, command: agent.PivotManifests) -> None:
-        own_name = cell.child_copy_file_name(command.cluster_name)
+        own_name = pivot_flow.child_copy_file_name(command.cluster_name)
         move_files = [(f.name, f.content) for f in command.files if f.name.endswith(".yaml")]
         own = [f for f in command.files if f.name == own_name]
-        exported = pivot.parse_export(move_files)
-        objects = [o for o in exported if isinstance(o, pivot.ExportedObject)]
+        exported = pivot_export.parse_export(move_files)
+        objects = [o for o in exported if isinstance(o, pivot_export.ExportedObject)]
         if len(objects) != len(exported):
             raise ExecutionError(
-                "; ".join(str(e) for e in exported if not isinstance(e, pivot.ExportedObject))
+                "; ".join(str(e) for e in exported if not isinstance(e, pivot_export.ExportedObject))
             )
         directory = Path(tempfile.mkdtemp(prefix=f"lattice-pivot-{command.cluster_name}-"))
         try:
@@ -201,7 +201,7 @@ class KubeUnpivoter:
             return None
         if own is None or not own["metadata"].get("deletionTimestamp"):
             return None
-        if cell.annotated(own, cell.UNPIVOTED_ANNOTATION):
+        if pivot_flow.annotated(own, pivot_flow.UNPIVOTED_ANNOTATION):
             return None
         return f"LatticeCluster {self.cluster_name} was deleted on the cluster itself"
 
@@ -229,14 +229,14 @@ class KubeUnpivoter:
 
     async def _refuse_with_children(self, cascade: bool) -> None:
         listed = await self.api.list(models.API_VERSION, models.KIND)
-        children = cell.own_children(listed.items, self.cluster_name)
+        children = pivot_flow.own_children(listed.items, self.cluster_name)
         if not children:
             return
         own = await self._own()
-        if not cascade and (own is None or not cell.annotated(own, cell.CASCADE_ANNOTATION)):
+        if not cascade and (own is None or not pivot_flow.annotated(own, pivot_flow.CASCADE_ANNOTATION)):
             raise ExecutionError(
                 f"{self.cluster_name} is a cell with children ({', '.join(children)}): delete them "
-                f"first, or annotate {cell.CASCADE_ANNOTATION}=true on its LatticeCluster to delete "
+                f"first, or annotate {pivot_flow.CASCADE_ANNOTATION}=true on its LatticeCluster to delete "
                 "them with it"
             )
         for child in children:
@@ -258,7 +258,7 @@ class KubeUnpivoter:
             own = await self._own()
             if own is None:
                 return
-            patch = {"metadata": {"annotations": {cell.UNPIVOTED_ANNOTATION: "true"}}}
+            patch = {"metadata": {"annotations": {pivot_flow.UNPIVOTED_ANNOTATION: "true"}}}
             await self.api.merge_patch(self._own_ref(), patch)
             if not own["metadata"].get("deletionTimestamp"):
                 await self.api.delete(self._own_ref())

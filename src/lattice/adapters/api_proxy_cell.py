@@ -1,6 +1,6 @@
 """The cell's half of the Kubernetes API proxy over agent streams: requests in flight.
 
-:class:`ProxyRelay` belongs to the :class:`~lattice.adapters.agent_cell.AgentHub`. :meth:`open`
+:class:`ProxyRelay` belongs to the :class:`~lattice.adapters.agent_hub.AgentHub`. :meth:`open`
 sends a request to a connected child's agent (``CellCommand.api_proxy``) and returns an
 :class:`Exchange`; the hub hands every ``AgentMessage.api_proxy`` frame to :meth:`on_frame`,
 which never blocks the stream's receive loop: a response's body bytes are queued, and the agent

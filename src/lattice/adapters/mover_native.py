@@ -36,7 +36,7 @@ from typing import TypeVar
 from lattice.adapters.binaries import locate
 from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.domain import move_graph, pivot
+from lattice.domain import move_graph, pivot_export
 from lattice.domain.move_graph import MoveGraph, MoveNode, MoveType
 from lattice.ports import kube
 from lattice.ports.kube import KubeApi, Obj, ResourceRef
@@ -128,9 +128,9 @@ class NativeMover:
         )
         clusters = [o for o in roots if o["kind"] == "Cluster"]
         classes = [o for o in roots if o["kind"] == "ClusterClass"]
-        paused = [str(pivot.object_id(c)) for c in clusters if move_graph.paused(c)]
+        paused = [str(pivot_export.object_id(c)) for c in clusters if move_graph.paused(c)]
         paused += [
-            str(pivot.object_id(c))
+            str(pivot_export.object_id(c))
             for c in classes
             if move_graph.PAUSED_ANNOTATION in (c["metadata"].get("annotations") or {})
         ]
@@ -223,8 +223,8 @@ class NativeMover:
             files = [(p.name, p.read_bytes()) for p in sorted(directory.iterdir()) if p.is_file()]
         except OSError as exc:
             raise MoveError(f"cannot read the export in {directory}: {exc}") from exc
-        parsed = pivot.parse_export(files)
-        objects = [o.body for o in parsed if isinstance(o, pivot.ExportedObject)]
+        parsed = pivot_export.parse_export(files)
+        objects = [o.body for o in parsed if isinstance(o, pivot_export.ExportedObject)]
         if len(objects) != len(parsed):
             raise MoveError("unusable export: " + "; ".join(str(e) for e in parsed))
         try:
@@ -295,7 +295,7 @@ class NativeMover:
 
 
 def _pairs(graph: MoveGraph, objects: Iterable[Obj]) -> list[tuple[MoveNode, Obj]]:
-    by_id = {pivot.object_id(o): o for o in objects}
+    by_id = {pivot_export.object_id(o): o for o in objects}
     return [(node, by_id[node.id]) for node in graph.nodes]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lattice.adapters import tls
-from lattice.adapters.agent_cell import AgentHub
+from lattice.adapters.agent_hub import AgentHub
 from lattice.adapters.api_proxy_agent import ApiProxyExecutor, HttpTarget
 from lattice.adapters.api_proxy_http import api_proxy_app, proxy_server, proxy_ssl_context
 from lattice.adapters.kube_access_review import KubeAccessReviewer

@@ -21,7 +21,7 @@ from lattice.adapters.chart import ChartNotFoundError, locate_operator_chart
 from lattice.adapters.controlplane import free_port
 from lattice.adapters.local_processes import stop_all
 from lattice.app import installer
-from lattice.domain import install
+from lattice.domain import install_plan
 
 DEFAULT_STATE = Path(".lattice")
 CLOUD_CREDENTIALS = {
@@ -39,8 +39,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument(
         "--via",
-        choices=[via.value for via in install.Via],
-        default=install.Via.MANIFESTS.value,
+        choices=[via.value for via in install_plan.Via],
+        default=install_plan.Via.MANIFESTS.value,
         help="render the operator's CRDs, RBAC and Deployment from the built-in manifests "
         "(lattice crds, lattice deploy-manifests) or from the Helm chart charts/lattice with "
         "helm template: the same objects either way, applied the same way, no Helm release "
@@ -62,11 +62,12 @@ def register(subparsers: Any) -> None:
 def _progress(console: Console) -> installer.Progress:
     started = time.monotonic()
 
-    def step(which: install.Step, message: str) -> None:
-        index = install.STEPS.index(which) + 1
+    def step(which: install_plan.Step, message: str) -> None:
+        index = install_plan.STEPS.index(which) + 1
         elapsed = time.monotonic() - started
         console.print(
-            f"[bold cyan][{index}/{len(install.STEPS)}][/] {which.value}: {message} [dim]({elapsed:.0f}s)[/]"
+            f"[bold cyan][{index}/{len(install_plan.STEPS)}][/] {which.value}: {message} "
+            f"[dim]({elapsed:.0f}s)[/]"
         )
 
     return installer.Progress(step=step, detail=lambda message: console.print(f"    {message}"))
@@ -90,8 +91,8 @@ def run_install(args: argparse.Namespace) -> int:
         console.print(f"[red]lattice install:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     provider = cluster["spec"]["provider"]["type"]
-    via = install.Via(args.via)
-    if via is install.Via.HELM:
+    via = install_plan.Via(args.via)
+    if via is install_plan.Via.HELM:
         try:  # say at once when helm or the chart is missing, before anything starts
             locate_operator_chart()
         except (BinariesNotBuiltError, ChartNotFoundError) as exc:
@@ -117,7 +118,7 @@ def _install(
     state_dir: Path,
     timeout: float,
     console: Console,
-    via: install.Via = install.Via.MANIFESTS,
+    via: install_plan.Via = install_plan.Via.MANIFESTS,
 ) -> int:
     try:
         toolchain = locate()

@@ -11,11 +11,11 @@ from typing import Any
 from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.binaries import BinariesNotBuiltError
 from lattice.app import faults, logs, yamlio
-from lattice.app.operator.cell_runtime import CellSettings
+from lattice.app.operator.cell_role import CellSettings
 from lattice.app.operator.leader import LeaseConfig
 from lattice.app.operator.local_infra_runtime import LocalInfraSettings
 from lattice.app.operator.process import OperatorSettings, default_identity, run_operator
-from lattice.domain import capi, deploy, install, reconcile
+from lattice.domain import capi, cluster_reconcile, deploy, install_plan
 from lattice.domain.endpoint import host_error
 from lattice.domain.errors import FieldError
 from lattice.ports.mover import MoverKind
@@ -91,8 +91,8 @@ def register(subparsers: Any) -> None:
     )
     cell.add_argument(
         "--operator-via",
-        choices=[via.value for via in install.Via],
-        default=install.Via.MANIFESTS.value,
+        choices=[via.value for via in install_plan.Via],
+        default=install_plan.Via.MANIFESTS.value,
         help="render the operator each child receives from the manifests (default) or from the "
         "Helm chart charts/lattice (helm template; the same objects)",
     )
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             agent_image=args.agent_image,
             local_infra=args.local_infra,
             machines_dir=args.machines_dir,
-            operator_via=install.Via(args.operator_via),
+            operator_via=install_plan.Via(args.operator_via),
             mover=MoverKind(args.mover),
         )
         cell_endpoint = cell_endpoint or cell.endpoint
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = OperatorSettings(
         kubeconfig=args.kubeconfig,
-        context=reconcile.OperatorContext(
+        context=cluster_reconcile.OperatorContext(
             self_name=args.cluster_name,
             cell_endpoint=cell_endpoint,
             self_parent=args.parent_endpoint,

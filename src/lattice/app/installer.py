@@ -39,14 +39,14 @@ from lattice.adapters.chart import CHART_PATH, locate_operator_chart
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.local_processes import stop_all
 from lattice.app import yamlio
-from lattice.app.operator.cell_runtime import load_or_create_ca
+from lattice.app.operator.cell_role import load_or_create_ca
 from lattice.domain import (
     addons,
     agent_payload,
     capi,
     crds,
     deploy,
-    install,
+    install_plan,
     models,
     serde,
     validation,
@@ -58,7 +58,7 @@ from lattice.domain.operator_command import OperatorOptions, operator_command
 class InstallError(RuntimeError):
     """A step failed; the message says which, why and what to do."""
 
-    def __init__(self, step: install.Step, reason: str, hint: str) -> None:
+    def __init__(self, step: install_plan.Step, reason: str, hint: str) -> None:
         super().__init__(f"step '{step.value}' failed: {reason}\n  what to do: {hint}")
         self.step = step
 
@@ -67,7 +67,7 @@ class InstallError(RuntimeError):
 class Progress:
     """Where reports go (the CLI renders them with rich)."""
 
-    step: Callable[[install.Step, str], None]
+    step: Callable[[install_plan.Step, str], None]
     detail: Callable[[str], None]
 
 
@@ -78,7 +78,7 @@ class Installer:
     toolchain: Toolchain
     progress: Progress
     timeout_s: float = 600.0
-    via: install.Via = install.Via.MANIFESTS
+    via: install_plan.Via = install_plan.Via.MANIFESTS
 
     @property
     def name(self) -> str:
@@ -110,7 +110,7 @@ class Installer:
     def run(self) -> Path:
         """Install (or resume); return the management cluster's kubeconfig."""
         if self._load().get("done"):
-            self.progress.step(install.Step.CLEANUP, "already installed")
+            self.progress.step(install_plan.Step.CLEANUP, "already installed")
             return Path(self._load()["kubeconfig"])
         bootstrap = self._bootstrap_cluster()
         self._crds(bootstrap)
@@ -123,7 +123,7 @@ class Installer:
         return kubeconfig
 
     def _bootstrap_cluster(self) -> ControlPlane:
-        step = install.Step.BOOTSTRAP_CLUSTER
+        step = install_plan.Step.BOOTSTRAP_CLUSTER
         saved = self._load().get("bootstrap")
         if saved:
             cp = _control_plane_from(saved, self.toolchain)
@@ -139,11 +139,11 @@ class Installer:
         return cp
 
     def _crds(self, cp: ControlPlane) -> None:
-        step = install.Step.CRDS
+        step = install_plan.Step.CRDS
         self.progress.step(step, f"Cluster API (labelled as clusterctl init does) and Lattice ({self.via})")
         self._save(via=self.via.value)
         cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
-        if self.via is install.Via.MANIFESTS:
+        if self.via is install_plan.Via.MANIFESTS:
             cp.install_lattice_crds()  # what `lattice crds` prints
             return
         try:
@@ -154,7 +154,7 @@ class Installer:
         cp.wait_established(str(crd["metadata"]["name"]) for crd in lattice_crds)
 
     def _bootstrap_operator(self, cp: ControlPlane) -> dict[str, int]:
-        step = install.Step.BOOTSTRAP_OPERATOR
+        step = install_plan.Step.BOOTSTRAP_OPERATOR
         saved = self._load().get("operator")
         if saved and _alive(saved["pid"]):
             self.progress.step(step, f"already running (pid {saved['pid']})")
@@ -196,7 +196,7 @@ class Installer:
         return ports
 
     def _management_cluster(self, cp: ControlPlane) -> None:
-        self.progress.step(install.Step.MANAGEMENT_CLUSTER, f"applying LatticeCluster {self.name}")
+        self.progress.step(install_plan.Step.MANAGEMENT_CLUSTER, f"applying LatticeCluster {self.name}")
         cp.apply([self.cluster])
 
     def _phase(self, cp: ControlPlane) -> str:
@@ -206,7 +206,7 @@ class Installer:
         return str((json.loads(result.stdout).get("status") or {}).get("phase", ""))
 
     def _agent_delivery(self, cp: ControlPlane, ports: dict[str, int]) -> None:
-        step = install.Step.AGENT_DELIVERY
+        step = install_plan.Step.AGENT_DELIVERY
         phase = self._phase(cp)
         if phase in ("Bootstrapping", "Pivoting", "Ready"):
             self.progress.step(step, f"already delivered (the management cluster is {phase})")
@@ -243,14 +243,14 @@ class Installer:
         )
         cilium = self._cilium(cp, namespace)
         stream = manifests.rstrip("\n") + "\n---\n" + yamlio.dump_all([key_secret, *cilium])
-        cp.apply(install.agent_resource_set(self.name, stream))
+        cp.apply(install_plan.agent_resource_set(self.name, stream))
         self.progress.step(step, f"ClusterResourceSet {self.name}-lattice-agent in {namespace}")
 
     def _cilium(self, cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
         """Cilium for the management cluster, rendered by its chart once the infrastructure
         provider has set the cluster's control-plane endpoint (as a cell renders it for a
         registering child: ``CellRuntime.registration_addons``)."""
-        step = install.Step.AGENT_DELIVERY
+        step = install_plan.Step.AGENT_DELIVERY
         found: list[tuple[str, int]] = []
 
         def endpoint() -> bool:
@@ -279,7 +279,7 @@ class Installer:
         return bundle.render_cilium(self.name, spec.networking, found[-1], spec.provider.kubernetes.version)
 
     def _pivot(self, cp: ControlPlane) -> Path:
-        step = install.Step.PIVOT
+        step = install_plan.Step.PIVOT
         deadline = time.monotonic() + self.timeout_s
         last = ""
         while time.monotonic() < deadline:
@@ -305,12 +305,12 @@ class Installer:
         found = sorted(self.machines_dir.glob(f"{self.name}-control-plane-*/root/etc/kubernetes/admin.conf"))
         if not found:
             raise InstallError(
-                install.Step.PIVOT, "no machine for the management cluster", "lattice down, then retry"
+                install_plan.Step.PIVOT, "no machine for the management cluster", "lattice down, then retry"
             )
         return found[-1]
 
     def _cleanup(self, cp: ControlPlane) -> None:
-        step = install.Step.CLEANUP
+        step = install_plan.Step.CLEANUP
         saved = self._load().get("operator")
         if saved and _alive(saved["pid"]):
             local_processes.send(saved["pid"], signal.SIGTERM)
@@ -359,23 +359,23 @@ def load_cluster(path: Path) -> dict[str, Any]:
     return dict(doc)
 
 
-def rendered_crds(via: install.Via) -> list[dict[str, Any]]:
+def rendered_crds(via: install_plan.Via) -> list[dict[str, Any]]:
     """The Lattice CRDs, from :mod:`lattice.domain.crds` or the chart's ``crds/``."""
-    if via is install.Via.HELM:
+    if via is install_plan.Via.HELM:
         return locate_operator_chart().crds()
     return crds.all_crds()
 
 
-def rendered_operator(via: install.Via, operator: deploy.OperatorInstall) -> list[dict[str, Any]]:
+def rendered_operator(via: install_plan.Via, operator: deploy.OperatorInstall) -> list[dict[str, Any]]:
     """The operator's Namespace, RBAC and Deployment, from :mod:`lattice.domain.deploy` or
     the chart: the same objects either way (helm template, then applied like the manifests)."""
-    if via is install.Via.HELM:
+    if via is install_plan.Via.HELM:
         return locate_operator_chart().operator_objects(operator)
     return operator.manifests()
 
 
 def cloud_dry_run(
-    cluster: dict[str, Any], out_dir: Path, via: install.Via = install.Via.MANIFESTS
+    cluster: dict[str, Any], out_dir: Path, via: install_plan.Via = install_plan.Via.MANIFESTS
 ) -> list[Path]:
     """Everything install would apply for a cloud management cluster, written to files; the
     operator is the one the bootstrap cell delivers to the management cluster with its agent."""
@@ -384,12 +384,12 @@ def cloud_dry_run(
     valid = validation.validate_cluster(parsed)
     assert not isinstance(valid, list)
     out_dir.mkdir(parents=True, exist_ok=True)
-    operator = install.child_operator(valid.name, cluster["spec"], None, deploy.DEFAULT_IMAGE)
+    operator = install_plan.child_operator(valid.name, cluster["spec"], None, deploy.DEFAULT_IMAGE)
     files = {
         "00-crds.yaml": rendered_crds(via),
         "10-management-cluster.yaml": [cluster],
         "20-capi.yaml": list(capi.compile_cluster(valid, capi.CompileContext(parent=None))),
-        "30-agent-resource-set.yaml": install.agent_resource_set(
+        "30-agent-resource-set.yaml": install_plan.agent_resource_set(
             valid.name, "# the agent manifests, signed at install time by the bootstrap cell\n"
         ),
         "40-management-operator.yaml": rendered_operator(via, operator),
@@ -419,7 +419,9 @@ def _start_detached(cp: ControlPlane) -> None:
     thread.start()
     thread.join()
     if errors:
-        raise InstallError(install.Step.BOOTSTRAP_CLUSTER, str(errors[0]), "run lattice down, then retry")
+        raise InstallError(
+            install_plan.Step.BOOTSTRAP_CLUSTER, str(errors[0]), "run lattice down, then retry"
+        )
     cp.detach()
 
 
@@ -454,7 +456,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait(
-    predicate: Callable[[], bool], timeout: float, step: install.Step, reason: str, log: Path | None
+    predicate: Callable[[], bool], timeout: float, step: install_plan.Step, reason: str, log: Path | None
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,6 +1,6 @@
 """The cell's registry of agents: what it records, what it resends, when an agent is LOST.
 
-:class:`~lattice.adapters.agent_cell.AgentHub` is the transport (grpclib streams, futures,
+:class:`~lattice.adapters.agent_hub.AgentHub` is the transport (grpclib streams, futures,
 send locks). On every event of a stream it calls one of these functions with what it knows of
 the cluster (an :class:`AgentRecord`) and the time, stores the record that comes back and does
 what the :class:`Step` says: hand a changed status to the status sink, close a stream.

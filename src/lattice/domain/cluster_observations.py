@@ -1,7 +1,7 @@
 """Facts about a LatticeCluster that other parts of the operator learn, for its reconciler to merge.
 
 One writer per object's status, in the Cluster API manner: the LatticeCluster reconciler
-(:func:`lattice.domain.reconcile.plan_cluster`) owns ``status``. A part that learns something
+(:func:`lattice.domain.cluster_reconcile.plan_cluster`) owns ``status``. A part that learns something
 about a cluster without owning it (the cell's agent hub learns how the cluster's agent is)
 hands it over as an :class:`Observations` value, kept in memory per cluster by the controller,
 and asks for a reconcile; the reconcile merges the facts with :func:`merge` into the status it
@@ -19,7 +19,7 @@ import datetime as dt
 import attrs
 from attrs import frozen
 
-from lattice.domain import agent, cell, models
+from lattice.domain import agent, models, pivot_flow
 from lattice.domain.models import Phase
 
 
@@ -77,9 +77,9 @@ def merge(
 ) -> models.LatticeClusterStatus:
     """``status`` with the facts of ``observations``; what was not observed stays as written.
     A failed bootstrap shows while the cluster is ``Bootstrapping``
-    (:func:`lattice.domain.cell.bootstrap_failed`); after, it is history."""
+    (:func:`lattice.domain.pivot_flow.bootstrap_failed`); after, it is history."""
     if observations.agent is not None and status.agent != observations.agent:
         status = attrs.evolve(status, agent=observations.agent)
     if observations.bootstrap_error is not None and status.phase is Phase.BOOTSTRAPPING:
-        status = cell.bootstrap_failed(status, observations.bootstrap_error, now)
+        status = pivot_flow.bootstrap_failed(status, observations.bootstrap_error, now)
     return status

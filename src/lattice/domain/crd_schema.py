@@ -1,5 +1,5 @@
 """OpenAPI v3 schemas for CRDs, generated from the attrs classes the code uses: one builder for
-every Lattice CRD (:mod:`lattice.domain.crds`, :mod:`lattice.domain.service_crd`).
+every Lattice CRD (:mod:`lattice.domain.crds`, :mod:`lattice.domain.lattice_service_crd`).
 
 A field's type gives its schema: ``X | None`` is ``X``; ``tuple[X, ...]`` an array of ``X``; an
 Enum a string enum; ``bool``, ``int`` (int32) and ``str`` themselves; an attrs class an object

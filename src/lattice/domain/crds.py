@@ -9,7 +9,7 @@ of defence for anyone writing to the API directly.
 
 from __future__ import annotations
 
-from lattice.domain import crd_schema, local_provider, models, service_crd, validation
+from lattice.domain import crd_schema, lattice_service_crd, local_provider, models, validation
 from lattice.domain.crd_schema import SchemaDict
 
 # CEL rules, keyed by the attrs class whose schema node they sit on.
@@ -237,4 +237,4 @@ def _printer_columns() -> list[SchemaDict]:
 
 def all_crds() -> list[SchemaDict]:
     """Every Lattice CRD, in install order."""
-    return [lattice_cluster_crd(), *local_provider_crds(), service_crd.lattice_service_crd()]
+    return [lattice_cluster_crd(), *local_provider_crds(), lattice_service_crd.lattice_service_crd()]

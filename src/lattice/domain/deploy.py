@@ -16,8 +16,8 @@ from attrs import frozen
 
 from lattice import __version__
 from lattice.domain import capi, models
+from lattice.domain.cluster_reconcile import FIELD_MANAGER
 from lattice.domain.operator_command import OperatorOptions, operator_argv
-from lattice.domain.reconcile import FIELD_MANAGER
 
 NAMESPACE = "lattice-system"
 IMAGE_REPOSITORY = "ghcr.io/lattice-dev/lattice"

@@ -33,7 +33,7 @@ from typing import Any
 
 from attrs import frozen
 
-from lattice.domain.pivot import ObjectId, object_id
+from lattice.domain.pivot_export import ObjectId, object_id
 
 CLUSTERCTL_LABEL = "clusterctl.cluster.x-k8s.io"
 MOVE_LABEL = "clusterctl.cluster.x-k8s.io/move"

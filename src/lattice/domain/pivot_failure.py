@@ -1,7 +1,7 @@
 """The pivot's failure policy: what a failed attempt costs, and when the cell gives up.
 
-The driver (``lattice.app.operator.cell``) classifies what it caught as a :class:`Fault` and acts
-on the :class:`FailurePolicy`; :func:`lattice.domain.cell.pivot_failed` writes the same decision
+The driver (``lattice.app.operator.child_driver``) classifies what it caught as a :class:`Fault` and acts
+on the :class:`FailurePolicy`; :func:`lattice.domain.pivot_flow.pivot_failed` writes the same decision
 into the status.
 """
 
@@ -41,7 +41,7 @@ class FailurePolicy:
 
     @property
     def counts(self) -> bool:
-        """Whether the attempt is spent (written through :func:`lattice.domain.cell.pivot_failed`)."""
+        """Whether the attempt is spent (written through :func:`lattice.domain.pivot_flow.pivot_failed`)."""
         return self.response is not Response.WAIT_FOR_AGENT
 
     @property

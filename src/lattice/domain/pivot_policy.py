@@ -1,8 +1,8 @@
 """What the cell's pivot driver does next: pure decisions over a child's persisted status.
 
-The driver (``lattice.app.operator.cell.CellCoordinator``) reads the child's LatticeCluster, asks
+The driver (``lattice.app.operator.child_driver.CellCoordinator``) reads the child's LatticeCluster, asks
 these functions what to do, and acts; the status transitions themselves are in
-:mod:`lattice.domain.cell`. Four decisions live here:
+:mod:`lattice.domain.pivot_flow`. Four decisions live here:
 
 - :func:`next_action`: the phase dispatch (which step of the runtime flow runs next, or stop);
 - :func:`unpivot_action`: which step of taking a deleted child's objects back runs next;
@@ -17,7 +17,7 @@ import enum
 
 from attrs import frozen
 
-from lattice.domain import cell, models
+from lattice.domain import models, pivot_flow
 from lattice.domain.models import Phase, PivotStep, UnpivotStep
 
 # --------------------------------------------------------------------------- phase dispatch
@@ -52,14 +52,14 @@ def next_action(status: models.LatticeClusterStatus, *, deleting: bool, connecte
 
     Exactly one action for every status. A deleted, self-managing child is unpivoted whether or
     not its agent is here (the unpivot says why it waits); everything else needs the agent."""
-    if deleting and cell.pivoted_away(status):
-        if cell.unpivot_done(status):
+    if deleting and pivot_flow.pivoted_away(status):
+        if pivot_flow.unpivot_done(status):
             return Decision(Action.STOP, "the objects are back; the reconciler deletes them")
         return Decision(Action.UNPIVOT, "a self-managing child is deleted: take its objects back")
     if not connected:
         return Decision(Action.STOP, "the agent is not connected")
     if status.phase is Phase.PROVISIONING:
-        if not cell.capi_applied(status):
+        if not pivot_flow.capi_applied(status):
             return Decision(Action.WAIT_FOR_CAPI, "the Cluster API objects are not all applied yet")
         return Decision(Action.CONNECT, "the agent connected and the Cluster API objects are applied")
     if status.phase is Phase.BOOTSTRAPPING:

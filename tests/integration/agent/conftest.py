@@ -15,7 +15,7 @@ import attrs
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lattice.adapters import agent_cell, agent_client, agent_local, agent_renewal, cell_ca, pki, tls
+from lattice.adapters import agent_client, agent_hub, agent_local, agent_renewal, cell_ca, pki, tls
 from lattice.adapters.api_proxy_agent import ApiProxyExecutor
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.conn_limits import ConnectionLimits
@@ -74,8 +74,8 @@ def cell_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @attrs.define
 class Cell:
-    hub: agent_cell.AgentHub
-    server: agent_cell.CellGrpcServer
+    hub: agent_hub.AgentHub
+    server: agent_hub.CellGrpcServer
     sink: InMemoryAgentStatusSink
 
     @property
@@ -108,7 +108,7 @@ async def running_cell(
 ) -> AsyncIterator[Cell]:
     sink = InMemoryAgentStatusSink()
     kwargs = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
-    hub = agent_cell.AgentHub(
+    hub = agent_hub.AgentHub(
         sink=sink,
         heartbeat_policy=heartbeat or HeartbeatPolicy(interval=0.5),
         signer=signer,
@@ -116,7 +116,7 @@ async def running_cell(
         revocation=revocation,
         **kwargs,
     )
-    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), port=port, limits=limits)
+    server = agent_hub.CellGrpcServer(hub, cell_pki.server_context(), port=port, limits=limits)
     await server.start()
     try:
         yield Cell(hub=hub, server=server, sink=sink)

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from grpclib.const import Status
 
-from lattice.adapters import agent_cell, tls
+from lattice.adapters import agent_hub, tls
 from lattice.domain import agent
 from lattice.domain.discovery import messages
 from lattice.domain.heartbeat import HeartbeatPolicy
@@ -41,8 +41,8 @@ class HeldDiscovery:
 async def test_an_older_stream_ending_does_not_disconnect_a_newer_one(cell_pki: Pki):
     sink = InMemoryAgentStatusSink()
     discovery = HeldDiscovery()
-    hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5), discovery=discovery)
-    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context())
+    hub = agent_hub.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5), discovery=discovery)
+    server = agent_hub.CellGrpcServer(hub, cell_pki.server_context())
     await server.start()
     context = tls.client_context(cell_pki.agent_files("c1"))
     try:
@@ -89,10 +89,10 @@ async def test_an_agent_heard_while_the_sweep_reports_another_is_not_lost(cell_p
     the sink took an earlier LOST agent's status stays connected."""
     now = [0.0]
     sink = HeldLostSink()
-    hub = agent_cell.AgentHub(
+    hub = agent_hub.AgentHub(
         sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5), monotonic=lambda: now[0]
     )
-    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context())
+    server = agent_hub.CellGrpcServer(hub, cell_pki.server_context())
     await server.start()
     try:
         async with (

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from lattice.adapters import agent_cell, registration_http, tls
+from lattice.adapters import agent_hub, registration_http, tls
 from lattice.adapters.token_store_memory import InMemoryTokenStore
 from lattice.domain import agent_payload, capi
 from lattice.domain.endpoint import Endpoint
@@ -64,8 +64,8 @@ def _agent_command(payload: str, bootstrap: Path) -> list[str]:
 
 async def test_a_child_registers_with_and_streams_to_an_ipv6_cell(cell_pki: Pki, tmp_path: Path) -> None:
     sink = InMemoryAgentStatusSink()
-    hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
-    grpc = agent_cell.CellGrpcServer(hub, cell_pki.server_context(), host="::1", port=0)
+    hub = agent_hub.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
+    grpc = agent_hub.CellGrpcServer(hub, cell_pki.server_context(), host="::1", port=0)
     await grpc.start()
     store = InMemoryTokenStore()
     webhook = registration_http.RegistrationServer(

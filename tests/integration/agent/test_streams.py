@@ -10,7 +10,7 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from lattice.adapters import agent_cell, tls
+from lattice.adapters import agent_hub, tls
 from lattice.domain import agent
 from lattice.domain.heartbeat import HeartbeatPolicy
 from lattice.ports.agent import AgentNotConnected, CommandTimeout
@@ -354,13 +354,13 @@ class FailingSink(agent_doubles.InMemoryAgentStatusSink):
 
 async def test_hub_edges(cell_pki: Pki):
     with pytest.raises(ValueError, match="CERT_REQUIRED"):
-        agent_cell.CellGrpcServer(
-            agent_cell.AgentHub(sink=FailingSink()),
+        agent_hub.CellGrpcServer(
+            agent_hub.AgentHub(sink=FailingSink()),
             tls.server_context(cell_pki.server, require_client_cert=False),
         )
     sink = FailingSink()
-    hub = agent_cell.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
-    server = agent_cell.CellGrpcServer(hub, cell_pki.server_context())
+    hub = agent_hub.AgentHub(sink=sink, heartbeat_policy=HeartbeatPolicy(interval=0.5))
+    server = agent_hub.CellGrpcServer(hub, cell_pki.server_context())
     await server.start()
     hub.start()  # idempotent
     try:

@@ -14,7 +14,7 @@ from lattice.adapters.agent_kube import KubeUnpivoter
 from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
-from lattice.domain import agent, cell, models
+from lattice.domain import agent, models, pivot_flow
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
 from lattice.ports.kube import ResourceRef
@@ -69,7 +69,7 @@ async def test_notice_refusal_cascade_and_release(cell_control_plane: ControlPla
         # A cell with children refuses, naming them and the way out.
         with pytest.raises(ExecutionError, match=r"a cell with children \(unp-a, unp-b\)") as refused:
             await unpivoter.export_own(command)
-        assert cell.CASCADE_ANNOTATION in str(refused.value)
+        assert pivot_flow.CASCADE_ANNOTATION in str(refused.value)
         assert "unp-a" in cp.kubectl("get", "lc", "-o", "name").stdout
 
         # The cell's copy asks for a cascade: the children are deleted first.
@@ -88,7 +88,7 @@ async def test_notice_refusal_cascade_and_release(cell_control_plane: ControlPla
         # Released: marked, so the operator drops its finalizer; the notice stops.
         await unpivoter.release(agent.UnpivotComplete("unp-cell"))
         own = json.loads(cp.kubectl("get", "lc", "unp-cell", "-o", "json").stdout)
-        assert own["metadata"]["annotations"][cell.UNPIVOTED_ANNOTATION] == "true"
+        assert own["metadata"]["annotations"][pivot_flow.UNPIVOTED_ANNOTATION] == "true"
         assert await unpivoter.deleting() is None
 
         # Released before its own deletion (the cell started it): it is deleted as well.

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import attrs
 import pytest
 
-from lattice.adapters import agent_cell, agent_client, agent_local, tls
+from lattice.adapters import agent_client, agent_hub, agent_local, tls
 from lattice.adapters.clock import SystemClock
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.coordinator import DiscoveryConfig, DiscoveryCoordinator
@@ -22,7 +22,7 @@ from lattice.domain.discovery.cache import CacheChanges
 from lattice.domain.discovery.catalog import ServiceCatalog
 from lattice.domain.discovery.naming import ClusterContext
 from lattice.domain.heartbeat import HeartbeatPolicy
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 from lattice.ports.discovery import CellDiscoveryHandler
 from lattice.testing import agents as agent_doubles
 from tests.integration.agent.conftest import Pki
@@ -50,8 +50,8 @@ async def wait_until(predicate: Callable[[], bool], within: float = 10.0, what: 
 
 @attrs.define
 class DiscoveryCell:
-    hub: agent_cell.AgentHub
-    server: agent_cell.CellGrpcServer
+    hub: agent_hub.AgentHub
+    server: agent_hub.CellGrpcServer
     service: CatalogService
 
     @property
@@ -68,12 +68,12 @@ async def discovery_cell(
     pki: Pki, handler: Callable[[CatalogService], CellDiscoveryHandler] = CatalogStreamHandler
 ) -> AsyncIterator[DiscoveryCell]:
     service = CatalogService(ServiceCatalog("cell"), SystemClock())
-    hub = agent_cell.AgentHub(
+    hub = agent_hub.AgentHub(
         sink=agent_doubles.InMemoryAgentStatusSink(),
         heartbeat_policy=HeartbeatPolicy(interval=0.5),
         discovery=handler(service),
     )
-    server = agent_cell.CellGrpcServer(hub, pki.server_context())
+    server = agent_hub.CellGrpcServer(hub, pki.server_context())
     await server.start()
     try:
         yield DiscoveryCell(hub=hub, server=server, service=service)

@@ -23,7 +23,7 @@ from lattice.domain.discovery.messages import (
 )
 from lattice.domain.discovery.plan import DependencyState, plan_service_resources
 from lattice.domain.discovery.resolution import NotAllowed, NotFound, Resolved, Source
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 from lattice.ports.discovery import Addressed, ParentUnavailable
 from lattice.proto.agent.v1 import agent_pb2 as pb
 from lattice.testing import agents as agent_doubles

@@ -27,7 +27,7 @@ from lattice.app.discovery.service_controller import (
 )
 from lattice.domain.discovery.cache import CacheChanges
 from lattice.domain.discovery.naming import ClusterContext
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 from tests.integration.agent.conftest import Pki

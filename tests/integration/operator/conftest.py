@@ -18,13 +18,13 @@ import pytest
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.process import OperatorSettings, run_operator
-from lattice.domain import capi, reconcile
+from lattice.domain import capi, cluster_reconcile
 from lattice.domain.operator_command import OperatorOptions, operator_command
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 
 T = TypeVar("T")
-CELL = reconcile.OperatorContext(self_name="mgmt", cell_endpoint=capi.ParentEndpoint(host="10.0.0.1"))
+CELL = cluster_reconcile.OperatorContext(self_name="mgmt", cell_endpoint=capi.ParentEndpoint(host="10.0.0.1"))
 
 
 @pytest.fixture
@@ -85,7 +85,11 @@ async def capi_objects(api: Kr8sKube, name: str) -> dict[str, dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def operator(
-    cp: ControlPlane, *, identity: str = "op", context: reconcile.OperatorContext = CELL, **overrides: Any
+    cp: ControlPlane,
+    *,
+    identity: str = "op",
+    context: cluster_reconcile.OperatorContext = CELL,
+    **overrides: Any,
 ) -> AsyncIterator[OperatorSettings]:
     settings = OperatorSettings(
         kubeconfig=str(cp.kubeconfig),

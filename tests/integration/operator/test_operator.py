@@ -18,7 +18,7 @@ import pytest
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.revocations import ConfigMapRevocations
-from lattice.app.operator.cell_runtime import CellSettings
+from lattice.app.operator.cell_role import CellSettings
 from lattice.ports import kube
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.integration.conftest import events_of

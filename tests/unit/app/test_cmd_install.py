@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lattice.app import cli
-from lattice.domain import install
+from lattice.domain import install_plan
 
 REPO = Path(__file__).resolve().parents[3]
 MGMT = REPO / "examples" / "install" / "local-mgmt.yaml"
@@ -20,12 +20,12 @@ def _parse(*argv: str) -> object:
 
 def test_via_defaults_to_the_manifests() -> None:
     assert _parse() == "manifests"
-    assert install.Via(_parse()) is install.Via.MANIFESTS
+    assert install_plan.Via(_parse()) is install_plan.Via.MANIFESTS
 
 
 def test_via_helm_is_parsed() -> None:
-    assert install.Via(_parse("--via", "helm")) is install.Via.HELM
-    assert install.Via(_parse("--via=manifests")) is install.Via.MANIFESTS
+    assert install_plan.Via(_parse("--via", "helm")) is install_plan.Via.HELM
+    assert install_plan.Via(_parse("--via=manifests")) is install_plan.Via.MANIFESTS
 
 
 def test_an_unknown_via_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:

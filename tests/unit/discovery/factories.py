@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from lattice.domain import services
+from lattice.domain import lattice_service
 from lattice.domain.discovery.catalog import CatalogEntry
 from lattice.domain.discovery.messages import ServiceAnnouncement, ServicePort
 from lattice.domain.discovery.naming import ClusterContext
@@ -45,15 +45,15 @@ def service_doc(
     }
 
 
-def valid(doc: dict[str, Any]) -> services.ValidService:
-    parsed = services.service_from_dict(doc)
-    assert isinstance(parsed, services.LatticeService), parsed
-    result = services.validate_service(parsed)
-    assert isinstance(result, services.ValidService), result
+def valid(doc: dict[str, Any]) -> lattice_service.ValidService:
+    parsed = lattice_service.service_from_dict(doc)
+    assert isinstance(parsed, lattice_service.LatticeService), parsed
+    result = lattice_service.validate_service(parsed)
+    assert isinstance(result, lattice_service.ValidService), result
     return result
 
 
-def svc(name: str, **kwargs: Any) -> services.ValidService:
+def svc(name: str, **kwargs: Any) -> lattice_service.ValidService:
     return valid(service_doc(name, **kwargs))
 
 

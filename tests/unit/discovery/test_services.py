@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from syrupy.assertion import SnapshotAssertion
 
 from lattice.app import yamlio
-from lattice.domain import service_crd, services
+from lattice.domain import lattice_service, lattice_service_crd
 from lattice.domain.errors import FieldError
 from tests.unit.discovery.factories import HTTP, service_doc, svc, valid
 
@@ -18,10 +18,10 @@ EXAMPLE = Path(__file__).parents[3] / "examples" / "services" / "cross-cluster.y
 
 
 def _errors(doc: dict[str, Any]) -> list[str]:
-    parsed = services.service_from_dict(doc)
+    parsed = lattice_service.service_from_dict(doc)
     if isinstance(parsed, list):
         return [str(e) for e in parsed]
-    result = services.validate_service(parsed)
+    result = lattice_service.validate_service(parsed)
     assert isinstance(result, list), result
     return [str(e) for e in result]
 
@@ -55,7 +55,7 @@ def test_derived_facts() -> None:
 def test_resource_version_becomes_the_announcement_version(
     resource_version: str | None, expected: int
 ) -> None:
-    assert services.resource_version_number(resource_version) == expected
+    assert lattice_service.resource_version_number(resource_version) == expected
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -63,13 +63,13 @@ def test_round_trip_keeps_every_field() -> None:
         "api", ports={"http": {"port": 80, "targetPort": 8080, "protocol": "HTTP"}}, inbound=("*",)
     )
     doc["metadata"]["labels"] = {"team": "a"}
-    parsed = services.service_from_dict(doc)
-    assert isinstance(parsed, services.LatticeService)
-    out = services.service_to_dict(parsed)
+    parsed = lattice_service.service_from_dict(doc)
+    assert isinstance(parsed, lattice_service.LatticeService)
+    out = lattice_service.service_to_dict(parsed)
     assert out["spec"] == doc["spec"]
     assert out["metadata"] == {**doc["metadata"], "generation": 0}
     assert out["status"] == {"phase": "Pending"}
-    assert "status" not in services.service_to_dict(parsed, with_status=False)
+    assert "status" not in lattice_service.service_to_dict(parsed, with_status=False)
 
 
 def test_unknown_metadata_is_ignored_but_unknown_spec_is_not() -> None:
@@ -225,17 +225,17 @@ def service_docs(draw: st.DrawFn) -> dict[str, Any]:
 
 @given(service_docs())
 def test_wire_round_trip(doc: dict[str, Any]) -> None:
-    parsed = services.service_from_dict(copy.deepcopy(doc))
-    assert isinstance(parsed, services.LatticeService)
-    again = services.service_from_dict(services.service_to_dict(parsed))
+    parsed = lattice_service.service_from_dict(copy.deepcopy(doc))
+    assert isinstance(parsed, lattice_service.LatticeService)
+    again = lattice_service.service_from_dict(lattice_service.service_to_dict(parsed))
     assert again == parsed
 
 
 @given(service_docs())
 def test_dependencies_and_callers_partition_the_service_resources(doc: dict[str, Any]) -> None:
-    parsed = services.service_from_dict(doc)
-    assert isinstance(parsed, services.LatticeService)
-    result = services.validate_service(parsed)
+    parsed = lattice_service.service_from_dict(doc)
+    assert isinstance(parsed, lattice_service.LatticeService)
+    result = lattice_service.validate_service(parsed)
     if isinstance(result, list):
         assert all(isinstance(e, FieldError) and e.path for e in result)
         return
@@ -258,11 +258,11 @@ def _nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, 
 
 
 def test_crd_golden(yaml_snapshot: SnapshotAssertion) -> None:
-    assert yamlio.dump_all([service_crd.lattice_service_crd()]) == yaml_snapshot
+    assert yamlio.dump_all([lattice_service_crd.lattice_service_crd()]) == yaml_snapshot
 
 
 def test_crd_is_namespaced_structural_and_described() -> None:
-    crd = service_crd.lattice_service_crd()
+    crd = lattice_service_crd.lattice_service_crd()
     assert crd["metadata"]["name"] == "latticeservices.lattice.dev"
     assert crd["spec"]["scope"] == "Namespaced"
     assert crd["spec"]["names"]["shortNames"] == ["ls"]
@@ -289,7 +289,7 @@ def test_crd_is_namespaced_structural_and_described() -> None:
 
 
 def test_required_fields_carry_no_default() -> None:
-    root = service_crd.lattice_service_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    root = lattice_service_crd.lattice_service_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _nodes(root):
         for name in node.get("required", []):
             assert "default" not in node["properties"][name], f"{path}.{name}"
@@ -298,7 +298,7 @@ def test_required_fields_carry_no_default() -> None:
 
 
 def test_cel_rules_have_messages() -> None:
-    root = service_crd.lattice_service_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    root = lattice_service_crd.lattice_service_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     rules = [r for _, node in _nodes(root) for r in node.get("x-kubernetes-validations", [])]
     assert {r["message"] for r in rules} == {
         "port numbers must be unique",

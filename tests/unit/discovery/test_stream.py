@@ -18,7 +18,7 @@ from lattice.domain.discovery.messages import (
     ServiceQueryResponse,
 )
 from lattice.domain.discovery.resolution import NotAllowed, Resolved
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 from lattice.ports.discovery import (
     AgentDiscoveryHandler,
     CellDiscoveryHandler,

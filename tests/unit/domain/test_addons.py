@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from syrupy.assertion import SnapshotAssertion
 
 from lattice.app import yamlio
-from lattice.domain import addons, install, models, serde
+from lattice.domain import addons, install_plan, models, serde
 
 EXAMPLES = Path(__file__).parents[3] / "examples" / "clusters"
 
@@ -249,12 +249,12 @@ def test_a_cell_behind_its_load_balancer_binds_the_pods_address() -> None:
         "networking": {"default": {"cidr": "127.77.1.0/30"}},
     }
     assert addons.load_balancer_carries_host(spec)
-    args = install.cell_operator_args(spec, "/state")
+    args = install_plan.cell_operator_args(spec, "/state")
     assert args[args.index("--bind-host") + 1] == "$(POD_IP)"
     spec["parentConfig"]["service"] = {"type": "NodePort"}
     assert not addons.load_balancer_carries_host(spec)
-    args = install.cell_operator_args(spec, "/state")
+    args = install_plan.cell_operator_args(spec, "/state")
     assert args[args.index("--bind-host") + 1] == "127.77.1.1"
     assert not addons.load_balancer_carries_host({"parentConfig": {"host": "127.77.1.1"}})
-    named = install.cell_operator_args({"parentConfig": {"host": "cell.example.com"}}, "/state")
+    named = install_plan.cell_operator_args({"parentConfig": {"host": "cell.example.com"}}, "/state")
     assert named[named.index("--bind-host") + 1] == "0.0.0.0"

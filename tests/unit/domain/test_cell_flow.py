@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lattice.domain import cell, conditions, install, models, reconcile
+from lattice.domain import cluster_reconcile, conditions, install_plan, models, pivot_flow
 from lattice.domain.models import ConditionStatus, Phase, PivotStep
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -21,52 +21,52 @@ def applied(value: ConditionStatus = ConditionStatus.TRUE) -> tuple[models.Condi
 
 
 def test_happy_path_through_bootstrap_and_pivot() -> None:
-    s = cell.agent_connected(status(Phase.PROVISIONING, conditions=applied()), NOW)
+    s = pivot_flow.agent_connected(status(Phase.PROVISIONING, conditions=applied()), NOW)
     assert s.phase is Phase.BOOTSTRAPPING
     assert s.message == "agent connected; bootstrapping"
-    s = cell.bootstrap_completed(s, NOW)
+    s = pivot_flow.bootstrap_completed(s, NOW)
     assert (s.phase, s.pivot) == (Phase.PIVOTING, models.PivotStatus(PivotStep.EXPORTING, 1))
-    s = cell.pivot_step(s, PivotStep.TRANSFERRING, NOW, objects=10)
+    s = pivot_flow.pivot_step(s, PivotStep.TRANSFERRING, NOW, objects=10)
     assert s.pivot is not None
     assert (s.pivot.step, s.pivot.objects) == (PivotStep.TRANSFERRING, 10)
     assert "attempt 1" in (s.message or "")
-    s = cell.pivot_step(s, PivotStep.IMPORTING, NOW)
+    s = pivot_flow.pivot_step(s, PivotStep.IMPORTING, NOW)
     assert s.pivot is not None
     assert s.pivot.objects == 10
-    s = cell.pivot_succeeded(s, NOW)
+    s = pivot_flow.pivot_succeeded(s, NOW)
     assert s.phase is Phase.READY
-    assert cell.pivoted_away(s)
+    assert pivot_flow.pivoted_away(s)
     assert {c.type: c.status.value for c in s.conditions}["Pivoted"] == "True"
 
 
 def test_a_failed_bootstrap_is_a_condition_naming_the_object_then_success_clears_it() -> None:
     s = status(Phase.BOOTSTRAPPING)
     error = "applying CiliumLoadBalancerIPPool default: spec.blocks[0].cidr: Invalid value"
-    s = cell.bootstrap_failed(s, error, NOW)
+    s = pivot_flow.bootstrap_failed(s, error, NOW)
     assert s.phase is Phase.BOOTSTRAPPING
     assert s.message == f"bootstrap payload not applied: {error}"
     (cond,) = [c for c in s.conditions if c.type == "Bootstrapped"]
     assert (cond.status.value, cond.reason, cond.message) == ("False", "ApplyFailed", error)
-    long = cell.bootstrap_failed(s, "x" * 5000, NOW)
+    long = pivot_flow.bootstrap_failed(s, "x" * 5000, NOW)
     (cond,) = [c for c in long.conditions if c.type == "Bootstrapped"]
-    assert len(cond.message or "") == cell.BOOTSTRAP_MESSAGE_LIMIT
-    blank = cell.bootstrap_failed(s, " ", NOW)
+    assert len(cond.message or "") == pivot_flow.BOOTSTRAP_MESSAGE_LIMIT
+    blank = pivot_flow.bootstrap_failed(s, " ", NOW)
     assert "without a reason" in (blank.message or "")
-    s = cell.bootstrap_completed(s, NOW)
+    s = pivot_flow.bootstrap_completed(s, NOW)
     (cond,) = [c for c in s.conditions if c.type == "Bootstrapped"]
     assert (cond.status.value, cond.reason) == ("True", "Applied")
-    with pytest.raises(cell.StepRejected):
-        cell.bootstrap_failed(s, error, NOW)
+    with pytest.raises(pivot_flow.StepRejected):
+        pivot_flow.bootstrap_failed(s, error, NOW)
 
 
 def test_failures_retry_then_abandon() -> None:
-    s = cell.bootstrap_completed(status(Phase.BOOTSTRAPPING), NOW)
-    for attempt in range(1, cell.MAX_PIVOT_ATTEMPTS):
-        s = cell.pivot_failed(s, f"boom {attempt}", NOW)
+    s = pivot_flow.bootstrap_completed(status(Phase.BOOTSTRAPPING), NOW)
+    for attempt in range(1, pivot_flow.MAX_PIVOT_ATTEMPTS):
+        s = pivot_flow.pivot_failed(s, f"boom {attempt}", NOW)
         assert s.phase is Phase.PIVOTING
         assert s.pivot is not None
         assert (s.pivot.attempt, s.pivot.last_error) == (attempt + 1, f"boom {attempt}")
-    s = cell.pivot_failed(s, "final", NOW)
+    s = pivot_flow.pivot_failed(s, "final", NOW)
     assert s.phase is Phase.FAILED
     assert "abandoned" in (s.message or "")
 
@@ -79,37 +79,37 @@ def test_failures_retry_then_abandon() -> None:
 def test_no_bootstrap_before_every_capi_object_is_applied(conds: tuple[models.Condition, ...]) -> None:
     # A pivot started now would export a partial graph (e.g. without the MachineDeployment).
     s = status(Phase.PROVISIONING, conditions=conds)
-    assert not cell.capi_applied(s)
-    with pytest.raises(cell.StepRejected, match="not all applied"):
-        cell.agent_connected(s, NOW)
-    assert cell.capi_applied(status(Phase.PROVISIONING, conditions=applied()))
+    assert not pivot_flow.capi_applied(s)
+    with pytest.raises(pivot_flow.StepRejected, match="not all applied"):
+        pivot_flow.agent_connected(s, NOW)
+    assert pivot_flow.capi_applied(status(Phase.PROVISIONING, conditions=applied()))
 
 
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: cell.agent_connected(status(Phase.DELETING), NOW),
-        lambda: cell.bootstrap_completed(status(Phase.PROVISIONING), NOW),
-        lambda: cell.pivot_step(status(Phase.READY), PivotStep.IMPORTING, NOW),
-        lambda: cell.pivot_failed(status(Phase.PIVOTING), "x", NOW),
+        lambda: pivot_flow.agent_connected(status(Phase.DELETING), NOW),
+        lambda: pivot_flow.bootstrap_completed(status(Phase.PROVISIONING), NOW),
+        lambda: pivot_flow.pivot_step(status(Phase.READY), PivotStep.IMPORTING, NOW),
+        lambda: pivot_flow.pivot_failed(status(Phase.PIVOTING), "x", NOW),
     ],
 )
 def test_steps_out_of_place_are_rejected(call: object) -> None:
-    with pytest.raises(cell.StepRejected):
+    with pytest.raises(pivot_flow.StepRejected):
         call()  # type: ignore[operator]
 
 
 def test_child_copy_and_imported_status() -> None:
     raw = {"metadata": {"name": "c", "labels": {"a": "b"}, "uid": "u"}, "spec": {"cellRef": "mgmt"}}
-    copy = cell.child_copy(raw, cell.imported_status())
+    copy = pivot_flow.child_copy(raw, pivot_flow.imported_status())
     assert copy["metadata"] == {
         "name": "c",
-        "annotations": {cell.PIVOTED_ANNOTATION: "mgmt"},
+        "annotations": {pivot_flow.PIVOTED_ANNOTATION: "mgmt"},
         "labels": {"a": "b"},
     }
     assert copy["status"]["phase"] == "Ready"
-    assert cell.child_copy_file_name("c") == "LatticeCluster__c.json"
-    assert cell.parse_status({"status": {"phase": "Nope"}}) == models.LatticeClusterStatus()
+    assert pivot_flow.child_copy_file_name("c") == "LatticeCluster__c.json"
+    assert pivot_flow.parse_status({"status": {"phase": "Nope"}}) == models.LatticeClusterStatus()
     # The child's operator sees a pivoted-in cluster as Ready even before its status is written.
     imported = {
         **copy,
@@ -118,7 +118,7 @@ def test_child_copy_and_imported_status() -> None:
             **copy["metadata"],
             "generation": 1,
             "resourceVersion": "1",
-            "finalizers": [reconcile.FINALIZER],
+            "finalizers": [cluster_reconcile.FINALIZER],
         },
     }
     imported["spec"] = {
@@ -126,7 +126,7 @@ def test_child_copy_and_imported_status() -> None:
         "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
         "nodes": {"controlPlane": 1, "workers": 1},
     }
-    plan = reconcile.plan_cluster(imported, [], reconcile.OperatorContext(self_name="c"), NOW)
+    plan = cluster_reconcile.plan_cluster(imported, [], cluster_reconcile.OperatorContext(self_name="c"), NOW)
     assert plan.status is not None
     assert plan.status["phase"] == "Ready"
 
@@ -142,21 +142,21 @@ CLUSTER = {
 
 
 def test_install_resource_set_and_selectors() -> None:
-    secret, crs = install.agent_resource_set("mgmt", "kind: X\n")
-    assert secret["type"] == install.CRS_SECRET_TYPE
+    secret, crs = install_plan.agent_resource_set("mgmt", "kind: X\n")
+    assert secret["type"] == install_plan.CRS_SECRET_TYPE
     assert crs["spec"]["resources"] == [{"kind": "Secret", "name": "mgmt-lattice-agent"}]
     labels = {"lattice.dev/cluster": "mgmt", "tier": "a"}
-    assert install.selector_matches(crs["spec"]["clusterSelector"], labels)
-    assert not install.selector_matches({"matchLabels": {"lattice.dev/cluster": "x"}}, labels)
-    assert not install.selector_matches({}, labels)
+    assert install_plan.selector_matches(crs["spec"]["clusterSelector"], labels)
+    assert not install_plan.selector_matches({"matchLabels": {"lattice.dev/cluster": "x"}}, labels)
+    assert not install_plan.selector_matches({}, labels)
 
     def expr(op: str, values: list[str] | None = None) -> dict[str, object]:
         return {"matchExpressions": [{"key": "tier", "operator": op, "values": values or []}]}
 
 
 def test_cell_operator_args() -> None:
-    assert install.cell_operator_args({}, "/s") == []
-    args = install.cell_operator_args(
+    assert install_plan.cell_operator_args({}, "/s") == []
+    args = install_plan.cell_operator_args(
         {
             "parentConfig": {"host": "127.0.0.1", "grpcPort": 1, "bootstrapPort": 2},
             "provider": {"type": "local"},
@@ -177,11 +177,11 @@ def test_cell_operator_args() -> None:
         "--state-dir",
         "/s",
     ]
-    named = install.cell_operator_args(
+    named = install_plan.cell_operator_args(
         {"parentConfig": {"host": "cell.example"}, "provider": {"type": "aws"}}, "/s"
     )
     assert named[named.index("--bind-host") + 1] == "0.0.0.0"
-    no_proxy = install.cell_operator_args(
+    no_proxy = install_plan.cell_operator_args(
         {"parentConfig": {"host": "cell.example", "proxyPort": 0}, "provider": {"type": "aws"}}, "/s"
     )
     assert "--proxy-port" not in no_proxy
@@ -189,31 +189,31 @@ def test_cell_operator_args() -> None:
 
 
 def test_unpivot_steps_in_order_and_out_of_place() -> None:
-    done = cell.imported_status()
-    with pytest.raises(cell.StepRejected):
-        cell.unpivot_requested(status(Phase.PROVISIONING), "w1", NOW)
-    requested = cell.unpivot_requested(done, "w1", NOW)
+    done = pivot_flow.imported_status()
+    with pytest.raises(pivot_flow.StepRejected):
+        pivot_flow.unpivot_requested(status(Phase.PROVISIONING), "w1", NOW)
+    requested = pivot_flow.unpivot_requested(done, "w1", NOW)
     assert requested.phase is Phase.DELETING
     assert requested.unpivot == models.UnpivotStatus(step=models.UnpivotStep.REQUESTED)
-    assert cell.unpivot_requested(requested, "w1", NOW).unpivot == requested.unpivot  # idempotent
-    waiting = cell.unpivot_waiting(requested, "w1's agent is not connected to this cell", NOW)
+    assert pivot_flow.unpivot_requested(requested, "w1", NOW).unpivot == requested.unpivot  # idempotent
+    waiting = pivot_flow.unpivot_waiting(requested, "w1's agent is not connected to this cell", NOW)
     assert waiting.unpivot is not None
     assert waiting.unpivot.last_error == "w1's agent is not connected to this cell"
-    assert cell.ABANDON_ANNOTATION in (waiting.message or "")
+    assert pivot_flow.ABANDON_ANNOTATION in (waiting.message or "")
     deleting_condition = next(c for c in waiting.conditions if c.type == conditions.DELETING)
     assert deleting_condition.reason == "UnpivotPending"
-    with pytest.raises(cell.StepRejected):
-        cell.unpivot_released(waiting, NOW)
-    imported = cell.unpivot_imported(waiting, 9, NOW)
+    with pytest.raises(pivot_flow.StepRejected):
+        pivot_flow.unpivot_released(waiting, NOW)
+    imported = pivot_flow.unpivot_imported(waiting, 9, NOW)
     assert imported.unpivot == models.UnpivotStatus(step=models.UnpivotStep.IMPORTED, objects=9)
-    assert not cell.unpivot_done(imported)
-    for step in (cell.unpivot_waiting, lambda s, *_: cell.unpivot_imported(s, 1, NOW)):
-        with pytest.raises(cell.StepRejected):
+    assert not pivot_flow.unpivot_done(imported)
+    for step in (pivot_flow.unpivot_waiting, lambda s, *_: pivot_flow.unpivot_imported(s, 1, NOW)):
+        with pytest.raises(pivot_flow.StepRejected):
             step(imported, "x", NOW)
-    with pytest.raises(cell.StepRejected):
-        cell.unpivot_requested(imported, "w1", NOW)
-    released = cell.unpivot_released(imported, NOW)
-    assert cell.unpivot_done(released)
+    with pytest.raises(pivot_flow.StepRejected):
+        pivot_flow.unpivot_requested(imported, "w1", NOW)
+    released = pivot_flow.unpivot_released(imported, NOW)
+    assert pivot_flow.unpivot_done(released)
     assert released.unpivot is not None
     assert released.unpivot.objects == 9
     ready = next(c for c in released.conditions if c.type == conditions.READY)
@@ -221,10 +221,14 @@ def test_unpivot_steps_in_order_and_out_of_place() -> None:
 
 
 def test_annotations_and_children() -> None:
-    raw = {"metadata": {"annotations": {cell.CASCADE_ANNOTATION: "true", cell.ABANDON_ANNOTATION: "yes"}}}
-    assert cell.annotated(raw, cell.CASCADE_ANNOTATION)
-    assert not cell.annotated(raw, cell.ABANDON_ANNOTATION)  # only "true" counts
-    assert not cell.annotated({"metadata": {}}, cell.CASCADE_ANNOTATION)
+    raw = {
+        "metadata": {
+            "annotations": {pivot_flow.CASCADE_ANNOTATION: "true", pivot_flow.ABANDON_ANNOTATION: "yes"}
+        }
+    }
+    assert pivot_flow.annotated(raw, pivot_flow.CASCADE_ANNOTATION)
+    assert not pivot_flow.annotated(raw, pivot_flow.ABANDON_ANNOTATION)  # only "true" counts
+    assert not pivot_flow.annotated({"metadata": {}}, pivot_flow.CASCADE_ANNOTATION)
     items = [
         {"metadata": {"name": "c"}, "spec": {"cellRef": "mgmt"}},
         {"metadata": {"name": "mgmt"}, "spec": {"cellRef": "mgmt"}},
@@ -232,4 +236,4 @@ def test_annotations_and_children() -> None:
         {"metadata": {"name": "x"}, "spec": {"cellRef": "other"}},
         {"metadata": {"name": "y"}},
     ]
-    assert cell.own_children(items, "mgmt") == ["a", "c"]
+    assert pivot_flow.own_children(items, "mgmt") == ["a", "c"]

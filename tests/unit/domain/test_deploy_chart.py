@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 
 import lattice
 from lattice.app import yamlio
-from lattice.domain import capi, crds, deploy, install
+from lattice.domain import capi, crds, deploy, install_plan
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "lattice"
 
@@ -86,21 +86,21 @@ def test_a_child_operator_is_the_cell_its_spec_says_with_its_parent() -> None:
         "provider": {"type": "local"},
         "parentConfig": {"host": "10.0.0.5", "bootstrapPort": 9443, "grpcPort": 9444},
     }
-    operator = install.child_operator("child", spec, parent, "img:1", ("--local-infra",))
+    operator = install_plan.child_operator("child", spec, parent, "img:1", ("--local-infra",))
     assert operator == deploy.OperatorInstall(
         image="img:1",
         cluster_name="child",
         replicas=1,
         extra_args=(
-            *install.parent_operator_args(spec, parent),
-            *install.cell_operator_args(spec, deploy.STATE_DIR),
+            *install_plan.parent_operator_args(spec, parent),
+            *install_plan.cell_operator_args(spec, deploy.STATE_DIR),
             "--local-infra",
         ),
         state_volume=True,
     )
     assert operator.extra_args[:2] == ("--parent-endpoint", "cell.example.com:8443:50051")
     # A root (no cellRef) without parentConfig: a plain operator, no state volume.
-    plain = install.child_operator("leaf", {"provider": {"type": "aws"}}, None, "img:1")
+    plain = install_plan.child_operator("leaf", {"provider": {"type": "aws"}}, None, "img:1")
     assert plain.extra_args == ()
     assert not plain.state_volume
 

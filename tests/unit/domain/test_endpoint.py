@@ -16,8 +16,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lattice.app import cli, cmd_agent, yamlio
-from lattice.app.operator.cell_runtime import CellSettings
-from lattice.domain import agent_payload, capi, capi_managers, install, models, serde, validation
+from lattice.app.operator.cell_role import CellSettings
+from lattice.domain import agent_payload, capi, capi_managers, install_plan, models, serde, validation
 from lattice.domain.discovery.naming import gateway_endpoint, parse_gateway_endpoint
 from lattice.domain.endpoint import (
     Endpoint,
@@ -377,9 +377,9 @@ def test_the_agent_refuses_a_bare_ipv6_parent_naming_the_flag() -> None:
 
 def test_the_operator_of_a_child_of_an_ipv6_cell_gets_a_bracketed_parent_endpoint(tmp_path: Path) -> None:
     cell = CellSettings(host="::1", bootstrap_port=8443, grpc_port=50051, state_dir=tmp_path)
-    args = install.parent_operator_args({"cellRef": "mgmt"}, cell.endpoint)
+    args = install_plan.parent_operator_args({"cellRef": "mgmt"}, cell.endpoint)
     assert args == ["--parent-endpoint", "[::1]:8443:50051"]
-    assert install.parent_operator_args({}, cell.endpoint) == []
+    assert install_plan.parent_operator_args({}, cell.endpoint) == []
     parsed = cli.build_parser().parse_args(["operator", *args, "--cell-endpoint", "[fd00::1]:9443"])
     assert parsed.parent_endpoint == cell.endpoint
     assert parsed.cell_endpoint == capi.ParentEndpoint("fd00::1", 9443)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lattice.domain import deploy, install
+from lattice.domain import deploy, install_plan
 from lattice.domain import local_pods as lp
 
 CONFIG = lp.parse_image_config(
@@ -169,7 +169,7 @@ def test_a_volume_the_kubelet_cannot_provide_is_refused() -> None:
 def test_a_local_infra_childs_operator_keeps_its_state_on_its_volume() -> None:
     """Its Cluster API managers write certificates and logs: the image's root is read-only."""
     infra = ("--local-infra", "--capi-managers", "--machines-dir", "/m")
-    wanted = install.child_operator("c", {}, None, "lattice:1", infra)
+    wanted = install_plan.child_operator("c", {}, None, "lattice:1", infra)
     assert wanted.state_volume
     assert wanted.extra_args[-6:] == ("--state-dir", deploy.STATE_DIR, *infra)
-    assert not install.child_operator("c", {}, None, "lattice:1").state_volume
+    assert not install_plan.child_operator("c", {}, None, "lattice:1").state_volume

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lattice.domain import move_graph
 from lattice.domain.move_graph import MoveType
-from lattice.domain.pivot import ObjectId, object_id
+from lattice.domain.pivot_export import ObjectId, object_id
 
 NS = "capi-w1"
 CAPI = "cluster.x-k8s.io/v1beta2"

@@ -6,7 +6,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.domain import pivot
+from lattice.domain import pivot_export
 
 
 def obj(kind: str, name: str, **extra: Any) -> dict[str, Any]:
@@ -33,7 +33,9 @@ def test_parse_export() -> None:
     secret = obj("Secret", "w1-kubeconfig", data={"value": "eA=="}, status={"ignored": True})
     md = obj("MachineDeployment", "w1-md-0", status={})
     parsed = [
-        o for o in pivot.parse_export(files(secret, md, cluster)) if isinstance(o, pivot.ExportedObject)
+        o
+        for o in pivot_export.parse_export(files(secret, md, cluster))
+        if isinstance(o, pivot_export.ExportedObject)
     ]
     assert len(parsed) == 3
     names = [o.file_name for o in parsed]
@@ -45,7 +47,7 @@ def test_parse_export() -> None:
 
 
 def test_parse_export_reports_every_bad_file() -> None:
-    result = pivot.parse_export(
+    result = pivot_export.parse_export(
         [
             ("../etc/passwd", b"{}"),
             ("Cluster_ns_x.yaml", b"not json"),
@@ -73,8 +75,8 @@ def test_deletion_order_puts_the_cluster_last() -> None:
         "KubeadmConfigTemplate",
         "Widget",
     ]
-    ids = [pivot.ObjectId("x/v1", k, "ns", k.lower()) for k in kinds]
-    order = [i.kind for i in pivot.deletion_order(ids)]
+    ids = [pivot_export.ObjectId("x/v1", k, "ns", k.lower()) for k in kinds]
+    order = [i.kind for i in pivot_export.deletion_order(ids)]
     assert order[0] == "Machine"
     assert order[-1] == "Cluster"
     assert order.index("KubeadmControlPlane") < order.index("LocalCluster") < order.index("Secret")
@@ -84,31 +86,31 @@ def test_content_hash_ignores_server_fields_and_move_markers() -> None:
     a = obj("Cluster", "w1", spec={"paused": True, "x": 1})
     b = json.loads(json.dumps(a))
     b["metadata"].update(
-        uid="other", resourceVersion="99", managedFields=[{}], annotations={pivot.DELETE_FOR_MOVE: ""}
+        uid="other", resourceVersion="99", managedFields=[{}], annotations={pivot_export.DELETE_FOR_MOVE: ""}
     )
     b["spec"]["paused"] = False
-    assert pivot.content_hash(a) == pivot.content_hash(b)
+    assert pivot_export.content_hash(a) == pivot_export.content_hash(b)
     b["spec"]["x"] = 2
-    assert pivot.content_hash(a) != pivot.content_hash(b)
+    assert pivot_export.content_hash(a) != pivot_export.content_hash(b)
 
 
 def test_compare_sides() -> None:
     a, b, c, d = (obj("Secret", n, data={"k": n}) for n in "abcd")
     changed = obj("Secret", "c", data={"k": "other"})
-    report = pivot.compare_sides([a, b, c, d], source_now=[b], target_now=[a, b, changed])
+    report = pivot_export.compare_sides([a, b, c, d], source_now=[b], target_now=[a, b, changed])
     assert report.only_target == ("Secret capi-w1/a", "Secret capi-w1/c")
     assert report.on_both == ("Secret capi-w1/b",)
     assert report.missing == ("Secret capi-w1/d",)
     assert report.changed == ("Secret capi-w1/c",)
     assert not report.moved_exactly_once
-    assert pivot.compare_sides([a], [], [a]).moved_exactly_once
-    assert str(pivot.ObjectId("v1", "Namespace", None, "n")) == "Namespace n"
+    assert pivot_export.compare_sides([a], [], [a]).moved_exactly_once
+    assert str(pivot_export.ObjectId("v1", "Namespace", None, "n")) == "Namespace n"
 
 
 @given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), unique=True))
 def test_a_complete_move_is_exactly_once(names: list[str]) -> None:
     objects = [obj("ConfigMap", n, data={"v": n}) for n in names]
-    assert pivot.compare_sides(objects, [], objects).moved_exactly_once
+    assert pivot_export.compare_sides(objects, [], objects).moved_exactly_once
 
 
 def test_move_kinds_are_the_served_storage_versions_of_labelled_crds() -> None:
@@ -131,15 +133,15 @@ def test_move_kinds_are_the_served_storage_versions_of_labelled_crds() -> None:
         {"spec": {"group": "example.com", "names": {}}},  # malformed: skipped
         {},
     ]
-    assert pivot.move_kinds(crds) == [
+    assert pivot_export.move_kinds(crds) == [
         ("cluster.x-k8s.io/v1beta2", "Machine"),
         ("infrastructure.lattice.dev/v1alpha1", "LocalCluster"),
     ]
 
 
 def test_deletion_waves_keep_the_order_and_group_one_rank_each() -> None:
-    def oid(kind: str, name: str) -> pivot.ObjectId:
-        return pivot.ObjectId("v1", kind, "ns", name)
+    def oid(kind: str, name: str) -> pivot_export.ObjectId:
+        return pivot_export.ObjectId("v1", kind, "ns", name)
 
     ids = [
         oid("Cluster", "c"),
@@ -151,8 +153,8 @@ def test_deletion_waves_keep_the_order_and_group_one_rank_each() -> None:
         oid("LocalCluster", "c"),
         oid("Secret", "c-ca"),
     ]
-    waves = pivot.deletion_waves(ids)
-    assert [w for wave in waves for w in wave] == pivot.deletion_order(ids)
+    waves = pivot_export.deletion_waves(ids)
+    assert [w for wave in waves for w in wave] == pivot_export.deletion_order(ids)
     assert [[f"{o.kind}/{o.name}" for o in wave] for wave in waves] == [
         ["Machine/m-0", "Machine/m-1"],
         ["KubeadmConfigTemplate/k", "LocalMachineTemplate/t-1"],
@@ -160,4 +162,4 @@ def test_deletion_waves_keep_the_order_and_group_one_rank_each() -> None:
         ["Secret/c-ca", "Secret/c-kubeconfig"],
         ["Cluster/c"],
     ]
-    assert pivot.deletion_waves([]) == []
+    assert pivot_export.deletion_waves([]) == []

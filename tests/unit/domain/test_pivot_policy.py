@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.domain import cell, conditions, models, pivot_failure, pivot_policy
+from lattice.domain import conditions, models, pivot_failure, pivot_flow, pivot_policy
 from lattice.domain.models import ConditionStatus, Phase, PivotStep, UnpivotStep
 from lattice.domain.pivot_failure import Fault, Response
 from lattice.domain.pivot_policy import Action, UnpivotAction
@@ -53,18 +53,18 @@ def test_every_status_leads_to_exactly_one_next_action(
     if not connected and decision.action is not Action.STOP:
         assert decision.action is Action.UNPIVOT
         assert deleting
-        assert cell.pivoted_away(status)
+        assert pivot_flow.pivoted_away(status)
     # A step the driver takes is one the status transition accepts.
     if decision.action is Action.CONNECT:
-        assert cell.agent_connected(status, NOW).phase is Phase.BOOTSTRAPPING
+        assert pivot_flow.agent_connected(status, NOW).phase is Phase.BOOTSTRAPPING
     if decision.action is Action.UNPIVOT:
-        assert not cell.unpivot_done(status)
+        assert not pivot_flow.unpivot_done(status)
     if decision.action is Action.PIVOT:
         assert status.phase is Phase.PIVOTING
         assert status.pivot is not None
     if decision.action is Action.WAIT_FOR_CAPI:
         assert status.phase is Phase.PROVISIONING
-        assert not cell.capi_applied(status)
+        assert not pivot_flow.capi_applied(status)
 
 
 @pytest.mark.parametrize(
@@ -94,8 +94,8 @@ def test_every_status_leads_to_exactly_one_next_action(
             Action.PIVOT,
         ),
         (models.LatticeClusterStatus(phase=Phase.PIVOTING), False, True, Action.STOP),
-        (cell.imported_status(), False, True, Action.STOP),
-        (cell.imported_status(), True, False, Action.UNPIVOT),
+        (pivot_flow.imported_status(), False, True, Action.STOP),
+        (pivot_flow.imported_status(), True, False, Action.UNPIVOT),
         (
             models.LatticeClusterStatus(
                 phase=Phase.DELETING,
@@ -152,15 +152,15 @@ def test_unpivot_action_follows_the_persisted_step(step: UnpivotStep | None, act
 @given(statuses)
 def test_the_unpivot_action_is_the_transition_the_status_accepts(status: models.LatticeClusterStatus) -> None:
     action = pivot_policy.unpivot_action(status)
-    if not cell.pivoted_away(status):
+    if not pivot_flow.pivoted_away(status):
         return
     transitions = {
-        UnpivotAction.REQUEST: lambda s: cell.unpivot_requested(s, "c", NOW),
-        UnpivotAction.FETCH: lambda s: cell.unpivot_imported(s, 1, NOW),
-        UnpivotAction.RELEASE: lambda s: cell.unpivot_released(s, NOW),
+        UnpivotAction.REQUEST: lambda s: pivot_flow.unpivot_requested(s, "c", NOW),
+        UnpivotAction.FETCH: lambda s: pivot_flow.unpivot_imported(s, 1, NOW),
+        UnpivotAction.RELEASE: lambda s: pivot_flow.unpivot_released(s, NOW),
     }
     if action is UnpivotAction.DONE:
-        assert cell.unpivot_done(status)
+        assert pivot_flow.unpivot_done(status)
     else:
         transitions[action](status)  # accepted: does not raise StepRejected
 
@@ -232,7 +232,7 @@ def test_the_status_transition_follows_the_failure_policy(attempt: int) -> None:
     status = models.LatticeClusterStatus(
         phase=Phase.PIVOTING, pivot=models.PivotStatus(PivotStep.IMPORTING, attempt), observed_generation=3
     )
-    after = cell.pivot_failed(status, "boom", NOW)
+    after = pivot_flow.pivot_failed(status, "boom", NOW)
     policy = pivot_failure.pivot_failure(attempt, Fault.FAILED)
     assert after.pivot is not None
     if policy.response is Response.RETRY:
@@ -243,4 +243,4 @@ def test_the_status_transition_follows_the_failure_policy(attempt: int) -> None:
         )
     else:
         assert after.phase is Phase.FAILED
-        assert cell.pivot_abandoned(after, generation=3)
+        assert pivot_flow.pivot_abandoned(after, generation=3)

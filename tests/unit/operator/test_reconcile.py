@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from lattice.domain import capi, cell, conditions, models, reconcile, serde, validation
+from lattice.domain import capi, cluster_reconcile, conditions, models, pivot_flow, serde, validation
+from lattice.domain.cluster_reconcile import FINALIZER, OperatorContext, plan_cluster
 from lattice.domain.models import Phase
-from lattice.domain.reconcile import FINALIZER, OperatorContext, plan_cluster
 from lattice.domain.refs import ResourceRef
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -44,7 +44,7 @@ def desired(raw: dict[str, Any], context: OperatorContext = CELL) -> list[dict[s
     return list(capi.compile_cluster(valid, capi.CompileContext(parent=context.cell_endpoint)))
 
 
-def with_status(raw: dict[str, Any], plan: reconcile.Plan) -> dict[str, Any]:
+def with_status(raw: dict[str, Any], plan: cluster_reconcile.Plan) -> dict[str, Any]:
     out = copy.deepcopy(raw)
     assert plan.status is not None
     out["status"] = plan.status
@@ -80,7 +80,7 @@ def test_new_cluster_applies_everything_and_moves_to_provisioning() -> None:
         "RollingOut": "False",
     }
     assert [e.reason for e in plan.events] == ["Applying", "Provisioning"]
-    assert plan.requeue_after == reconcile.PROVISIONING_RECHECK_S
+    assert plan.requeue_after == cluster_reconcile.PROVISIONING_RECHECK_S
 
 
 def test_unchanged_spec_makes_no_writes() -> None:
@@ -261,9 +261,9 @@ def abandoned(observed_generation: int) -> dict[str, Any]:
     status = models.LatticeClusterStatus(
         phase=Phase.PIVOTING,
         observed_generation=observed_generation,
-        pivot=models.PivotStatus(models.PivotStep.EXPORTING, cell.MAX_PIVOT_ATTEMPTS),
+        pivot=models.PivotStatus(models.PivotStep.EXPORTING, pivot_flow.MAX_PIVOT_ATTEMPTS),
     )
-    return serde.status_to_dict(cell.pivot_failed(status, "preflight refused", NOW))
+    return serde.status_to_dict(pivot_flow.pivot_failed(status, "preflight refused", NOW))
 
 
 def test_an_abandoned_pivot_stays_failed_until_the_spec_changes() -> None:
@@ -325,7 +325,7 @@ def test_deletion_waits_for_objects_already_being_deleted() -> None:
     plan = plan_cluster(raw, [cluster], CELL, NOW)
     assert plan.delete == ()
     assert plan.finalizers is None
-    assert plan.requeue_after == reconcile.DELETION_RECHECK_S
+    assert plan.requeue_after == cluster_reconcile.DELETION_RECHECK_S
 
 
 def test_deletion_with_unreadable_state_and_without_our_finalizer() -> None:
@@ -342,7 +342,7 @@ def test_status_after_failure_keeps_observed_generation() -> None:
     raw["status"] = {"phase": "Provisioning", "observedGeneration": 0}
     raw["metadata"]["generation"] = 3
     plan = plan_cluster(raw, [], CELL, NOW)
-    status = reconcile.status_after_failure(raw, plan, "Invalid: boom", NOW)
+    status = cluster_reconcile.status_after_failure(raw, plan, "Invalid: boom", NOW)
     assert status["observedGeneration"] == 0
     applied = next(c for c in status["conditions"] if c["type"] == "CapiApplied")
     assert (applied["status"], applied["reason"], applied["message"]) == (
@@ -350,13 +350,16 @@ def test_status_after_failure_keeps_observed_generation() -> None:
         "ApplyFailed",
         "Invalid: boom",
     )
-    assert reconcile.status_after_failure(raw, reconcile.Plan(), "x", NOW)["message"] == "error: x"
+    assert (
+        cluster_reconcile.status_after_failure(raw, cluster_reconcile.Plan(), "x", NOW)["message"]
+        == "error: x"
+    )
 
 
 def test_is_subset() -> None:
-    assert reconcile.is_subset({"a": [1, {"b": 2}]}, {"a": [1, {"b": 2, "c": 3}], "d": 4})
-    assert not reconcile.is_subset({"a": [1]}, {"a": [1, 2]})
-    assert not reconcile.is_subset({"a": 1}, None)
+    assert cluster_reconcile.is_subset({"a": [1, {"b": 2}]}, {"a": [1, {"b": 2, "c": 3}], "d": 4})
+    assert not cluster_reconcile.is_subset({"a": [1]}, {"a": [1, 2]})
+    assert not cluster_reconcile.is_subset({"a": 1}, None)
     assert (
         ResourceRef.of({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}).namespace is None
     )
@@ -428,7 +431,7 @@ def test_a_deletion_during_a_pivot_waits_for_the_pivot_and_keeps_its_phase() -> 
 
 def test_abandoning_the_infrastructure_drops_the_finalizer_and_deletes_nothing() -> None:
     raw = deleting(pivoted(lc()))
-    raw["metadata"]["annotations"] = {cell.ABANDON_ANNOTATION: "true"}
+    raw["metadata"]["annotations"] = {pivot_flow.ABANDON_ANNOTATION: "true"}
     plan = plan_cluster(raw, desired(lc()), CELL, NOW)
     assert plan.finalizers == ()
     assert plan.delete == ()
@@ -450,7 +453,7 @@ def test_a_cluster_never_deletes_its_own_infrastructure() -> None:
     assert plan.status["phase"] == "Deleting"
     assert "parent cell" in plan.status["message"]
     # The agent marks it once the parent holds the objects: the finalizer goes.
-    raw["metadata"]["annotations"] = {cell.UNPIVOTED_ANNOTATION: "true"}
+    raw["metadata"]["annotations"] = {pivot_flow.UNPIVOTED_ANNOTATION: "true"}
     plan = plan_cluster(raw, desired(lc()), SELF, NOW)
     assert plan.finalizers == ()
     assert plan.delete == ()
@@ -465,7 +468,7 @@ def test_a_root_cluster_refuses_to_delete_itself_with_the_steps() -> None:
     assert plan.status is not None
     condition = next(c for c in plan.status["conditions"] if c["type"] == "Deleting")
     assert condition["reason"] == "NoParent"
-    assert cell.ABANDON_ANNOTATION in condition["message"]
+    assert pivot_flow.ABANDON_ANNOTATION in condition["message"]
     # The same message again is not a new event.
     again = plan_cluster(with_status(deleting(lc()), plan), desired(lc()), root, NOW)
     assert again.events == ()
@@ -491,7 +494,7 @@ def test_the_version_last_applied_is_kept_and_a_downgrade_is_refused() -> None:
 
 def test_an_edit_of_a_self_managing_childs_copy_is_not_applied_and_says_where_to_edit() -> None:
     raw = pivoted(lc(), observedGeneration=1)
-    assert plan_cluster(raw, [], CELL, NOW) == reconcile.Plan()
+    assert plan_cluster(raw, [], CELL, NOW) == cluster_reconcile.Plan()
     raw["metadata"]["generation"] = 2
     plan = plan_cluster(raw, [], CELL, NOW)
     assert plan.apply == ()
@@ -584,4 +587,4 @@ def test_the_agents_certificate_expiry_is_a_condition_that_rechecks_itself(pivot
 
 def test_no_certificate_condition_before_an_agent_connects() -> None:
     raw = pivoted(lc(), observedGeneration=1, agent={"connected": False})
-    assert plan_cluster(raw, [], CELL, NOW) == reconcile.Plan()
+    assert plan_cluster(raw, [], CELL, NOW) == cluster_reconcile.Plan()

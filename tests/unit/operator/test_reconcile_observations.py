@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.domain import agent, cell, cluster_observations, models, reconcile, serde
+from lattice.domain import agent, cluster_observations, cluster_reconcile, models, pivot_flow, serde
 from lattice.domain.cluster_observations import Observations
+from lattice.domain.cluster_reconcile import FINALIZER, OperatorContext, plan_cluster
 from lattice.domain.models import PivotStep
-from lattice.domain.reconcile import FINALIZER, OperatorContext, plan_cluster
 from tests.unit.operator.test_reconcile import CELL, NOW, deleting, desired, lc, pivoted, with_status
 
 CONNECTED = models.AgentStatus(
@@ -89,7 +89,7 @@ def _provisioning() -> dict[str, Any]:
 def _abandoned() -> dict[str, Any]:
     raw = _provisioning()
     raw["status"]["phase"] = "Failed"
-    raw["status"]["pivot"] = {"step": PivotStep.EXPORTING.value, "attempt": cell.MAX_PIVOT_ATTEMPTS}
+    raw["status"]["pivot"] = {"step": PivotStep.EXPORTING.value, "attempt": pivot_flow.MAX_PIVOT_ATTEMPTS}
     return raw
 
 
@@ -136,7 +136,10 @@ def test_the_certificate_condition_follows_the_observed_agent_in_the_same_pass()
 
 def test_nothing_observed_leaves_status_agent_as_written() -> None:
     raw = pivoted(lc(), observedGeneration=1, agent={"connected": False})
-    assert plan_cluster(raw, [], CELL, NOW, observations=cluster_observations.NOTHING) == reconcile.Plan()
+    assert (
+        plan_cluster(raw, [], CELL, NOW, observations=cluster_observations.NOTHING)
+        == cluster_reconcile.Plan()
+    )
 
 
 def test_finalizer_passes_and_other_cells_clusters_carry_no_status() -> None:

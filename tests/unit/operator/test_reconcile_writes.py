@@ -10,8 +10,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.domain import reconcile
-from lattice.domain.reconcile import APPLIED_HASH, applied_hash, plan_cluster, up_to_date, with_applied_hash
+from lattice.domain import cluster_reconcile
+from lattice.domain.cluster_reconcile import (
+    APPLIED_HASH,
+    applied_hash,
+    plan_cluster,
+    up_to_date,
+    with_applied_hash,
+)
 from tests.unit.operator.test_reconcile import CELL, NOW, desired, lc, with_status
 
 json_values = st.recursive(
@@ -21,7 +27,7 @@ json_values = st.recursive(
 )
 
 
-def stored(plan: reconcile.Plan) -> list[dict[str, Any]]:
+def stored(plan: cluster_reconcile.Plan) -> list[dict[str, Any]]:
     """What the server returns for the applied objects: theirs plus its own metadata."""
     return [{**o, "metadata": {**o["metadata"], "uid": "x", "resourceVersion": "5"}} for o in plan.apply]
 

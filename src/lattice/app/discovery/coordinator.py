@@ -35,7 +35,7 @@ from lattice.domain.discovery.messages import (
     ServiceQuery,
     ServiceQueryResponse,
 )
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 from lattice.ports.clock import Clock
 from lattice.ports.discovery import ParentChannel, ParentTimeout, ParentUnavailable
 

@@ -34,7 +34,7 @@ from attrs import frozen
 
 from lattice.app.discovery.coordinator import DiscoveryCoordinator
 from lattice.app.operator.informer import Informer
-from lattice.domain import models, services
+from lattice.domain import lattice_service, models
 from lattice.domain.discovery import compilers
 from lattice.domain.discovery.cache import CacheChanges
 from lattice.domain.discovery.graph import ServiceGraph
@@ -84,14 +84,14 @@ class ServiceController:
         self._field_manager = field_manager
         self._resync = resync_s
         self._announced: dict[ServiceKey, int] = {}
-        self._local: list[services.ValidService] = []
+        self._local: list[lattice_service.ValidService] = []
         self._wake = asyncio.Event()
         self.passes = 0
         self.last: PassReport | None = None
 
     # ------------------------------------------------------------------ hooks
 
-    async def local_services(self) -> list[services.ValidService]:
+    async def local_services(self) -> list[lattice_service.ValidService]:
         """The valid services of the last pass (the agent's full sync after a reconnect)."""
         return list(self._local)
 
@@ -106,7 +106,7 @@ class ServiceController:
 
     async def run(self, stop: asyncio.Event) -> None:
         informer = Informer(
-            self.api, models.API_VERSION, services.KIND, handler=lambda _t, _o: self.requeue()
+            self.api, models.API_VERSION, lattice_service.KIND, handler=lambda _t, _o: self.requeue()
         )
         watcher = asyncio.create_task(informer.run(), name="latticeservice-informer")
         try:
@@ -129,17 +129,19 @@ class ServiceController:
     # ------------------------------------------------------------------ one pass
 
     async def reconcile(self) -> PassReport:
-        listed = await self.api.list(models.API_VERSION, services.KIND)
-        valid: list[services.ValidService] = []
+        listed = await self.api.list(models.API_VERSION, lattice_service.KIND)
+        valid: list[lattice_service.ValidService] = []
         invalid: list[tuple[Obj, list[str]]] = []
         for doc in listed.items:
             doc.setdefault("apiVersion", models.API_VERSION)
-            doc.setdefault("kind", services.KIND)
-            parsed = services.service_from_dict(doc)
+            doc.setdefault("kind", lattice_service.KIND)
+            parsed = lattice_service.service_from_dict(doc)
             result = (
-                services.validate_service(parsed) if isinstance(parsed, services.LatticeService) else parsed
+                lattice_service.validate_service(parsed)
+                if isinstance(parsed, lattice_service.LatticeService)
+                else parsed
             )
-            if isinstance(result, services.ValidService):
+            if isinstance(result, lattice_service.ValidService):
                 valid.append(result)
             else:
                 invalid.append((doc, [str(e) for e in result]))
@@ -154,7 +156,9 @@ class ServiceController:
         for service in valid:
             await self._status(docs[(service.namespace, service.name)], *_summary(plan, service), errors)
         for doc, problems in invalid:
-            await self._status(doc, services.ServicePhase.FAILED, "invalid: " + "; ".join(problems), errors)
+            await self._status(
+                doc, lattice_service.ServicePhase.FAILED, "invalid: " + "; ".join(problems), errors
+            )
         report = PassReport(len(valid), len(invalid), applied, pruned, tuple(errors), plan)
         self.passes += 1
         self.last = report
@@ -162,7 +166,7 @@ class ServiceController:
             log.warning("LatticeService pass finished with %d errors: %s", len(errors), errors)
         return report
 
-    async def _announce(self, valid: Sequence[services.ValidService]) -> None:
+    async def _announce(self, valid: Sequence[lattice_service.ValidService]) -> None:
         winners = {
             (n.environment, n.name): n.service
             for n in ServiceGraph.build(valid).local()
@@ -211,14 +215,16 @@ class ServiceController:
                     errors.append(f"delete {ref}: {exc}")
         return count
 
-    async def _status(self, doc: Obj, phase: services.ServicePhase, message: str, errors: list[str]) -> None:
+    async def _status(
+        self, doc: Obj, phase: lattice_service.ServicePhase, message: str, errors: list[str]
+    ) -> None:
         meta = doc["metadata"]
         status: dict[str, Any] = {"phase": str(phase), "message": message}
-        if phase is not services.ServicePhase.FAILED and meta.get("generation") is not None:
+        if phase is not lattice_service.ServicePhase.FAILED and meta.get("generation") is not None:
             status["observedGeneration"] = meta["generation"]
         body: Obj = {
             "apiVersion": models.API_VERSION,
-            "kind": services.KIND,
+            "kind": lattice_service.KIND,
             "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "default")},
             "status": status,
         }
@@ -228,15 +234,17 @@ class ServiceController:
             errors.append(f"status of {meta.get('namespace')}/{meta['name']}: {exc}")
 
 
-def _summary(plan: ServicePlan, service: services.ValidService) -> tuple[services.ServicePhase, str]:
+def _summary(
+    plan: ServicePlan, service: lattice_service.ValidService
+) -> tuple[lattice_service.ServicePhase, str]:
     pending = [
         f"{d.dependency}: {d.state}"
         for d in plan.for_caller(service.namespace, service.name)
         if d.state not in (DependencyState.LOCAL, DependencyState.REMOTE)
     ]
     if pending:
-        return services.ServicePhase.PENDING, "unresolved dependencies: " + ", ".join(pending)
-    return services.ServicePhase.READY, "all dependencies resolved"
+        return lattice_service.ServicePhase.PENDING, "unresolved dependencies: " + ", ".join(pending)
+    return lattice_service.ServicePhase.READY, "all dependencies resolved"
 
 
 async def _first(stop: asyncio.Event, wake: asyncio.Event, within: float) -> None:

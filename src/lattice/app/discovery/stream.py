@@ -1,7 +1,7 @@
 """Discovery over the agent stream: the handlers the gRPC adapters call, on both ends.
 
 Cell side, :class:`CatalogStreamHandler` (a :class:`~lattice.ports.discovery.CellDiscoveryHandler`
-for :class:`~lattice.adapters.agent_cell.AgentHub`): every discovery message of an agent goes to
+for :class:`~lattice.adapters.agent_hub.AgentHub`): every discovery message of an agent goes to
 the cell's :class:`CatalogService` under the stream's authenticated cluster name, and the answers
 and pushes it produces are returned for the hub to deliver; a stream's end drops the cluster's
 services and watches.
@@ -37,7 +37,7 @@ from lattice.domain.discovery.messages import (
     ServiceQuery,
     ServiceQueryResponse,
 )
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 from lattice.ports.discovery import Addressed, ParentTimeout, ParentUnavailable
 
 log = logging.getLogger(__name__)

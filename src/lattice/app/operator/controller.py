@@ -19,7 +19,7 @@ from lattice.app.operator.events import EventRecorder
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.app.operator.workqueue import WorkQueue
-from lattice.domain import capi, cluster_observations, models, reconcile
+from lattice.domain import capi, cluster_observations, cluster_reconcile, models
 from lattice.ports import kube
 from lattice.ports.agent import AgentRevocations
 from lattice.ports.clock import Clock
@@ -62,7 +62,7 @@ class ClusterController:
     def __init__(
         self,
         api: KubeApi,
-        context: reconcile.OperatorContext,
+        context: cluster_reconcile.OperatorContext,
         clock: Clock,
         *,
         random: Callable[[], float],
@@ -86,7 +86,7 @@ class ClusterController:
         self.events = EventRecorder(
             api,
             clock,
-            component=reconcile.FIELD_MANAGER,
+            component=cluster_reconcile.FIELD_MANAGER,
             instance=self.config.identity,
             reporting_component="lattice.dev/operator",
             namespace=EVENT_NAMESPACE,
@@ -318,8 +318,8 @@ class ClusterController:
         """What the informers hold of cluster ``name``'s CAPI objects and their machines."""
         return [*(self._capi_objects(name) or []), *self._reports(name)]
 
-    def _plan(self, raw: Obj, name: str) -> reconcile.Plan:
-        return reconcile.plan_cluster(
+    def _plan(self, raw: Obj, name: str) -> cluster_reconcile.Plan:
+        return cluster_reconcile.plan_cluster(
             raw,
             self._capi_objects(name),
             self.context,
@@ -373,9 +373,9 @@ class ClusterController:
                 await self.api.delete(key)
         except kube.KubeError as exc:
             error = f"{type(exc).__name__}: {exc}"
-            status = reconcile.status_after_failure(raw, plan, error, self.clock.now())
+            status = cluster_reconcile.status_after_failure(raw, plan, error, self.clock.now())
             await self.write_status(raw, status)
-            self._event_soon(raw, reconcile.EventSpec("Warning", "ApplyFailed", error))
+            self._event_soon(raw, cluster_reconcile.EventSpec("Warning", "ApplyFailed", error))
             raise
         if plan.status is not None:
             await self.write_status(raw, plan.status, own=True)
@@ -404,17 +404,17 @@ class ClusterController:
         """Namespaces first, then everything else concurrently (server-side apply is order-free)."""
         namespaces = [o for o in objects if o["kind"] == "Namespace"]
         for obj in namespaces:
-            self._remember(await self.api.apply(obj, reconcile.FIELD_MANAGER))
+            self._remember(await self.api.apply(obj, cluster_reconcile.FIELD_MANAGER))
         if before_rest is not None:
             await before_rest()
         rest = [o for o in objects if o["kind"] != "Namespace"]
-        stored, error = await gather_settled(self.api.apply(o, reconcile.FIELD_MANAGER) for o in rest)
+        stored, error = await gather_settled(self.api.apply(o, cluster_reconcile.FIELD_MANAGER) for o in rest)
         for obj in stored:
             self._remember(obj)
         if error is not None:
             raise error
 
-    def _event_soon(self, raw: Obj, event: reconcile.EventSpec) -> None:
+    def _event_soon(self, raw: Obj, event: cluster_reconcile.EventSpec) -> None:
         """Events are best-effort and off the reconcile's critical path."""
         task = asyncio.create_task(self._event(raw, event))
         self._background.add(task)
@@ -436,11 +436,11 @@ class ClusterController:
             "status": status,
         }
         with contextlib.suppress(kube.NotFound):
-            stored = await self.api.apply_status(body, reconcile.FIELD_MANAGER)
+            stored = await self.api.apply_status(body, cluster_reconcile.FIELD_MANAGER)
             self.clusters.update(stored)
             if own:
                 self._wrote(stored, models.API_VERSION, models.KIND)
 
-    async def _event(self, raw: Obj, event: reconcile.EventSpec) -> None:
+    async def _event(self, raw: Obj, event: cluster_reconcile.EventSpec) -> None:
         involved = {**raw, "apiVersion": models.API_VERSION, "kind": models.KIND}
         await self.events.record(involved, event.type, event.reason, event.message)

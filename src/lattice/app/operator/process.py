@@ -36,7 +36,7 @@ from lattice.adapters.mover_native import mover_for
 from lattice.adapters.revocations import ConfigMapRevocations
 from lattice.adapters.token_store_secret import SecretTokenStore
 from lattice.app.local_infra import LocalInfraProvider
-from lattice.app.operator.cell_runtime import (
+from lattice.app.operator.cell_role import (
     CellParts,
     CellRuntime,
     CellSettings,
@@ -48,7 +48,7 @@ from lattice.app.operator.leader import LeaderElector, LeaseConfig
 from lattice.app.operator.local_infra_runtime import LocalInfraRuntime, LocalInfraSettings
 from lattice.app.operator.mailboxes import AgentStatusMailbox, Wakeups
 from lattice.app.operator.metrics import OperatorMetrics
-from lattice.domain import reconcile
+from lattice.domain import cluster_reconcile
 from lattice.ports import kube
 
 log = logging.getLogger("lattice.operator")
@@ -57,7 +57,7 @@ log = logging.getLogger("lattice.operator")
 @frozen
 class OperatorSettings:
     kubeconfig: str | None
-    context: reconcile.OperatorContext
+    context: cluster_reconcile.OperatorContext
     identity: str
     leader_elect: bool = True
     lease: LeaseConfig = attrs.field(factory=LeaseConfig)

@@ -21,7 +21,7 @@ import attrs
 from attrs import frozen
 
 from lattice.domain.discovery.messages import ServiceKey
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 
 
 class NodeKind(enum.StrEnum):

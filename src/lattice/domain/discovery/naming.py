@@ -13,7 +13,7 @@ from attrs import frozen
 
 from lattice.domain.discovery.messages import ServiceAnnouncement, ServicePort
 from lattice.domain.endpoint import Endpoint, parse_port, split_host_ports
-from lattice.domain.services import ValidService
+from lattice.domain.lattice_service import ValidService
 
 DEFAULT_GATEWAY_PORT = 443
 DEFAULT_TRUST_DOMAIN = "cluster.local"

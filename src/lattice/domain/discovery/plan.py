@@ -27,7 +27,7 @@ from lattice.domain.discovery.catalog import CatalogEntry
 from lattice.domain.discovery.graph import NodeKind, ServiceGraph
 from lattice.domain.discovery.messages import ServiceKey
 from lattice.domain.discovery.naming import ClusterContext, remote_service_entry_name
-from lattice.domain.services import PortProtocol, ValidService
+from lattice.domain.lattice_service import PortProtocol, ValidService
 
 Manifest = compilers.Manifest
 

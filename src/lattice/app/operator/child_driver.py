@@ -4,7 +4,7 @@ When a child's agent connects (reported through :class:`AgentStatusSink`), a dri
 the child from ``Provisioning`` through ``Bootstrapping`` (ApplyManifests over the stream) and
 ``Pivoting`` (export with the ClusterMover, send the files, the agent imports, delete the source) to
 ``Ready``. Each step is persisted in the child's LatticeCluster status before the next begins
-(pure transitions in :mod:`lattice.domain.cell`), under the same per-cluster lock as the
+(pure transitions in :mod:`lattice.domain.pivot_flow`), under the same per-cluster lock as the
 reconciler, so a restarted operator resumes from the last persisted step.
 
 Between export and deletion the source Cluster stays paused (either mover unpauses it after
@@ -35,11 +35,11 @@ from lattice.domain import (
     agent,
     capi,
     capi_reports,
-    cell,
     cluster_observations,
     models,
-    pivot,
+    pivot_export,
     pivot_failure,
+    pivot_flow,
     pivot_policy,
     serde,
 )
@@ -100,7 +100,7 @@ class CellCoordinator:
         raw = self.controller.clusters.get(None, name)
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             return
-        if not cell.pivoted_away(cell.parse_status(raw)):
+        if not pivot_flow.pivoted_away(pivot_flow.parse_status(raw)):
             return  # not self-managing: the child's LatticeCluster is not the source of truth
         log.info(
             "child deleted on itself; deleting the cell's copy", extra={"cluster": name, "reason": reason}
@@ -149,8 +149,8 @@ class CellCoordinator:
             if raw is None or (raw["metadata"].get("deletionTimestamp") and not deleting):
                 return None
             try:
-                status = change(cell.parse_status(raw))
-            except cell.StepRejected as exc:
+                status = change(pivot_flow.parse_status(raw))
+            except pivot_flow.StepRejected as exc:
                 log.info("step not applicable", extra={"cluster": name, "reason": str(exc)})
                 return None
             await self._write(raw, status)
@@ -164,7 +164,7 @@ class CellCoordinator:
                 raw = self.controller.clusters.get(None, name)
                 if raw is None:
                     return
-                status = cell.parse_status(raw)
+                status = pivot_flow.parse_status(raw)
                 decision = pivot_policy.next_action(
                     status,
                     deleting=bool(raw["metadata"].get("deletionTimestamp")),
@@ -180,7 +180,10 @@ class CellCoordinator:
                     await asyncio.sleep(RETRY_DELAY_S)
                 elif action is Action.CONNECT:
                     now = self.controller.clock.now()
-                    if await self._transition(name, functools.partial(cell.agent_connected, now=now)) is None:
+                    if (
+                        await self._transition(name, functools.partial(pivot_flow.agent_connected, now=now))
+                        is None
+                    ):
                         return
                 elif action is Action.BOOTSTRAP:
                     await self._bootstrap(name)
@@ -212,7 +215,7 @@ class CellCoordinator:
             return
         self.controller.observe_bootstrap(name, None)
         now = self.controller.clock.now()
-        await self._transition(name, lambda s: cell.bootstrap_completed(s, now))
+        await self._transition(name, lambda s: pivot_flow.bootstrap_completed(s, now))
 
     async def _pivot(self, name: str, raw: Obj, status: models.LatticeClusterStatus) -> None:
         assert status.pivot is not None
@@ -240,8 +243,12 @@ class CellCoordinator:
                 faults.hit("pivot.transferring")
                 started = _clock()
                 files = [agent.MoveFile(p.name, p.read_bytes()) for p in exported]
-                child = cell.child_copy(raw, cell.pivot_succeeded(status, self.controller.clock.now()))
-                files.append(agent.MoveFile(cell.child_copy_file_name(name), json.dumps(child).encode()))
+                child = pivot_flow.child_copy(
+                    raw, pivot_flow.pivot_succeeded(status, self.controller.clock.now())
+                )
+                files.append(
+                    agent.MoveFile(pivot_flow.child_copy_file_name(name), json.dumps(child).encode())
+                )
                 command = agent.PivotManifests(
                     name, namespace, f"{name}-{status.pivot.attempt}", tuple(files)
                 )
@@ -259,7 +266,7 @@ class CellCoordinator:
             timings["delete"] = _clock() - started
             faults.hit("pivot.deleted")
             now = self.controller.clock.now()
-            await self._transition(name, lambda s: cell.pivot_succeeded(s, now), deleting=True)
+            await self._transition(name, lambda s: pivot_flow.pivot_succeeded(s, now), deleting=True)
             shutil.rmtree(self.work_dir / name, ignore_errors=True)
             log.info(
                 "pivot complete", extra={"cluster": name, **{k: round(v, 3) for k, v in timings.items()}}
@@ -285,7 +292,7 @@ class CellCoordinator:
             if policy.unpause:
                 await self._set_paused(namespace, name, paused=False)
             now = self.controller.clock.now()
-            await self._transition(name, lambda s: cell.pivot_failed(s, error, now), deleting=True)
+            await self._transition(name, lambda s: pivot_flow.pivot_failed(s, error, now), deleting=True)
         await asyncio.sleep(RETRY_DELAY_S)
 
     # ------------------------------------------------------------------ the unpivot
@@ -297,7 +304,9 @@ class CellCoordinator:
         action = pivot_policy.unpivot_action(status)
         if action is UnpivotAction.REQUEST:
             return (
-                await self._transition(name, lambda s: cell.unpivot_requested(s, name, now), deleting=True)
+                await self._transition(
+                    name, lambda s: pivot_flow.unpivot_requested(s, name, now), deleting=True
+                )
                 is not None
             )
         if action is UnpivotAction.FETCH:
@@ -316,7 +325,7 @@ class CellCoordinator:
                 "the child did not confirm the unpivot; deleting anyway",
                 extra={"cluster": name, "error": str(exc)},
             )
-        await self._transition(name, lambda s: cell.unpivot_released(s, now), deleting=True)
+        await self._transition(name, lambda s: pivot_flow.unpivot_released(s, now), deleting=True)
         self.controller.queue.add(name)
         return False
 
@@ -327,7 +336,9 @@ class CellCoordinator:
             return False
         try:
             raw = self.controller.clusters.get(None, name) or {}
-            command = agent.Unpivot(name, namespace, cascade=cell.annotated(raw, cell.CASCADE_ANNOTATION))
+            command = agent.Unpivot(
+                name, namespace, cascade=pivot_flow.annotated(raw, pivot_flow.CASCADE_ANNOTATION)
+            )
             reply = await self.channel.send_command(name, command, PIVOT_TIMEOUT_S)
         except (AgentNotConnected, CommandTimeout) as exc:
             await self._unpivot_waiting(name, str(exc))
@@ -337,8 +348,8 @@ class CellCoordinator:
             await asyncio.sleep(UNPIVOT_RETRY_S)
             return True
         errors = list(agent.unpivot_errors(reply))
-        exported = pivot.parse_export((f.name, f.content) for f in reply.files) if not errors else []
-        errors.extend(e for e in exported if not isinstance(e, pivot.ExportedObject))
+        exported = pivot_export.parse_export((f.name, f.content) for f in reply.files) if not errors else []
+        errors.extend(e for e in exported if not isinstance(e, pivot_export.ExportedObject))
         if errors:
             await self._unpivot_waiting(
                 name, "the agent sent an unusable export: " + "; ".join(map(str, errors))
@@ -360,7 +371,9 @@ class CellCoordinator:
             return True
         await self._await_cached(name)
         now = self.controller.clock.now()
-        await self._transition(name, lambda s: cell.unpivot_imported(s, len(reply.files), now), deleting=True)
+        await self._transition(
+            name, lambda s: pivot_flow.unpivot_imported(s, len(reply.files), now), deleting=True
+        )
         shutil.rmtree(self.work_dir / name, ignore_errors=True)
         log.info("unpivot: objects imported", extra={"cluster": name, "objects": len(reply.files)})
         return True
@@ -378,11 +391,11 @@ class CellCoordinator:
     async def _unpivot_waiting(self, name: str, error: str) -> None:
         log.info("unpivot waits", extra={"cluster": name, "reason": error})
         now = self.controller.clock.now()
-        await self._transition(name, lambda s: cell.unpivot_waiting(s, error, now), deleting=True)
+        await self._transition(name, lambda s: pivot_flow.unpivot_waiting(s, error, now), deleting=True)
 
     async def _step(self, name: str, step: PivotStep, objects: int | None = None) -> None:
         now = self.controller.clock.now()
-        await self._transition(name, lambda s: cell.pivot_step(s, step, now, objects), deleting=True)
+        await self._transition(name, lambda s: pivot_flow.pivot_step(s, step, now, objects), deleting=True)
 
     async def _export(self, namespace: str, directory: Path) -> list[Path]:
         """Export the namespace's Cluster graph; keep the source paused afterwards."""
@@ -407,7 +420,9 @@ class CellCoordinator:
         api = self.controller.api
         try:
             crds = await api.list(
-                "apiextensions.k8s.io/v1", "CustomResourceDefinition", label_selector=pivot.CLUSTERCTL_LABEL
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                label_selector=pivot_export.CLUSTERCTL_LABEL,
             )
         except kube.KubeError as exc:
             log.debug("cannot list CRDs to warm up: %s", exc)
@@ -421,7 +436,7 @@ class CellCoordinator:
                 return False
             return True
 
-        kinds = [kind for kind in pivot.move_kinds(crds.items) if kind not in self._warm_kinds]
+        kinds = [kind for kind in pivot_export.move_kinds(crds.items) if kind not in self._warm_kinds]
         answered = await asyncio.gather(*(warm(v, k) for v, k in kinds))
         self._warm_kinds.update(kind for kind, ok in zip(kinds, answered, strict=True) if ok)
         return len(self._warm_kinds)
@@ -438,33 +453,33 @@ class CellCoordinator:
         files = (
             [(p.name, p.read_bytes()) for p in sorted(directory.glob("*.yaml"))] if directory.exists() else []
         )
-        exported = pivot.parse_export(files)
-        ids = [o.id for o in exported if isinstance(o, pivot.ExportedObject)]
+        exported = pivot_export.parse_export(files)
+        ids = [o.id for o in exported if isinstance(o, pivot_export.ExportedObject)]
         if not ids:  # resumed after a restart that lost the export: delete by label
             ids = await self._labelled_ids(namespace)
         api = self.controller.api
 
-        async def delete(oid: pivot.ObjectId) -> None:
+        async def delete(oid: pivot_export.ObjectId) -> None:
             # clusterctl's order (deleteSourceObject): annotate, delete, then drop the
             # finalizers. Dropping them first lets a running controller add its own back before
             # the delete, and the object stays behind; once deleting, none can be added.
             ref = ResourceRef(oid.api_version, oid.kind, oid.name, oid.namespace)
             try:
-                await api.merge_patch(ref, {"metadata": {"annotations": {pivot.DELETE_FOR_MOVE: ""}}})
+                await api.merge_patch(ref, {"metadata": {"annotations": {pivot_export.DELETE_FOR_MOVE: ""}}})
                 await api.delete(ref)
                 await api.merge_patch(ref, {"metadata": {"finalizers": None}})
             except kube.NotFound:
                 return
 
-        for wave in pivot.deletion_waves(ids):  # dependants first; one wave at a time
+        for wave in pivot_export.deletion_waves(ids):  # dependants first; one wave at a time
             _, error = await gather_settled(delete(oid) for oid in wave)
             if error is not None:
                 raise error
         await api.delete(ResourceRef("v1", "Namespace", namespace))
 
-    async def _labelled_ids(self, namespace: str) -> list[pivot.ObjectId]:
+    async def _labelled_ids(self, namespace: str) -> list[pivot_export.ObjectId]:
         name = namespace.removeprefix("capi-")
-        ids: list[pivot.ObjectId] = []
+        ids: list[pivot_export.ObjectId] = []
         for informer in self.controller.capi:
             for obj in informer.items():
                 meta = obj["metadata"]
@@ -472,7 +487,7 @@ class CellCoordinator:
                     meta.get("namespace") == namespace
                     and meta.get("labels", {}).get(capi.LABEL_CLUSTER_NAME) == name
                 ):
-                    ids.append(pivot.object_id(obj))
+                    ids.append(pivot_export.object_id(obj))
         return ids
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from attrs import frozen
 
-from lattice.adapters import agent_cell, pki, tls
+from lattice.adapters import agent_hub, pki, tls
 from lattice.adapters.addons_bundle import AddonsBundle
-from lattice.adapters.agent_cell import AgentHub, CellGrpcServer
+from lattice.adapters.agent_hub import AgentHub, CellGrpcServer
 from lattice.adapters.cell_ca import CellCertificateAuthority
 from lattice.adapters.chart import locate_operator_chart
 from lattice.adapters.registration_http import (
@@ -33,7 +33,7 @@ from lattice.app import faults, yamlio
 from lattice.app.api_proxy import CellApiProxy
 from lattice.app.discovery.catalog_service import CatalogService
 from lattice.app.discovery.stream import CatalogStreamHandler, every
-from lattice.app.operator.cell import CellCoordinator
+from lattice.app.operator.child_driver import CellCoordinator
 from lattice.app.operator.controller import ClusterController
 from lattice.app.operator.mailboxes import AgentStatusMailbox, Wakeups
 from lattice.domain import (
@@ -43,7 +43,7 @@ from lattice.domain import (
     child_capi,
     crds,
     deploy,
-    install,
+    install_plan,
     models,
     serde,
 )
@@ -76,7 +76,7 @@ class CellSettings:
     machines_dir: Path | None = None  # where the local provider keeps machines (default: state)
     catalog_refresh: float = DEFAULT_REFRESH_INTERVAL
     """Seconds between the catalog's periodic pushes of what each child depends on."""
-    operator_via: install.Via = install.Via.MANIFESTS
+    operator_via: install_plan.Via = install_plan.Via.MANIFESTS
     """How the operator a child receives is rendered: the manifests, or the Helm chart."""
     proxy_port: int | None = None
     """The Kubernetes API proxy's HTTPS port (docs/api-proxy.md); None: no proxy."""
@@ -248,7 +248,7 @@ class CellRuntime:
         except ValueError as exc:  # an invalid spec never gets this far; say so if it does
             log.warning("no network objects", extra={"cluster": cluster_name, "error": str(exc)})
         infra_args: list[str] = []
-        if self.settings.local_infra and install.is_local(spec):
+        if self.settings.local_infra and install_plan.is_local(spec):
             infra_args = [
                 "--local-infra",
                 "--capi-managers",
@@ -258,12 +258,12 @@ class CellRuntime:
         # Its own operator compiles its KubeadmControlPlane exactly as this cell did: with this
         # cell as its parent when it has one (cellRef); a root cluster (the management cluster
         # of `lattice install`) was compiled without, and its parent goes away after the install.
-        wanted = install.child_operator(
+        wanted = install_plan.child_operator(
             cluster_name, spec, endpoint, self.settings.agent_image, tuple(infra_args)
         )
         operator = (
             locate_operator_chart().operator_objects(wanted)
-            if self.settings.operator_via is install.Via.HELM
+            if self.settings.operator_via is install_plan.Via.HELM
             else wanted.manifests()
         )
         if infra_args:
@@ -290,7 +290,7 @@ class CellRuntime:
         log.info("children get the Cluster API CRDs", extra={"crds": len(found)})
 
     async def start(self) -> None:
-        tls.set_ssl_read_buffer(agent_cell.CELL_SSL_READ_BUFFER)  # memory per agent stream
+        tls.set_ssl_read_buffer(agent_hub.CELL_SSL_READ_BUFFER)  # memory per agent stream
         await self.tokens.load()
         directory = self.settings.state_dir / "pki"
         dns_names, ips = _names(self.settings.host)

@@ -25,12 +25,12 @@ from attrs import frozen
 from lattice.domain import (
     capi,
     capi_reports,
-    cell,
     cert_renewal,
     cluster_observations,
     conditions,
     lifecycle,
     models,
+    pivot_flow,
     serde,
     validation,
 )
@@ -156,12 +156,12 @@ def _plan_cluster(
     compile_context = _compile_context(valid, context)
     if isinstance(compile_context, FieldError):
         return _plan_invalid(raw, status, [compile_context], generation, now)
-    if cell.pivoted_away(status) and valid.name != context.self_name:
+    if pivot_flow.pivoted_away(status) and valid.name != context.self_name:
         # The child manages itself; this cell keeps the record and never re-creates its objects.
         return _with_agent(
             raw, _plan_record_only(raw, status, generation, now), observations, now, generation
         )
-    if cell.pivot_abandoned(status, generation):
+    if pivot_flow.pivot_abandoned(status, generation):
         # The objects are applied for this generation; the failure stays visible until a new spec.
         return _with_agent(raw, Plan(), observations, now, generation)
     desired = capi.compile_cluster(valid, compile_context)
@@ -302,9 +302,9 @@ def _compile_context(
 def _current_status(raw: Mapping[str, Any]) -> models.LatticeClusterStatus:
     data = raw.get("status")
     if not isinstance(data, dict) or not data:
-        if cell.PIVOTED_ANNOTATION in (raw.get("metadata", {}).get("annotations") or {}):
+        if pivot_flow.PIVOTED_ANNOTATION in (raw.get("metadata", {}).get("annotations") or {}):
             # Imported by a pivot; its restored status may not be written yet, but it is Ready.
-            return cell.imported_status()
+            return pivot_flow.imported_status()
         return models.LatticeClusterStatus()
     parsed = serde.structure(data, models.LatticeClusterStatus, ("status",))
     return parsed if isinstance(parsed, models.LatticeClusterStatus) else models.LatticeClusterStatus()
@@ -672,13 +672,13 @@ def _plan_delete(
     if FINALIZER not in finalizers:
         return Plan()
     name = str(raw.get("metadata", {}).get("name", ""))
-    if cell.annotated(dict(raw), cell.ABANDON_ANNOTATION):
+    if pivot_flow.annotated(dict(raw), pivot_flow.ABANDON_ANNOTATION):
         return _without_finalizer(
             finalizers,
             EventSpec(
                 "Warning",
                 "InfrastructureAbandoned",
-                f"deleted with {cell.ABANDON_ANNOTATION}=true: the cluster's machines and Cluster API "
+                f"deleted with {pivot_flow.ABANDON_ANNOTATION}=true: the cluster's machines and Cluster API "
                 "objects are left as they are",
             ),
         )
@@ -695,7 +695,7 @@ def _plan_delete(
             now,
             phase=Phase.PIVOTING,
         )
-    if cell.pivoted_away(status) and not cell.unpivot_done(status):
+    if pivot_flow.pivoted_away(status) and not pivot_flow.unpivot_done(status):
         if status.unpivot is not None:  # the cell's driver owns the Deleting condition now
             return Plan(requeue_after=UNPIVOT_RECHECK_S, unpivot=True)
         return _plan_wait(
@@ -766,7 +766,7 @@ def _plan_delete_self(
     """A cluster's own LatticeCluster: it never deletes its own infrastructure (it would cut the
     branch it sits on). Its parent takes the objects back over the agent's stream and deletes
     them; the agent marks the LatticeCluster when that is done."""
-    if cell.annotated(dict(raw), cell.UNPIVOTED_ANNOTATION):
+    if pivot_flow.annotated(dict(raw), pivot_flow.UNPIVOTED_ANNOTATION):
         return _without_finalizer(
             finalizers,
             EventSpec("Normal", "Unpivoted", "the parent cell holds the cluster's Cluster API objects"),
@@ -778,7 +778,7 @@ def _plan_delete_self(
             "NoParent",
             "this cluster has no parent to hand its Cluster API objects to, so it cannot delete "
             "itself: stop its machines by hand (`lattice down` for the local demo), or annotate "
-            f"{cell.ABANDON_ANNOTATION}=true to delete only this record",
+            f"{pivot_flow.ABANDON_ANNOTATION}=true to delete only this record",
             generation,
             now,
         )
@@ -788,7 +788,7 @@ def _plan_delete_self(
         "Unpivoting",
         "the agent is handing the cluster's Cluster API objects back to its parent cell, which "
         "then deletes the machines; if the parent is gone for good, annotate "
-        f"{cell.ABANDON_ANNOTATION}=true to delete only this record",
+        f"{pivot_flow.ABANDON_ANNOTATION}=true to delete only this record",
         generation,
         now,
     )

@@ -1,4 +1,4 @@
-"""The LatticeService CustomResourceDefinition, generated from :mod:`lattice.domain.services`.
+"""The LatticeService CustomResourceDefinition, generated from :mod:`lattice.domain.lattice_service`.
 
 The schema comes from :func:`lattice.domain.crd_schema.schema_for`, as every Lattice CRD's does;
 the two Score-style maps (``spec.service.ports`` and ``spec.resources``) become
@@ -10,11 +10,11 @@ reported in status), not by the CRD.
 
 from __future__ import annotations
 
-from lattice.domain import crd_schema, models, services
+from lattice.domain import crd_schema, lattice_service, models
 from lattice.domain.crd_schema import SchemaDict
 
 _RULES: dict[type, list[dict[str, str]]] = {
-    services.ServiceExposure: [
+    lattice_service.ServiceExposure: [
         {
             "rule": "self.ports.all(a, self.ports.filter(b, self.ports[b].port == self.ports[a].port)"
             ".size() == 1)",
@@ -24,7 +24,7 @@ _RULES: dict[type, list[dict[str, str]]] = {
 }
 
 _MAP_RULES: dict[tuple[type, str], list[dict[str, str]]] = {
-    (services.LatticeServiceSpec, "resources"): [
+    (lattice_service.LatticeServiceSpec, "resources"): [
         {
             "rule": "!('*' in self) || self['*'].direction == 'inbound'",
             "message": "'*' means any caller and is only valid with direction inbound",
@@ -50,8 +50,8 @@ def object_schema(cls: type) -> SchemaDict:
 
 
 def lattice_service_crd() -> SchemaDict:
-    spec = object_schema(services.LatticeServiceSpec)
-    status = object_schema(services.LatticeServiceStatus)
+    spec = object_schema(lattice_service.LatticeServiceSpec)
+    status = object_schema(lattice_service.LatticeServiceStatus)
     status.pop("required", None)
     root: SchemaDict = {
         "type": "object",
@@ -72,18 +72,18 @@ def lattice_service_crd() -> SchemaDict:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{services.PLURAL}.{models.GROUP}",
+            "name": f"{lattice_service.PLURAL}.{models.GROUP}",
             "labels": {"app.kubernetes.io/part-of": "lattice"},
         },
         "spec": {
             "group": models.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": services.KIND,
-                "listKind": f"{services.KIND}List",
-                "plural": services.PLURAL,
-                "singular": services.SINGULAR,
-                "shortNames": list(services.SHORT_NAMES),
+                "kind": lattice_service.KIND,
+                "listKind": f"{lattice_service.KIND}List",
+                "plural": lattice_service.PLURAL,
+                "singular": lattice_service.SINGULAR,
+                "shortNames": list(lattice_service.SHORT_NAMES),
                 "categories": ["lattice"],
             },
             "versions": [

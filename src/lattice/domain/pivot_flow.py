@@ -2,7 +2,7 @@
 
 Every step of the runtime flow is persisted in the child's LatticeCluster status on the cell
 (phase, ``status.pivot.step`` and attempt, conditions), so a restarted operator resumes where it
-stopped instead of starting over. The app layer (``lattice.app.operator.cell``) performs the I/O
+stopped instead of starting over. The app layer (``lattice.app.operator.child_driver``) performs the I/O
 between these transitions.
 """
 
