@@ -246,19 +246,16 @@ class ClusterController:
         """The cell's agent hub saw cluster ``name``'s agent so: kept for the reconcile, which
         writes it into ``status.agent`` (and derives ``AgentCertificate``); queues ``name`` when
         that changes what is known. Returns whether it did."""
-        updated = cluster_observations.with_agent(self.observations(name), agent)
-        if updated is None:
-            return False
-        self._observations[name] = updated
-        self.queue.add(name)
-        self.metrics.queue_depth.set(len(self.queue))
-        return True
+        return self._observe(name, cluster_observations.with_agent(self.observations(name), agent))
 
     def observe_bootstrap(self, name: str, error: str | None) -> bool:
         """The cell sent cluster ``name``'s agent the bootstrap payload: ``error`` says why it was
         not applied (None: it was). The reconcile shows a failure while the cluster is
         ``Bootstrapping`` (message, ``Bootstrapped=False``, a Warning Event when it is new)."""
-        updated = cluster_observations.with_bootstrap(self.observations(name), error)
+        return self._observe(name, cluster_observations.with_bootstrap(self.observations(name), error))
+
+    def _observe(self, name: str, updated: cluster_observations.Observations | None) -> bool:
+        """Keep what changed (None: nothing did) and queue ``name`` for the reconcile."""
         if updated is None:
             return False
         self._observations[name] = updated
