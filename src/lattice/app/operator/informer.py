@@ -4,6 +4,10 @@ Each informer lists, then watches from the list's resourceVersion with bookmarks
 timeout (so a silently dead watch is replaced within ``watch_timeout`` seconds), relists on 410
 Gone, and retries with capped exponential backoff while the API server is unavailable. Handlers
 are called for every change; a periodic resync is the controller's job.
+
+A deleted object leaves a tombstone (its key and the resourceVersion of its deletion), so the
+response of a write made before the deletion, handed to :meth:`Informer.update` after the watch
+reported it, does not bring the object back: it would stay cached until the next relist.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ log = logging.getLogger("lattice.informer")
 
 Key = tuple[str, str]  # (namespace or "", name)
 Handler = Callable[[str, Obj], None]
+
+MAX_TOMBSTONES = 4096
+"""Deleted keys remembered (the oldest are forgotten first): enough for the writes in flight."""
 
 
 def key_of(obj: Obj) -> Key:
@@ -45,6 +52,7 @@ class Informer:
         self.label_selector = label_selector
         self.store: dict[Key, Obj] = {}
         self._by_namespace: dict[str, dict[Key, Obj]] = {}  # the same objects, by namespace
+        self._tombstones: dict[Key, int] = {}  # deleted key → resourceVersion of its deletion
         self.synced = asyncio.Event()
         self._handler = handler
         self._watch_timeout = watch_timeout
@@ -65,7 +73,11 @@ class Informer:
         self.store[key] = obj
         self._by_namespace.setdefault(key[0], {})[key] = obj
 
-    def _drop(self, key: Key) -> None:
+    def _drop(self, key: Key, version: int) -> None:
+        self._tombstones.pop(key, None)
+        self._tombstones[key] = version
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            del self._tombstones[next(iter(self._tombstones))]
         self.store.pop(key, None)
         objects = self._by_namespace.get(key[0])
         if objects is not None:
@@ -75,7 +87,10 @@ class Informer:
 
     def update(self, obj: Obj) -> None:
         """Record an object we just wrote, so a reconcile before the watch event sees it."""
-        current = self.store.get(key_of(obj))
+        key = key_of(obj)
+        if _rv(obj) <= self._tombstones.get(key, -1):
+            return  # deleted since this write
+        current = self.store.get(key)
         if current is None or _rv(obj) >= _rv(current):
             self._put(key_of(obj), obj)
 
@@ -101,7 +116,7 @@ class Informer:
         fresh = {key_of(o): o for o in listed.items}
         for key, obj in list(self.store.items()):
             if key not in fresh:
-                self._drop(key)
+                self._drop(key, _version(listed.resource_version))
                 self._notify("DELETED", obj)
         for key, obj in fresh.items():
             old = self.store.get(key)
@@ -124,7 +139,7 @@ class Informer:
                     continue
                 version = obj.get("metadata", {}).get("resourceVersion", version)
                 if event.type == "DELETED":
-                    self._drop(key_of(obj))
+                    self._drop(key_of(obj), _rv(obj))
                 else:
                     obj.setdefault("apiVersion", self.api_version)
                     obj.setdefault("kind", self.kind)
@@ -140,7 +155,11 @@ class Informer:
 
 
 def _rv(obj: Any) -> int:
+    return _version(obj.get("metadata", {}).get("resourceVersion", "0"))
+
+
+def _version(value: object) -> int:
     try:
-        return int(obj.get("metadata", {}).get("resourceVersion", "0"))
+        return int(str(value))
     except (TypeError, ValueError):
         return 0
