@@ -53,7 +53,7 @@ def make_docs(count: int) -> list[dict[str, Any]]:
     docs = []
     for i in range(count):
         provider = copy.deepcopy(PROVIDERS[i % len(PROVIDERS)])
-        provider["kubernetes"] = {"version": f"1.{30 + i % 6}.{i % 10}", "certSANs": [f"c{i}.example.com"]}
+        provider["kubernetes"] = {"version": f"1.{31 + i % 6}.{i % 10}", "certSANs": [f"c{i}.example.com"]}
         docs.append(
             {
                 "apiVersion": "lattice.dev/v1alpha1",
