@@ -173,7 +173,7 @@ def test_cell_values_render_the_operator_a_cell_delivers(helm: Path, tmp_path: P
 def test_cell_proxy_port_0_renders_a_cell_without_the_api_proxy(helm: Path, tmp_path: Path) -> None:
     spec: Obj = {"provider": {"type": "aws"}, "parentConfig": {"host": "cell.example.com", "proxyPort": 0}}
     expected = install_plan.child_operator("mgmt", spec, None, deploy.DEFAULT_IMAGE)
-    assert "--proxy-port" not in expected.extra_args
+    assert expected.options.proxy_port is None  # no --proxy-port: off, the operator's default
     rendered = _template(
         helm,
         tmp_path,
@@ -285,19 +285,25 @@ def _installs() -> list[deploy.OperatorInstall]:
         "provider": {"type": "local"},
         "parentConfig": {"host": "127.0.0.1", "bootstrapPort": 18443, "grpcPort": 15051},
     }
-    infra = ("--local-infra", "--capi-managers", "--machines-dir", "/var/tmp/lattice machines")
     return [
         deploy.OperatorInstall(),
         deploy.OperatorInstall(image="r.io:5000/l:2@sha256:" + "d" * 64, cluster_name="x", replicas=5),
         # what a cell gives a local child that is a cell itself (CellRuntime.bootstrap_manifests)
         install_plan.child_operator(
-            "child", local_cell, capi.ParentEndpoint("127.0.0.1", 8443, 50051), "img:1", infra
+            "child",
+            local_cell,
+            capi.ParentEndpoint("127.0.0.1", 8443, 50051),
+            "img:1",
+            local_machines_dir="/var/tmp/lattice machines",
         ),
-        deploy.OperatorInstall(extra_args=("--log-level", "debug", "--resync", "30"), state_volume=True),
+        # a local child that is no cell: its flags reach the chart as extraArgs
+        install_plan.child_operator(
+            "leaf", {"provider": {"type": "local"}}, None, "img:1", local_machines_dir="/m"
+        ),
     ]
 
 
-@pytest.mark.parametrize("operator", _installs(), ids=["defaults", "digest", "local-cell", "extra-args"])
+@pytest.mark.parametrize("operator", _installs(), ids=["defaults", "digest", "local-cell", "local-leaf"])
 def test_the_installer_renders_the_same_operator_either_way(operator: deploy.OperatorInstall) -> None:
     via_helm = installer.rendered_operator(install_plan.Via.HELM, operator)
     _assert_same(via_helm, installer.rendered_operator(install_plan.Via.MANIFESTS, operator))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from lattice import __version__
@@ -82,13 +83,15 @@ def operator_manifests(
     *,
     cluster_name: str | None = None,
     replicas: int = 2,
-    extra_args: list[str] | None = None,
+    options: OperatorOptions | None = None,
     state_volume: bool = False,
 ) -> list[Manifest]:
+    """``options``: the operator's flags beyond ``--health-host`` and ``--cluster-name``, which
+    the Deployment sets itself (see :class:`OperatorInstall`)."""
     # Probes come from the kubelet over the pod network, so the probe server binds all interfaces.
     probes = "0.0.0.0"  # noqa: S104
     args = operator_argv(
-        OperatorOptions(health_host=probes, cluster_name=cluster_name or None, extra=tuple(extra_args or ()))
+        attrs.evolve(options or OperatorOptions(), health_host=probes, cluster_name=cluster_name or None)
     )
     meta = {"namespace": NAMESPACE, "labels": LABELS}
     return [
@@ -190,6 +193,11 @@ def split_image(image: str) -> tuple[str, str, str]:
     return repository, tag, digest
 
 
+# The flags an OperatorInstall's Deployment sets itself (--health-host, --cluster-name), or that
+# the chart would render before --cluster-name (--kubeconfig, --health-port from metrics.port).
+_DEPLOYMENT_SETS = ("kubeconfig", "health_host", "health_port", "cluster_name")
+
+
 @frozen
 class OperatorInstall:
     """What varies between installations of the operator. :meth:`manifests` renders it with
@@ -199,15 +207,23 @@ class OperatorInstall:
     image: str = DEFAULT_IMAGE
     cluster_name: str | None = None
     replicas: int = 2
-    extra_args: tuple[str, ...] = ()
+    options: OperatorOptions = attrs.field(default=OperatorOptions())
+    """The operator's other flags (a child's cell and local-provider flags). Those the Deployment
+    sets itself, and those the chart places before ``--cluster-name``, are refused here."""
     state_volume: bool = False
+
+    @options.validator
+    def _check_options(self, _: object, options: OperatorOptions) -> None:
+        taken = [name for name in _DEPLOYMENT_SETS if getattr(options, name) is not None]
+        if taken:
+            raise ValueError(f"OperatorInstall.options: {', '.join(taken)} are set by the install itself")
 
     def manifests(self) -> list[Manifest]:
         return operator_manifests(
             self.image,
             cluster_name=self.cluster_name,
             replicas=self.replicas,
-            extra_args=list(self.extra_args),
+            options=self.options,
             state_volume=self.state_volume,
         )
 
@@ -218,7 +234,8 @@ class OperatorInstall:
             "image": {"repository": repository, "tag": tag, "digest": digest},
             "clusterName": self.cluster_name or "",
             "replicas": self.replicas,
-            "extraArgs": list(self.extra_args),
+            # the chart places extraArgs right after --cluster-name, where operator_argv puts them
+            "extraArgs": operator_argv(self.options)[1:],
             "stateVolume": self.state_volume,
         }
 

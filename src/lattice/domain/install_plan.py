@@ -13,7 +13,10 @@ import enum
 import ipaddress
 from typing import Any
 
+import attrs
+
 from lattice.domain import addons, capi, deploy, models
+from lattice.domain.operator_command import OperatorOptions
 
 CRS_API = "addons.cluster.x-k8s.io/v1beta2"
 CRS_SECRET_TYPE = "addons.cluster.x-k8s.io/resource-set"  # noqa: S105 - a Secret type
@@ -106,37 +109,27 @@ def is_local(spec: dict[str, Any]) -> bool:
     return bool((spec.get("provider") or {}).get("type") == models.ProviderType.LOCAL.value)
 
 
-def parent_operator_args(spec: dict[str, Any], parent: capi.ParentEndpoint) -> list[str]:
+def parent_endpoint(spec: dict[str, Any], parent: capi.ParentEndpoint | None) -> capi.ParentEndpoint | None:
     """``--parent-endpoint`` of a child's own operator when the child has a cell (``cellRef``):
     it compiles its own KubeadmControlPlane exactly as its cell did."""
-    return ["--parent-endpoint", str(parent)] if spec.get("cellRef") else []
+    return parent if spec.get("cellRef") else None
 
 
-def proxy_args(parent: dict[str, Any]) -> list[str]:
-    """``--proxy-port`` of a cell's operator: the Kubernetes API proxy is on unless
-    ``parentConfig.proxyPort`` is 0 (docs/api-proxy.md)."""
-    port = int(parent.get("proxyPort", models.DEFAULT_PROXY_PORT))
-    return ["--proxy-port", str(port)] if port else []
-
-
-def cell_operator_args(spec: dict[str, Any], state_dir: str) -> list[str]:
-    """Arguments that make a child's own operator a cell (when its spec has parentConfig)."""
+def cell_operator_options(spec: dict[str, Any], state_dir: str) -> OperatorOptions:
+    """The flags that make a child's own operator a cell (when its spec has parentConfig; none
+    otherwise). The Kubernetes API proxy is on unless ``parentConfig.proxyPort`` is 0
+    (docs/api-proxy.md), and off is the operator's default: no ``--proxy-port`` then."""
     parent = spec.get("parentConfig")
     if not parent:
-        return []
-    return [
-        "--cell-host",
-        parent["host"],
-        "--bootstrap-port",
-        str(parent.get("bootstrapPort", models.DEFAULT_BOOTSTRAP_PORT)),
-        "--grpc-port",
-        str(parent.get("grpcPort", models.DEFAULT_GRPC_PORT)),
-        *proxy_args(parent),
-        "--bind-host",
-        _bind_host(spec),
-        "--state-dir",
-        state_dir,
-    ]
+        return OperatorOptions()
+    return OperatorOptions(
+        cell_host=str(parent["host"]),
+        bootstrap_port=int(parent.get("bootstrapPort", models.DEFAULT_BOOTSTRAP_PORT)),
+        grpc_port=int(parent.get("grpcPort", models.DEFAULT_GRPC_PORT)),
+        proxy_port=int(parent.get("proxyPort", models.DEFAULT_PROXY_PORT)) or None,
+        bind_host=_bind_host(spec),
+        state_dir=state_dir,
+    )
 
 
 def child_operator(
@@ -144,22 +137,27 @@ def child_operator(
     spec: dict[str, Any],
     parent: capi.ParentEndpoint | None,
     image: str,
-    infra_args: tuple[str, ...] = (),
+    local_machines_dir: str | None = None,
 ) -> deploy.OperatorInstall:
     """The operator a cell delivers to a child before its pivot (one replica): it compiles its
     own control plane with ``parent`` as its cell when it has one (``cellRef``), is a cell
-    itself when its spec has ``parentConfig`` (then with the state volume), plus
-    ``infra_args`` (the local provider's, which need the state volume too)."""
-    cell_args = cell_operator_args(spec, deploy.STATE_DIR)
-    parent_args = parent_operator_args(spec, parent) if parent is not None else []
+    itself when its spec has ``parentConfig`` (then with the state volume), and runs the local
+    provider with the real Cluster API managers when ``local_machines_dir`` is given (where the
+    local machines live; the state volume too)."""
+    cell = cell_operator_options(spec, deploy.STATE_DIR)
+    local = local_machines_dir is not None
     # The local provider's Cluster API managers keep their certificates and logs in the state
     # directory too: it must be the writable volume (the image's root is read-only), not the
     # default relative to the working directory.
-    state_args = ["--state-dir", deploy.STATE_DIR] if infra_args and not cell_args else []
+    state_volume = cell.cell_host is not None or local
+    options = attrs.evolve(
+        cell,
+        parent_endpoint=parent_endpoint(spec, parent),
+        state_dir=deploy.STATE_DIR if state_volume else None,
+        machines_dir=local_machines_dir,
+        local_infra=local,
+        capi_managers=local,
+    )
     return deploy.OperatorInstall(
-        image=image,
-        cluster_name=cluster_name,
-        replicas=1,
-        extra_args=(*parent_args, *cell_args, *state_args, *infra_args),
-        state_volume=bool(cell_args or infra_args),
+        image=image, cluster_name=cluster_name, replicas=1, options=options, state_volume=state_volume
     )

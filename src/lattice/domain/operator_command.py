@@ -3,12 +3,16 @@ one (the installer's bootstrap operator, the operator Deployment's container, th
 from a typed value instead of hand-written flag lists.
 
 The flags are those of :mod:`lattice.app.cmd_operator`; a field left at its default adds no
-flag, so the operator's own default applies.
+flag, so the operator's own default applies. Every flag a caller sets is a field: there is no
+list of untyped extra flags (a child's cell flags are built by
+:func:`lattice.domain.install_plan.child_operator` as fields too).
 """
 
 from __future__ import annotations
 
 from attrs import frozen
+
+from lattice.domain.capi import ParentEndpoint
 
 CLI_MODULE = "lattice.app.cli"
 
@@ -18,6 +22,8 @@ class OperatorOptions:
     kubeconfig: str | None = None
     cluster_name: str | None = None
     cell_endpoint: str | None = None
+    parent_endpoint: ParentEndpoint | None = None
+    """The cell a child's own operator compiles its control plane for."""
     identity: str | None = None
     leader_elect: bool = True
     lease_namespace: str | None = None
@@ -28,13 +34,13 @@ class OperatorOptions:
     grpc_port: int | None = None
     proxy_port: int | None = None
     """``None``: the operator's default; 0: the API proxy off."""
+    bind_host: str | None = None
+    """Where a cell's servers bind (``$(POD_IP)`` in a Deployment: the kubelet expands it)."""
     state_dir: str | None = None
     machines_dir: str | None = None
     local_infra: bool = False
     capi_managers: bool = False
     operator_via: str | None = None
-    extra: tuple[str, ...] = ()
-    """Flags appended as given (those a caller builds elsewhere, e.g. a child's cell flags)."""
 
 
 def operator_argv(options: OperatorOptions) -> list[str]:
@@ -44,6 +50,7 @@ def operator_argv(options: OperatorOptions) -> list[str]:
         ("--health-host", options.health_host),
         ("--cluster-name", options.cluster_name),
         ("--cell-endpoint", options.cell_endpoint),
+        ("--parent-endpoint", options.parent_endpoint),
         ("--identity", options.identity),
         ("--lease-namespace", options.lease_namespace),
         ("--health-port", options.health_port),
@@ -51,6 +58,7 @@ def operator_argv(options: OperatorOptions) -> list[str]:
         ("--bootstrap-port", options.bootstrap_port),
         ("--grpc-port", options.grpc_port),
         ("--proxy-port", options.proxy_port),
+        ("--bind-host", options.bind_host),
         ("--state-dir", options.state_dir),
         ("--machines-dir", options.machines_dir),
         ("--operator-via", options.operator_via),
@@ -65,7 +73,7 @@ def operator_argv(options: OperatorOptions) -> list[str]:
         argv.append("--local-infra")
     if options.capi_managers:
         argv.append("--capi-managers")
-    return [*argv, *options.extra]
+    return argv
 
 
 def operator_command(python: str, options: OperatorOptions) -> list[str]:

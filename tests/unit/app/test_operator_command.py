@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lattice.app.cli import build_parser
+from lattice.domain.capi import ParentEndpoint
 from lattice.domain.operator_command import OperatorOptions, operator_argv, operator_command
 
 PARSER = build_parser(("lattice.app.cmd_operator",))
@@ -24,9 +25,47 @@ def test_the_command_runs_the_cli_module() -> None:
     assert argv == ["/usr/bin/python3", "-m", "lattice.app.cli", "operator", "--local-infra"]
 
 
-def test_extra_flags_come_last() -> None:
-    argv = operator_argv(OperatorOptions(cluster_name="mgmt", extra=("--resync", "30")))
-    assert argv == ["operator", "--cluster-name", "mgmt", "--resync", "30"]
+def test_a_cells_flags_are_fields_in_a_fixed_order() -> None:
+    """A child's cell flags (install_plan.child_operator) come after every other valued flag,
+    where the chart's cell.* values put them, and the switches last."""
+    argv = operator_argv(
+        OperatorOptions(
+            cluster_name="mgmt",
+            parent_endpoint=ParentEndpoint("fd00::1", 8443, 50051),
+            cell_host="10.0.0.5",
+            bootstrap_port=9443,
+            grpc_port=9051,
+            proxy_port=9444,
+            bind_host="$(POD_IP)",
+            state_dir="/var/lib/lattice",
+            machines_dir="/m",
+            local_infra=True,
+            capi_managers=True,
+        )
+    )
+    assert argv == [
+        "operator",
+        "--cluster-name",
+        "mgmt",
+        "--parent-endpoint",
+        "[fd00::1]:8443:50051",
+        "--cell-host",
+        "10.0.0.5",
+        "--bootstrap-port",
+        "9443",
+        "--grpc-port",
+        "9051",
+        "--proxy-port",
+        "9444",
+        "--bind-host",
+        "$(POD_IP)",
+        "--state-dir",
+        "/var/lib/lattice",
+        "--machines-dir",
+        "/m",
+        "--local-infra",
+        "--capi-managers",
+    ]
 
 
 @given(
@@ -43,6 +82,14 @@ def test_extra_flags_come_last() -> None:
     cell_host=st.none() | st.sampled_from(["127.0.0.1", "fd00::1", "cell.example.com"]),
     cluster_name=st.none() | st.sampled_from(["mgmt", "child-1"]),
     operator_via=st.none() | st.sampled_from(["manifests", "helm"]),
+    bind_host=st.none() | st.sampled_from(["0.0.0.0", "::", "$(POD_IP)", "127.0.0.1"]),
+    parent_endpoint=st.none()
+    | st.builds(
+        ParentEndpoint,
+        st.sampled_from(["10.0.0.1", "fd00::1", "cell.example.com"]),
+        st.integers(1, 65535),
+        st.integers(1, 65535),
+    ),
 )
 def test_the_operator_parses_back_what_was_built(
     kubeconfig: str | None,
@@ -58,6 +105,8 @@ def test_the_operator_parses_back_what_was_built(
     cell_host: str | None,
     cluster_name: str | None,
     operator_via: str | None,
+    bind_host: str | None,
+    parent_endpoint: ParentEndpoint | None,
 ) -> None:
     options = OperatorOptions(
         kubeconfig=kubeconfig,
@@ -73,6 +122,8 @@ def test_the_operator_parses_back_what_was_built(
         cell_host=cell_host,
         cluster_name=cluster_name,
         operator_via=operator_via,
+        bind_host=bind_host,
+        parent_endpoint=parent_endpoint,
         identity="op-1",
         lease_namespace="default",
         health_host="0.0.0.0",
@@ -80,7 +131,7 @@ def test_the_operator_parses_back_what_was_built(
     )
     args = PARSER.parse_args(operator_argv(options))
     defaults = PARSER.parse_args(["operator"])
-    for field in ("kubeconfig", "state_dir", "machines_dir", "cluster_name", "cell_host"):
+    for field in ("kubeconfig", "state_dir", "machines_dir", "cluster_name", "cell_host", "bind_host"):
         given_value = getattr(options, field)
         parsed = getattr(args, field)
         assert (None if parsed is None else str(parsed)) == (
@@ -98,3 +149,4 @@ def test_the_operator_parses_back_what_was_built(
     assert str(args.cell_endpoint).startswith("10.0.0.1")
     assert args.no_leader_elect is not leader_elect
     assert args.operator_via == (operator_via or defaults.operator_via)
+    assert args.parent_endpoint == parent_endpoint

@@ -249,12 +249,10 @@ def test_a_cell_behind_its_load_balancer_binds_the_pods_address() -> None:
         "networking": {"default": {"cidr": "127.77.1.0/30"}},
     }
     assert addons.load_balancer_carries_host(spec)
-    args = install_plan.cell_operator_args(spec, "/state")
-    assert args[args.index("--bind-host") + 1] == "$(POD_IP)"
+    assert install_plan.cell_operator_options(spec, "/state").bind_host == "$(POD_IP)"
     spec["parentConfig"]["service"] = {"type": "NodePort"}
     assert not addons.load_balancer_carries_host(spec)
-    args = install_plan.cell_operator_args(spec, "/state")
-    assert args[args.index("--bind-host") + 1] == "127.77.1.1"
+    assert install_plan.cell_operator_options(spec, "/state").bind_host == "127.77.1.1"
     assert not addons.load_balancer_carries_host({"parentConfig": {"host": "127.77.1.1"}})
-    named = install_plan.cell_operator_args({"parentConfig": {"host": "cell.example.com"}}, "/state")
-    assert named[named.index("--bind-host") + 1] == "0.0.0.0"
+    named = install_plan.cell_operator_options({"parentConfig": {"host": "cell.example.com"}}, "/state")
+    assert named.bind_host == "0.0.0.0"

@@ -7,6 +7,7 @@ import pytest
 
 from lattice.domain import cluster_reconcile, conditions, install_plan, models, pivot_flow
 from lattice.domain.models import ConditionStatus, Phase, PivotStep
+from lattice.domain.operator_command import OperatorOptions
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -154,37 +155,31 @@ def test_install_resource_set_and_selectors() -> None:
         return {"matchExpressions": [{"key": "tier", "operator": op, "values": values or []}]}
 
 
-def test_cell_operator_args() -> None:
-    assert install_plan.cell_operator_args({}, "/s") == []
-    args = install_plan.cell_operator_args(
+def test_cell_operator_options() -> None:
+    assert install_plan.cell_operator_options({}, "/s") == OperatorOptions()
+    options = install_plan.cell_operator_options(
         {
             "parentConfig": {"host": "127.0.0.1", "grpcPort": 1, "bootstrapPort": 2},
             "provider": {"type": "local"},
         },
         "/s",
     )
-    assert args == [
-        "--cell-host",
-        "127.0.0.1",
-        "--bootstrap-port",
-        "2",
-        "--grpc-port",
-        "1",
-        "--proxy-port",
-        "8444",
-        "--bind-host",
-        "127.0.0.1",
-        "--state-dir",
-        "/s",
-    ]
-    named = install_plan.cell_operator_args(
+    assert options == OperatorOptions(
+        cell_host="127.0.0.1",
+        bootstrap_port=2,
+        grpc_port=1,
+        proxy_port=8444,
+        bind_host="127.0.0.1",
+        state_dir="/s",
+    )
+    named = install_plan.cell_operator_options(
         {"parentConfig": {"host": "cell.example"}, "provider": {"type": "aws"}}, "/s"
     )
-    assert named[named.index("--bind-host") + 1] == "0.0.0.0"
-    no_proxy = install_plan.cell_operator_args(
+    assert named.bind_host == "0.0.0.0"
+    no_proxy = install_plan.cell_operator_options(
         {"parentConfig": {"host": "cell.example", "proxyPort": 0}, "provider": {"type": "aws"}}, "/s"
     )
-    assert "--proxy-port" not in no_proxy
+    assert no_proxy.proxy_port is None  # off is the operator's default: no --proxy-port
     assert Path("/s").name == "s"
 
 

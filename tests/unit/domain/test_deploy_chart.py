@@ -10,12 +10,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from ruamel.yaml import YAML
 
 import lattice
 from lattice.app import yamlio
 from lattice.domain import capi, crds, deploy, install_plan
+from lattice.domain.operator_command import OperatorOptions
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "lattice"
 
@@ -60,23 +62,32 @@ def test_the_default_install_is_what_deploy_manifests_prints() -> None:
 
 
 def test_an_install_gives_its_manifests_and_chart_values() -> None:
+    options = OperatorOptions(state_dir=deploy.STATE_DIR, machines_dir="/m", local_infra=True)
     operator = deploy.OperatorInstall(
-        image="r.io/l:2",
-        cluster_name="mgmt",
-        replicas=3,
-        extra_args=("--log-level", "debug"),
-        state_volume=True,
+        image="r.io/l:2", cluster_name="mgmt", replicas=3, options=options, state_volume=True
     )
     assert operator.manifests() == deploy.operator_manifests(
-        "r.io/l:2", cluster_name="mgmt", replicas=3, extra_args=["--log-level", "debug"], state_volume=True
+        "r.io/l:2", cluster_name="mgmt", replicas=3, options=options, state_volume=True
     )
     assert operator.chart_values() == {
         "image": {"repository": "r.io/l", "tag": "2", "digest": ""},
         "clusterName": "mgmt",
         "replicas": 3,
-        "extraArgs": ["--log-level", "debug"],
+        "extraArgs": ["--state-dir", deploy.STATE_DIR, "--machines-dir", "/m", "--local-infra"],
         "stateVolume": True,
     }
+
+
+@pytest.mark.parametrize("taken", ["kubeconfig", "health_host", "health_port", "cluster_name"])
+def test_an_install_refuses_the_flags_its_deployment_sets(taken: str) -> None:
+    value = 1 if taken == "health_port" else "x"
+    with pytest.raises(ValueError, match=f"OperatorInstall.options: {taken} are set by the install itself"):
+        deploy.OperatorInstall(options=OperatorOptions(**{taken: value}))
+
+
+def _container_args(operator: deploy.OperatorInstall) -> list[str]:
+    deployment = next(m for m in operator.manifests() if m["kind"] == "Deployment")
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 def test_a_child_operator_is_the_cell_its_spec_says_with_its_parent() -> None:
@@ -86,23 +97,51 @@ def test_a_child_operator_is_the_cell_its_spec_says_with_its_parent() -> None:
         "provider": {"type": "local"},
         "parentConfig": {"host": "10.0.0.5", "bootstrapPort": 9443, "grpcPort": 9444},
     }
-    operator = install_plan.child_operator("child", spec, parent, "img:1", ("--local-infra",))
+    operator = install_plan.child_operator("child", spec, parent, "img:1", local_machines_dir="/m")
     assert operator == deploy.OperatorInstall(
         image="img:1",
         cluster_name="child",
         replicas=1,
-        extra_args=(
-            *install_plan.parent_operator_args(spec, parent),
-            *install_plan.cell_operator_args(spec, deploy.STATE_DIR),
-            "--local-infra",
+        options=attrs.evolve(
+            install_plan.cell_operator_options(spec, deploy.STATE_DIR),
+            parent_endpoint=parent,
+            machines_dir="/m",
+            local_infra=True,
+            capi_managers=True,
         ),
         state_volume=True,
     )
-    assert operator.extra_args[:2] == ("--parent-endpoint", "cell.example.com:8443:50051")
+    # The Deployment's args: every flag once, the cell's after the rest, the switches last.
+    assert _container_args(operator) == [
+        "operator",
+        "--health-host",
+        "0.0.0.0",
+        "--cluster-name",
+        "child",
+        "--parent-endpoint",
+        "cell.example.com:8443:50051",
+        "--cell-host",
+        "10.0.0.5",
+        "--bootstrap-port",
+        "9443",
+        "--grpc-port",
+        "9444",
+        "--proxy-port",
+        "8444",
+        "--bind-host",
+        "10.0.0.5",
+        "--state-dir",
+        deploy.STATE_DIR,
+        "--machines-dir",
+        "/m",
+        "--local-infra",
+        "--capi-managers",
+    ]
     # A root (no cellRef) without parentConfig: a plain operator, no state volume.
-    plain = install_plan.child_operator("leaf", {"provider": {"type": "aws"}}, None, "img:1")
-    assert plain.extra_args == ()
+    plain = install_plan.child_operator("leaf", {"provider": {"type": "aws"}}, parent, "img:1")
+    assert plain.options == OperatorOptions()
     assert not plain.state_volume
+    assert _container_args(plain) == ["operator", "--health-host", "0.0.0.0", "--cluster-name", "leaf"]
 
 
 # ---------------------------------------------------------------- the chart's files

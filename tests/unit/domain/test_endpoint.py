@@ -29,6 +29,7 @@ from lattice.domain.endpoint import (
     split_host_ports,
 )
 from lattice.domain.errors import FieldError
+from lattice.domain.operator_command import operator_argv
 
 ipv4_hosts = st.ip_addresses(v=4).map(str)
 ipv6_hosts = st.ip_addresses(v=6).map(str)
@@ -377,9 +378,10 @@ def test_the_agent_refuses_a_bare_ipv6_parent_naming_the_flag() -> None:
 
 def test_the_operator_of_a_child_of_an_ipv6_cell_gets_a_bracketed_parent_endpoint(tmp_path: Path) -> None:
     cell = CellSettings(host="::1", bootstrap_port=8443, grpc_port=50051, state_dir=tmp_path)
-    args = install_plan.parent_operator_args({"cellRef": "mgmt"}, cell.endpoint)
+    options = install_plan.child_operator("c", {"cellRef": "mgmt"}, cell.endpoint, "img:1").options
+    args = operator_argv(options)[1:]
     assert args == ["--parent-endpoint", "[::1]:8443:50051"]
-    assert install_plan.parent_operator_args({}, cell.endpoint) == []
+    assert install_plan.parent_endpoint({}, cell.endpoint) is None
     parsed = cli.build_parser().parse_args(["operator", *args, "--cell-endpoint", "[fd00::1]:9443"])
     assert parsed.parent_endpoint == cell.endpoint
     assert parsed.cell_endpoint == capi.ParentEndpoint("fd00::1", 9443)

@@ -8,6 +8,7 @@ import pytest
 
 from lattice.domain import deploy, install_plan
 from lattice.domain import local_pods as lp
+from lattice.domain.operator_command import OperatorOptions
 
 CONFIG = lp.parse_image_config(
     {
@@ -168,8 +169,9 @@ def test_a_volume_the_kubelet_cannot_provide_is_refused() -> None:
 
 def test_a_local_infra_childs_operator_keeps_its_state_on_its_volume() -> None:
     """Its Cluster API managers write certificates and logs: the image's root is read-only."""
-    infra = ("--local-infra", "--capi-managers", "--machines-dir", "/m")
-    wanted = install_plan.child_operator("c", {}, None, "lattice:1", infra)
+    wanted = install_plan.child_operator("c", {}, None, "lattice:1", local_machines_dir="/m")
     assert wanted.state_volume
-    assert wanted.extra_args[-6:] == ("--state-dir", deploy.STATE_DIR, *infra)
+    assert wanted.options == OperatorOptions(
+        state_dir=deploy.STATE_DIR, machines_dir="/m", local_infra=True, capi_managers=True
+    )
     assert not install_plan.child_operator("c", {}, None, "lattice:1").state_volume

@@ -247,26 +247,24 @@ class CellRuntime:
             network = addons.network_objects(cluster_name, self._child(cluster_name).spec.networking)
         except ValueError as exc:  # an invalid spec never gets this far; say so if it does
             log.warning("no network objects", extra={"cluster": cluster_name, "error": str(exc)})
-        infra_args: list[str] = []
-        if self.settings.local_infra and install_plan.is_local(spec):
-            infra_args = [
-                "--local-infra",
-                "--capi-managers",
-                "--machines-dir",
-                str(self.machines_dir.resolve()),
-            ]
+        # A local child runs the local provider and the real Cluster API managers itself.
+        local = self.settings.local_infra and install_plan.is_local(spec)
         # Its own operator compiles its KubeadmControlPlane exactly as this cell did: with this
         # cell as its parent when it has one (cellRef); a root cluster (the management cluster
         # of `lattice install`) was compiled without, and its parent goes away after the install.
         wanted = install_plan.child_operator(
-            cluster_name, spec, endpoint, self.settings.agent_image, tuple(infra_args)
+            cluster_name,
+            spec,
+            endpoint,
+            self.settings.agent_image,
+            local_machines_dir=str(self.machines_dir.resolve()) if local else None,
         )
         operator = (
             locate_operator_chart().operator_objects(wanted)
             if self.settings.operator_via is install_plan.Via.HELM
             else wanted.manifests()
         )
-        if infra_args:
+        if wanted.options.capi_managers:
             operator = [*operator, *deploy.capi_managers_rbac()]
         capi_crds = () if self._child_capi_crds is None else (self._child_capi_crds,)
         return (
