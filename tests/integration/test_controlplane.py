@@ -105,6 +105,8 @@ def test_stop_frees_ports_and_processes(control_plane_factory: ControlPlaneFacto
     assert "cannot reach the API server" in cp.apply([_configmap("late")], check=False).stderr
     with pytest.raises(ControlPlaneError, match="cannot reach the API server"):
         cp.apply([_configmap("late")])
+    with pytest.raises(ControlPlaneError, match="cannot reach the API server"):
+        cp.wait_established(["widgets.example.com"])
 
 
 def test_apply_goes_on_past_a_refused_object_and_names_it(control_plane_factory: ControlPlaneFactory) -> None:
@@ -142,6 +144,48 @@ def test_apply_goes_on_past_a_refused_object_and_names_it(control_plane_factory:
     with pytest.raises(ControlPlaneError, match="ConfigMap misspelt"):
         cp.apply(stream)
     assert cp.apply([_configmap("fine")]).stderr == ""
+
+
+def _widget_crd(plural: str) -> dict[str, object]:
+    """A CRD of kind Widget: a second one claiming the kind is never Established."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Cluster",
+            "names": {"kind": "Widget", "plural": plural, "singular": plural[:-1], "listKind": "WidgetList"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object"}},
+                }
+            ],
+        },
+    }
+
+
+def test_wait_established_names_the_crd_that_is_not(control_plane_factory: ControlPlaneFactory) -> None:
+    """ControlPlane.wait_established reads the CRDs through the kube client (as the agent's
+    KubeManifestApplier does) and, out of time, names the first CRD pending and why."""
+    cp = control_plane_factory.one()
+    assert cp.install_crds([_widget_crd("widgets")]) == ["widgets.example.com"]
+    cp.wait_established(name for name in ["widgets.example.com"])  # any iterable, done at once
+    cp.apply([_widget_crd("gadgets")])
+    with pytest.raises(ControlPlaneError) as caught:
+        cp.wait_established(["widgets.example.com", "gadgets.example.com"], timeout=3)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{cp.name}: CustomResourceDefinition gadgets.example.com is not Established"
+    ), message
+    assert "NamesAccepted=False" in message, message
+    with pytest.raises(
+        ControlPlaneError, match=r"CustomResourceDefinition missing\.example\.com: .*not found"
+    ):
+        cp.wait_established(["missing.example.com"], timeout=0.5)
 
 
 def test_restart_apiserver_keeps_data_and_url(control_plane_factory: ControlPlaneFactory) -> None:

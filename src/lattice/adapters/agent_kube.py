@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from lattice.adapters import kube_kr8s
 from lattice.domain import addons, agent, capi, models, pivot_export, pivot_flow, yaml_text
 from lattice.ports import kube
 from lattice.ports.agent import ExecutionError
@@ -29,7 +30,6 @@ log = logging.getLogger("lattice.agent.kube")
 
 FIELD_MANAGER = "lattice-agent"
 PIVOT_FIELD_MANAGER = "lattice-pivot"
-CRD_API = "apiextensions.k8s.io/v1"
 ESTABLISHED_TIMEOUT_S = 60.0
 
 
@@ -79,32 +79,10 @@ class KubeManifestApplier:
                 raise ExecutionError(f"applying {addons.describe(step.obj)}: {exc}") from exc
 
     async def _await_established(self, names: tuple[str, ...]) -> None:
-        deadline = asyncio.get_running_loop().time() + self.established_timeout
-        pending = list(names)
-        while pending:
-            name = pending[0]
-            crd: Obj = {}
-            try:
-                crd = await self.api.get(ResourceRef(CRD_API, "CustomResourceDefinition", name))
-            except kube.KubeError as exc:
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise ExecutionError(f"CustomResourceDefinition {name}: {exc}") from exc
-            if addons.established(crd):
-                pending.pop(0)
-                continue
-            if asyncio.get_running_loop().time() >= deadline:
-                raise ExecutionError(
-                    f"CustomResourceDefinition {name} is not Established after "
-                    f"{self.established_timeout:.0f}s: {_conditions_text(crd)}"
-                )
-            await asyncio.sleep(0.1)
-
-
-def _conditions_text(crd: Obj) -> str:
-    conds = (crd.get("status") or {}).get("conditions") or []
-    return "; ".join(f"{c.get('type')}={c.get('status')} {c.get('message', '')}".strip() for c in conds) or (
-        "no conditions"
-    )
+        try:
+            await kube_kr8s.await_established(self.api, names, self.established_timeout)
+        except TimeoutError as exc:
+            raise ExecutionError(str(exc)) from exc
 
 
 class KubePivotImporter:

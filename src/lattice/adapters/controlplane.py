@@ -678,26 +678,12 @@ class ControlPlane:
         return result
 
     def wait_established(self, crd_names: Iterable[str], timeout: float = 120.0) -> None:
-        """Poll (one cheap ``kubectl get`` a round) until every named CRD is Established."""
-        pending = set(crd_names)
-        deadline = time.monotonic() + timeout
-        # A CRD just created has no conditions yet, which jsonpath filters cannot take: print
-        # each CRD's conditions as JSON and look for Established here.
-        template = '{range .items[*]}{.metadata.name}{" "}{.status.conditions}{"\\n"}{end}'
-        while pending:
-            listed = self.kubectl("get", "crd", "-o", f"jsonpath={template}").stdout
-            established = set()
-            for line in listed.splitlines():
-                name, _, conditions = line.partition(" ")
-                parsed = json.loads(conditions) if conditions.strip() else None
-                if any(c.get("type") == "Established" and c.get("status") == "True" for c in parsed or []):
-                    established.add(name)
-            pending -= established
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"CRDs not Established after {timeout:.0f}s: {sorted(pending)}")
-            time.sleep(0.2)
+        """Until every named CRD is Established, through the kube client as the agent waits
+        (:func:`lattice.adapters.kube_kr8s.await_established`)."""
+        try:
+            kube_kr8s.wait_established_blocking(str(self.kubeconfig), crd_names, timeout)
+        except (TimeoutError, kube.KubeError) as exc:
+            raise ControlPlaneError(f"{self.name}: {exc}") from exc
 
     def install_crds(self, crds: Sequence[Mapping[str, Any]]) -> list[str]:
         """Apply CRD objects and wait until they are Established; return their names."""

@@ -13,14 +13,15 @@ import concurrent.futures
 import json
 import re
 import warnings
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import kr8s
 import kr8s.asyncio
 from attrs import frozen
 
+from lattice.domain import addons
 from lattice.ports import kube
 from lattice.ports.kube import Obj, ResourceRef
 
@@ -330,40 +331,95 @@ def apply_blocking(
     test control planes). It runs on an event loop of its own in a worker thread, so a caller
     that is itself inside a running loop can call it too. Like ``kubectl apply -f``, a refused
     object does not stop the others, and unknown fields are refused (``Strict``)."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lattice-apply") as pool:
-        return pool.submit(
-            asyncio.run, _apply_all(kubeconfig, objects, field_manager, dry_run, field_validation)
-        ).result()
+    return _blocking(
+        kubeconfig, lambda client: _apply_all(client, objects, field_manager, dry_run, field_validation)
+    )
 
 
-async def _apply_all(
-    kubeconfig: str, objects: Sequence[Obj], field_manager: str, dry_run: bool, field_validation: str
-) -> Applied:
+CRD_API = "apiextensions.k8s.io/v1"
+
+
+async def await_established(api: kube.KubeApi, names: Iterable[str], within: float) -> None:
+    """Until each named CustomResourceDefinition is Established (the API server serves its
+    kind), one GET a CRD and round; the one way to wait for CRDs (the agent's
+    ``KubeManifestApplier``, test control planes' ``ControlPlane.wait_established``).
+
+    :raises TimeoutError: after ``within`` seconds, naming the first CRD still pending and its
+        conditions (or the API server's last answer about it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    pending = list(names)
+    while pending:
+        name = pending[0]
+        crd: Obj = {}
+        try:
+            crd = await api.get(ResourceRef(CRD_API, "CustomResourceDefinition", name))
+        except kube.KubeError as exc:
+            if loop.time() >= deadline:
+                raise TimeoutError(f"CustomResourceDefinition {name}: {exc}") from exc
+        if addons.established(crd):
+            pending.pop(0)
+            continue
+        if loop.time() >= deadline:
+            raise TimeoutError(
+                f"CustomResourceDefinition {name} is not Established after {within:.0f}s: "
+                f"{_conditions_text(crd)}"
+            )
+        await asyncio.sleep(0.1)
+
+
+def wait_established_blocking(kubeconfig: str, names: Iterable[str], within: float) -> None:
+    """:func:`await_established` for synchronous callers, as :func:`apply_blocking`."""
+    wanted = tuple(names)
+    _blocking(kubeconfig, lambda client: await_established(client, wanted, within))
+
+
+def _conditions_text(crd: Obj) -> str:
+    conds = (crd.get("status") or {}).get("conditions") or []
+    return "; ".join(f"{c.get('type')}={c.get('status')} {c.get('message', '')}".strip() for c in conds) or (
+        "no conditions"
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _blocking(kubeconfig: str, work: Callable[[Kr8sKube], Awaitable[_T]]) -> _T:
+    """``work`` on a client of its own, on an event loop of its own in a worker thread, so that a
+    caller inside a running loop can call it too."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lattice-kube") as pool:
+        return pool.submit(asyncio.run, _in_session(kubeconfig, work)).result()
+
+
+async def _in_session(kubeconfig: str, work: Callable[[Kr8sKube], Awaitable[_T]]) -> _T:
     silence_tested_version_warning()
     try:
         # A session of its own (not kr8s's per-thread cache): it lives as long as this loop.
         api = await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
     except (httpx.HTTPError, kr8s.ServerError, OSError) as exc:
         raise kube.Unavailable(f"cannot reach the API server of {kubeconfig}: {exc}") from exc
-    client = Kr8sKube(api, watch_api=api)
-    applied: list[Obj] = []
-    errors: list[str] = []
     try:
-        for obj in objects:
-            try:
-                placed = await client._in_default_namespace(obj)
-                applied.append(
-                    await client.apply(
-                        placed, field_manager, dry_run=dry_run, field_validation=field_validation
-                    )
-                )
-            except kube.KubeError as exc:
-                errors.append(f"{_describe(obj)}: {exc}")
-            except KeyError as exc:
-                errors.append(f"{_describe(obj)}: no {exc.args[0]}")
+        return await work(Kr8sKube(api, watch_api=api))
     finally:
         # kr8s has no close(); its session exists from the version check that connecting made.
         await api._session.aclose()
+
+
+async def _apply_all(
+    client: Kr8sKube, objects: Sequence[Obj], field_manager: str, dry_run: bool, field_validation: str
+) -> Applied:
+    applied: list[Obj] = []
+    errors: list[str] = []
+    for obj in objects:
+        try:
+            placed = await client._in_default_namespace(obj)
+            applied.append(
+                await client.apply(placed, field_manager, dry_run=dry_run, field_validation=field_validation)
+            )
+        except kube.KubeError as exc:
+            errors.append(f"{_describe(obj)}: {exc}")
+        except KeyError as exc:
+            errors.append(f"{_describe(obj)}: no {exc.args[0]}")
     return Applied(tuple(applied), tuple(errors))
 
 
