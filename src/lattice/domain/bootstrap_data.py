@@ -101,8 +101,17 @@ def _file(index: int, entry: Any, problems: list[str]) -> File | None:
     except ValueError:
         problems.append(f"{where}.permissions: not an octal mode: {permissions_text!r}")
         return None
+    raw_content = entry.get("content")
+    if raw_content is not None and not isinstance(raw_content, str):
+        # an unquoted scalar that YAML reads as a number or a boolean (base64 such as 31E5):
+        # its text is lost, so say so instead of decoding the number's spelling
+        problems.append(
+            f"{where}.content: must be a string, got {type(raw_content).__name__} {raw_content!r} "
+            f"for {path} (quote it)"
+        )
+        return None
     try:
-        content = _decode(str(entry.get("content") or ""), encoding)
+        content = _decode(raw_content or "", encoding)
     except (binascii.Error, OSError, EOFError, zlib.error) as exc:
         problems.append(f"{where}.content: cannot decode {encoding} content of {path}: {exc}")
         return None

@@ -259,7 +259,8 @@ def test_files_keep_their_order() -> None:
 )
 def test_base64_content_round_trips(files: list[tuple[str, bytes]]) -> None:
     entries = "".join(
-        f"- path: {quoted(path)}\n  encoding: base64\n  content: {base64.b64encode(content).decode()}\n"
+        f"- path: {quoted(path)}\n  encoding: base64\n"
+        f"  content: {quoted(base64.b64encode(content).decode())}\n"
         for path, content in files
     )
     data = parse_cloud_config(f"## template: jinja\n#cloud-config\nwrite_files:\n{entries}")
@@ -577,3 +578,11 @@ def test_kubeadm_documents_without_a_kind(config: bytes) -> None:
 def test_kubeadm_documents_not_yaml(config: bytes) -> None:
     with pytest.raises(BootstrapDataError, match="the kubeadm configuration is not valid YAML: "):
         kubeadm_documents(config)
+
+
+def test_content_that_yaml_reads_as_a_number_is_named() -> None:
+    """Unquoted base64 such as ``31E5`` is a float to YAML 1.2: its text is gone, so it is
+    reported (producers quote such scalars, as CABPK's marshaller does), not decoded wrongly."""
+    text = "#cloud-config\nwrite_files:\n- path: /a\n  encoding: base64\n  content: 31E5\n"
+    with pytest.raises(BootstrapDataError, match=r"write_files\[0\]\.content: must be a string, got float"):
+        parse_cloud_config(text)
