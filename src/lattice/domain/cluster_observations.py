@@ -7,9 +7,11 @@ hands it over as an :class:`Observations` value, kept in memory per cluster by t
 and asks for a reconcile; the reconcile merges the facts with :func:`merge` into the status it
 writes. Facts are the latest word, not history: a newer one replaces the older.
 
-So far the agent's status and a failed bootstrap go this way; the runtime flow's steps (phase
-changes, pivot and unpivot steps) are still written by the cell's driver
-(``docs/architecture.md``, "Status ownership").
+The agent's status, a failed bootstrap and the runtime flow's steps (phase changes, pivot and
+unpivot steps, as a :class:`lattice.domain.pivot_flow.FlowReport`) go this way
+(``docs/architecture.md``, "Status ownership"). A flow report is not a fact that stays: it is
+one transition, applied once by the reconcile that writes it and then withdrawn by the
+controller.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Observations:
     bootstrap_error: str | None = None
     """Why the agent could not apply the bootstrap payload, the last time it was sent; None:
     nothing failed since the last success (or since this process started)."""
+    flow: pivot_flow.FlowReport | None = None
+    """The step of the runtime flow the cell's driver reached and waits to see written; None:
+    none pending."""
 
 
 NOTHING = Observations()
@@ -70,6 +75,14 @@ def with_bootstrap(observations: Observations, error: str | None) -> Observation
     if observations.bootstrap_error == error:
         return None
     return attrs.evolve(observations, bootstrap_error=error)
+
+
+def with_flow(observations: Observations, report: pivot_flow.FlowReport | None) -> Observations | None:
+    """``observations`` with ``report`` pending (None: withdrawn); None when that changes
+    nothing. Reports are compared by identity: two reports of the same step are two steps."""
+    if observations.flow is report:
+        return None
+    return attrs.evolve(observations, flow=report)
 
 
 def merge(

@@ -74,6 +74,15 @@ class EventSpec:
 
 
 @frozen
+class FlowOutcome:
+    """The pending :class:`lattice.domain.pivot_flow.FlowReport` of a plan: applied (its
+    transition is in the plan's status, or changed nothing) or ``rejected`` with the reason."""
+
+    report: pivot_flow.FlowReport
+    rejected: str | None = None
+
+
+@frozen
 class Plan:
     finalizers: tuple[str, ...] | None = None  # new list to write; None = leave as is
     apply: tuple[Manifest, ...] = ()
@@ -84,6 +93,7 @@ class Plan:
     ignored: str | None = None  # why this object is not this operator's business
     unpivot: bool = False  # a pivoted child is deleted: the cell must take its objects back
     revoke_agent: bool = False  # the cluster is gone: its agent's certificates are revoked first
+    flow: FlowOutcome | None = None  # what became of the pending flow report; None: not decided here
 
     @property
     def writes(self) -> bool:
@@ -112,15 +122,43 @@ def plan_cluster(
 ) -> Plan:
     """``reports``: the objects the CAPI controllers and the infrastructure provider create for
     the cluster's machines (KubeadmConfigs, infrastructure machines), read for failures.
-    ``observations``: what other parts of the operator learnt of the cluster (its agent), merged
-    into the status this plan writes: the reconciler is the only writer of those parts."""
+    ``observations``: what other parts of the operator learnt of the cluster (its agent, a failed
+    bootstrap, the step the cell's driver reached), merged into the status this plan writes: the
+    reconciler is the only writer of the status. A pending flow step is applied first
+    (:func:`lattice.domain.pivot_flow.apply_report`) and the plan is decided on the stepped
+    status; ``Plan.flow`` says whether the step was applied or rejected."""
     reason = is_mine(raw, context)
     if reason is not None:
         return Plan(ignored=reason)
-    plan = _plan_cluster(raw, capi_objects, context, now, reports, observations)
+    base, outcome = _with_flow(raw, observations.flow, now)
+    plan = _plan_cluster(base, capi_objects, context, now, reports, observations)
     if plan.finalizers is not None:
         return plan  # the finalizers are written alone; the next pass writes the status
-    return _with_observations(raw, plan, observations, now)
+    plan = _with_observations(base, plan, observations, now)
+    if base is not raw and plan.status is None and base.get("status") != raw.get("status"):
+        plan = attrs.evolve(plan, status=base.get("status"))
+    return plan if outcome is None else attrs.evolve(plan, flow=outcome)
+
+
+def _with_flow(
+    raw: Mapping[str, Any], report: pivot_flow.FlowReport | None, now: dt.datetime
+) -> tuple[Mapping[str, Any], FlowOutcome | None]:
+    """``raw`` with the driver's pending step applied to its status (the rest of the plan is
+    decided on that, as the reconcile's next pass after the step was written would), and what
+    became of the step. A step waits while the finalizer is not yet written."""
+    if report is None:
+        return raw, None
+    meta = raw.get("metadata", {})
+    deleting = bool(meta.get("deletionTimestamp"))
+    if not deleting and FINALIZER not in (meta.get("finalizers") or ()):
+        return raw, None
+    try:
+        stepped = pivot_flow.apply_report(
+            _current_status(raw), report, name=str(meta.get("name", "")), deleting=deleting, now=now
+        )
+    except pivot_flow.StepRejected as exc:
+        return raw, FlowOutcome(report, rejected=str(exc))
+    return {**raw, "status": serde.status_to_dict(stepped)}, FlowOutcome(report)
 
 
 def _plan_cluster(

@@ -3,15 +3,19 @@
 Every step of the runtime flow is persisted in the child's LatticeCluster status on the cell
 (phase, ``status.pivot.step`` and attempt, conditions), so a restarted operator resumes where it
 stopped instead of starting over. The app layer (``lattice.app.operator.child_driver``) performs the I/O
-between these transitions.
+between these transitions. It does not write them: it hands each step over as a
+:class:`FlowReport`, and the status's owner (:func:`lattice.domain.cluster_reconcile.plan_cluster`)
+applies it with :func:`apply_report`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from typing import Any
 
 import attrs
+from attrs import frozen
 
 from lattice.domain import conditions, lifecycle, models, pivot_failure, serde
 from lattice.domain.models import (
@@ -246,7 +250,8 @@ def pivot_abandoned(status: models.LatticeClusterStatus, generation: int) -> boo
 
 def pivot_succeeded(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
     phase = _advance(status, lifecycle.Event.PIVOT_SUCCEEDED)
-    assert status.pivot is not None  # PIVOT_SUCCEEDED is only accepted while pivoting
+    if status.pivot is None:  # a status written by hand: Pivoting without a pivot
+        raise StepRejected("no pivot in progress")
     message = "self-managing: the cluster holds its own Cluster API objects"
     conds = _condition(
         status,
@@ -396,3 +401,75 @@ def own_children(items: list[dict[str, Any]], own_name: str) -> list[str]:
         for item in items
         if (item.get("spec") or {}).get("cellRef") == own_name and item["metadata"]["name"] != own_name
     )
+
+
+# --------------------------------------------------------------------------- reports
+
+
+class FlowStep(enum.Enum):
+    """A step of the runtime flow the cell's driver reached (one transition of this module)."""
+
+    AGENT_CONNECTED = "AgentConnected"
+    BOOTSTRAP_COMPLETED = "BootstrapCompleted"
+    PIVOT_STEP = "PivotStep"
+    PIVOT_FAILED = "PivotFailed"
+    PIVOT_SUCCEEDED = "PivotSucceeded"
+    UNPIVOT_REQUESTED = "UnpivotRequested"
+    UNPIVOT_WAITING = "UnpivotWaiting"
+    UNPIVOT_IMPORTED = "UnpivotImported"
+    UNPIVOT_RELEASED = "UnpivotReleased"
+
+
+BEFORE_DELETION = frozenset({FlowStep.AGENT_CONNECTED, FlowStep.BOOTSTRAP_COMPLETED})
+"""Steps that stop at a deletion; pivot and unpivot steps go on (a deletion waits for the pivot
+to finish, and the unpivot is the deletion)."""
+
+
+@frozen
+class FlowReport:
+    """What the driver hands the status's owner: the step reached and its data. The owner
+    applies it (:func:`apply_report`) to the status as stored and writes the result before the
+    driver starts the next step."""
+
+    step: FlowStep
+    pivot_step: PivotStep | None = None
+    """The pivot step reached (``PIVOT_STEP``)."""
+    objects: int | None = None
+    """Objects exported (``PIVOT_STEP``) or imported back (``UNPIVOT_IMPORTED``)."""
+    error: str = ""
+    """Why the attempt failed (``PIVOT_FAILED``) or the unpivot waits (``UNPIVOT_WAITING``)."""
+
+
+def apply_report(
+    status: models.LatticeClusterStatus,
+    report: FlowReport,
+    *,
+    name: str,
+    deleting: bool,
+    now: dt.datetime,
+) -> models.LatticeClusterStatus:
+    """``status`` after ``report``'s transition; :class:`StepRejected` when it does not apply
+    (the step is not accepted in this phase, or the cluster is being deleted and the step stops
+    at a deletion)."""
+    step = report.step
+    if deleting and step in BEFORE_DELETION:
+        raise StepRejected(f"{name} is being deleted")
+    if step is FlowStep.AGENT_CONNECTED:
+        return agent_connected(status, now)
+    if step is FlowStep.BOOTSTRAP_COMPLETED:
+        return bootstrap_completed(status, now)
+    if step is FlowStep.PIVOT_STEP:
+        if report.pivot_step is None:
+            raise StepRejected("a pivot step report names no step")
+        return pivot_step(status, report.pivot_step, now, report.objects)
+    if step is FlowStep.PIVOT_FAILED:
+        return pivot_failed(status, report.error, now)
+    if step is FlowStep.PIVOT_SUCCEEDED:
+        return pivot_succeeded(status, now)
+    if step is FlowStep.UNPIVOT_REQUESTED:
+        return unpivot_requested(status, name, now)
+    if step is FlowStep.UNPIVOT_WAITING:
+        return unpivot_waiting(status, report.error, now)
+    if step is FlowStep.UNPIVOT_IMPORTED:
+        return unpivot_imported(status, report.objects or 0, now)
+    return unpivot_released(status, now)

@@ -1,7 +1,8 @@
-"""One writer of LatticeCluster status (issue 19): what the cell's agent hub learns is handed to
-the ClusterController as an observation, and its reconcile writes ``status.agent``, against a
-real apiserver. A write by another part that carries an older view of the agent is corrected by
-the owner's next pass."""
+"""One writer of LatticeCluster status (issue 19): what the cell's agent hub learns and the steps
+the pivot driver reaches are handed to the ClusterController as observations, and its reconcile
+writes them, against a real apiserver. A step is written before ``observe_flow`` returns (the
+driver starts the next step only then); a step that does not apply is not written. An outside
+write that carries an older view of the agent is corrected by the owner's next pass."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from lattice.adapters.clock import SystemClock
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.controller import ClusterController
-from lattice.domain import models
+from lattice.domain import cluster_reconcile, models
+from lattice.domain.pivot_flow import FlowReport, FlowStep
 from lattice.ports import kube
 from tests.integration.conftest import events_of
 from tests.integration.operator.conftest import CELL, cluster, eventually, lc_ref
@@ -77,24 +79,27 @@ async def test_the_controller_writes_the_observed_agent(
     # Derived by the same owner in the same pass: the condition the agent's certificate gives.
     assert any(c["type"] == "AgentCertificate" and c["status"] == "True" for c in written["conditions"])
 
-    # Another part (the pivot driver) writes the status from a view without the agent: the owner
-    # puts the observed agent back.
-    raw = controller.clusters.get(None, "owned-1")
-    assert raw is not None
+    # An outside write of the status from a view without the agent (as the pivot driver's own
+    # writes were): the owner puts the observed agent back.
     stale = {k: v for k, v in written.items() if k != "agent"}
-    async with controller.lock("owned-1"):
-        await controller.write_status(raw, stale)
+    body = {"apiVersion": models.API_VERSION, "kind": models.KIND, "metadata": {"name": "owned-1"}}
+    await api.apply_status({**body, "status": stale}, cluster_reconcile.FIELD_MANAGER)
     await eventually(
         lambda: status(lambda s: (s.get("agent") or {}).get("nodes") == "1/3"), what="status.agent restored"
     )
 
-    # The driver moves the cluster to Bootstrapping; the agent fails to apply the payload: the
-    # owner shows it, and its own pass for the phase keeps it (no second writer to undo it).
-    raw = controller.clusters.get(None, "owned-1")
-    assert raw is not None
-    async with controller.lock("owned-1"):
-        current = (await api.get(lc_ref("owned-1")))["status"]
-        await controller.write_status(raw, {**current, "phase": "Bootstrapping"})
+    # The driver reports the connected agent: written (Bootstrapping) by the time it returns.
+    assert await controller.observe_flow("owned-1", FlowReport(FlowStep.AGENT_CONNECTED))
+    stored = (await api.get(lc_ref("owned-1")))["status"]
+    assert stored["phase"] == "Bootstrapping"
+    assert any(c["type"] == "AgentConnected" and c["status"] == "True" for c in stored["conditions"])
+    assert stored["agent"]["nodes"] == "1/3"  # merged in the same write
+    # A step the phase does not accept is not written.
+    assert not await controller.observe_flow("owned-1", FlowReport(FlowStep.PIVOT_SUCCEEDED))
+    assert (await api.get(lc_ref("owned-1")))["status"]["phase"] == "Bootstrapping"
+
+    # The agent fails to apply the payload: the owner shows it, and its own pass for the phase
+    # keeps it (no second writer to undo it).
     assert controller.observe_bootstrap("owned-1", "applying Namespace x: forbidden")
     failed = await eventually(
         lambda: status(lambda s: s.get("message", "").startswith("bootstrap payload not applied")),
@@ -121,8 +126,16 @@ async def test_the_controller_writes_the_observed_agent(
         what="the agent disconnected",
     )
 
-    # The observation does not hold up the deletion (whose passes merge it too).
+    # The observation does not hold up the deletion (whose passes merge it too); a bootstrap step
+    # stops at the deletion, and a step for a cluster that is gone is not written.
     await api.delete(lc_ref("owned-1"))
+
+    async def deleting() -> bool:
+        raw = controller.clusters.get(None, "owned-1")
+        return raw is None or bool(raw["metadata"].get("deletionTimestamp"))
+
+    await eventually(deleting, what="the deletion seen")
+    assert not await controller.observe_flow("owned-1", FlowReport(FlowStep.BOOTSTRAP_COMPLETED))
 
     async def gone() -> bool:
         try:
@@ -132,3 +145,53 @@ async def test_the_controller_writes_the_observed_agent(
         return False
 
     await eventually(gone, within=120, what="the cluster deleted")
+
+    async def forgotten() -> bool:
+        return controller.clusters.get(None, "owned-1") is None
+
+    await eventually(forgotten, what="the cluster gone from the cache")
+    assert not await controller.observe_flow("owned-1", FlowReport(FlowStep.PIVOT_STEP))
+
+
+async def test_a_step_is_not_written_for_another_cells_cluster_nor_after_the_driver_stops_waiting(
+    controller: ClusterController, cell_control_plane: ControlPlane
+) -> None:
+    api = controller.api
+    other = cluster("owned-elsewhere")
+    other["spec"]["cellRef"] = "another-cell"
+    await api.create(other)
+
+    async def cached() -> bool:
+        return controller.clusters.get(None, "owned-elsewhere") is not None
+
+    await eventually(cached, what="the other cell's cluster cached")
+    # Not this operator's to reconcile, so not its to write.
+    assert not await controller.observe_flow("owned-elsewhere", FlowReport(FlowStep.AGENT_CONNECTED))
+
+    # A controller whose workers do not run (as before the leader election is won): the step
+    # waits; a driver that stops waiting (cancelled) withdraws it, so no later pass applies it.
+    idle = ClusterController(
+        await Kr8sKube.connect(str(cell_control_plane.kubeconfig)),
+        CELL,
+        SystemClock(),
+        random=random.Random(0).random,
+    )
+    tasks = await idle.start_informers()
+    try:
+        await idle.wait_synced()
+        report = FlowReport(FlowStep.AGENT_CONNECTED)
+        waiting = asyncio.create_task(idle.observe_flow("owned-elsewhere", report))
+
+        async def pending() -> bool:
+            return idle.observations("owned-elsewhere").flow is report
+
+        await eventually(pending, what="the step pending")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert idle.observations("owned-elsewhere").flow is None
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await api.delete(lc_ref("owned-elsewhere"))

@@ -1,5 +1,6 @@
-"""One writer of a LatticeCluster's status: the agent hub's observations are merged by the
-reconcile (``domain/cluster_observations.py``, ``reconcile.plan_cluster(observations=...)``)."""
+"""One writer of a LatticeCluster's status: the agent hub's observations and the pivot driver's
+steps are merged by the reconcile (``domain/cluster_observations.py``,
+``cluster_reconcile.plan_cluster(observations=...)``, ``pivot_flow.apply_report``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.domain import agent, cluster_observations, cluster_reconcile, models, pivot_flow, serde
+from lattice.domain import (
+    agent,
+    cluster_observations,
+    cluster_reconcile,
+    conditions,
+    models,
+    pivot_flow,
+    serde,
+)
 from lattice.domain.cluster_observations import Observations
 from lattice.domain.cluster_reconcile import FINALIZER, OperatorContext, plan_cluster
 from lattice.domain.models import PivotStep
@@ -206,3 +216,198 @@ def test_a_bootstrap_outcome_that_changes_nothing_is_not_news() -> None:
     assert failed == Observations(bootstrap_error="boom")
     assert cluster_observations.with_bootstrap(failed, "boom") is None
     assert cluster_observations.with_bootstrap(failed, None) == cluster_observations.NOTHING
+
+
+# --------------------------------------------------------------------------- the driver's steps
+
+FlowReport = pivot_flow.FlowReport
+FlowStep = pivot_flow.FlowStep
+
+# Each step as the driver reports it, and the transition of pivot_flow it stands for.
+TRANSITIONS: dict[
+    FlowStep, tuple[FlowReport, Callable[[models.LatticeClusterStatus], models.LatticeClusterStatus]]
+] = {
+    FlowStep.AGENT_CONNECTED: (
+        FlowReport(FlowStep.AGENT_CONNECTED),
+        lambda s: pivot_flow.agent_connected(s, NOW),
+    ),
+    FlowStep.BOOTSTRAP_COMPLETED: (
+        FlowReport(FlowStep.BOOTSTRAP_COMPLETED),
+        lambda s: pivot_flow.bootstrap_completed(s, NOW),
+    ),
+    FlowStep.PIVOT_STEP: (
+        FlowReport(FlowStep.PIVOT_STEP, pivot_step=PivotStep.TRANSFERRING, objects=7),
+        lambda s: pivot_flow.pivot_step(s, PivotStep.TRANSFERRING, NOW, 7),
+    ),
+    FlowStep.PIVOT_FAILED: (
+        FlowReport(FlowStep.PIVOT_FAILED, error="MoveError: boom"),
+        lambda s: pivot_flow.pivot_failed(s, "MoveError: boom", NOW),
+    ),
+    FlowStep.PIVOT_SUCCEEDED: (
+        FlowReport(FlowStep.PIVOT_SUCCEEDED),
+        lambda s: pivot_flow.pivot_succeeded(s, NOW),
+    ),
+    FlowStep.UNPIVOT_REQUESTED: (
+        FlowReport(FlowStep.UNPIVOT_REQUESTED),
+        lambda s: pivot_flow.unpivot_requested(s, "w1", NOW),
+    ),
+    FlowStep.UNPIVOT_WAITING: (
+        FlowReport(FlowStep.UNPIVOT_WAITING, error="no agent"),
+        lambda s: pivot_flow.unpivot_waiting(s, "no agent", NOW),
+    ),
+    FlowStep.UNPIVOT_IMPORTED: (
+        FlowReport(FlowStep.UNPIVOT_IMPORTED, objects=12),
+        lambda s: pivot_flow.unpivot_imported(s, 12, NOW),
+    ),
+    FlowStep.UNPIVOT_RELEASED: (
+        FlowReport(FlowStep.UNPIVOT_RELEASED),
+        lambda s: pivot_flow.unpivot_released(s, NOW),
+    ),
+}
+
+flow_statuses = st.builds(
+    models.LatticeClusterStatus,
+    phase=st.sampled_from(models.Phase),
+    pivot=st.none()
+    | st.builds(models.PivotStatus, step=st.sampled_from(PivotStep), attempt=st.integers(1, 4)),
+    unpivot=st.none() | st.builds(models.UnpivotStatus, step=st.sampled_from(models.UnpivotStep)),
+    conditions=st.sampled_from(
+        [
+            (),
+            conditions.set_condition(
+                (), conditions.CAPI_APPLIED, models.ConditionStatus.TRUE, "Applied", "", now=NOW, generation=1
+            ),
+        ]
+    ),
+)
+
+
+def test_every_step_has_its_transition() -> None:
+    assert set(TRANSITIONS) == set(FlowStep)
+
+
+@given(status=flow_statuses, step=st.sampled_from(FlowStep), deleting=st.booleans())
+def test_a_report_applies_exactly_the_transition_it_names(
+    status: models.LatticeClusterStatus, step: FlowStep, deleting: bool
+) -> None:
+    report, transition = TRANSITIONS[step]
+
+    def outcome(apply: Callable[[], models.LatticeClusterStatus]) -> models.LatticeClusterStatus | str:
+        try:
+            return apply()
+        except pivot_flow.StepRejected:
+            return "rejected"
+
+    got = outcome(lambda: pivot_flow.apply_report(status, report, name="w1", deleting=deleting, now=NOW))
+    if deleting and step in pivot_flow.BEFORE_DELETION:
+        assert got == "rejected"  # bootstrap steps stop at a deletion; the others go on
+    else:
+        assert got == outcome(lambda: transition(status))
+
+
+def test_a_pivot_step_report_must_name_the_step() -> None:
+    status = models.LatticeClusterStatus(
+        phase=models.Phase.PIVOTING, pivot=models.PivotStatus(PivotStep.EXPORTING, 1)
+    )
+    with pytest.raises(pivot_flow.StepRejected, match="names no step"):
+        pivot_flow.apply_report(status, FlowReport(FlowStep.PIVOT_STEP), name="w1", deleting=False, now=NOW)
+
+
+def test_a_pending_report_is_one_hand_over() -> None:
+    report = FlowReport(FlowStep.AGENT_CONNECTED)
+    pending = cluster_observations.with_flow(cluster_observations.NOTHING, report)
+    assert pending == Observations(flow=report)
+    assert cluster_observations.with_flow(pending, report) is None
+    # The same step reported again is a new hand-over (compared by identity).
+    assert cluster_observations.with_flow(pending, FlowReport(FlowStep.AGENT_CONNECTED)) is not None
+    assert cluster_observations.with_flow(pending, None) == cluster_observations.NOTHING
+
+
+def _capi_applied(raw: dict[str, Any]) -> dict[str, Any]:
+    assert any(c["type"] == "CapiApplied" and c["status"] == "True" for c in raw["status"]["conditions"])
+    return raw
+
+
+def test_the_owner_writes_the_drivers_step_and_decides_the_rest_on_it() -> None:
+    raw = _capi_applied(_provisioning())
+    report = FlowReport(FlowStep.AGENT_CONNECTED)
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(flow=report))
+    assert plan.flow == cluster_reconcile.FlowOutcome(report)
+    assert plan.status is not None
+    assert plan.status["phase"] == "Bootstrapping"
+    assert plan.status["message"] == "agent connected; bootstrapping"
+    (condition,) = [c for c in plan.status["conditions"] if c["type"] == "AgentConnected"]
+    assert condition["status"] == "True"
+    # What the reconcile's next pass would have decided after the driver's write, in this pass.
+    stepped = copy.deepcopy(raw)
+    stepped["status"] = serde.status_to_dict(pivot_flow.agent_connected(pivot_flow.parse_status(raw), NOW))
+    after = plan_cluster(stepped, desired(raw), CELL, NOW)
+    assert plan.status == (after.status or stepped["status"])
+    assert (plan.apply, plan.events) == (after.apply, after.events)
+    # Written, and withdrawn: the next pass writes nothing.
+    written = with_status(raw, plan)
+    assert plan_cluster(written, desired(raw), CELL, NOW).status is None
+
+
+def test_a_step_that_does_not_apply_is_rejected_and_changes_nothing() -> None:
+    raw = _provisioning()
+    report = FlowReport(FlowStep.PIVOT_SUCCEEDED)
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(flow=report))
+    assert plan.flow is not None
+    assert plan.flow.report is report
+    assert plan.flow.rejected
+    assert attrs.evolve(plan, flow=None) == plan_cluster(raw, desired(raw), CELL, NOW)
+
+
+def test_a_bootstrap_step_stops_at_a_deletion_and_a_pivot_step_goes_on() -> None:
+    raw = deleting(_bootstrapping())
+    connected = FlowReport(FlowStep.BOOTSTRAP_COMPLETED)
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(flow=connected))
+    assert plan.flow == cluster_reconcile.FlowOutcome(connected, rejected="w1 is being deleted")
+    raw = deleting(_provisioning())
+    raw["status"]["phase"] = "Pivoting"
+    raw["status"]["pivot"] = {"step": "Importing", "attempt": 1}
+    done = FlowReport(FlowStep.PIVOT_SUCCEEDED)
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(flow=done))
+    assert plan.flow == cluster_reconcile.FlowOutcome(done)
+    assert plan.status is not None
+    assert plan.status["pivot"]["step"] == "Complete"
+    # The deletion's own pass on the pivoted child: wait for the objects to come back.
+    assert plan.unpivot
+
+
+def test_a_step_waits_for_the_finalizer() -> None:
+    raw = _capi_applied(_provisioning())
+    raw["metadata"]["finalizers"] = []
+    report = FlowReport(FlowStep.AGENT_CONNECTED)
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(flow=report))
+    assert plan.finalizers == (FINALIZER,)
+    assert plan.flow is None  # not decided: the controller plans again once the finalizer is written
+
+
+def test_a_step_that_changes_nothing_writes_nothing() -> None:
+    raw = _provisioning()
+    raw["status"]["phase"] = "Pivoting"
+    raw["status"]["pivot"] = {"step": "Importing", "attempt": 1}
+    report = FlowReport(FlowStep.PIVOT_STEP, pivot_step=PivotStep.IMPORTING)
+    once = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(flow=report))
+    written = with_status(raw, once)
+    again = plan_cluster(written, desired(raw), CELL, NOW, observations=Observations(flow=report))
+    assert again.flow == cluster_reconcile.FlowOutcome(report)
+    assert again.status is None
+
+
+@given(status=flow_statuses, step=st.sampled_from(FlowStep), delete=st.booleans())
+def test_the_owner_applies_or_rejects_every_step_in_every_status(
+    status: models.LatticeClusterStatus, step: FlowStep, delete: bool
+) -> None:
+    raw = _provisioning()
+    raw["status"] = serde.status_to_dict(status)
+    if delete:
+        raw = deleting(raw)
+    report, _ = TRANSITIONS[step]
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(flow=report))
+    assert plan.flow is not None
+    assert plan.flow.report is report
+    if plan.flow.rejected is not None:  # rejected: the pass is the one it would be without it
+        assert attrs.evolve(plan, flow=None) == plan_cluster(raw, desired(raw), CELL, NOW)

@@ -3,9 +3,11 @@
 When a child's agent connects (reported through :class:`AgentStatusSink`), a driver task takes
 the child from ``Provisioning`` through ``Bootstrapping`` (ApplyManifests over the stream) and
 ``Pivoting`` (export with the ClusterMover, send the files, the agent imports, delete the source) to
-``Ready``. Each step is persisted in the child's LatticeCluster status before the next begins
-(pure transitions in :mod:`lattice.domain.pivot_flow`), under the same per-cluster lock as the
-reconciler, so a restarted operator resumes from the last persisted step.
+``Ready``. Each step is persisted in the child's LatticeCluster status before the next begins,
+so a restarted operator resumes from the last persisted step; the driver does not write it: it
+hands the step over to the status's owner, the ClusterController, as a
+:class:`lattice.domain.pivot_flow.FlowReport` and waits until a reconcile has written it
+(``controller.observe_flow``).
 
 Between export and deletion the source Cluster stays paused (either mover unpauses it after
 exporting, as clusterctl does); a pivot that is abandoned unpauses it again.
@@ -13,14 +15,13 @@ exporting, as clusterctl does); a pivot that is abandoned unpauses it again.
 What to do next is decided in the domain (:mod:`lattice.domain.pivot_policy`: the phase and
 unpivot dispatch, which steps a resumed pivot runs; :mod:`lattice.domain.pivot_failure`: what a
 failed attempt costs); this driver reads the status, calls those functions, and acts. The agent's
-status and a failed bootstrap are not written here: they are handed to the ClusterController as
-observations (:mod:`lattice.domain.cluster_observations`), whose reconcile writes them.
+status and a failed bootstrap are handed to the ClusterController as observations too
+(:mod:`lattice.domain.cluster_observations`); nothing here writes a LatticeCluster's status.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import shutil
@@ -41,10 +42,10 @@ from lattice.domain import (
     pivot_failure,
     pivot_flow,
     pivot_policy,
-    serde,
 )
 from lattice.domain.models import Phase, PivotStep
 from lattice.domain.pivot_failure import Fault, Response
+from lattice.domain.pivot_flow import FlowReport, FlowStep
 from lattice.domain.pivot_policy import Action, UnpivotAction
 from lattice.ports import kube
 from lattice.ports.agent import AgentChannel, AgentNotConnected, CommandTimeout
@@ -130,31 +131,11 @@ class CellCoordinator:
 
     # ------------------------------------------------------------------ status
 
-    async def _write(self, raw: Obj, status: models.LatticeClusterStatus) -> Obj:
-        await self.controller.write_status(raw, serde.status_to_dict(status))
-        fresh = self.controller.clusters.get(None, raw["metadata"]["name"])
-        return fresh if fresh is not None else raw
-
-    async def _transition(
-        self,
-        name: str,
-        change: Callable[[models.LatticeClusterStatus], models.LatticeClusterStatus],
-        *,
-        deleting: bool = False,
-    ) -> models.LatticeClusterStatus | None:
-        """Write ``change`` of the current status. Bootstrap steps stop at a deletion; pivot and
-        unpivot steps (``deleting=True``) go on, as a deletion waits for the pivot to finish."""
-        async with self.controller.lock(name):
-            raw = self.controller.clusters.get(None, name)
-            if raw is None or (raw["metadata"].get("deletionTimestamp") and not deleting):
-                return None
-            try:
-                status = change(pivot_flow.parse_status(raw))
-            except pivot_flow.StepRejected as exc:
-                log.info("step not applicable", extra={"cluster": name, "reason": str(exc)})
-                return None
-            await self._write(raw, status)
-            return status
+    async def _report(self, name: str, report: FlowReport) -> bool:
+        """Hand the step reached to the status's owner and wait until it is written; False when
+        it was not (the step does not apply, or the cluster is gone). Bootstrap steps stop at a
+        deletion; pivot and unpivot steps go on, as a deletion waits for the pivot to finish."""
+        return await self.controller.observe_flow(name, report)
 
     # ------------------------------------------------------------------ the flow
 
@@ -179,11 +160,7 @@ class CellCoordinator:
                     # and pivot wait for the whole graph while the agent stays connected.
                     await asyncio.sleep(RETRY_DELAY_S)
                 elif action is Action.CONNECT:
-                    now = self.controller.clock.now()
-                    if (
-                        await self._transition(name, functools.partial(pivot_flow.agent_connected, now=now))
-                        is None
-                    ):
+                    if not await self._report(name, FlowReport(FlowStep.AGENT_CONNECTED)):
                         return
                 elif action is Action.BOOTSTRAP:
                     await self._bootstrap(name)
@@ -214,8 +191,7 @@ class CellCoordinator:
             await asyncio.sleep(RETRY_DELAY_S)
             return
         self.controller.observe_bootstrap(name, None)
-        now = self.controller.clock.now()
-        await self._transition(name, lambda s: pivot_flow.bootstrap_completed(s, now))
+        await self._report(name, FlowReport(FlowStep.BOOTSTRAP_COMPLETED))
 
     async def _pivot(self, name: str, raw: Obj, status: models.LatticeClusterStatus) -> None:
         assert status.pivot is not None
@@ -265,8 +241,7 @@ class CellCoordinator:
             await self._delete_source(namespace, attempt_dir)
             timings["delete"] = _clock() - started
             faults.hit("pivot.deleted")
-            now = self.controller.clock.now()
-            await self._transition(name, lambda s: pivot_flow.pivot_succeeded(s, now), deleting=True)
+            await self._report(name, FlowReport(FlowStep.PIVOT_SUCCEEDED))
             shutil.rmtree(self.work_dir / name, ignore_errors=True)
             log.info(
                 "pivot complete", extra={"cluster": name, **{k: round(v, 3) for k, v in timings.items()}}
@@ -291,8 +266,7 @@ class CellCoordinator:
             )
             if policy.unpause:
                 await self._set_paused(namespace, name, paused=False)
-            now = self.controller.clock.now()
-            await self._transition(name, lambda s: pivot_flow.pivot_failed(s, error, now), deleting=True)
+            await self._report(name, FlowReport(FlowStep.PIVOT_FAILED, error=error))
         await asyncio.sleep(RETRY_DELAY_S)
 
     # ------------------------------------------------------------------ the unpivot
@@ -300,15 +274,9 @@ class CellCoordinator:
     async def _unpivot(self, name: str, status: models.LatticeClusterStatus) -> bool:
         """One step of taking a deleted, self-managing child's objects back; False to stop
         driving (wait for the agent to connect)."""
-        now = self.controller.clock.now()
         action = pivot_policy.unpivot_action(status)
         if action is UnpivotAction.REQUEST:
-            return (
-                await self._transition(
-                    name, lambda s: pivot_flow.unpivot_requested(s, name, now), deleting=True
-                )
-                is not None
-            )
+            return await self._report(name, FlowReport(FlowStep.UNPIVOT_REQUESTED))
         if action is UnpivotAction.FETCH:
             return await self._request_objects(name)
         if action is UnpivotAction.DONE:
@@ -325,8 +293,8 @@ class CellCoordinator:
                 "the child did not confirm the unpivot; deleting anyway",
                 extra={"cluster": name, "error": str(exc)},
             )
-        await self._transition(name, lambda s: pivot_flow.unpivot_released(s, now), deleting=True)
-        self.controller.queue.add(name)
+        # Written by the owner, whose same pass starts deleting the objects.
+        await self._report(name, FlowReport(FlowStep.UNPIVOT_RELEASED))
         return False
 
     async def _request_objects(self, name: str) -> bool:
@@ -370,10 +338,7 @@ class CellCoordinator:
             await asyncio.sleep(UNPIVOT_RETRY_S)
             return True
         await self._await_cached(name)
-        now = self.controller.clock.now()
-        await self._transition(
-            name, lambda s: pivot_flow.unpivot_imported(s, len(reply.files), now), deleting=True
-        )
+        await self._report(name, FlowReport(FlowStep.UNPIVOT_IMPORTED, objects=len(reply.files)))
         shutil.rmtree(self.work_dir / name, ignore_errors=True)
         log.info("unpivot: objects imported", extra={"cluster": name, "objects": len(reply.files)})
         return True
@@ -390,12 +355,10 @@ class CellCoordinator:
 
     async def _unpivot_waiting(self, name: str, error: str) -> None:
         log.info("unpivot waits", extra={"cluster": name, "reason": error})
-        now = self.controller.clock.now()
-        await self._transition(name, lambda s: pivot_flow.unpivot_waiting(s, error, now), deleting=True)
+        await self._report(name, FlowReport(FlowStep.UNPIVOT_WAITING, error=error))
 
     async def _step(self, name: str, step: PivotStep, objects: int | None = None) -> None:
-        now = self.controller.clock.now()
-        await self._transition(name, lambda s: pivot_flow.pivot_step(s, step, now, objects), deleting=True)
+        await self._report(name, FlowReport(FlowStep.PIVOT_STEP, pivot_step=step, objects=objects))
 
     async def _export(self, namespace: str, directory: Path) -> list[Path]:
         """Export the namespace's Cluster graph; keep the source paused afterwards."""

@@ -2,6 +2,12 @@
 
 No exception escapes a reconcile: a failure is written into the LatticeCluster's conditions, an
 Event is recorded, and the key is retried with jittered exponential backoff.
+
+It is the only writer of a LatticeCluster's status. What other parts of the process learn (the
+cell's agent hub, the cell's pivot driver) reaches it as observations
+(:mod:`lattice.domain.cluster_observations`) that its pure reconcile merges; the driver waits
+for each step of the flow to be written (:meth:`ClusterController.observe_flow`). One key is
+reconciled by one worker at a time (the work queue's rule), so no lock is needed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from lattice.app.operator.events import EventRecorder
 from lattice.app.operator.informer import Informer
 from lattice.app.operator.metrics import OperatorMetrics
 from lattice.app.operator.workqueue import WorkQueue
-from lattice.domain import capi, cluster_observations, cluster_reconcile, models
+from lattice.domain import capi, cluster_observations, cluster_reconcile, models, pivot_flow
 from lattice.ports import kube
 from lattice.ports.agent import AgentRevocations
 from lattice.ports.clock import Clock
@@ -98,8 +104,9 @@ class ClusterController:
         # name → what other parts of the process learnt of the cluster (its agent), merged into
         # the status by the reconcile: this controller is the only writer of those parts.
         self._observations: dict[str, cluster_observations.Observations] = {}
+        # name → the flow step the cell's driver waits to see written, and its waiter.
+        self._flows: dict[str, tuple[pivot_flow.FlowReport, asyncio.Future[bool]]] = {}
         self._active = 0
-        self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -180,6 +187,7 @@ class ClusterController:
         if event == "DELETED":
             self._own_writes.pop(self._write_key(obj, models.API_VERSION, models.KIND), None)
             self._observations.pop(obj["metadata"]["name"], None)
+            self._settle_flow(obj["metadata"]["name"], None, written=False)
         elif self._echo(obj, models.API_VERSION, models.KIND):
             return
         self.queue.add(obj["metadata"]["name"])
@@ -238,10 +246,6 @@ class ClusterController:
                 self.queue.done(name)
                 self.metrics.queue_depth.set(len(self.queue))
 
-    def lock(self, name: str) -> asyncio.Lock:
-        """Serialises everything that writes one LatticeCluster (reconcile, cell driver)."""
-        return self._locks.setdefault(name, asyncio.Lock())
-
     def observe_agent(self, name: str, agent: models.AgentStatus) -> bool:
         """The cell's agent hub saw cluster ``name``'s agent so: kept for the reconcile, which
         writes it into ``status.agent`` (and derives ``AgentCertificate``); queues ``name`` when
@@ -253,6 +257,44 @@ class ClusterController:
         not applied (None: it was). The reconcile shows a failure while the cluster is
         ``Bootstrapping`` (message, ``Bootstrapped=False``, a Warning Event when it is new)."""
         return self._observe(name, cluster_observations.with_bootstrap(self.observations(name), error))
+
+    async def observe_flow(self, name: str, report: pivot_flow.FlowReport) -> bool:
+        """The cell's driver reached ``report``'s step of cluster ``name``'s runtime flow: queue
+        ``name`` and return once a reconcile has written a status with the step applied (True),
+        or decided it does not apply (rejected, or the cluster is being deleted and the step stops
+        at a deletion) or the cluster is gone (False). The driver starts the next step only then,
+        since the flow resumes from the persisted step after a restart."""
+        if self.clusters.get(None, name) is None:
+            return False
+        self._settle_flow(name, None, written=False)  # an abandoned wait of a cancelled driver
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flows[name] = (report, future)
+        self._observe(name, cluster_observations.with_flow(self.observations(name), report))
+        try:
+            return await future
+        finally:
+            # Cancelled while waiting: withdraw the step if no reconcile has taken it yet.
+            self._settle_flow(name, report, written=False)
+
+    def _settle_flow(self, name: str, report: pivot_flow.FlowReport | None, *, written: bool) -> None:
+        """Resolve the pending step of ``name`` (``report``, None: whichever) and withdraw it
+        from the observations: it is applied once."""
+        pending = self._flows.get(name)
+        if pending is None or (report is not None and pending[0] is not report):
+            return
+        del self._flows[name]
+        current = self._observations.get(name)
+        if current is not None and current.flow is pending[0]:
+            self._observations[name] = cluster_observations.with_flow(current, None) or current
+        if not pending[1].done():
+            pending[1].set_result(written)
+
+    def _flow_decided(self, name: str, plan: cluster_reconcile.Plan, *, written: bool) -> None:
+        if plan.flow is None:
+            return
+        if plan.flow.rejected is not None:
+            log.info("step not applicable", extra={"cluster": name, "reason": plan.flow.rejected})
+        self._settle_flow(name, plan.flow.report, written=written and plan.flow.rejected is None)
 
     def _observe(self, name: str, updated: cluster_observations.Observations | None) -> bool:
         """Keep what changed (None: nothing did) and queue ``name`` for the reconcile."""
@@ -272,8 +314,7 @@ class ClusterController:
         started = time.perf_counter()
         result = "success"
         try:
-            async with self.lock(name):
-                requeue = await self._reconcile(name)
+            requeue = await self._reconcile(name)
         except Exception as exc:
             result = "error"
             self.metrics.errors.labels(reason=type(exc).__name__).inc()
@@ -328,9 +369,11 @@ class ClusterController:
     async def _reconcile(self, name: str) -> float | None:
         raw = self.clusters.get(None, name)
         if raw is None:
+            self._settle_flow(name, None, written=False)
             return None
         plan = self._plan(raw, name)
         if plan.ignored:
+            self._settle_flow(name, None, written=False)
             return None
         if plan.finalizers is not None:
             if plan.requeue_after != 0.0:  # the last pass of a deletion: what goes with it first
@@ -341,6 +384,7 @@ class ClusterController:
                         await self.api.delete(key)
             raw = await self._set_finalizers(raw, plan.finalizers)
             if plan.requeue_after != 0.0:  # finalizer removed: deletion completes
+                self._settle_flow(name, None, written=False)
                 for event in plan.events:
                     self._event_soon(raw, event)
                 return plan.requeue_after
@@ -349,6 +393,7 @@ class ClusterController:
         if plan.unpivot and self.on_unpivot is not None:
             self.on_unpivot(name)
         if not plan.writes and not plan.events:
+            self._flow_decided(name, plan, written=True)  # the step changed nothing, or was rejected
             return plan.requeue_after
         log.info(
             "reconciling",
@@ -371,11 +416,11 @@ class ClusterController:
         except kube.KubeError as exc:
             error = f"{type(exc).__name__}: {exc}"
             status = cluster_reconcile.status_after_failure(raw, plan, error, self.clock.now())
-            await self.write_status(raw, status)
+            self._flow_decided(name, plan, written=await self._write_status(raw, status))
             self._event_soon(raw, cluster_reconcile.EventSpec("Warning", "ApplyFailed", error))
             raise
-        if plan.status is not None:
-            await self.write_status(raw, plan.status, own=True)
+        written = plan.status is None or await self._write_status(raw, plan.status, own=True)
+        self._flow_decided(name, plan, written=written)
         for event in plan.events:
             self._event_soon(raw, event)
         if plan.apply:
@@ -423,20 +468,23 @@ class ClusterController:
                 informer.update(stored)
                 self._wrote(stored, informer.api_version, informer.kind)
 
-    async def write_status(self, raw: Obj, status: Obj, *, own: bool = False) -> None:
-        """Write ``status``; ``own``: the reconcile's own write, whose echo is not reconciled
-        (writes for the cell's flow are: the reconcile reads what they changed)."""
+    async def _write_status(self, raw: Obj, status: Obj, *, own: bool = False) -> bool:
+        """Write ``status``; False when the cluster is gone. ``own``: the pass's planned status,
+        whose echo is not reconciled (a failure's is: the next pass decides again)."""
         body = {
             "apiVersion": models.API_VERSION,
             "kind": models.KIND,
             "metadata": {"name": raw["metadata"]["name"]},
             "status": status,
         }
-        with contextlib.suppress(kube.NotFound):
+        try:
             stored = await self.api.apply_status(body, cluster_reconcile.FIELD_MANAGER)
-            self.clusters.update(stored)
-            if own:
-                self._wrote(stored, models.API_VERSION, models.KIND)
+        except kube.NotFound:
+            return False
+        self.clusters.update(stored)
+        if own:
+            self._wrote(stored, models.API_VERSION, models.KIND)
+        return True
 
     async def _event(self, raw: Obj, event: cluster_reconcile.EventSpec) -> None:
         involved = {**raw, "apiVersion": models.API_VERSION, "kind": models.KIND}
