@@ -121,10 +121,9 @@ def start_operator_process(
         identity=identity,
         health_port=free_port(),
         lease_namespace="default",
-        extra=extra,
     )
     return subprocess.Popen(
-        operator_command(sys.executable, options),
+        [*operator_command(sys.executable, options), *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
