@@ -20,6 +20,7 @@ import atexit
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -79,11 +80,36 @@ _port_lock = threading.Lock()
 _handed_out: set[int] = set()
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS_FROM = 10000
+"""Ports handed out for listening are drawn from here up to the kernel's ephemeral range."""
+
+
+def listening_port_range(ephemeral: Path = EPHEMERAL_RANGE) -> tuple[int, int] | None:
+    """The ports below the kernel's ephemeral range (``ip_local_port_range``), where no outgoing
+    connection takes a local port: a port chosen there stays free until its server binds it.
+    None when that range is too narrow or unknown (then the kernel picks, from its range)."""
+    try:
+        low = int(ephemeral.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (LISTEN_PORTS_FROM, low - 1) if low - 1 - LISTEN_PORTS_FROM >= 1000 else None
+
+
+_random_ports = random.Random()  # noqa: S311 - spreading ports, not crypto
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port free on ``host`` now, never one this process handed out before."""
+    """A TCP port free on ``host`` now, never one this process handed out before. Drawn below
+    the ephemeral range: a port from the kernel's own range could be taken as the local port of
+    any outgoing connection (another test's, an API server's) before its server binds it."""
+    span = listening_port_range()
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, 0 if span is None else _random_ports.randint(*span)))
+            except OSError:
+                continue
             port: int = sock.getsockname()[1]
         with _port_lock:
             if port not in _handed_out:
