@@ -122,14 +122,24 @@ PROXY_NS = "proxy-e2e"
 
 
 def _apply(toolchain: Toolchain, kubeconfig: Path, objects: list[dict[str, Any]]) -> None:
+    """Set-up applied straight to a cluster (not through the proxy): retried while its API server
+    is still busy (a child's just rewrote its CAPI CRDs: kubectl's OpenAPI download timed out once
+    under load), and a failure says what kubectl said."""
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
-    subprocess.run(
-        [str(toolchain.kubectl), f"--kubeconfig={kubeconfig}", "apply", "-f", "-"],
-        input=body,
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    errors: list[str] = []
+    for _ in range(5):
+        done = subprocess.run(
+            [str(toolchain.kubectl), f"--kubeconfig={kubeconfig}", "apply", "-f", "-"],
+            input=body,
+            text=True,
+            check=False,
+            capture_output=True,
+        )
+        if done.returncode == 0:
+            return
+        errors.append(done.stderr.strip())
+        time.sleep(5)
+    raise AssertionError(f"kubectl apply to {kubeconfig} failed 5 times: {errors}")
 
 
 def _binding(name: str, role: str, *accounts: str) -> dict[str, Any]:
