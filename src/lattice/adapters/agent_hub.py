@@ -357,12 +357,8 @@ class AgentHub(agent_grpc.LatticeAgentBase):
                 raise
             except Exception:
                 log.exception("discovery could not forget the services of %s", session.cluster)
-        try:
-            await self._step(agent_registry.disconnected(self._record(session.cluster), self._wall()))
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # pragma: no cover - _step already guards the sink
-            log.exception("could not record the disconnection of %s", session.cluster)
+        # _step guards the sink; the registry's transition is pure
+        await self._step(agent_registry.disconnected(self._record(session.cluster), self._wall()))
 
     async def _handle(self, session: _Session, message: pb.AgentMessage) -> None:
         kind = message.WhichOneof("payload")
