@@ -476,14 +476,9 @@ def _plan_apply(
             if not (d["kind"] == "Namespace" and in_namespace)
             and not up_to_date(d, observed.get(ResourceRef.of(d)))
         )
-    if to_apply:
-        events.append(
-            EventSpec(
-                "Normal",
-                "Applying",
-                f"applying {len(to_apply)} of {len(desired)} Cluster API objects in {namespace}",
-            )
-        )
+    applying = (
+        f"applying {len(to_apply)} of {len(desired)} Cluster API objects in {namespace}" if to_apply else None
+    )
     conds = conditions.set_condition(
         conds,
         conditions.CAPI_APPLIED,
@@ -531,7 +526,14 @@ def _plan_apply(
         generation=generation,
     )
     if phase is not status.phase:
-        events.append(EventSpec("Normal", phase.value, _phase_message(phase, infra, control_plane)))
+        # One Event per transition, as Kubernetes' recorders do: the objects applied with it are
+        # part of the transition's message, not an Event (and an apiserver write) of their own.
+        message = _phase_message(phase, infra, control_plane)
+        if applying is not None:
+            message = f"{applying}; {message.removeprefix(APPLIED_PREFIX)}"
+        events.insert(0, EventSpec("Normal", phase.value, message))
+    elif applying is not None:
+        events.insert(0, EventSpec("Normal", "Applying", applying))
     new_status = attrs.evolve(
         status,
         phase=phase,
@@ -645,12 +647,15 @@ def _capi_progress(cluster_obj: Mapping[str, Any] | None) -> tuple[bool, bool]:
     )
 
 
+APPLIED_PREFIX = "Cluster API objects applied; "
+
+
 def _phase_message(phase: Phase, infra: bool, control_plane: bool) -> str:
     if phase is Phase.READY:
         return "self-managing: the cluster holds its own Cluster API objects"
     if phase is Phase.PROVISIONING:
         if not infra:
-            return "Cluster API objects applied; waiting for the infrastructure"
+            return f"{APPLIED_PREFIX}waiting for the infrastructure"
         if not control_plane:
             return "infrastructure ready; waiting for the control plane to initialize"
         return "control plane initialized; waiting for the agent to connect"

@@ -66,7 +66,11 @@ async def test_create_update_delete(cell_control_plane: ControlPlane) -> None:
         assert "Provisioning" in table
         assert "docker" in table
         events = events_of(cp, "flow-1")
-        assert {"Applying", "Provisioning"} <= {e["reason"] for e in events}
+        # One Event for the transition, naming the objects it applied.
+        assert (
+            "Provisioning",
+            "applying 8 of 8 Cluster API objects in capi-flow-1; waiting for the infrastructure",
+        ) in {(e["reason"], e["message"]) for e in events}
 
         # workers 2 -> 3 updates the MachineDeployment.
         await api.merge_patch(lc_ref("flow-1"), {"spec": {"nodes": {"workers": 3}}})

@@ -79,7 +79,10 @@ def test_new_cluster_applies_everything_and_moves_to_provisioning() -> None:
         "ProvisioningHealthy": "True",
         "RollingOut": "False",
     }
-    assert [e.reason for e in plan.events] == ["Applying", "Provisioning"]
+    # One Event for the transition, naming what it applied (not an `Applying` Event as well).
+    assert [(e.reason, e.message) for e in plan.events] == [
+        ("Provisioning", "applying 8 of 8 Cluster API objects in capi-w1; waiting for the infrastructure")
+    ]
     assert plan.requeue_after == cluster_reconcile.PROVISIONING_RECHECK_S
 
 
