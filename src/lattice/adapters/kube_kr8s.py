@@ -67,9 +67,23 @@ class ResourceInfo:
 class Kr8sKube:
     """A :class:`lattice.ports.kube.KubeApi` for one API server."""
 
-    def __init__(self, api: Any, *, watch_api: Any = None, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self,
+        api: Any,
+        *,
+        watch_api: Any = None,
+        watch_session: Callable[[], Awaitable[Any]] | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        """``watch_session`` builds the watches' own session when the first watch starts (a
+        process that never watches, such as a move or most CLI commands, never pays for its TLS
+        context, connection and version check); without it, ``watch_api`` (or ``api``) serves
+        the watches."""
         self._api = api
-        self._watch_api = api if watch_api is None else watch_api
+        self._watch_api = api if watch_api is None and watch_session is None else watch_api
+        self._watch_session = watch_session
+        self._watch_lock = asyncio.Lock()
+        self._discovery_locks: dict[str, asyncio.Lock] = {}
         self._resources: dict[tuple[str, str], ResourceInfo] = {}
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
@@ -79,19 +93,32 @@ class Kr8sKube:
         silence_tested_version_warning()
         try:
             api = await kr8s.asyncio.api(kubeconfig=kubeconfig)
-            # A second, independent session (what kr8s's own factory builds) for watches only.
-            watch_api = await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
         except (httpx.HTTPError, kr8s.ServerError, OSError) as exc:
             where = kubeconfig or "the in-cluster service account"
             raise kube.Unavailable(f"cannot reach the API server of {where}: {exc}") from exc
-        return cls(api, watch_api=watch_api)
+
+        async def watch_session() -> Any:
+            # A second, independent session (what kr8s's own factory builds) for watches only.
+            return await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
+
+        return cls(api, watch_session=watch_session)
+
+    async def _watcher(self) -> Any:
+        async with self._watch_lock:
+            if self._watch_api is None and self._watch_session is not None:
+                self._watch_api = await self._watch_session()
+            return self._watch_api
 
     # ------------------------------------------------------------------ discovery
 
     async def resource(self, api_version: str, kind: str) -> ResourceInfo:
         key = (api_version, kind)
         if key not in self._resources:
-            await self._discover(api_version)
+            # Concurrent first uses of a group version (a move lists twenty kinds at once) share
+            # one discovery request instead of each making its own.
+            async with self._discovery_locks.setdefault(api_version, asyncio.Lock()):
+                if key not in self._resources:
+                    await self._discover(api_version)
         if key not in self._resources:
             # A CRD may have been installed since the last discovery: look once more.
             await self._discover(api_version)
@@ -207,7 +234,8 @@ class Kr8sKube:
             params["labelSelector"] = label_selector
         base, url = _split(path)
         try:
-            async with self._watch_api.call_api(
+            watcher = await self._watcher()
+            async with watcher.call_api(
                 "GET",
                 version="",
                 base=base,
