@@ -29,9 +29,9 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lattice.adapters.binaries import locate
 from lattice.adapters.clusterctl import ClusterctlMover
@@ -233,23 +233,24 @@ class NativeMover:
             raise MoveError(f"importing into {kubeconfig}: {exc}") from exc
 
     async def _import(self, api: KubeApi, objects: list[Obj]) -> None:
-        # The namespaces while the kinds are listed: an export holds only objects that move, and
-        # an object of a cluster-scoped kind carries no namespace.
+        # An export holds only objects that move, and an object of a cluster-scoped kind carries
+        # no namespace: the kinds come from the export, not from a list of the target's CRDs.
         namespaces = sorted({ns for o in objects if (ns := (o.get("metadata") or {}).get("namespace"))})
-        types = asyncio.ensure_future(self._types(api))
-        await asyncio.gather(types, *(self._ensure_namespace(api, ns) for ns in namespaces))
-        graph = move_graph.build(objects, types.result())
+        await asyncio.gather(*(self._ensure_namespace(api, ns) for ns in namespaces))
+        graph = move_graph.build(objects, move_graph.exported_types(objects))
         by_uid = {n.uid: o for n, o in _pairs(graph, objects)}
         new_uids: dict[str, str] = {}
-        for group in graph.groups:
-            results = await asyncio.gather(
-                *(self._create(api, node, by_uid[node.uid], new_uids) for node in group),
-                return_exceptions=True,
-            )
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise MoveError("; ".join(map(str, errors)))
-            new_uids.update(zip((n.uid for n in group), (str(r) for r in results), strict=True))
+        created = {n.uid: asyncio.Event() for n in graph.nodes}
+
+        async def create(node: MoveNode) -> None:
+            # Each object as soon as its owners exist (their new UIDs are in its references),
+            # not group after group: one slow create holds up only what it owns.
+            for uid in (*(link.uid for link in node.owners), *node.after):
+                await created[uid].wait()
+            new_uids[node.uid] = await self._create(api, node, by_uid[node.uid], new_uids)
+            created[node.uid].set()
+
+        await _all_or_errors(create(node) for node in graph.nodes)
         clusters = [by_uid[n.uid] for n in graph.nodes if n.id in set(graph.clusters)]
         classes = [by_uid[n.uid] for n in graph.nodes if n.id in set(graph.cluster_classes)]
         await self._pause(api, clusters, classes, paused=False)
@@ -292,6 +293,23 @@ class NativeMover:
                     f"restoring the status of {node.id}", lambda: api.apply_status(restored, FIELD_MANAGER)
                 )
         return str(created["metadata"]["uid"])
+
+
+async def _all_or_errors(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run ``calls`` at once; on the first failure the others stop, and every failure that
+    happened is reported in one MoveError."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for call in calls:
+                group.create_task(call)
+    except BaseExceptionGroup as failed:
+        raise MoveError("; ".join(str(e) for e in _leaves(failed))) from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    ]
 
 
 def _pairs(graph: MoveGraph, objects: Iterable[Obj]) -> list[tuple[MoveNode, Obj]]:

@@ -98,6 +98,26 @@ def move_types(crds: Iterable[Mapping[str, Any]]) -> tuple[MoveType, ...]:
     return tuple(sorted(types.values(), key=lambda t: (t.key, t.api_version)))
 
 
+def exported_types(objects: Iterable[Mapping[str, Any]]) -> tuple[MoveType, ...]:
+    """The kinds of an export, for its import, read from the objects themselves (the import
+    needs no list of the target's CRDs, megabytes with every provider installed): what an export
+    holds is what its mover chose on the source, so every kind of it moves; a kind is namespaced
+    when its objects carry a namespace."""
+    types: dict[tuple[str, str], MoveType] = {}
+    for obj in objects:
+        oid = object_id(obj)
+        key = (group_of(oid.api_version), oid.kind)
+        if key not in types:
+            types[key] = MoveType(
+                oid.api_version,
+                oid.kind,
+                namespaced=oid.namespace is not None,
+                force_move=True,
+                force_move_hierarchy=key in _HIERARCHY_KINDS,
+            )
+    return tuple(sorted(types.values(), key=lambda t: (t.key, t.api_version)))
+
+
 @frozen
 class OwnerLink:
     """One owner reference of a moved object, as recorded on the source."""
@@ -114,6 +134,9 @@ class MoveNode:
     id: ObjectId
     owners: tuple[OwnerLink, ...]
     is_global: bool = False
+    after: tuple[str, ...] = ()
+    """UIDs of the soft owners created before this node (a Cluster before its Secrets, a
+    ClusterClass before its Clusters), as clusterctl orders them; no reference points at them."""
 
 
 @frozen
@@ -252,7 +275,12 @@ def build(objects: Iterable[Mapping[str, Any]], types: Sequence[MoveType]) -> Mo
         if not ready:
             break
         ready.sort(key=lambda n: _sort_key(n.id))
-        groups.append(tuple(MoveNode(n.uid, n.id, n.owners, n.is_global) for n in ready))
+        groups.append(
+            tuple(
+                MoveNode(n.uid, n.id, n.owners, n.is_global, tuple(sorted(soft_owners.get(n.uid, ()))))
+                for n in ready
+            )
+        )
         placed.update(n.uid for n in ready)
 
     listed = [n for n in nodes.values() if not n.virtual]

@@ -474,3 +474,34 @@ def test_rewiring_is_total(objects: list[dict[str, Any]]) -> None:
             assert "uid" not in body["metadata"]
             assert "resourceVersion" not in body["metadata"]
         new_uids.update({n.uid: "t-" + n.uid for n in group})
+
+
+@settings(max_examples=200, deadline=None)
+@given(graphs())
+def test_an_export_imports_as_the_same_graph_without_the_targets_crds(objects: list[dict[str, Any]]) -> None:
+    """The import reads the kinds from the export (``exported_types``): it creates exactly what
+    the source's graph moved, with the same owners and soft owners, each after them."""
+    source = move_graph.build(objects, TYPES)
+    exported = [o for o in objects if o["metadata"]["uid"] in {n.uid for n in source.nodes}]
+    imported = move_graph.build(exported, move_graph.exported_types(exported))
+    assert {n.uid: (n.owners, n.after, n.is_global) for n in imported.nodes} == {
+        n.uid: (n.owners, n.after, n.is_global) for n in source.nodes
+    }
+    assert imported.stranded == ()
+    position = {n.uid: i for i, g in enumerate(imported.groups) for n in g}
+    for node in imported.nodes:
+        assert all(position[u] < position[node.uid] for u in node.after)
+
+
+def test_soft_owners_come_first_and_exported_kinds_are_read_from_the_objects() -> None:
+    graph = move_graph.build(capi_graph(), TYPES)
+    cluster = next(n for n in graph.nodes if n.id.kind == "Cluster")
+    kubeconfig = next(n for n in graph.nodes if n.id.name == "w1-kubeconfig")
+    assert kubeconfig.owners == () and kubeconfig.after == (cluster.uid,)
+    exported = move_graph.exported_types(
+        [*capi_graph(), {"apiVersion": "example.io/v1", "kind": "Global", "metadata": {"name": "g"}}]
+    )
+    by_kind = {t.kind: t for t in exported}
+    assert by_kind["Global"] == MoveType("example.io/v1", "Global", namespaced=False, force_move=True)
+    assert by_kind["Cluster"].force_move_hierarchy and by_kind["Cluster"].namespaced
+    assert all(t.force_move for t in exported)
