@@ -12,6 +12,8 @@ MOVE_TIMEOUT_S = 300.0
 
 
 class ClusterctlMover:
+    lists_kind_by_kind = True
+
     def __init__(self, clusterctl: Path, *, timeout: float = MOVE_TIMEOUT_S) -> None:
         self.clusterctl = clusterctl
         self.timeout = timeout

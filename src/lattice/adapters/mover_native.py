@@ -60,6 +60,8 @@ async def _kr8s(kubeconfig: Path) -> KubeApi:
 class NativeMover:
     """A :class:`lattice.ports.mover.ClusterMover` over the Kubernetes API."""
 
+    lists_kind_by_kind = False
+
     def __init__(
         self,
         connect: Connect = _kr8s,

@@ -22,6 +22,12 @@ class MoverKind(enum.Enum):
 
 
 class ClusterMover(Protocol):
+    lists_kind_by_kind: bool
+    """True when the mover lists the move's kinds one after another (clusterctl): on an API
+    server that has not yet built a kind's watch cache each list then waits about a second, so
+    the cell lists every kind at once before it moves. False for a mover that lists them all at
+    once itself (and retries while a cache is built): the warm-up would only add requests."""
+
     async def export(self, kubeconfig: Path, namespace: str, directory: Path) -> list[Path]:
         """Write every object of ``namespace``'s Cluster graph into ``directory``; return the files.
 

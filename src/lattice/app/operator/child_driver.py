@@ -331,7 +331,8 @@ class CellCoordinator:
             directory.mkdir(parents=True)
             for move_file in reply.files:
                 (directory / move_file.name).write_bytes(move_file.content)
-            await self.warm_move_kinds()
+            if self.mover.lists_kind_by_kind:
+                await self.warm_move_kinds()
             await self.mover.import_(self.cell_kubeconfig, directory)
         except (MoveError, OSError) as exc:
             await self._unpivot_waiting(name, f"importing the objects failed: {exc}")
@@ -367,7 +368,8 @@ class CellCoordinator:
             shutil.rmtree(directory)
         # clusterctl refuses a Cluster that is already paused: unpause a previous attempt's.
         await self._set_paused(namespace, name, paused=False)
-        await self.warm_move_kinds(namespace)
+        if self.mover.lists_kind_by_kind:
+            await self.warm_move_kinds(namespace)
         files = await self.mover.export(self.cell_kubeconfig, namespace, directory)
         await self._set_paused(namespace, name, paused=True)
         return files
