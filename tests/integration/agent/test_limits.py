@@ -64,9 +64,15 @@ async def test_connections_over_the_limit_are_closed_and_the_agent_gets_in_when_
     context = tls.client_context(cell_pki.agent_files("l2"))
     async with running_cell(cell_pki, limits=limits) as cell:
         held = [await _tls_connect(cell.port, context) for _ in range(2)]
+        server = cell.server.server
+        assert server is not None
+        # The server admits a connection once it has read the client's last handshake message,
+        # which can come after the client is done: wait until both hold their slots, or a busy
+        # machine lets the agent in first and refuses one of them (a CI run did).
+        async with asyncio.timeout(10):
+            while server.guard.connections < 2:  # noqa: ASYNC110 - polls the server's counter
+                await asyncio.sleep(0.05)
         async with running_agent(cell_pki.agent_files("l3"), "l3", cell.port):
-            server = cell.server.server
-            assert server is not None
             async with asyncio.timeout(10):
                 while server.guard.refused == 0:  # noqa: ASYNC110 - polls the server's counter
                     await asyncio.sleep(0.05)
