@@ -497,11 +497,13 @@ def test_soft_owners_come_first_and_exported_kinds_are_read_from_the_objects() -
     graph = move_graph.build(capi_graph(), TYPES)
     cluster = next(n for n in graph.nodes if n.id.kind == "Cluster")
     kubeconfig = next(n for n in graph.nodes if n.id.name == "w1-kubeconfig")
-    assert kubeconfig.owners == () and kubeconfig.after == (cluster.uid,)
+    assert kubeconfig.owners == ()
+    assert kubeconfig.after == (cluster.uid,)
     exported = move_graph.exported_types(
         [*capi_graph(), {"apiVersion": "example.io/v1", "kind": "Global", "metadata": {"name": "g"}}]
     )
     by_kind = {t.kind: t for t in exported}
     assert by_kind["Global"] == MoveType("example.io/v1", "Global", namespaced=False, force_move=True)
-    assert by_kind["Cluster"].force_move_hierarchy and by_kind["Cluster"].namespaced
+    assert by_kind["Cluster"].force_move_hierarchy
+    assert by_kind["Cluster"].namespaced
     assert all(t.force_move for t in exported)
