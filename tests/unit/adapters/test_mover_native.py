@@ -48,3 +48,31 @@ current-context: x
     )
     with pytest.raises(MoveError, match="cannot reach the API server"):
         asyncio.run(NativeMover().export(kubeconfig, "capi-x", tmp_path / "out"))
+
+
+def test_creations_stop_at_the_first_failure_and_every_failure_is_named() -> None:
+    """The import creates objects at once (each after its owners): a failure cancels the rest
+    and one MoveError names every failure that happened, nested groups included."""
+    finished: list[str] = []
+
+    async def ok() -> None:
+        finished.append("ok")
+
+    async def fails(message: str) -> None:
+        raise MoveError(message)
+
+    async def never() -> None:
+        await asyncio.Event().wait()  # an object waiting for an owner that failed
+
+    async def nested() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(fails("creating Machine capi-x/m: 422"))
+
+    asyncio.run(mover_native._all_or_errors([ok()]))
+    assert finished == ["ok"]
+    with pytest.raises(MoveError) as raised:
+        asyncio.run(mover_native._all_or_errors([never(), fails("creating Cluster capi-x/x: 403"), nested()]))
+    assert set(str(raised.value).split("; ")) == {
+        "creating Cluster capi-x/x: 403",
+        "creating Machine capi-x/m: 422",
+    }
