@@ -1,10 +1,11 @@
-"""Run independent awaitables at once and let every one finish before reporting a failure."""
+"""Run awaitables at once: independent ones to the end before reporting a failure
+(:func:`gather_settled`), dependent ones stopped at the first failure (:func:`failures_of_all`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -18,3 +19,22 @@ async def gather_settled(aws: Iterable[Awaitable[T]]) -> tuple[list[T], BaseExce
     ok = [r for r in results if not isinstance(r, BaseException)]
     errors = [r for r in results if isinstance(r, BaseException)]
     return ok, (errors[0] if errors else None)
+
+
+async def failures_of_all(coros: Iterable[Coroutine[Any, Any, None]]) -> list[BaseException]:
+    """Run ``coros`` at once; on the first failure the others are cancelled (one may wait for
+    another that failed: nothing is left waiting forever). Returns every failure that happened,
+    nested exception groups flattened; empty when all succeeded."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coro in coros:
+                group.create_task(coro)
+    except BaseExceptionGroup as failed:
+        return _leaves(failed)
+    return []
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    ]

@@ -29,12 +29,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from lattice.adapters.binaries import locate
 from lattice.adapters.clusterctl import ClusterctlMover
+from lattice.adapters.concurrency import failures_of_all
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.domain import move_graph, pivot_export
 from lattice.domain.move_graph import MoveGraph, MoveNode, MoveType
@@ -252,7 +253,9 @@ class NativeMover:
             new_uids[node.uid] = await self._create(api, node, by_uid[node.uid], new_uids)
             created[node.uid].set()
 
-        await _all_or_errors(create(node) for node in graph.nodes)
+        failures = await failures_of_all(create(node) for node in graph.nodes)
+        if failures:
+            raise MoveError("; ".join(map(str, failures)))
         clusters = [by_uid[n.uid] for n in graph.nodes if n.id in set(graph.clusters)]
         classes = [by_uid[n.uid] for n in graph.nodes if n.id in set(graph.cluster_classes)]
         await self._pause(api, clusters, classes, paused=False)
@@ -295,23 +298,6 @@ class NativeMover:
                     f"restoring the status of {node.id}", lambda: api.apply_status(restored, FIELD_MANAGER)
                 )
         return str(created["metadata"]["uid"])
-
-
-async def _all_or_errors(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run ``calls`` at once; on the first failure the others stop, and every failure that
-    happened is reported in one MoveError."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for call in calls:
-                group.create_task(call)
-    except BaseExceptionGroup as failed:
-        raise MoveError("; ".join(str(e) for e in _leaves(failed))) from None
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    return [
-        leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    ]
 
 
 def _pairs(graph: MoveGraph, objects: Iterable[Obj]) -> list[tuple[MoveNode, Obj]]:
