@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +79,31 @@ class Cell:
                 "LATTICE_AGENT_FAULT_AT": agent_faults,
             },
         )
+
+    def wait_working(self, since: int = 0, timeout: float = 300) -> None:
+        """Wait until the operator started after byte ``since`` of its log reconciles (it logs
+        ``starting workers``). Under a loaded CI machine its start (imports, the first lists
+        while the API server re-initialises the storage of CRDs the managers just patched) took
+        over a minute, which a test's own budget must not pay. On a timeout, the operator's
+        thread stacks (SIGUSR1: faulthandler) are in the log tail of the error."""
+
+        def working() -> bool:
+            if self.operator is None or self.operator.poll() is not None:
+                raise AssertionError("the operator exited")
+            with self.log.open("rb") as f:
+                f.seek(since)
+                return b'"starting workers"' in f.read()
+
+        try:
+            wait_for(working, timeout, "the operator to start its workers")
+        except AssertionError:
+            if self.operator is not None and self.operator.poll() is None:
+                self.operator.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+            tail = self.log.read_text(errors="replace").splitlines()[-80:]
+            raise AssertionError(
+                f"the operator did not start its workers in {timeout:.0f}s:\n" + "\n".join(tail)
+            ) from None
 
     def stop_operator(self) -> None:
         if self.operator is not None and self.operator.poll() is None:
@@ -215,6 +241,7 @@ def start_cell(toolchain: Toolchain, base: Path, name: str = "mgmt") -> Cell:
     managers = CapiManagers(cp).start()
     cell = Cell(name, cp, base / "state", free_port(), free_port(), free_port(), managers=managers)
     cell.start_operator()
+    cell.wait_working()
     return cell
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,9 @@ def run_manifests(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
+    # `kill -USR1 <pid>` writes every thread's Python stack to stderr (docs/operator.md): how to
+    # see where an operator that logs nothing is stuck, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         faults.armed()
         faults.agent_faults()

@@ -226,7 +226,9 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
             await infra.start()
         if not stop.is_set() and settings.cell is not None and parts is not None:
             cell = CellRuntime(settings.cell, controller, _kubeconfig_path(settings.kubeconfig), parts)
+            started = loop.time()
             await controller.wait_synced()
+            log.info("informers synced", extra={"seconds": round(loop.time() - started, 3)})
             await cell.start()
         if not stop.is_set():
             log.info("starting workers", extra={"identity": settings.identity})
