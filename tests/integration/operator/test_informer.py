@@ -1,9 +1,12 @@
 """The informer against a real kube-apiserver: a write's response that arrives after the watch
-reported the object deleted does not bring the object back into the cache."""
+reported the object deleted does not bring the object back into the cache, and a watch event
+that arrives after a later write's response does not take the cache back to an older version."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import anyio
 import pytest
@@ -65,6 +68,68 @@ def test_a_stale_write_response_does_not_resurrect_a_deleted_object(cell_control
             await api.delete(ResourceRef("v1", "ConfigMap", name, namespace))
             await next_event("DELETED")
             assert informer.get(namespace, name) is None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    anyio.run(scenario)
+
+
+def test_a_late_watch_event_does_not_take_the_cache_back_to_an_older_version(
+    cell_control_plane: ControlPlane,
+) -> None:
+    """Two writes made while the event loop is blocked (a synchronous kubectl), the second's
+    response recorded with update(): the watch then delivers both events, and the cache never
+    holds the first version again."""
+    label = "lattice.dev/test=informer-order"
+
+    async def scenario() -> None:
+        api = await Kr8sKube.connect(str(cell_control_plane.kubeconfig))
+        name = "informer-order"
+        cached: list[int] = []  # the cached version after each event
+        both = asyncio.Event()
+
+        def handler(_: str, obj: dict[str, Any]) -> None:
+            if obj["metadata"]["name"] == name:
+                stored = informer.get("default", name)
+                cached.append(int(stored["metadata"]["resourceVersion"]) if stored else 0)
+                if len(cached) == 2:
+                    both.set()
+
+        informer = Informer(api, "v1", "ConfigMap", label_selector=label, handler=handler)
+        task = asyncio.create_task(informer.run())
+        try:
+            await informer.synced.wait()
+            written = []
+            for value in ("1", "2"):
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": name,
+                        "namespace": "default",
+                        "labels": {"lattice.dev/test": "informer-order"},
+                    },
+                    "data": {"a": value},
+                }
+                out = cell_control_plane.kubectl(
+                    "apply",
+                    "--server-side",
+                    "--field-manager=test",
+                    "-o",
+                    "json",
+                    "-f",
+                    "-",
+                    input=json.dumps(body),
+                )  # blocks the loop: the informer sees neither event yet
+                written.append(json.loads(out.stdout))
+            informer.update(written[-1])
+            last = int(written[-1]["metadata"]["resourceVersion"])
+            with anyio.fail_after(30):
+                await both.wait()
+            assert cached == [last, last]
+            assert informer.get("default", name)["data"] == {"a": "2"}
+            await api.delete(ResourceRef("v1", "ConfigMap", name, "default"))
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -55,6 +55,8 @@ REPORT_KINDS: tuple[tuple[str, str], ...] = (
 )
 MANAGED_SELECTOR = f"{capi.LABEL_MANAGED_BY}=lattice"
 EVENT_NAMESPACE = "default"
+MAX_PENDING_ECHOES = 4
+"""Own writes per object whose echoes are awaited (a reconcile makes at most two)."""
 
 
 @frozen
@@ -97,9 +99,11 @@ class ClusterController:
             reporting_component="lattice.dev/operator",
             namespace=EVENT_NAMESPACE,
         )
-        # (apiVersion, kind, namespace, name) → resourceVersion of this controller's last write
-        # to it: the watch event that echoes that write is not a change to reconcile.
-        self._own_writes: dict[tuple[str, str, str, str], str] = {}
+        # (apiVersion, kind, namespace, name) → resourceVersions of this controller's writes to
+        # it whose watch events have not come back yet, oldest first: those events are not
+        # changes to reconcile. A reconcile writes a new cluster twice (its finalizer, then its
+        # status), and under load both echoes arrive after the second write.
+        self._own_writes: dict[tuple[str, str, str, str], list[str]] = {}
         self.echoes_skipped = 0
         # name → what other parts of the process learnt of the cluster (its agent), merged into
         # the status by the reconcile: this controller is the only writer of those parts.
@@ -171,15 +175,22 @@ class ClusterController:
 
     def _wrote(self, stored: Obj, api_version: str, kind: str) -> None:
         rv = stored.get("metadata", {}).get("resourceVersion", "")
-        self._own_writes[self._write_key(stored, api_version, kind)] = rv
+        pending = self._own_writes.setdefault(self._write_key(stored, api_version, kind), [])
+        if rv not in pending:  # a write that changed nothing returns the same version
+            pending.append(rv)
+            del pending[:-MAX_PENDING_ECHOES]
 
     def _echo(self, obj: Obj, api_version: str, kind: str) -> bool:
         """Whether ``obj`` is this controller's own last write coming back through the watch."""
         key = self._write_key(obj, api_version, kind)
         rv = obj.get("metadata", {}).get("resourceVersion")
-        if not rv or self._own_writes.get(key) != rv:
+        pending = self._own_writes.get(key, [])
+        if not rv or rv not in pending:
             return False
-        del self._own_writes[key]
+        # Watch events come in order: the echoes of earlier writes will not come any more.
+        del pending[: pending.index(rv) + 1]
+        if not pending:
+            del self._own_writes[key]
         self.echoes_skipped += 1
         return True
 

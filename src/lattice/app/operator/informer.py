@@ -5,6 +5,9 @@ timeout (so a silently dead watch is replaced within ``watch_timeout`` seconds),
 Gone, and retries with capped exponential backoff while the API server is unavailable. Handlers
 are called for every change; a periodic resync is the controller's job.
 
+A watch event older than what :meth:`Informer.update` recorded (the response of a later write)
+does not replace it: a reconcile between the two would otherwise plan from the past.
+
 A deleted object leaves a tombstone (its key and the resourceVersion of its deletion), so the
 response of a write made before the deletion, handed to :meth:`Informer.update` after the watch
 reported it, does not bring the object back: it would stay cached until the next relist.
@@ -143,7 +146,11 @@ class Informer:
                 else:
                     obj.setdefault("apiVersion", self.api_version)
                     obj.setdefault("kind", self.kind)
-                    self._put(key_of(obj), obj)
+                    current = self.store.get(key_of(obj))
+                    # A write's response recorded by update() may be newer than this event: the
+                    # cache never goes back to an older version of an object.
+                    if current is None or _rv(obj) >= _rv(current):
+                        self._put(key_of(obj), obj)
                 self._notify(event.type, obj)
 
     def _notify(self, event_type: str, obj: Obj) -> None:
