@@ -23,6 +23,7 @@ from lattice.domain.errors import FieldError
 from lattice.ports.mover import MoverKind
 
 EXIT_CONFIG = 2
+STDERR_FD = 2
 
 
 def _endpoint(value: str) -> capi.ParentEndpoint:
@@ -139,8 +140,9 @@ def run_manifests(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     # `kill -USR1 <pid>` writes every thread's Python stack to stderr (docs/operator.md): how to
-    # see where an operator that logs nothing is stuck, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # see where an operator that logs nothing is stuck, without stopping it. The process's own
+    # stderr (descriptor 2): a replaced sys.stderr may have no descriptor (pytest's capture).
+    faulthandler.register(signal.SIGUSR1, file=STDERR_FD, all_threads=True)
     try:
         faults.armed()
         faults.agent_faults()
