@@ -21,6 +21,7 @@ import kr8s
 import kr8s.asyncio
 from attrs import frozen
 
+from lattice.adapters.kube_http import AiohttpRest, decode, error_for
 from lattice.domain import addons
 from lattice.ports import kube
 from lattice.ports.kube import Obj, ResourceRef
@@ -74,12 +75,15 @@ class Kr8sKube:
         watch_api: Any = None,
         watch_session: Callable[[], Awaitable[Any]] | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        rest: AiohttpRest | None = None,
     ) -> None:
         """``watch_session`` builds the watches' own session when the first watch starts (a
         process that never watches, such as a move or most CLI commands, never pays for its TLS
         context, connection and version check); without it, ``watch_api`` (or ``api``) serves
-        the watches."""
+        the watches. ``rest``: requests go through it instead of kr8s's httpx session (watches
+        stay on kr8s); its owner closes it with :meth:`close`."""
         self._api = api
+        self._rest = rest
         self._watch_api = api if watch_api is None and watch_session is None else watch_api
         self._watch_session = watch_session
         self._watch_lock = asyncio.Lock()
@@ -88,7 +92,9 @@ class Kr8sKube:
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None) -> Kr8sKube:
+    async def connect(cls, kubeconfig: str | None, *, lean: bool = False) -> Kr8sKube:
+        """``lean``: requests over aiohttp (:mod:`lattice.adapters.kube_http`, a quarter of the
+        CPU per request); the caller must :meth:`close` it before its event loop ends."""
         # Again here: a caller (pytest among them) may have reset the filters since import.
         silence_tested_version_warning()
         try:
@@ -101,7 +107,13 @@ class Kr8sKube:
             # A second, independent session (what kr8s's own factory builds) for watches only.
             return await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
 
-        return cls(api, watch_session=watch_session)
+        rest = AiohttpRest(api.auth, limit=MAX_IN_FLIGHT, timeout_s=REQUEST_TIMEOUT_S) if lean else None
+        return cls(api, watch_session=watch_session, rest=rest)
+
+    async def close(self) -> None:
+        """Close the aiohttp session of a ``lean`` client (kr8s's sessions need no closing)."""
+        if self._rest is not None:
+            await self._rest.close()
 
     async def _watcher(self) -> Any:
         async with self._watch_lock:
@@ -162,6 +174,12 @@ class Kr8sKube:
         body: bytes | None = None,
         content_type: str = "application/json",
     ) -> Obj:
+        if self._rest is not None:
+            async with self._in_flight:
+                status, content = await self._rest.request(
+                    method, path, params=params, body=body, content_type=content_type
+                )
+            return decode(status, content)
         try:
             base, url = _split(path)
             async with (
@@ -471,14 +489,4 @@ def _translate(exc: kr8s.ServerError) -> kube.KubeError:
     if code >= 500 and response is not None:
         # 5xx bodies are often plain text (not a metav1.Status): keep what the server said.
         message = response.text.strip()[:2000] or message
-    if code == 404:
-        return kube.NotFound(message)
-    if code == 409:
-        return kube.Conflict(message)
-    if code == 410:
-        return kube.Gone(message)
-    if code in (400, 422):
-        return kube.Invalid(message)
-    if code >= 500 or code == 429:
-        return kube.Unavailable(message)
-    return kube.KubeError(f"HTTP {code}: {message}")
+    return error_for(code, message)
