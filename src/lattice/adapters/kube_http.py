@@ -84,8 +84,8 @@ class AiohttpRest:
             extra["server_hostname"] = self._auth.tls_server_name
         if self._auth.proxy:
             extra["proxy"] = self._auth.proxy
-        session = await self._open()
-        for attempt in range(AUTH_RETRIES + 1):
+
+        async def send(session: aiohttp.ClientSession) -> tuple[int, bytes]:
             try:
                 async with session.request(
                     method,
@@ -95,13 +95,16 @@ class AiohttpRest:
                     headers={"Content-Type": content_type},
                     **extra,
                 ) as response:
-                    status, content = response.status, await response.read()
+                    return response.status, await response.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise kube.Unavailable(f"{method} {path}: {exc or type(exc).__name__}") from exc
-            if status not in (401, 403) or attempt == AUTH_RETRIES:
-                return status, content
-            session = await self._open(renew=True)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+        status, content = await send(await self._open())
+        for _ in range(AUTH_RETRIES):
+            if status not in (401, 403):
+                break
+            status, content = await send(await self._open(renew=True))
+        return status, content
 
     async def close(self) -> None:
         async with self._lock:
