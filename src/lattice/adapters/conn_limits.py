@@ -138,6 +138,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._client: str | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the inner protocol always sees the connection, so that its connection_lost (which
@@ -146,6 +147,7 @@ class GuardedProtocol(asyncio.Protocol):
         client = _client(transport)
         refused = self._guard.admit(client)
         if refused is not None:
+            self._refused = True
             self._guard.refused += 1
             log.warning("%s: refused a connection from %s: %s", self._guard.name, client, refused)
             _drop(transport)
@@ -178,6 +180,10 @@ class GuardedProtocol(asyncio.Protocol):
         _drop(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            # What TLS read with the handshake is replayed after connection_made (_UntilConnected),
+            # even when that refused the connection: none of it reaches the protocol.
+            return
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits
+from lattice.adapters.conn_limits import ConnectionGuard, ConnectionLimits, GuardedProtocol, _UntilConnected
 
 
 def test_slots_are_taken_per_client_and_overall_and_given_back() -> None:
@@ -83,3 +86,38 @@ def test_the_buckets_kept_are_bounded() -> None:
         assert guard.take_handshake_token(client, 0.0) is None
     assert guard.take_handshake_token("a", 0.0) is None  # forgotten, so a full bucket again
     assert guard.take_handshake_token("d", 0.0) is not None
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+
+
+async def _accept(protocol: asyncio.Protocol) -> None:
+    """``protocol`` on a real socket transport (one end of a socket pair)."""
+    ours, theirs = socket.socketpair()
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, ours)
+        await asyncio.sleep(0)
+    finally:
+        theirs.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_refused_connection_s_early_data_never_reaches_its_protocol(anyio_backend: str) -> None:
+    """TLS may read a client's first request together with the handshake's last message, before
+    the connection is admitted: a CI run under load saw an agent over the limit say hello to the
+    hub that way. Admitted, the same early data is delivered."""
+    for slots, delivered in ((1, []), (2, [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])):
+        guard = ConnectionGuard(ConnectionLimits(max_connections=slots), "test")
+        assert guard.admit("another") is None  # one slot taken
+        inner = Recorder()
+        early = _UntilConnected(GuardedProtocol(inner, guard))
+        early.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # read with the handshake
+        await _accept(early)
+        assert guard.refused == (1 if slots == 1 else 0)
+        assert inner.received == delivered
