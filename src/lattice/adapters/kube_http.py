@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from lattice.adapters import tls
+from lattice.adapters.kube_kr8s import error_for
 from lattice.ports import kube
 from lattice.ports.kube import Obj
 
@@ -77,8 +78,9 @@ class AiohttpRest:
         params: dict[str, str] | None,
         body: bytes | None,
         content_type: str,
-    ) -> tuple[int, bytes]:
-        """The status code and body (kube.Unavailable when the server cannot be reached)."""
+    ) -> Obj:
+        """The response's object (a kube error for an error status; kube.Unavailable when the
+        server cannot be reached)."""
         extra: dict[str, Any] = {}
         if self._auth.tls_server_name:
             extra["server_hostname"] = self._auth.tls_server_name
@@ -104,7 +106,7 @@ class AiohttpRest:
             if status not in (401, 403):
                 break
             status, content = await send(await self._open(renew=True))
-        return status, content
+        return decode(status, content)
 
     async def close(self) -> None:
         async with self._lock:
@@ -124,17 +126,3 @@ def decode(status: int, content: bytes) -> Obj:
         with contextlib.suppress(ValueError, AttributeError):  # not JSON, or not an object
             message = str(json.loads(text).get("message") or message)
     raise error_for(status, message or f"HTTP {status}")
-
-
-def error_for(code: int, message: str) -> kube.KubeError:
-    if code == 404:
-        return kube.NotFound(message)
-    if code == 409:
-        return kube.Conflict(message)
-    if code == 410:
-        return kube.Gone(message)
-    if code in (400, 422):
-        return kube.Invalid(message)
-    if code >= 500 or code == 429:
-        return kube.Unavailable(message)
-    return kube.KubeError(f"HTTP {code}: {message}")

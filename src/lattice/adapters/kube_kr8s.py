@@ -14,17 +14,19 @@ import json
 import re
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import kr8s
 import kr8s.asyncio
 from attrs import frozen
 
-from lattice.adapters.kube_http import AiohttpRest, decode, error_for
 from lattice.domain import addons
 from lattice.ports import kube
 from lattice.ports.kube import Obj, ResourceRef
+
+if TYPE_CHECKING:  # imported by connect(lean=True) only: aiohttp costs every other process
+    from lattice.adapters.kube_http import AiohttpRest
 
 REQUEST_TIMEOUT_S = 30.0
 # Requests in flight per API server. httpcore (1.0.9) closes every connection that becomes idle
@@ -107,7 +109,11 @@ class Kr8sKube:
             # A second, independent session (what kr8s's own factory builds) for watches only.
             return await kr8s.asyncio.Api(kubeconfig=kubeconfig, bypass_factory=True)
 
-        rest = AiohttpRest(api.auth, limit=MAX_IN_FLIGHT, timeout_s=REQUEST_TIMEOUT_S) if lean else None
+        rest = None
+        if lean:
+            from lattice.adapters.kube_http import AiohttpRest  # noqa: PLC0415 - see TYPE_CHECKING
+
+            rest = AiohttpRest(api.auth, limit=MAX_IN_FLIGHT, timeout_s=REQUEST_TIMEOUT_S)
         return cls(api, watch_session=watch_session, rest=rest)
 
     async def close(self) -> None:
@@ -176,10 +182,9 @@ class Kr8sKube:
     ) -> Obj:
         if self._rest is not None:
             async with self._in_flight:
-                status, content = await self._rest.request(
+                return await self._rest.request(
                     method, path, params=params, body=body, content_type=content_type
                 )
-            return decode(status, content)
         try:
             base, url = _split(path)
             async with (
@@ -490,3 +495,18 @@ def _translate(exc: kr8s.ServerError) -> kube.KubeError:
         # 5xx bodies are often plain text (not a metav1.Status): keep what the server said.
         message = response.text.strip()[:2000] or message
     return error_for(code, message)
+
+
+def error_for(code: int, message: str) -> kube.KubeError:
+    """The port's error for an HTTP error status (kr8s's and kube_http's responses alike)."""
+    if code == 404:
+        return kube.NotFound(message)
+    if code == 409:
+        return kube.Conflict(message)
+    if code == 410:
+        return kube.Gone(message)
+    if code in (400, 422):
+        return kube.Invalid(message)
+    if code >= 500 or code == 429:
+        return kube.Unavailable(message)
+    return kube.KubeError(f"HTTP {code}: {message}")
