@@ -55,5 +55,11 @@ case "$mode" in
       || die "uv.lock does not match pyproject.toml; run: bash scripts/python-env.sh --refresh" ;;
   refresh) "$UV" lock --upgrade --python "$PYTHON" ;;
   sync)
-    "$UV" sync --locked --python "$PYTHON" "${extras[@]}" ;;
+    # Bytecode is compiled here, as pip does when it installs a wheel: Python would otherwise
+    # compile every module it imports on every start when it may not write .pyc files
+    # (PYTHONDONTWRITEBYTECODE, a read-only tree), and a start of `lattice compile` takes
+    # 0.5 s instead of 0.2 s. `uv sync` compiles the dependencies; compileall the project's
+    # own (editable) sources, whose .pyc Python refreshes by itself when a source changes.
+    "$UV" sync --locked --compile-bytecode --python "$PYTHON" "${extras[@]}"
+    "$ROOT/.venv/bin/python" -m compileall -q "$ROOT/src" >/dev/null ;;
 esac
