@@ -80,7 +80,24 @@ step "Python dependencies from uv.lock and the Lattice wheel"
 "$UV" build --quiet --wheel --out-dir "$WORK/dist" "$ROOT" || die "cannot build the Lattice wheel"
 "$UV" pip install --quiet --target "$WORK/site" --python-version 3.11 \
   --python-platform x86_64-manylinux_2_36 --no-deps "$WORK"/dist/*.whl
+# uv records where the wheel came from (a temporary directory) and when: drop both records, or
+# two builds of the same inputs differ in these two files and so in their digest.
+for dist_info in "$WORK"/site/lattice-*.dist-info; do
+  rm -f "$dist_info/direct_url.json" "$dist_info/uv_cache.json"
+  sed -i -e '/\/direct_url\.json,/d' -e '/\/uv_cache\.json,/d' "$dist_info/RECORD"
+done
 find "$WORK/site" -name __pycache__ -prune -exec rm -rf {} +
+# Bytecode, so that the image's Python does not compile every module it imports at each start
+# of the operator or the agent (about 2.5 s of CPU each: /opt/lattice is read-only in a pod).
+# unchecked-hash .pyc files hold no source time (the digest stays reproducible) and are trusted
+# as they are, which suits files that never change. Python 3.11 writes what the image's 3.11 reads.
+PY="$ROOT/.venv/bin/python"
+if "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+  "$PY" -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$WORK/site" -p /opt/lattice/site \
+    "$WORK/site" >/dev/null || die "cannot compile the bytecode of /opt/lattice/site"
+else
+  step "WARNING: $PY is not Python 3.11: the image has no bytecode (it works, but starts slower)"
+fi
 rm -rf "$WORK/site/bin"
 
 cat > "$WORK/lattice" <<'PY'
