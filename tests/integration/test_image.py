@@ -145,6 +145,32 @@ def test_lattice_runs_inside_and_reports_its_openssl(image: dict[str, Any]) -> N
     ]
 
 
+def test_its_python_finds_bytecode_for_every_module_and_no_build_paths(image: dict[str, Any]) -> None:
+    """The image is read-only in a pod: without .pyc files its Python would compile every module
+    at each start. Each must be for the image's own interpreter (its magic number)."""
+    rootfs: Path = image["rootfs"]
+    check = _in_image(
+        rootfs,
+        "/usr/bin/python3.11",
+        "-c",
+        "import importlib.util, pathlib\n"
+        "site = pathlib.Path('/opt/lattice/site')\n"
+        "sources = list(site.rglob('*.py'))\n"
+        "def ok(source):\n"
+        "    cached = pathlib.Path(importlib.util.cache_from_source(source))\n"
+        "    return cached.is_file() and cached.read_bytes()[:4] == importlib.util.MAGIC_NUMBER\n"
+        "print(len(sources), [str(s) for s in sources if not ok(s)][:5])",
+    )
+    assert check.returncode == 0, check.stderr
+    count, missing = check.stdout.split(" ", 1)
+    assert int(count) > 1000
+    assert missing.strip() == "[]"
+    (dist_info,) = (rootfs / "opt/lattice/site").glob("lattice-*.dist-info")
+    assert not (dist_info / "direct_url.json").exists()  # a temporary path of the build
+    assert not (dist_info / "uv_cache.json").exists()  # the build's time
+    assert "direct_url.json" not in (dist_info / "RECORD").read_text()
+
+
 def test_the_image_writer_is_reproducible(tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     (rootfs / "usr/bin").mkdir(parents=True)
