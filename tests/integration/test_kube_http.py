@@ -1,7 +1,7 @@
 """The operator's lean client (kr8s authentication, aiohttp requests) against a real
 kube-apiserver: every error the server answers is the port's error, a denied request is retried
 with reloaded credentials and then reported, and a server that went away is ``Unavailable``
-until it is back, on the same client."""
+until it is back, on the same client (and the operator's connect retries until it is)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ruamel.yaml import YAML
 
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.app.operator.process import connect_with_retry
 from lattice.ports import kube
 from lattice.ports.kube import ResourceRef
 from lattice.testing.fixtures import ControlPlaneFactory
@@ -58,8 +59,16 @@ async def test_the_servers_answers_are_the_ports_errors(control_plane_factory: C
         await asyncio.to_thread(cp.stop_apiserver)
         with pytest.raises(kube.Unavailable, match="GET /api/v1/namespaces/default/configmaps/lean-1"):
             await api.get(ResourceRef("v1", "ConfigMap", "lean-1", "default"))
+        # The operator connects with retries: out of attempts, the last error is the caller's;
+        # with enough of them, an API server that comes up meanwhile is found.
+        with pytest.raises(kube.Unavailable, match="cannot reach the API server"):
+            await connect_with_retry(str(cp.kubeconfig), attempts=2, lean=True)
+        connecting = asyncio.create_task(connect_with_retry(str(cp.kubeconfig), lean=True))
         await asyncio.to_thread(cp.start_apiserver)
         assert (await api.get(ResourceRef("v1", "ConfigMap", "lean-1", "default")))["data"] == {"a": "2"}
+        retried = await connecting
+        assert (await retried.get(ResourceRef("v1", "ConfigMap", "lean-1", "default")))["data"] == {"a": "2"}
+        await retried.close()
     finally:
         await api.close()
         await api.close()  # closing twice is harmless

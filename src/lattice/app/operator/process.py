@@ -117,16 +117,14 @@ def _kubeconfig_path(kubeconfig: str | None) -> Path:
 
 async def connect_with_retry(kubeconfig: str | None, attempts: int = 30, *, lean: bool = False) -> Kr8sKube:
     delay = 0.2
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return await Kr8sKube.connect(kubeconfig, lean=lean)
         except kube.Unavailable as exc:
-            if attempt == attempts:
-                raise
             log.warning("API server unavailable; retrying", extra={"error": str(exc), "attempt": attempt})
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return await Kr8sKube.connect(kubeconfig, lean=lean)  # the last attempt: its error is the caller's
 
 
 def compose_cell(settings: CellSettings, api: Kr8sKube) -> CellParts:
