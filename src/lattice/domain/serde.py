@@ -244,7 +244,7 @@ def collect_errors(exc: BaseException, path: tuple[PathSegment, ...], cls: Any) 
         ]
     if isinstance(exc, WireTypeError):
         return [FieldError(path, str(exc))]
-    if isinstance(exc, BaseExceptionGroup):  # pragma: no cover - defensive
+    if isinstance(exc, BaseExceptionGroup):  # not cattrs's own: flattened, nothing lost
         return [e for sub in exc.exceptions for e in collect_errors(sub, path, cls)]
     return [FieldError(path, f"invalid value ({type(exc).__name__}: {exc})")]
 

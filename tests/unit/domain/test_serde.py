@@ -182,3 +182,14 @@ def test_render_path_quotes_keys_that_would_read_ambiguously(path: tuple[str | i
     """Found by tests/fuzz: an unknown key ' ' read as ``  : unknown top-level field`` and ''
     as ``<root>``; a key with a dot read as two fields."""
     assert render_path(path) == shown
+
+
+def test_collect_errors_flattens_any_exception_group_and_keeps_every_error() -> None:
+    """cattrs raises its own groups, handled above; any other group (a hook of a future cattrs,
+    say) still yields each of its errors at the path, none lost."""
+    group = ExceptionGroup("two", [ValueError("first"), ExceptionGroup("inner", [TypeError("second")])])
+    errors = serde.collect_errors(group, ("spec", "x"), int)
+    assert [(e.path, e.reason) for e in errors] == [
+        (("spec", "x"), "invalid value (ValueError: first)"),
+        (("spec", "x"), "invalid value (TypeError: second)"),
+    ]
