@@ -88,7 +88,7 @@ for dist_info in "$WORK"/site/lattice-*.dist-info; do
 done
 find "$WORK/site" -name __pycache__ -prune -exec rm -rf {} +
 # Bytecode, so that the image's Python does not compile every module it imports at each start
-# of the operator or the agent (about 2.5 s of CPU each: /opt/lattice is read-only in a pod).
+# of the operator or the agent (2.6 s of CPU instead of 0.9 s: /opt/lattice is read-only in a pod).
 # unchecked-hash .pyc files hold no source time (the digest stays reproducible) and are trusted
 # as they are, which suits files that never change. Python 3.11 writes what the image's 3.11 reads.
 PY="$ROOT/.venv/bin/python"
