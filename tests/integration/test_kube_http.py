@@ -6,6 +6,7 @@ until it is back, on the same client (and the operator's connect retries until i
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ def config_map(name: str, **data: str) -> dict[str, Any]:
     }
 
 
-async def test_the_servers_answers_are_the_ports_errors(control_plane_factory: ControlPlaneFactory) -> None:
+async def test_the_servers_answers_are_the_ports_errors(
+    control_plane_factory: ControlPlaneFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     cp = control_plane_factory.one()
     api = await Kr8sKube.connect(str(cp.kubeconfig), lean=True)
     try:
@@ -63,10 +66,14 @@ async def test_the_servers_answers_are_the_ports_errors(control_plane_factory: C
         # with enough of them, an API server that comes up meanwhile is found.
         with pytest.raises(kube.Unavailable, match="cannot reach the API server"):
             await connect_with_retry(str(cp.kubeconfig), attempts=2, lean=True)
-        connecting = asyncio.create_task(connect_with_retry(str(cp.kubeconfig), lean=True))
-        await asyncio.to_thread(cp.start_apiserver)
-        assert (await api.get(ResourceRef("v1", "ConfigMap", "lean-1", "default")))["data"] == {"a": "2"}
-        retried = await connecting
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lattice.operator"):
+            connecting = asyncio.create_task(connect_with_retry(str(cp.kubeconfig), lean=True))
+            await asyncio.to_thread(cp.start_apiserver)
+            assert (await api.get(ResourceRef("v1", "ConfigMap", "lean-1", "default")))["data"] == {"a": "2"}
+            retried = await connecting
+        # it did fail while the server was down, and found it once it was up
+        assert "API server unavailable; retrying" in caplog.text
         assert (await retried.get(ResourceRef("v1", "ConfigMap", "lean-1", "default")))["data"] == {"a": "2"}
         await retried.close()
     finally:
