@@ -82,10 +82,29 @@ def assert_moved_exactly_once(
     on_cell = moved_objects(toolchain, cell.kubeconfig, name)
     on_child = moved_objects(toolchain, child, name)
     report = pivot_export.compare_sides(before, on_cell, on_child)
-    assert report.moved_exactly_once, report
+    assert report.moved_exactly_once, f"{report}\n{_changes(before, on_child, report.changed)}"
     ids = [str(pivot_export.object_id(o)) for o in on_child]
     assert len(ids) == len(set(ids)), ids
     assert all(not o["spec"].get("paused") for o in on_child if o["kind"] == "Cluster")
+
+
+def _changes(before: list[dict[str, Any]], after: list[dict[str, Any]], ids: tuple[str, ...]) -> str:
+    """For each object in ``ids``: its labels, annotations and spec before and after, where they differ."""
+
+    def by_id(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {str(pivot_export.object_id(o)): o for o in objects}
+
+    old, new = by_id(before), by_id(after)
+    lines = []
+    for oid in ids:
+        for part in ("labels", "annotations", "spec"):
+            was = old[oid].get(part, old[oid]["metadata"].get(part))
+            now = new[oid].get(part, new[oid]["metadata"].get(part))
+            if was != now:
+                lines.append(
+                    f"{oid} {part}: before {json.dumps(was)[:1500]}\n  after {json.dumps(now)[:1500]}"
+                )
+    return "\n".join(lines)
 
 
 def test_cell_killed_at_every_pivot_step_then_restarted_converges(cell: Cell, toolchain: Toolchain) -> None:

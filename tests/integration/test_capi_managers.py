@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 
+from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane, ControlPlaneError
 from lattice.domain import capi, models
+from lattice.domain.capi_managers import MANAGERS
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.compiled import compiled_local
 
@@ -60,6 +65,24 @@ def listed(cp: ControlPlane, kind: str, namespace: str = NAMESPACE) -> list[dict
         "items"
     ]
     return items
+
+
+# controller-runtime's informers log this once per list of their kind (klog, reflector.go).
+CACHES_POPULATED = re.compile(r'"Caches populated" .*?type="([^"]+)"')
+# Metadata-only informers all log this type, one line per kind they list.
+METADATA_ONLY = "*v1.PartialObjectMetadata"
+
+
+def relisted(cp: ControlPlane) -> dict[str, list[str]]:
+    """Per manager, the kinds its informers had to list more than once (a watch of theirs was
+    ended, and the API server could not resume it)."""
+    found: dict[str, list[str]] = {}
+    for manager in MANAGERS:
+        log = (cp.logs_dir / f"{manager.binary}.log").read_text(errors="replace")
+        counts = Counter(kind for kind in CACHES_POPULATED.findall(log) if kind != METADATA_ONLY)
+        if again := sorted(kind for kind, n in counts.items() if n > 1):
+            found[manager.binary] = again
+    return found
 
 
 def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -183,6 +206,11 @@ def test_real_managers_drive_a_compiled_local_cluster(managed: tuple[ControlPlan
     )
     assert machine["status"]["phase"] in ("Pending", "Provisioning")
 
+    # Each informer of the three managers listed its kind once: nothing ended their watches
+    # after their caches had synced (CapiManagers.start registers the CRDs' conversion, which
+    # replaces the kinds' storage, before it starts them).
+    assert relisted(cp) == {}
+
     # Stopping the managers leaves the control plane writable (webhooks unregistered), and the
     # even control plane is then accepted: it was the webhook, not the schema, that refused it.
     managers.stop()
@@ -190,11 +218,28 @@ def test_real_managers_drive_a_compiled_local_cluster(managed: tuple[ControlPlan
     cp.apply([{**even, "metadata": {**even["metadata"], "name": "after-stop"}}])
 
 
-def test_a_manager_that_exits_fails_start_with_its_log(control_plane_factory: ControlPlaneFactory) -> None:
-    # No CAPI CRDs: the core manager cannot set up its watches and exits; start says which.
+def test_start_without_the_capi_crds_names_them(control_plane_factory: ControlPlaneFactory) -> None:
+    # No CAPI CRDs: start refuses before it changes anything or starts a manager.
     cp = control_plane_factory.one()
     managers = CapiManagers(cp)
-    with pytest.raises(ControlPlaneError, match=r"exited with code|not ready"):
+    with pytest.raises(
+        ControlPlaneError, match=r"CRDs the managers serve are not installed.*clusters\.cluster\.x-k8s\.io"
+    ):
         managers.start(timeout=60)
-    managers.stop()
+    assert managers.pids() == []
+    assert "cluster.x-k8s.io" not in cp.kubectl("get", "crd", "-o", "name").stdout
+
+
+def test_a_manager_that_exits_fails_start_with_its_log(control_plane_factory: ControlPlaneFactory) -> None:
+    # Every port start hands out is one something else already listens on: the real managers
+    # cannot bind their webhook servers and exit; start says which, with its log.
+    cp = control_plane_factory.one()
+    cp.install_capi_crds(LOCAL_CAPI_PROVIDERS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        managers = CapiManagers(cp, free_port=lambda: int(taken.getsockname()[1]))
+        with pytest.raises(ControlPlaneError, match=r"exited with code"):
+            managers.start(timeout=60)
+        managers.stop()
     assert managers.pids() == []

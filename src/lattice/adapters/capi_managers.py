@@ -22,7 +22,7 @@ import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -42,6 +42,7 @@ from lattice.adapters.controlplane import (
 )
 from lattice.domain import capi_managers, yaml_text
 from lattice.domain.capi_managers import MANAGERS, Manager, Ports
+from lattice.ports.kube import KubeError
 
 __all__ = ["CapiManagers", "CapiManagersError", "KubeconfigTarget", "Target"]
 
@@ -137,8 +138,15 @@ class KubeconfigTarget:
 class CapiManagers:
     """The core, CABPK and KCP managers of one cluster, with their webhooks."""
 
-    def __init__(self, control_plane: Target, *, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        control_plane: Target,
+        *,
+        directory: Path | None = None,
+        free_port: Callable[[], int] = free_port,
+    ) -> None:
         self.control_plane = control_plane
+        self._free_port = free_port
         if directory is None:
             if not isinstance(control_plane, ControlPlane):
                 raise ValueError("a directory is needed for the managers of a kubeconfig target")
@@ -187,17 +195,50 @@ class CapiManagers:
                 raise CapiManagersError(f"{proc.name} exited with code {code}\n{proc.tail(40)}")
 
     def start(self, timeout: float = 120.0) -> Self:
-        """Start the managers, wait until each is ready (webhook server included), then
-        register their webhooks and conversion; a manager that exits fails with its log."""
+        """Register the managers' CRD conversion and wait until the API server serves those
+        kinds from new watch caches, then start the managers, wait until each is ready (webhook
+        server included) and register their admission webhooks; a manager that exits fails
+        with its log.
+
+        Conversion comes first because changing a CRD's spec gives its kind a new storage and,
+        about a second later, ends every watch on the old one. Registered after the managers'
+        caches had synced (as it was), it cut all their watches a few seconds into their life,
+        and until each informer had listed again its cache missed what was created meanwhile:
+        a pivot imported in that window had the MachineDeployment controller miss the imported
+        MachineSet and create a second one (seen in CI, ``test_pivot_faults``). Objects stored
+        at the version the managers read need no conversion, so nothing calls the webhook
+        before its server is up; the admission webhooks, which would refuse writes until then,
+        are registered once the managers are ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_serving_cert()
+        deadline = time.monotonic() + timeout
+        for manager in MANAGERS:
+            self.ports[manager.binary] = Ports(
+                webhook=self._free_port(), health=self._free_port(), diagnostics=self._free_port()
+            )
+        objects = self.desired_objects()
+        conversions = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+        kubeconfig = str(self.control_plane.kubeconfig)
+        try:
+            missing = kube_kr8s.missing_crds_blocking(
+                kubeconfig, [o["metadata"]["name"] for o in conversions]
+            )
+            if missing:
+                raise CapiManagersError(
+                    "the Cluster API CRDs the managers serve are not installed (as clusterctl init "
+                    f"installs them): {', '.join(missing)}"
+                )
+            self._registered, self._conversions = [], []
+            self._register(conversions)
+            kube_kr8s.wait_watch_cache_blocking(
+                kubeconfig, self._conversions, max(1.0, deadline - time.monotonic())
+            )
+        except (TimeoutError, KubeError) as exc:
+            raise CapiManagersError(f"registering the managers' conversion webhooks: {exc}") from exc
         env = self.control_plane.env()
         with _live_lock:
             _live.add(self)
         for manager in MANAGERS:
-            self.ports[manager.binary] = Ports(
-                webhook=free_port(), health=free_port(), diagnostics=free_port()
-            )
             proc = ManagedProcess(
                 name=manager.binary,
                 argv=self._argv(manager),
@@ -205,7 +246,6 @@ class CapiManagers:
             )
             self._procs[manager.binary] = proc
             proc.start(env)
-        deadline = time.monotonic() + timeout
         waiting = list(MANAGERS)
         while waiting:
             self._check_alive()
@@ -216,7 +256,7 @@ class CapiManagers:
                 raise CapiManagersError(f"not ready after {timeout:.0f}s: {names}\n{tails}")
             if waiting:
                 time.sleep(0.2)
-        self.register_webhooks()
+        self._register([o for o in objects if o["kind"] in capi_managers.WEBHOOK_KINDS])
         return self
 
     def _provider_files(self, manager: Manager) -> tuple[Path, Sequence[Path]]:
@@ -247,12 +287,10 @@ class CapiManagers:
                     )
         return objects
 
-    def register_webhooks(self) -> None:
-        """Apply the webhook configurations and conversion settings (server-side apply)."""
-        objects = self.desired_objects()
+    def _register(self, objects: Sequence[dict[str, Any]]) -> None:
         self.control_plane.apply(objects, field_manager=FIELD_MANAGER)
-        self._registered = [o for o in objects if o["kind"] in capi_managers.WEBHOOK_KINDS]
-        self._conversions = [
+        self._registered += [o for o in objects if o["kind"] in capi_managers.WEBHOOK_KINDS]
+        self._conversions += [
             o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"
         ]
 

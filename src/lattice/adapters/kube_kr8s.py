@@ -419,6 +419,72 @@ async def await_established(api: kube.KubeApi, names: Iterable[str], within: flo
         await asyncio.sleep(0.1)
 
 
+# A label no object carries: the probe's list is answered empty, from the watch cache.
+_CACHE_PROBE_SELECTOR = "lattice.dev/watch-cache-probe"
+
+
+async def await_watch_cache(api: Kr8sKube, crd_names: Iterable[str], within: float) -> None:
+    """Until the API server serves each named CRD's kind from a watch cache again.
+
+    Any change of a CRD's spec (its conversion webhook, say) makes the API server give the kind
+    a new storage at once and end every watch on the old one about a second later; the new
+    storage refuses watches (429, ``storage is (re)initializing``) until its cache is built.
+    A list at ``resourceVersion=0`` with a selector is answered by that cache only, so it is
+    refused in the same way until then (kube-apiserver's ``CacheDelegator.GetList``). All kinds
+    are probed at once.
+
+    :raises TimeoutError: after ``within`` seconds, naming a kind still refused."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+
+    async def served(name: str) -> None:
+        crd = await api.get(ResourceRef(CRD_API, "CustomResourceDefinition", name))
+        spec = crd.get("spec") or {}
+        storage = next((v["name"] for v in spec.get("versions") or () if v.get("storage")), "")
+        plural = (spec.get("names") or {}).get("plural")
+        path = f"/apis/{spec.get('group')}/{storage}/{plural}"
+        params = {"resourceVersion": "0", "labelSelector": _CACHE_PROBE_SELECTOR}
+        while True:
+            try:
+                await api._request("GET", path, params=params)
+            except kube.Unavailable as exc:
+                if loop.time() >= deadline:
+                    raise TimeoutError(
+                        f"{name} is not served from a watch cache after {within:.0f}s: {exc}"
+                    ) from exc
+            else:
+                return
+            await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(served(name) for name in crd_names))
+
+
+async def missing_crds(api: Kr8sKube, names: Sequence[str]) -> list[str]:
+    """The named CustomResourceDefinitions the API server does not have, in ``names``'s order."""
+
+    async def missing(name: str) -> bool:
+        try:
+            await api.get(ResourceRef(CRD_API, "CustomResourceDefinition", name))
+        except kube.NotFound:
+            return True
+        return False
+
+    found = await asyncio.gather(*(missing(name) for name in names))
+    return [name for name, gone in zip(names, found, strict=True) if gone]
+
+
+def missing_crds_blocking(kubeconfig: str, names: Sequence[str]) -> list[str]:
+    """:func:`missing_crds` for synchronous callers, as :func:`apply_blocking`."""
+    wanted = tuple(names)
+    return _blocking(kubeconfig, lambda client: missing_crds(client, wanted))
+
+
+def wait_watch_cache_blocking(kubeconfig: str, crd_names: Iterable[str], within: float) -> None:
+    """:func:`await_watch_cache` for synchronous callers, as :func:`apply_blocking`."""
+    wanted = tuple(crd_names)
+    _blocking(kubeconfig, lambda client: await_watch_cache(client, wanted, within))
+
+
 def wait_established_blocking(kubeconfig: str, names: Iterable[str], within: float) -> None:
     """:func:`await_established` for synchronous callers, as :func:`apply_blocking`."""
     wanted = tuple(names)
