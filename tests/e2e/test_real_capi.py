@@ -36,8 +36,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 MOVED_KINDS = "clusters.cluster.x-k8s.io,machines.cluster.x-k8s.io,kubeadmconfigs,localmachines"
 
 
-def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolchain: Toolchain) -> None:
-    cell = own_cell
+def test_real_capi_provisions_registers_and_pivots_a_child(cell: Cell, toolchain: Toolchain) -> None:
     started = time.monotonic()
     cell.control_plane.apply([local_cluster("rc-1", cell.name, workers=1)])
     seen: list[str] = []
@@ -133,7 +132,7 @@ def test_real_capi_provisions_registers_and_pivots_a_child(own_cell: Cell, toolc
 
 
 def test_an_upgrade_of_a_pivoted_child_reaches_its_own_capi_which_says_why_it_waits(
-    own_cell: Cell, toolchain: Toolchain
+    cell: Cell, toolchain: Toolchain
 ) -> None:
     """A version change on the child's own LatticeCluster reaches its KubeadmControlPlane and
     MachineDeployment, and its own controllers start the rollout; the LatticeCluster shows it in
@@ -141,7 +140,6 @@ def test_an_upgrade_of_a_pivoted_child_reaches_its_own_capi_which_says_why_it_wa
     rollout cannot finish: KCP waits for etcd (its member checks need a kubelet API the stand-in
     does not serve) and CAPI's MachineSet preflight holds the workers while the control plane
     upgrades. A downgrade is refused at admission."""
-    cell = own_cell
     cell.control_plane.apply([local_cluster("up-1", cell.name, workers=1)])
     wait_for(lambda: cell.lc("up-1").get("status", {}).get("phase") == "Ready", 600, "up-1 Ready", cell.log)
     child = child_kubeconfig(cell, "up-1")
