@@ -24,6 +24,7 @@ from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.local_processes import processes_under, stop_all
+from lattice.domain import models
 from lattice.domain.operator_command import OperatorOptions, operator_command
 
 
@@ -116,7 +117,15 @@ class Cell:
         self.operator = None
 
     def lc(self, name: str) -> dict[str, Any]:
-        return json.loads(self.kubectl("get", "lc", name, "-o", "json"))
+        """The LatticeCluster ``name`` (an AssertionError, which ``wait_for`` retries, while there
+        is none). Read in this process, not by kubectl: the tests poll it every half second."""
+        found = self.find_lc(name)
+        if found is None:
+            raise AssertionError(f"no LatticeCluster {name} on {self.name}")
+        return found
+
+    def find_lc(self, name: str) -> dict[str, Any] | None:
+        return self.control_plane.get_json(f"/apis/{models.API_VERSION}/latticeclusters/{name}")
 
 
 def child_kubeconfig(cell: Cell, child: str) -> Path:
@@ -153,10 +162,10 @@ def wait_deleted(cell: Cell, cluster: str, timeout: float = 300) -> float:
     steps: list[str] = []
 
     def gone() -> bool:
-        found = cell.kubectl("get", "lc", cluster, "-o", "json", "--ignore-not-found")
-        if not found.strip():
+        found = cell.find_lc(cluster)
+        if found is None:
             return True
-        status = json.loads(found).get("status") or {}
+        status = found.get("status") or {}
         step = f"{status.get('phase')}/{(status.get('unpivot') or {}).get('step')}: {status.get('message')}"
         if not steps or steps[-1] != step:
             steps.append(step)

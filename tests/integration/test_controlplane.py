@@ -199,9 +199,17 @@ def test_restart_apiserver_keeps_data_and_url(control_plane_factory: ControlPlan
     assert cp.kubeconfig.read_text() == kubeconfig
     got = json.loads(cp.kubectl("get", "configmap", "survivor", "-o", "json").stdout)
     assert got["data"] == {"a": "1"}
+    got = cp.get_json("/api/v1/namespaces/default/configmaps/survivor")
+    assert got is not None
+    assert got["data"] == {"a": "1"}
+    assert cp.get_json("/api/v1/namespaces/default/configmaps/absent") is None
+    with pytest.raises(ControlPlaneError, match=r"GET /api/v1/namespaces\?labelSelector=%3D: HTTP 400"):
+        cp.get_json("/api/v1/namespaces?labelSelector=%3D")
     cp.stop_apiserver()
     down = cp.kubectl("get", "ns", "--request-timeout=2s", check=False)
     assert down.returncode != 0
+    with pytest.raises(ControlPlaneError, match=r"GET /api/v1/namespaces: .*refused"):
+        cp.get_json("/api/v1/namespaces", timeout=2)
     cp.start_apiserver()
     assert cp.kubectl("get", "configmap", "survivor", "-o", "name").stdout.strip()
     assert (cp.logs_dir / "kube-apiserver.log").read_text().count("starting:") == 3

@@ -545,6 +545,29 @@ class ControlPlane:
             self._ssl = context
         return self._ssl
 
+    def get_json(self, path: str, timeout: float = 30.0) -> dict[str, Any] | None:
+        """GET ``path`` (``/api/...``, ``/apis/...``) as the admin from this process: the
+        object, or None when the API server answers 404. Tests poll through this: a request
+        costs this process about a millisecond of CPU, a ``kubectl get`` process about 80 ms.
+
+        :raises ControlPlaneError: any other answer, or no answer, naming the path."""
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self._ssl_context())
+        )
+        # self.url is always https://127.0.0.1:<port>: no other scheme can reach the opener.
+        request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})  # noqa: S310
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                body: dict[str, Any] = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            detail = exc.read().decode(errors="replace")[:500]
+            raise ControlPlaneError(f"{self.name}: GET {path}: HTTP {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ControlPlaneError(f"{self.name}: GET {path}: {exc}") from exc
+        return body
+
     def _get_ok(self, url: str) -> bool:
         return http_ok(url, self._ssl_context())
 
