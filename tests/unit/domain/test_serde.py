@@ -138,6 +138,16 @@ def test_status_tolerates_unknown_keys_but_not_wrong_types() -> None:
     assert "status.phase" in _errors(doc)
 
 
+def test_a_condition_with_a_field_metav1_does_not_have_is_refused_with_its_path() -> None:
+    # The case the CRD agreement fuzz test found: the apiserver refuses it (strict decoding).
+    doc = _doc()
+    condition = {"type": "Ready", "status": "True", "reason": "Up", "message": "", "lastTransitionTime": "x"}
+    doc["status"] = {"phase": "Ready", "conditions": [{**condition, "a": None}]}
+    assert "status.conditions[0].a" in _errors(doc)
+    doc["status"] = {"phase": "Ready", "conditions": [condition]}
+    assert isinstance(serde.cluster_from_dict(doc), models.LatticeCluster)
+
+
 def test_metadata_ignores_server_fields() -> None:
     doc = _doc()
     doc["metadata"].update(
