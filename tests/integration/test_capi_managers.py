@@ -243,3 +243,13 @@ def test_a_manager_that_exits_fails_start_with_its_log(control_plane_factory: Co
             managers.start(timeout=60)
         managers.stop()
     assert managers.pids() == []
+
+
+def test_start_with_the_api_server_down_says_so(control_plane_factory: ControlPlaneFactory) -> None:
+    # Nothing can be read or registered: start fails with the reason before any manager runs.
+    cp = control_plane_factory.one()
+    cp.stop_apiserver()
+    managers = CapiManagers(cp)
+    with pytest.raises(ControlPlaneError, match=r"registering the managers' conversion webhooks: .*reach"):
+        managers.start(timeout=10)
+    assert managers.pids() == []
