@@ -241,8 +241,13 @@ def test_a_manager_that_exits_fails_start_with_its_log(control_plane_factory: Co
         managers = CapiManagers(cp, free_port=lambda: int(taken.getsockname()[1]))
         with pytest.raises(ControlPlaneError, match=r"exited with code"):
             managers.start(timeout=60)
-        managers.stop()
+    # The failed start took back what it did: no manager runs, and no CRD converts through the
+    # webhook nothing serves (the API server would fail every read of those kinds at another
+    # version), with no stop() called.
     assert managers.pids() == []
+    crd = json.loads(cp.kubectl("get", "crd", "clusters.cluster.x-k8s.io", "-o", "json").stdout)
+    assert crd["spec"]["conversion"]["strategy"] == "None"
+    assert cp.kubectl("get", "validatingwebhookconfigurations", "-o", "name").stdout.strip() == ""
 
 
 def test_start_with_the_api_server_down_says_so(control_plane_factory: ControlPlaneFactory) -> None:

@@ -195,6 +195,16 @@ class CapiManagers:
                 raise CapiManagersError(f"{proc.name} exited with code {code}\n{proc.tail(40)}")
 
     def start(self, timeout: float = 120.0) -> Self:
+        """Start the managers (:meth:`_start`). A start that fails takes back what it did: the
+        conversion and webhooks it registered, the processes it started (as :meth:`stop`), so
+        a CRD is never left converting through a webhook nothing serves."""
+        try:
+            return self._start(timeout)
+        except CapiManagersError:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> Self:
         """Register the managers' CRD conversion and wait until the API server serves those
         kinds from new watch caches, then start the managers, wait until each is ready (webhook
         server included) and register their admission webhooks; a manager that exits fails
