@@ -8,8 +8,12 @@ python -m coverage erase
 # integration and E2E tests wait on real control planes and on the real Cluster API controllers
 # much of the time, so they overlap well. (Three workers on the two cores were not faster:
 # 1,030 s against 969 s, with more load-induced races.)
+# --no-loadscope-reorder: files go out in collection order, which tests/conftest.py makes the
+# longest first (E2E, integration, fuzz, unit), so both workers end together; xdist's default
+# (files with the most tests first) left the E2E files for last and one worker idle for minutes.
 # --durations: the slowest tests and fixtures, so a slower run says where its time went.
-python -m coverage run -m pytest -p no:cacheprovider -n "${LATTICE_TEST_WORKERS:-2}" --dist loadfile --durations=30 "$@"
+python -m coverage run -m pytest -p no:cacheprovider -n "${LATTICE_TEST_WORKERS:-2}" --dist loadfile \
+  --no-loadscope-reorder --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "ERROR: pytest collected no tests; an empty selection is a failure" >&2
