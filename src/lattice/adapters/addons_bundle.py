@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import yaml
 
 from lattice.adapters.binaries import (
     COMPLETE_MARKER,
@@ -39,7 +40,7 @@ from lattice.adapters.binaries import (
     find_repo_root,
     parse_env_file,
 )
-from lattice.domain import addons, models, yaml_text
+from lattice.domain import addons, models
 
 BUILD_SCRIPT = "scripts/build-addons.sh"
 VERSIONS_FILE = "addons/versions.env"
@@ -55,8 +56,21 @@ class RenderError(RuntimeError):
 
 
 def _load_all(text: str, where: str) -> list[Obj]:
+    """The Kubernetes objects of a generated YAML stream (the bundle's files, helm's output).
+
+    Parsed by libyaml (PyYAML's ``CSafeLoader``), not ruamel's pure-Python parser as every
+    other YAML here is: a cell loads the 1.3 MB of Cilium's CRDs and Flux's install at each
+    start, 0.14 s of CPU this way against 2.3 s. These are generated files, where YAML 1.1 (as
+    libyaml and Kubernetes' own sigs.k8s.io/yaml read it) and ruamel's 1.2 agree;
+    ``tests/integration/test_addons_bundle.py`` checks that they give the same objects."""
     out: list[Obj] = []
-    for doc in yaml_text.load_all(text):
+    try:
+        docs = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+    except yaml.YAMLError as exc:
+        raise RenderError(f"{where}: not YAML: {exc}") from exc
+    for doc in docs:
+        if doc is None:
+            continue
         if not isinstance(doc, dict) or "kind" not in doc:
             raise RenderError(f"{where}: a document is not a Kubernetes object")
         out.append(doc)
@@ -172,6 +186,27 @@ class HelmRenderer:
         include_crds: bool = False,
     ) -> list[Obj]:
         """The objects in helm's install order; ``include_crds`` adds the chart's ``crds/``."""
+        text = self.render_text(
+            chart,
+            release=release,
+            namespace=namespace,
+            values=values,
+            kube_version=kube_version,
+            include_crds=include_crds,
+        )
+        return _load_all(text, f"helm template {chart.name}")
+
+    def render_text(
+        self,
+        chart: Path,
+        *,
+        release: str,
+        namespace: str,
+        values: Mapping[str, Any],
+        kube_version: str | None = None,
+        include_crds: bool = False,
+    ) -> str:
+        """What ``helm template`` prints (:meth:`render`'s arguments)."""
         with tempfile.TemporaryDirectory(prefix="lattice-helm-") as scratch:
             values_file = Path(scratch) / "values.json"  # JSON is YAML: helm reads it as values
             values_file.write_text(json.dumps(values))
@@ -204,4 +239,4 @@ class HelmRenderer:
                 raise RenderError(f"helm template {chart.name}: {exc}") from exc
         if done.returncode != 0:
             raise RenderError(f"helm template {chart.name} failed: {done.stderr.strip()[-2000:]}")
-        return _load_all(done.stdout, f"helm template {chart.name}")
+        return done.stdout
