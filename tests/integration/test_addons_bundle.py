@@ -4,8 +4,8 @@ reads YAML 1.1 through sigs.k8s.io/yaml, against a real API server): every gener
 sends its children, helm's rendering of Cilium's chart and of Lattice's own.
 
 Not ruamel's: it reads YAML 1.2, where ``defaultMode: 0400`` in Cilium's chart is the decimal
-400 (mode 0620), not 0o400, as this test found. The Cilium a cell sent its children had its
-certificate volumes group-writable until the bundle moved to libyaml."""
+400 (mode 0620), not 0o400, as this test found. The Cilium a cell sent its children had three
+volumes group-writable (two of certificates) until the bundle moved to libyaml."""
 
 from __future__ import annotations
 
