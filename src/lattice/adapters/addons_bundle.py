@@ -60,9 +60,10 @@ def _load_all(text: str, where: str) -> list[Obj]:
 
     Parsed by libyaml (PyYAML's ``CSafeLoader``), not ruamel's pure-Python parser as every
     other YAML here is: a cell loads the 1.3 MB of Cilium's CRDs and Flux's install at each
-    start, 0.14 s of CPU this way against 2.3 s. These are generated files, where YAML 1.1 (as
-    libyaml and Kubernetes' own sigs.k8s.io/yaml read it) and ruamel's 1.2 agree;
-    ``tests/integration/test_addons_bundle.py`` checks that they give the same objects."""
+    start, 0.14 s of CPU this way against 2.3 s. libyaml reads YAML 1.1, as Kubernetes' own
+    sigs.k8s.io/yaml does, where ruamel reads 1.2: Cilium's ``defaultMode: 0400`` is 0o400 here
+    and was the decimal 400 with ruamel. ``tests/integration/test_addons_bundle.py`` checks
+    that every file and rendering gives exactly the objects kubectl gives."""
     out: list[Obj] = []
     try:
         docs = list(yaml.load_all(text, Loader=yaml.CSafeLoader))

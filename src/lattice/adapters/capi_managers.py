@@ -200,7 +200,7 @@ class CapiManagers:
         a CRD is never left converting through a webhook nothing serves."""
         try:
             return self._start(timeout)
-        except CapiManagersError:
+        except ControlPlaneError:  # CapiManagersError, or a refused webhook registration
             self.stop()
             raise
 
