@@ -144,6 +144,34 @@ def test_apply_goes_on_past_a_refused_object_and_names_it(control_plane_factory:
     with pytest.raises(ControlPlaneError, match="ConfigMap misspelt"):
         cp.apply(stream)
     assert cp.apply([_configmap("fine")]).stderr == ""
+    # Sent all at once, the objects and the refusals keep their order all the same.
+    together = cp.apply(stream, check=False, together=True)
+    assert [o["metadata"]["name"] for o in together.objects] == ["unplaced", "listed"]
+    assert [e.split(":")[0] for e in together.errors] == [e.split(":")[0] for e in result.errors]
+
+
+def test_stop_together_signals_every_process_before_waiting_for_any(tmp_path: Path) -> None:
+    """Each of the two processes exits on SIGTERM only once the other has had its SIGTERM too:
+    stopped one after the other, the first would wait for the second until it is killed."""
+
+    def waits_for(me: str, other: str) -> controlplane.ManagedProcess:
+        wait = f"while [ ! -e {tmp_path}/{other} ]; do sleep 0.05; done"
+        script = (
+            f"trap 'touch {tmp_path}/{me}; {wait}; exit 0' TERM; echo trapped; while :; do sleep 0.05; done"
+        )
+        return controlplane.ManagedProcess(me, ["/bin/sh", "-c", script], tmp_path / f"{me}.log")
+
+    procs = [waits_for("a", "b"), waits_for("b", "a")]
+    for proc in procs:
+        proc.start(os.environ)
+    for proc in procs:
+        while proc.tail(1) != "trapped":  # the log's first line is the command line
+            time.sleep(0.05)
+    popens = [proc.popen for proc in procs]
+    controlplane.stop_together(procs, timeout=60)
+    assert [p.returncode if p is not None else None for p in popens] == [0, 0]
+    assert all(proc.popen is None for proc in procs)
+    controlplane.stop_together(procs, timeout=60)  # stopped already: nothing to do
 
 
 def _widget_crd(plural: str) -> dict[str, object]:

@@ -200,6 +200,22 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def stop_together(procs: Sequence[ManagedProcess], timeout: float) -> None:
+    """Stop several processes at once: SIGTERM to every group, one wait of at most ``timeout``
+    for all of them, SIGKILL to what is left. Stopping them one by one costs the sum of their
+    shutdowns (each controller-runtime manager drains its controllers on SIGTERM)."""
+    running = [p.popen for p in procs if p.popen is not None and p.popen.poll() is None]
+    if running:
+        local_processes.terminate(
+            [popen.pid for popen in running],
+            timeout,
+            group=True,
+            alive=lambda: any(popen.poll() is None for popen in running),
+        )
+    for proc in procs:
+        proc.stop(timeout)
+
+
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     """Whether a GET of ``url`` answers 200 within 2 s. Loopback only: never through an
     HTTP(S)_PROXY from the environment."""
@@ -710,15 +726,19 @@ class ControlPlane:
         dry_run: bool = False,
         field_manager: str = "lattice",
         check: bool = True,
+        together: bool = False,
     ) -> ApplyResult:
         """Server-side apply of a YAML stream or of objects as the admin, through the one
         implementation (:meth:`lattice.adapters.kube_kr8s.Kr8sKube.apply`): in order, forcing
         conflicts, refusing unknown fields, a namespaced object without a namespace in
         ``default``. A refused object does not stop the others; with ``check`` any refusal
-        raises :class:`ControlPlaneError` naming them."""
+        raises :class:`ControlPlaneError` naming them. ``together``: objects that do not depend
+        on each other, sent all at once."""
         objects = _documents(manifests) if isinstance(manifests, str) else [dict(m) for m in manifests]
         try:
-            done = kube_kr8s.apply_blocking(str(self.kubeconfig), objects, field_manager, dry_run=dry_run)
+            done = kube_kr8s.apply_blocking(
+                str(self.kubeconfig), objects, field_manager, dry_run=dry_run, together=together
+            )
             result = ApplyResult(done.objects, done.errors)
         except kube.KubeError as exc:  # the API server cannot be reached at all
             result = ApplyResult((), (str(exc),))

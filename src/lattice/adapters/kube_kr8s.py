@@ -377,13 +377,17 @@ def apply_blocking(
     *,
     dry_run: bool = False,
     field_validation: str = "Strict",
+    together: bool = False,
 ) -> Applied:
     """:meth:`Kr8sKube.apply` of each object in order, for synchronous callers (the installer,
     test control planes). It runs on an event loop of its own in a worker thread, so a caller
     that is itself inside a running loop can call it too. Like ``kubectl apply -f``, a refused
-    object does not stop the others, and unknown fields are refused (``Strict``)."""
+    object does not stop the others, and unknown fields are refused (``Strict``). With
+    ``together``, objects that do not depend on each other are sent all at once (a CRD's
+    update costs the API server ~0.1 s: 17 in a row take 2 s); the result keeps their order."""
     return _blocking(
-        kubeconfig, lambda client: _apply_all(client, objects, field_manager, dry_run, field_validation)
+        kubeconfig,
+        lambda client: _apply_all(client, objects, field_manager, dry_run, field_validation, together),
     )
 
 
@@ -485,6 +489,17 @@ def wait_watch_cache_blocking(kubeconfig: str, crd_names: Iterable[str], within:
     _blocking(kubeconfig, lambda client: await_watch_cache(client, wanted, within))
 
 
+def delete_blocking(kubeconfig: str, refs: Sequence[ResourceRef]) -> None:
+    """:meth:`Kr8sKube.delete` of each object (all at once; one already gone is no error), for
+    synchronous callers, as :func:`apply_blocking`."""
+    wanted = tuple(refs)
+
+    async def delete_all(client: Kr8sKube) -> None:
+        await asyncio.gather(*(client.delete(ref) for ref in wanted))
+
+    _blocking(kubeconfig, delete_all)
+
+
 def wait_established_blocking(kubeconfig: str, names: Iterable[str], within: float) -> None:
     """:func:`await_established` for synchronous callers, as :func:`apply_blocking`."""
     wanted = tuple(names)
@@ -523,21 +538,31 @@ async def _in_session(kubeconfig: str, work: Callable[[Kr8sKube], Awaitable[_T]]
 
 
 async def _apply_all(
-    client: Kr8sKube, objects: Sequence[Obj], field_manager: str, dry_run: bool, field_validation: str
+    client: Kr8sKube,
+    objects: Sequence[Obj],
+    field_manager: str,
+    dry_run: bool,
+    field_validation: str,
+    together: bool,
 ) -> Applied:
-    applied: list[Obj] = []
-    errors: list[str] = []
-    for obj in objects:
+    async def one(obj: Obj) -> Obj | str:
         try:
             placed = await client._in_default_namespace(obj)
-            applied.append(
-                await client.apply(placed, field_manager, dry_run=dry_run, field_validation=field_validation)
+            return await client.apply(
+                placed, field_manager, dry_run=dry_run, field_validation=field_validation
             )
         except kube.KubeError as exc:
-            errors.append(f"{_describe(obj)}: {exc}")
+            return f"{_describe(obj)}: {exc}"
         except KeyError as exc:
-            errors.append(f"{_describe(obj)}: no {exc.args[0]}")
-    return Applied(tuple(applied), tuple(errors))
+            return f"{_describe(obj)}: no {exc.args[0]}"
+
+    if together:
+        results = await asyncio.gather(*(one(obj) for obj in objects))
+    else:
+        results = [await one(obj) for obj in objects]
+    return Applied(
+        tuple(r for r in results if not isinstance(r, str)), tuple(r for r in results if isinstance(r, str))
+    )
 
 
 def _describe(obj: Obj) -> str:

@@ -20,11 +20,12 @@ bootstrap token authenticates the caller).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import uvicorn
@@ -274,6 +275,13 @@ class _GuardedUvicorn(uvicorn.Server):
         super().__init__(config)
         self._ssl = ssl_context
         self.guard = guard
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None]:
+        """Leave SIGTERM and SIGINT to the process: uvicorn's own handlers would stop this
+        server on their own and raise the signal again once it has stopped (the operator saw
+        each SIGTERM twice); :meth:`RegistrationServer.stop` stops it, in the operator's order."""
+        yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await self.lifespan.startup()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -53,6 +52,10 @@ from lattice.domain import (
 )
 from lattice.domain.endpoint import Endpoint
 from lattice.domain.operator_command import OperatorOptions, operator_command
+
+OPERATOR_STOP_S = 60.0
+"""Seconds the bootstrap operator gets to stop after SIGTERM: its in-flight reconciles (up to
+10 s), its cell's streams, then its Cluster API managers (unregistering their webhooks)."""
 
 
 class InstallError(RuntimeError):
@@ -313,8 +316,15 @@ class Installer:
         step = install_plan.Step.CLEANUP
         saved = self._load().get("operator")
         if saved and _alive(saved["pid"]):
-            local_processes.send(saved["pid"], signal.SIGTERM)
-            _wait(lambda: not _alive(saved["pid"]), 30, step, "the bootstrap operator did not stop", None)
+            pid = saved["pid"]
+            # Its cluster is about to go: a stop that takes longer than this (an overloaded
+            # host) is cut short, and stop_all below takes the managers it leaves.
+            if local_processes.terminate([pid], OPERATOR_STOP_S, alive=lambda: _alive(pid)):
+                self.progress.step(
+                    step, f"the bootstrap operator did not stop in {OPERATOR_STOP_S:.0f}s: killed"
+                )
+            log = self.state_dir / "bootstrap-operator.log"
+            _wait(lambda: not _alive(pid), 10, step, "the bootstrap operator did not stop", log)
         # The management cluster's agent streamed to the bootstrap cell, which is going away.
         kubeconfig = self._management_kubeconfig()
         subprocess.run(  # noqa: S603 - our kubectl

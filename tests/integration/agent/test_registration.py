@@ -7,6 +7,7 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -149,6 +150,17 @@ async def test_register_returns_a_signed_certificate_ca_bundle_and_agent_manifes
     again = await webhook.register("c1", token, csr)
     assert again.status_code == 401
     assert again.json()["field"] == "Authorization"
+
+
+async def test_signals_stay_the_process_s_while_the_server_runs(cell_pki: Pki) -> None:
+    """The process's composition root handles SIGTERM and SIGINT (the operator stops everything
+    in order); a running webhook must not take them over as uvicorn does by default."""
+    handled = (signal.SIGTERM, signal.SIGINT)
+    before = {sig: signal.getsignal(sig) for sig in handled}
+    async with running_webhook(cell_pki) as hook:
+        assert (await hook.client.get(hook.url)).status_code == 405
+        assert {sig: signal.getsignal(sig) for sig in handled} == before
+    assert {sig: signal.getsignal(sig) for sig in handled} == before
 
 
 async def test_yaml_is_returned_when_asked_for(webhook: Webhook, tmp_path):

@@ -12,7 +12,7 @@ import logging
 import random
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +171,13 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if settings.handle_signals else ()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("signal received; stopping", extra={"signal": sig.name})
+        stop.set()
+
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     # Requests over aiohttp (adapters/kube_http: a quarter of httpx's CPU per request), closed below.
     api = await connect_with_retry(settings.kubeconfig, lean=True)
     clock = SystemClock()
@@ -206,6 +211,7 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
     tasks += await controller.start_informers()
     log.info("operator started", extra={"identity": settings.identity, "cell": settings.context.self_name})
     rc = 0
+    shutdown = _Shutdown(loop.time)
     cell: CellRuntime | None = None
     infra: LocalInfraRuntime | None = None
     try:
@@ -241,23 +247,52 @@ async def run_operator(  # noqa: PLR0915 - the composition root reads best as on
             if elector is not None and elector.lost.is_set():
                 rc = 1
             controller.stop()
-            try:
-                await asyncio.wait_for(workers, timeout=settings.grace_s)
-            except TimeoutError:
-                log.warning("grace period over; abandoning in-flight reconciles")
+            with shutdown.step("workers"):
+                try:
+                    await asyncio.wait_for(workers, timeout=settings.grace_s)
+                except TimeoutError:
+                    log.warning("grace period over; abandoning in-flight reconciles")
     finally:
         if cell is not None:
-            await cell.close()
+            with shutdown.step("cell"):
+                await cell.close()
         if infra is not None:
-            await infra.close()
+            with shutdown.step("local_infra"):
+                await infra.close()
         if elector is not None:
-            await elector.release()
+            with shutdown.step("lease"):
+                await elector.release()
         server.should_exit = True
         for task in tasks[1:]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        with shutdown.step("tasks"):
+            await asyncio.gather(*tasks, return_exceptions=True)
         for sig in signals:
             loop.remove_signal_handler(sig)
         await api.close()
-        log.info("operator stopped", extra={"identity": settings.identity, "rc": rc})
+        log.info(
+            "operator stopped",
+            extra={
+                "identity": settings.identity,
+                "rc": rc,
+                **{f"shutdown_{step}_s": seconds for step, seconds in shutdown.seconds.items()},
+            },
+        )
     return rc
+
+
+@attrs.define
+class _Shutdown:
+    """Seconds each shutdown step took, for the "operator stopped" log line: where a slow stop
+    went (the in-flight reconciles, the cell's streams, the Cluster API managers)."""
+
+    clock: Callable[[], float]
+    seconds: dict[str, float] = attrs.field(factory=dict)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Generator[None]:
+        started = self.clock()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.clock() - started, 3)
