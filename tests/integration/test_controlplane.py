@@ -174,6 +174,35 @@ def test_stop_together_signals_every_process_before_waiting_for_any(tmp_path: Pa
     controlplane.stop_together(procs, timeout=60)  # stopped already: nothing to do
 
 
+def test_stop_signals_the_group_before_it_reaps_the_leader(tmp_path: Path) -> None:
+    """A leader that has exited but is not reaped yet keeps its pid, so the SIGKILL to its group
+    (here: a child it left behind) cannot reach a process that took the pid over."""
+    proc = controlplane.ManagedProcess("leaver", ["/bin/sh", "-c", "sleep 600 & echo $!"], tmp_path / "l.log")
+    proc.start(os.environ)
+    assert proc.popen is not None
+    leader = proc.popen.pid
+    while not controlplane._has_exited(proc.popen):
+        time.sleep(0.05)
+    left = int(proc.tail(1))
+    assert "\nState:\tZ" in Path(f"/proc/{leader}/status").read_text()  # exited, pid still held
+    assert Path(f"/proc/{left}").exists()
+    proc.stop(timeout=60)
+    assert proc.popen is None
+    assert not Path(f"/proc/{leader}").exists()
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{left}").exists() and "\nState:\tZ" not in Path(f"/proc/{left}/status").read_text():
+        assert time.monotonic() < deadline, "the child left in the group was not killed"
+        time.sleep(0.05)
+
+
+def test_a_leader_reaped_behind_popens_back_counts_as_exited(tmp_path: Path) -> None:
+    proc = controlplane.ManagedProcess("reaped", ["/bin/true"], tmp_path / "r.log")
+    proc.start(os.environ)
+    assert proc.popen is not None
+    os.waitpid(proc.popen.pid, 0)
+    assert controlplane._has_exited(proc.popen)
+
+
 def _widget_crd(plural: str) -> dict[str, object]:
     """A CRD of kind Widget: a second one claiming the kind is never Established."""
     return {

@@ -47,7 +47,7 @@ from lattice.domain.capi_managers import MANAGERS, Manager, Ports
 from lattice.domain.refs import ResourceRef
 from lattice.ports.kube import KubeError
 
-__all__ = ["CapiManagers", "CapiManagersError", "KubeconfigTarget", "Target"]
+__all__ = ["CapiManagers", "CapiManagersError", "KubeconfigTarget", "Target", "live_managers"]
 
 log = logging.getLogger("lattice.capi_managers")
 
@@ -68,6 +68,12 @@ def _yaml_one(path: Path) -> Any:
 
 _live_lock = threading.Lock()
 _live: set[CapiManagers] = set()
+
+
+def live_managers() -> list[CapiManagers]:
+    """The managers started by this process and not stopped yet."""
+    with _live_lock:
+        return list(_live)
 
 
 def _stop_live() -> None:

@@ -182,14 +182,24 @@ class ManagedProcess:
         return self.popen.pid if self.popen is not None else None
 
     def stop(self, timeout: float) -> None:
+        """SIGTERM to the process group, SIGKILL after ``timeout``, then to what the leader left
+        in its group, and only then reap the leader.
+
+        The order matters: once the leader is reaped, its pid (the group's id) can be given to
+        any new process, and with ``pid_max`` 32768 and thousands of threads it soon is; a
+        group signal sent after that could kill another process (another test's API server or
+        manager). So a leader already reaped (by :meth:`running` or :meth:`exit_code`) gets no
+        group signal at all."""
         popen = self.popen
         if popen is None:
             return
-        if popen.poll() is None:
-            local_processes.terminate([popen.pid], timeout, group=True, alive=lambda: popen.poll() is None)
-            popen.wait(timeout)
-        # Anything the leader left in its group goes too.
-        local_processes.send(popen.pid, signal.SIGKILL, group=True)
+        if popen.returncode is None:  # not reaped: its pid still names its group
+            if not _has_exited(popen):
+                local_processes.terminate(
+                    [popen.pid], timeout, group=True, alive=lambda: not _has_exited(popen)
+                )
+            local_processes.send(popen.pid, signal.SIGKILL, group=True)
+        popen.wait(timeout)
         self.popen = None
 
     def tail(self, lines: int) -> str:
@@ -200,17 +210,29 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def _has_exited(popen: subprocess.Popen[bytes]) -> bool:
+    """Whether the process has exited, without reaping it (``waitid`` with ``WNOWAIT``; ``poll``
+    would reap it): until it is reaped, its pid cannot be given to another process."""
+    if popen.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped behind Popen's back
+        return True
+
+
 def stop_together(procs: Sequence[ManagedProcess], timeout: float) -> None:
     """Stop several processes at once: SIGTERM to every group, one wait of at most ``timeout``
-    for all of them, SIGKILL to what is left. Stopping them one by one costs the sum of their
-    shutdowns (each controller-runtime manager drains its controllers on SIGTERM)."""
-    running = [p.popen for p in procs if p.popen is not None and p.popen.poll() is None]
+    for all of them, SIGKILL to what is left, each reaped only after its group's last signal
+    (:meth:`ManagedProcess.stop`). Stopping them one by one costs the sum of their shutdowns
+    (each controller-runtime manager drains its controllers on SIGTERM)."""
+    running = [p.popen for p in procs if p.popen is not None and not _has_exited(p.popen)]
     if running:
         local_processes.terminate(
             [popen.pid for popen in running],
             timeout,
             group=True,
-            alive=lambda: any(popen.poll() is None for popen in running),
+            alive=lambda: not all(_has_exited(popen) for popen in running),
         )
     for proc in procs:
         proc.stop(timeout)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from lattice.adapters.binaries import Toolchain, locate
+from lattice.adapters.capi_managers import live_managers
 from lattice.adapters.controlplane import (
     ControlPlane,
     live_control_planes,
@@ -119,9 +120,12 @@ def control_plane_factory(toolchain: Toolchain, tmp_path: Path) -> Iterator[Cont
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Add the control planes' log tails to the report of a failed test."""
+    """Add the log tails of the control planes and Cluster API managers still running to the
+    report of a failed test."""
     report = yield
     if report.failed:
         for cp in live_control_planes():
             report.sections.append((f"control plane {cp.name} logs", cp.log_tails(60)))
+        for managers in live_managers():
+            report.sections.append((f"Cluster API managers in {managers.dir}", managers.log_tails(60)))
     return report
