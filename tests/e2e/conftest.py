@@ -203,6 +203,26 @@ def kubectl(toolchain: Toolchain, kubeconfig: Path, *args: str, check: bool = Tr
     return result.stdout
 
 
+def machine_conditions(
+    toolchain: Toolchain, kubeconfig: Path, namespace: str, kind: str, within: float = 180.0
+) -> dict[str, dict[str, Any]]:
+    """Each Machine's condition ``kind`` in ``namespace``, once every Machine has one. A pivot
+    does not carry the Machines' status: the cluster's own controllers write it again."""
+    deadline = time.monotonic() + within
+    while True:
+        listed = kubectl(toolchain, kubeconfig, "get", "machines", "-n", namespace, "-o", "json")
+        found: dict[str, dict[str, Any]] = {
+            m["metadata"]["name"]: next(
+                (c for c in (m.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {}
+            )
+            for m in json.loads(listed)["items"]
+        }
+        if found and all(found.values()):
+            return found
+        assert time.monotonic() < deadline, f"no {kind} condition after {within:.0f}s: {found}"
+        time.sleep(2)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, logs: Path | None = None) -> Any:
     deadline = time.monotonic() + timeout
     last: Exception | None = None

@@ -15,7 +15,7 @@ import pytest
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.controlplane import free_port
 from lattice.adapters.local_processes import processes_under
-from tests.e2e.conftest import kubectl
+from tests.e2e.conftest import kubectl, machine_conditions
 
 pytestmark = pytest.mark.e2e
 
@@ -100,15 +100,12 @@ def test_install_interrupted_after_provisioning_resumes(tmp_path: Path, toolchai
         assert "Ready" in kubectl(toolchain, Path(record["kubeconfig"]), "get", "lc", "mgmt")
         # Its own KCP finds its control plane up to date: the management cluster's own operator
         # compiles it as the bootstrap cell did (as a root, without a parent), so no rollout.
-        machines = json.loads(
-            kubectl(toolchain, Path(record["kubeconfig"]), "get", "machines", "-n", "capi-mgmt", "-o", "json")
-        )["items"]
-        assert machines
-        for machine in machines:
-            up_to_date = {c["type"]: c for c in (machine.get("status") or {}).get("conditions") or []}.get(
-                "UpToDate"
-            ) or {}
-            assert up_to_date.get("status") == "True", (machine["metadata"]["name"], up_to_date)
+        # The pivot does not carry the Machines' status: the cluster's own controllers write
+        # their conditions again, so wait until they have.
+        for name, up_to_date in machine_conditions(
+            toolchain, Path(record["kubeconfig"]), "capi-mgmt", "UpToDate"
+        ).items():
+            assert up_to_date.get("status") == "True", (name, up_to_date)
         again = install(manifest, state, 60)  # once more: a no-op
         assert again.returncode == 0
         assert "already installed" in again.stderr

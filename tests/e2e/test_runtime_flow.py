@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     child_kubeconfig,
     kubectl,
     local_cluster,
+    machine_conditions,
     machines_dir,
     wait_deleted,
     wait_for,
@@ -95,14 +96,8 @@ def test_child_is_provisioned_pivoted_and_manages_itself(cell: Cell, toolchain: 
     check_addons(toolchain, child, "child-1", "172.18.250.0/28")
     # The child's own KCP finds its control-plane Machine up to date: compiling the cluster on
     # the child gives exactly what the cell compiled (no rollout after the pivot).
-    machines = json.loads(kubectl(toolchain, child, "get", "machines", "-n", "capi-child-1", "-o", "json"))[
-        "items"
-    ]
-    for machine in machines:
-        up_to_date = {c["type"]: c for c in (machine.get("status") or {}).get("conditions") or []}.get(
-            "UpToDate"
-        ) or {}
-        assert up_to_date.get("status") == "True", (machine["metadata"]["name"], up_to_date)
+    for name, up_to_date in machine_conditions(toolchain, child, "capi-child-1", "UpToDate").items():
+        assert up_to_date.get("status") == "True", (name, up_to_date)
     # ...and its own LatticeCluster, Ready, shown by kubectl on the child.
     table = kubectl(toolchain, child, "get", "lc")
     assert "child-1" in table
