@@ -383,8 +383,9 @@ def apply_blocking(
     test control planes). It runs on an event loop of its own in a worker thread, so a caller
     that is itself inside a running loop can call it too. Like ``kubectl apply -f``, a refused
     object does not stop the others, and unknown fields are refused (``Strict``). With
-    ``together``, objects that do not depend on each other are sent all at once (a CRD's
-    update costs the API server ~0.1 s: 17 in a row take 2 s); the result keeps their order."""
+    ``together``, objects that do not depend on each other are sent all at once (the 17 CRD
+    updates of the Cluster API managers' conversion: median 3.1 s in a row, 2.1 s together, on
+    the loaded CI machine); the result keeps their order."""
     return _blocking(
         kubeconfig,
         lambda client: _apply_all(client, objects, field_manager, dry_run, field_validation, together),

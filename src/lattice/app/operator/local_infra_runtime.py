@@ -69,14 +69,7 @@ class LocalInfraRuntime:
                 return
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        provider_s = round(loop.time() - started, 3)
         if self.managers is not None:
             await anyio.to_thread.run_sync(self.managers.stop)
-        log.info(
-            "local infrastructure stopped",
-            extra={"provider_s": provider_s, "managers_s": round(loop.time() - started - provider_s, 3)},
-        )
