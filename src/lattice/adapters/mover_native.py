@@ -19,7 +19,10 @@ subresource ignores it on create); ``restore_status=True`` writes each object's 
 back through the status subresource after creating it.
 
 What clusterctl spends in process starts, discovery one kind at a time and one GET per object
-is here a handful of concurrent requests (see benchmarks/pivot.py).
+is here a handful of concurrent requests (see benchmarks/pivot.py). Each export or import opens
+its own connection, over aiohttp (``Kr8sKube.connect(lean=True)``: a quarter of httpx's CPU per
+request), and closes it when done, as each clusterctl process does; a mover made by
+:func:`mover_for` with a process's own connection uses that one and leaves it open.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,11 +55,17 @@ BLOCK_TIMEOUT_S = 60.0
 RETRIES = 8
 T = TypeVar("T")
 
-Connect = Callable[[Path], Awaitable[KubeApi]]
+Connect = Callable[[Path], AbstractAsyncContextManager[KubeApi]]
 
 
-async def _kr8s(kubeconfig: Path) -> KubeApi:
-    return await Kr8sKube.connect(str(kubeconfig))
+@contextlib.asynccontextmanager
+async def _lean(kubeconfig: Path) -> AsyncIterator[KubeApi]:
+    """A connection for one export or import, closed after it."""
+    api = await Kr8sKube.connect(str(kubeconfig), lean=True)
+    try:
+        yield api
+    finally:
+        await api.close()
 
 
 class NativeMover:
@@ -65,7 +75,7 @@ class NativeMover:
 
     def __init__(
         self,
-        connect: Connect = _kr8s,
+        connect: Connect = _lean,
         *,
         block_timeout: float = BLOCK_TIMEOUT_S,
         restore_status: bool = False,
@@ -75,16 +85,15 @@ class NativeMover:
         self.block_timeout = block_timeout
         self.restore_status = restore_status
         self.retry_delay = retry_delay
-        self._apis: dict[str, KubeApi] = {}
 
-    async def _api(self, kubeconfig: Path) -> KubeApi:
-        key = str(kubeconfig)
-        if key not in self._apis:
+    @contextlib.asynccontextmanager
+    async def _api(self, kubeconfig: Path) -> AsyncIterator[KubeApi]:
+        async with contextlib.AsyncExitStack() as stack:
             try:
-                self._apis[key] = await self._connect(kubeconfig)
+                api = await stack.enter_async_context(self._connect(kubeconfig))
             except kube.KubeError as exc:
                 raise MoveError(str(exc)) from exc
-        return self._apis[key]
+            yield api
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call`` again while the API server is unavailable (429 while a watch cache is
@@ -109,9 +118,9 @@ class NativeMover:
     # ------------------------------------------------------------------ export
 
     async def export(self, kubeconfig: Path, namespace: str, directory: Path) -> list[Path]:
-        api = await self._api(kubeconfig)
         try:
-            return await self._export(api, namespace, directory)
+            async with self._api(kubeconfig) as api:
+                return await self._export(api, namespace, directory)
         except kube.KubeError as exc:
             raise MoveError(f"exporting namespace {namespace}: {exc}") from exc
         except OSError as exc:
@@ -221,7 +230,6 @@ class NativeMover:
     # ------------------------------------------------------------------ import
 
     async def import_(self, kubeconfig: Path, directory: Path) -> None:
-        api = await self._api(kubeconfig)
         try:
             files = [(p.name, p.read_bytes()) for p in sorted(directory.iterdir()) if p.is_file()]
         except OSError as exc:
@@ -231,7 +239,8 @@ class NativeMover:
         if len(objects) != len(parsed):
             raise MoveError("unusable export: " + "; ".join(str(e) for e in parsed))
         try:
-            await self._import(api, objects)
+            async with self._api(kubeconfig) as api:
+                await self._import(api, objects)
         except kube.KubeError as exc:
             raise MoveError(f"importing into {kubeconfig}: {exc}") from exc
 
@@ -315,7 +324,8 @@ def mover_for(kind: MoverKind, api: KubeApi | None = None) -> ClusterMover:
         return NativeMover()
     own = api
 
-    async def connect(_: Path) -> KubeApi:
-        return own
+    @contextlib.asynccontextmanager
+    async def connect(_: Path) -> AsyncIterator[KubeApi]:
+        yield own
 
     return NativeMover(connect)

@@ -129,7 +129,8 @@ async def connect_with_retry(kubeconfig: str | None, attempts: int = 30, *, lean
 
 def compose_cell(settings: CellSettings, api: Kr8sKube) -> CellParts:
     """The real adapters a cell runs on: its CA (kept in its state directory), the bootstrap
-    tokens and revocations in Secrets and a ConfigMap, the mover ``--mover`` names, the add-ons
+    tokens and revocations in Secrets and a ConfigMap, the mover ``--mover`` names (the native one
+    on the operator's own connection: the cell moves out of and into its own cluster), the add-ons
     bundle, and the mailboxes between the hub, the controller and the coordinator."""
     ca = load_or_create_ca(settings.state_dir / "pki")
     tokens = SecretTokenStore(api)
@@ -138,7 +139,7 @@ def compose_cell(settings: CellSettings, api: Kr8sKube) -> CellParts:
         tokens=tokens,
         revocations=ConfigMapRevocations(api),
         registrations=Registrations(api, tokens, ca),
-        mover=mover_for(settings.mover),
+        mover=mover_for(settings.mover, api),
         addons=locate_addons(),
         statuses=AgentStatusMailbox(),
         wakeups=Wakeups(),
