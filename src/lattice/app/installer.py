@@ -343,8 +343,11 @@ class Installer:
             check=False,
             timeout=60,
         )
-        stop_all(self.bootstrap_dir)
+        # The control plane first, in its order (its API server gets a short grace): its
+        # processes are under the bootstrap directory too, and stop_all would wait its whole
+        # timeout for an API server that does not exit on SIGTERM while watches are open.
         cp.stop()
+        stop_all(self.bootstrap_dir)
         self.progress.step(step, "bootstrap cluster stopped and removed")
         _remove(self.bootstrap_dir)
 
