@@ -208,6 +208,7 @@ class CapiManagers:
             cert_dir=str(self.cert_dir),
             host=LOOPBACK,
             ports=ports,
+            extra=manager.flags,
         )
 
     def _health_ok(self, manager: Manager) -> bool:

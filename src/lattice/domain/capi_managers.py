@@ -43,12 +43,21 @@ class ManagerError(ValueError):
 
 @frozen
 class Manager:
-    """One of the three managers: its binary, the provider whose CRDs it serves, its prefix."""
+    """One of the three managers: its binary, the provider whose CRDs it serves, its prefix,
+    and flags of its own (after the common ones)."""
 
     binary: str
     provider: str
     prefix: str
+    flags: tuple[str, ...] = ()
 
+
+KCP_ETCD_FLAGS = ("--etcd-dial-timeout-duration=3s", "--etcd-call-timeout-duration=3s")
+"""KCP reaches each control-plane machine's etcd through the API server's ``pods/portforward``,
+which the API server passes to the node's kubelet. The local machines' kubelet stand-in does not
+serve port-forward, so every etcd call of KCP fails; with its defaults (dial 10 s, call 15 s)
+each KCP reconcile that asks etcd (the conditions, a deletion's pre-terminate hook) first waits
+15 s, twice per deleted cluster. On loopback a real answer takes milliseconds: 3 s is ample."""
 
 MANAGERS: tuple[Manager, ...] = (
     Manager("capi-controller-manager", "cluster-api", "capi-"),
@@ -57,6 +66,7 @@ MANAGERS: tuple[Manager, ...] = (
         "capi-kubeadm-control-plane-controller-manager",
         "control-plane-kubeadm",
         "capi-kubeadm-control-plane-",
+        KCP_ETCD_FLAGS,
     ),
 )
 """In start order; the names are the Deployments ``clusterctl init`` creates."""

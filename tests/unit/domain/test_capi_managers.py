@@ -36,6 +36,18 @@ def test_argv_has_ports_certs_and_no_leader_election() -> None:
     ]
 
 
+def test_only_kcp_has_flags_of_its_own_its_etcd_timeouts() -> None:
+    flags = {m.binary: m.flags for m in cm.MANAGERS}
+    assert flags == {
+        "capi-controller-manager": (),
+        "capi-kubeadm-bootstrap-controller-manager": (),
+        "capi-kubeadm-control-plane-controller-manager": (
+            "--etcd-dial-timeout-duration=3s",
+            "--etcd-call-timeout-duration=3s",
+        ),
+    }
+
+
 def test_managers_are_named_as_clusterctl_names_them() -> None:
     assert [m.prefix for m in cm.MANAGERS] == [
         "capi-",
