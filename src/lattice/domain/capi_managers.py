@@ -57,7 +57,8 @@ KCP_ETCD_FLAGS = ("--etcd-dial-timeout-duration=3s", "--etcd-call-timeout-durati
 which the API server passes to the node's kubelet. The local machines' kubelet stand-in does not
 serve port-forward, so every etcd call of KCP fails; with its defaults (dial 10 s, call 15 s)
 each KCP reconcile that asks etcd (the conditions, a deletion's pre-terminate hook) first waits
-15 s, twice per deleted cluster. On loopback a real answer takes milliseconds: 3 s is ample."""
+15 s, two or three times per deleted cluster. On loopback a real answer takes milliseconds: 3 s
+is ample."""
 
 MANAGERS: tuple[Manager, ...] = (
     Manager("capi-controller-manager", "cluster-api", "capi-"),
