@@ -4,7 +4,10 @@ refusing an unreachable one (the moves themselves: tests/integration/test_mover_
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +80,33 @@ def test_creations_stop_at_the_first_failure_and_every_failure_is_named() -> Non
         "creating Cluster capi-x/x: 403",
         "creating Machine capi-x/m: 422",
     }
+
+
+class _Refusing:
+    """A connection whose every request is refused (only what an export reaches first)."""
+
+    async def list(self, *_: object, **__: object) -> kube.ListResult:
+        raise kube.Invalid("refused")
+
+
+def test_each_export_and_import_closes_the_connection_it_opened(tmp_path: Path) -> None:
+    """One connection per export or import, closed after it whether the move failed or not
+    (the default one is over aiohttp, which must be closed before its event loop ends)."""
+    opened: list[Path] = []
+    closed: list[Path] = []
+
+    @contextlib.asynccontextmanager
+    async def connect(kubeconfig: Path) -> AsyncIterator[Any]:
+        opened.append(kubeconfig)
+        try:
+            yield _Refusing()
+        finally:
+            closed.append(kubeconfig)
+
+    mover = NativeMover(connect, retry_delay=0.0)
+    with pytest.raises(MoveError, match="exporting namespace capi-x: refused"):
+        asyncio.run(mover.export(Path("source"), "capi-x", tmp_path / "out"))
+    assert (opened, closed) == ([Path("source")], [Path("source")])
+    (tmp_path / "empty").mkdir()
+    asyncio.run(mover.import_(Path("target"), tmp_path / "empty"))  # nothing to create
+    assert opened == closed == [Path("source"), Path("target")]
