@@ -208,19 +208,21 @@ def machine_conditions(
 ) -> dict[str, dict[str, Any]]:
     """Each Machine's condition ``kind`` in ``namespace``, once every Machine has one. A pivot
     does not carry the Machines' status: the cluster's own controllers write it again."""
-    deadline = time.monotonic() + within
-    while True:
+
+    def found() -> dict[str, dict[str, Any]]:
         listed = kubectl(toolchain, kubeconfig, "get", "machines", "-n", namespace, "-o", "json")
-        found: dict[str, dict[str, Any]] = {
+        conditions = {
             m["metadata"]["name"]: next(
                 (c for c in (m.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {}
             )
             for m in json.loads(listed)["items"]
         }
-        if found and all(found.values()):
-            return found
-        assert time.monotonic() < deadline, f"no {kind} condition after {within:.0f}s: {found}"
-        time.sleep(2)
+        assert conditions, f"no Machines in {namespace}"
+        assert all(conditions.values()), f"not every Machine has {kind}: {conditions}"
+        return conditions
+
+    result: dict[str, dict[str, Any]] = wait_for(found, within, f"every Machine's {kind} condition")
+    return result
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, logs: Path | None = None) -> Any:
