@@ -71,25 +71,6 @@ def agent_resource_set(cluster_name: str, manifests_yaml: str) -> list[dict[str,
     ]
 
 
-def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """``matchLabels`` and ``matchExpressions`` (In, NotIn, Exists, DoesNotExist)."""
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
-        present = key in labels
-        if operator == "In" and (not present or labels[key] not in values):
-            return False
-        if operator == "NotIn" and present and labels[key] in values:
-            return False
-        if operator == "Exists" and not present:
-            return False
-        if operator == "DoesNotExist" and present:
-            return False
-    return bool(selector.get("matchLabels") or selector.get("matchExpressions"))
-
-
 def _bind_host(spec: dict[str, Any]) -> str:
     """Where a cell's servers bind: the pod's own address when its LoadBalancer Service carries
     ``parentConfig.host`` (``lattice.domain.addons.cell_service``); the host itself when it is

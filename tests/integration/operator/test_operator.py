@@ -234,6 +234,34 @@ def test_leader_election_failover(control_plane_factory: ControlPlaneFactory, tm
             lambda: "Provisioning" in cp.kubectl("get", "lc", "lead-2").stdout, 60, "lead-2 by the new leader"
         )
         print(f"\nleader failover after kill -9: {failover:.2f} s (lease duration 4 s)")
+
+        # A graceful stop releases the Lease: a new standby takes over without waiting it out.
+        procs["op-c"] = start_operator_process(cp, "op-c", tmp_path, "--lease-duration", "4")
+        op_c_log = tmp_path / "operator-op-c.log"
+        _wait(lambda: '"msg": "operator started"' in op_c_log.read_text(), 60, "op-c up")
+        stopped_at = time.monotonic()
+        procs[standby].send_signal(signal.SIGTERM)
+        assert procs[standby].wait(timeout=60) == 0
+        _wait(lambda: _lease_holder(cp) == "op-c", 60, "op-c after the release")
+        handover = time.monotonic() - stopped_at
+        assert '"msg": "released leadership"' in (tmp_path / f"operator-{standby}.log").read_text()
+        print(f"leader handover after SIGTERM: {handover:.2f} s")
+
+        # Someone else holding a valid Lease: the leader stops acting at once, and exits 1 for its
+        # Deployment to restart it as a candidate.
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "lattice-operator", "namespace": "default"},
+            "spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 60},
+        }
+        cp.apply([lease], field_manager="intruder")
+        assert procs["op-c"].wait(timeout=60) == 1
+        log = op_c_log.read_text()
+        assert '"msg": "leadership lost: the lease is held by another"' in log
+        assert '"holder": "intruder"' in log
+        assert _lease_holder(cp) == "intruder"  # it lost, so it released nothing
     finally:
         for proc in procs.values():
             kill(proc)

@@ -68,6 +68,10 @@ class LeaderElector:
         if isinstance(decision, leader.Wait):
             if self.is_leader.is_set():
                 # Someone else holds a valid lease: we must not act as leader any more.
+                log.error(
+                    "leadership lost: the lease is held by another",
+                    extra={"identity": self.identity, "holder": decision.holder},
+                )
                 self.is_leader.clear()
                 self.lost.set()
             return
