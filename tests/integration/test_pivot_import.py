@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lattice.adapters.agent_kube import KubePivotImporter
+from lattice.adapters.agent_kube import KubeClusterProbe, KubePivotImporter
 from lattice.adapters.binaries import Toolchain
 from lattice.adapters.capi_crds import LOCAL_CAPI_PROVIDERS
 from lattice.adapters.capi_managers import CapiManagers
@@ -27,7 +28,8 @@ from lattice.adapters.clusterctl import ClusterctlMover
 from lattice.adapters.controlplane import ControlPlane
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.local_machine_host import LocalMachineHost
-from lattice.domain import agent, capi_reports, models, pivot_export
+from lattice.domain import agent, capi_reports, models, pivot_export, pivot_flow
+from lattice.ports.kube import ResourceRef
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.compiled import compiled_local, with_post_kubeadm
 from tests.integration.conftest import local_infra
@@ -39,6 +41,16 @@ NAME = "moved"
 NAMESPACE = models.capi_namespace(NAME)
 # Stands in for the registration call (tested end to end with a real cell elsewhere).
 POST_KUBEADM = "true"
+LATTICE_CLUSTER = {
+    "apiVersion": models.API_VERSION,
+    "kind": models.KIND,
+    "metadata": {"name": NAME, "labels": {"team": "a"}},
+    "spec": {
+        "cellRef": "mgmt",
+        "provider": {"type": "local", "kubernetes": {"version": "1.36.3"}},
+        "nodes": {"controlPlane": 1, "workers": 1},
+    },
+}
 
 
 @pytest.fixture
@@ -92,8 +104,16 @@ def objects_in(cp: ControlPlane) -> list[dict[str, Any]]:
     return [*move_graph(items, NAME), *bootstrap_data]
 
 
-def command(files: list[Path], attempt: int = 1) -> agent.PivotManifests:
+def command(files: list[Path], attempt: int = 1, own: bool = False) -> agent.PivotManifests:
     moved = tuple(agent.MoveFile(p.name, p.read_bytes()) for p in files)
+    if own:  # what the cell adds: the cluster's LatticeCluster as the child will hold it
+        pivoting = models.LatticeClusterStatus(
+            phase=models.Phase.PIVOTING,
+            pivot=models.PivotStatus(step=models.PivotStep.IMPORTING, attempt=attempt),
+        )
+        done = pivot_flow.pivot_succeeded(pivoting, dt.datetime(2026, 12, 7, tzinfo=dt.UTC))
+        copy = pivot_flow.child_copy(LATTICE_CLUSTER, done)
+        moved += (agent.MoveFile(pivot_flow.child_copy_file_name(NAME), json.dumps(copy).encode()),)
     return agent.PivotManifests(NAME, NAMESPACE, f"{NAME}-{attempt}", moved)
 
 
@@ -144,10 +164,24 @@ async def import_twice(
     assert 0 < left < len(bodies)
     print(f"\nexported {len(bodies)} objects ({', '.join(kinds)}); the half-done import left {left}")
 
-    # The retried pivot, then the same pivot re-sent to a restarted agent.
+    # The retried pivot, then the same pivot re-sent to a restarted agent; both carry the
+    # cluster's own LatticeCluster, with the status its cell wrote for the pivot's success.
     target_api = await Kr8sKube.connect(str(target.kubeconfig))
-    await KubePivotImporter(target_api, mover, target.kubeconfig).import_move(command(files, attempt=2))
-    await KubePivotImporter(target_api, mover, target.kubeconfig).import_move(command(files, attempt=2))
+    importer = KubePivotImporter(target_api, mover, target.kubeconfig)
+    probe = KubeClusterProbe(target_api, importer, cluster_name=NAME)
+    assert not await importer.self_managed()
+    assert await probe.health() == agent.ClusterHealth()  # no nodes, no own LatticeCluster yet
+    await importer.import_move(command(files, attempt=2, own=True))
+    await KubePivotImporter(target_api, mover, target.kubeconfig).import_move(
+        command(files, attempt=2, own=True)
+    )
+    own = await target_api.get(ResourceRef(models.API_VERSION, models.KIND, NAME))
+    assert own["status"]["phase"] == "Ready"
+    assert own["status"]["pivot"] == {"step": "Complete", "attempt": 2}
+    assert own["metadata"]["annotations"] == {pivot_flow.PIVOTED_ANNOTATION: "mgmt"}
+    assert await importer.self_managed()
+    health = await probe.health()
+    assert health.conditions[0] == f"{agent.REPORT_PREFIX}phase=Ready"
 
     on_target = objects_in(target)
     report = pivot_export.compare_sides(bodies, [], on_target)

@@ -1,0 +1,98 @@
+"""The cell's driver of a child's runtime flow against a real cell and a real agent: the operator
+runs with its cell (the gRPC hub over mutual TLS, its CA under the state directory) against a
+real API server, and an agent with a certificate of that CA dials it on loopback.
+
+What the agent does with a command is its own ports' business (the recording doubles of
+:mod:`lattice.testing.agents`, which fail on demand); the stream, the hub, the driver and the
+status owner are the real ones. Here the agent cannot apply the bootstrap payload, then can."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lattice.adapters import pki, tls
+from lattice.adapters.controlplane import ControlPlane, free_port
+from lattice.adapters.kube_kr8s import Kr8sKube
+from lattice.app.operator.cell_role import CellSettings, load_or_create_ca
+from lattice.testing import agents as agent_doubles
+from tests.integration.agent.conftest import running_agent
+from tests.integration.conftest import events_of
+from tests.integration.operator.conftest import cluster, eventually, lc_ref, operator
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
+
+REFUSAL = "applying Namespace lattice-system: forbidden by the test's agent"
+
+
+def agent_identity(state_dir: Path, name: str) -> tls.TlsFiles:
+    """What registration gives a child: its own key, a certificate the cell's CA signed for it,
+    and the bundle that verifies the cell."""
+    ca = load_or_create_ca(state_dir / "pki")  # the operator created it at start
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.sign_agent_csr(pki.csr_to_pem(pki.new_csr(key, name)).decode(), name)
+    folder = state_dir.parent / f"agent-{name}"
+    folder.mkdir()
+    (folder / "tls.crt").write_text(cert)
+    pki.write_private_file(folder / "tls.key", pki.key_to_pem(key))
+    return tls.TlsFiles(cert=folder / "tls.crt", key=folder / "tls.key", ca=state_dir / "pki" / "ca.crt")
+
+
+async def test_a_bootstrap_the_agent_cannot_apply_is_shown_and_retried_until_it_can(
+    cell_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    cp = cell_control_plane
+    api = await Kr8sKube.connect(str(cp.kubeconfig))
+    state_dir = tmp_path / "cell"
+    cell = CellSettings(
+        host="127.0.0.1", bootstrap_port=free_port(), grpc_port=free_port(), state_dir=state_dir
+    )
+
+    async def status(predicate: Any) -> dict[str, Any] | None:
+        found = (await api.get(lc_ref("boot-1"))).get("status") or {}
+        return found if predicate(found) else None
+
+    async with operator(cp, cell=cell):
+        await api.create(cluster("boot-1", workers=1))
+        await eventually(
+            lambda: status(lambda s: s.get("phase") == "Provisioning"), within=60, what="Provisioning"
+        )
+        await eventually(
+            lambda: asyncio.to_thread((state_dir / "pki" / "ca.crt").exists), what="the cell's PKI"
+        )
+        applier = agent_doubles.RecordingManifestApplier(fail_with=REFUSAL)
+        async with running_agent(
+            agent_identity(state_dir, "boot-1"), "boot-1", cell.grpc_port, applier=applier
+        ):
+            # Connected: Bootstrapping; the payload is sent and refused, which the status and a
+            # Warning Event say, with the agent's words.
+            failed = await eventually(
+                lambda: status(lambda s: s.get("message", "").startswith("bootstrap payload not applied")),
+                within=60,
+                what="the refused bootstrap shown",
+            )
+            assert failed["phase"] == "Bootstrapping"
+            assert failed["message"] == f"bootstrap payload not applied: {REFUSAL}"
+            bootstrapped = next(c for c in failed["conditions"] if c["type"] == "Bootstrapped")
+            assert (bootstrapped["status"], bootstrapped["reason"]) == ("False", "ApplyFailed")
+            assert failed["agent"]["connected"] is True
+
+            async def warned() -> bool:
+                events = await asyncio.to_thread(events_of, cp, "boot-1")
+                return any(e["reason"] == "BootstrapFailed" and REFUSAL in e["message"] for e in events)
+
+            await eventually(warned, what="a BootstrapFailed Event")
+
+            # The agent can apply it now: the driver's next attempt goes through.
+            applier.fail_with = None
+            done = await eventually(
+                lambda: status(lambda s: s.get("phase") == "Pivoting"), within=60, what="bootstrapped"
+            )
+            bootstrapped = next(c for c in done["conditions"] if c["type"] == "Bootstrapped")
+            assert bootstrapped["status"] == "True"
+            assert len(applier.applied) == 1, "the payload reached the agent once it could apply it"
+            assert all(applier.applied[0])
