@@ -82,3 +82,53 @@ def test_the_dry_run_renders_through_the_manifests_by_default(tmp_path: Path) ->
         "30-agent-resource-set.yaml",
         "40-management-operator.yaml",
     ]
+
+
+def _aws_mgmt(tmp_path: Path) -> Path:
+    """The AWS workload example as a root management cell (no cellRef, a parentConfig)."""
+    text = (REPO / "examples" / "clusters" / "workload-aws.yaml").read_text()
+    text = text.replace("  cellRef: mgmt\n", "  parentConfig:\n    host: cell.example.com\n")
+    path = tmp_path / "aws-mgmt.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_cloud_install_without_credentials_names_the_variables_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-only-half")  # one of a pair is not enough
+    state = tmp_path / "state"
+    assert cli.main(["install", "-f", str(_aws_mgmt(tmp_path)), "--state-dir", str(state)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "lattice install: no aws credentials: set AWS_ACCESS_KEY_ID+AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        in err
+    )
+    assert "use --dry-run DIR to write what would be applied" in err
+    assert not state.exists()
+
+
+def test_a_cloud_install_with_credentials_says_what_this_build_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "platform")
+    state = tmp_path / "state"
+    assert cli.main(["install", "-f", str(_aws_mgmt(tmp_path)), "--state-dir", str(state)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "installing on aws needs its Cluster API provider controllers running in the bootstrap" in err
+    assert "docs/install.md" in err
+    assert not state.exists()
+
+
+def test_a_local_install_without_the_binaries_says_how_to_build_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LATTICE_BIN_DIR", str(tmp_path / "not-built"))
+    state = tmp_path / "state"
+    assert cli.main(["install", "-f", str(MGMT), "--state-dir", str(state)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("lattice install:")
+    assert "scripts/build-k8s.sh" in err
+    assert not state.exists()
