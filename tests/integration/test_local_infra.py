@@ -196,6 +196,21 @@ async def test_real_capi_brings_up_a_local_cluster(
         assert host.pids() == []
         assert host.machines() == []
 
+        # One Stopped Event per machine, recorded once: a second pass over a deletion (another
+        # event before the finalizer's removal reached the cache) stops nothing and says nothing.
+        def stopped() -> list[dict[str, Any]]:
+            return [e for e in get("events")["items"] if e["reason"] == "Stopped"]
+
+        names = {m["metadata"]["name"] for m in machines}
+
+        async def each_stopped() -> bool:
+            return {e["involvedObject"]["name"] for e in stopped()} == names
+
+        await wait_until("a Stopped Event per machine", each_stopped, within=30)
+        assert [e.get("count", 1) for e in stopped()] == [1] * len(names)
+        for name in names:  # what that second pass finds
+            assert not await host.stop(name)
+
 
 async def test_a_failing_bootstrap_command_is_reported_and_its_machine_released(
     managed: tuple[ControlPlane, CapiManagers], tmp_path: Path

@@ -187,13 +187,16 @@ class LocalMachineHost:
                 raise MachineBootError(message) from exc
             self._update_record(machine.name, state=MachineState.BOOTED, message="")
 
-    async def stop(self, machine: str) -> None:
+    async def stop(self, machine: str) -> bool:
+        directory = self.machine_dir(machine)
+        found = directory.exists()
         record = self._record(machine)
         if record is not None:
-            await anyio.to_thread.run_sync(self._terminate, record.pid, self.machine_dir(machine))
+            await anyio.to_thread.run_sync(self._terminate, record.pid, directory)
             self._record_path(machine).unlink(missing_ok=True)
         # A released machine's disk goes with it, as a cloud's does.
-        await anyio.to_thread.run_sync(shutil.rmtree, self.machine_dir(machine), True)
+        await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
+        return found
 
     async def close(self) -> None:
         """Nothing to stop: the machines run on, each with its own kubelet stand-in."""

@@ -218,8 +218,9 @@ class LocalInfraProvider:
         await self._set_condition(local_machine, ConditionStatus.TRUE, "Booted", "", extra=status)
 
     async def _release(self, local_machine: Obj, plan: local_infra.Release) -> None:
-        if plan.stop:
-            await self.host.stop(plan.machine)
+        # A second pass over the same deletion (another event before the finalizer's removal
+        # reached the cache) finds nothing left: no second log line or Event.
+        if plan.stop and await self.host.stop(plan.machine):
             log.info("machine stopped", extra={"machine": plan.machine})
             self._event(
                 local_machine, "Normal", "Stopped", "machine stopped: its LocalMachine is being deleted"

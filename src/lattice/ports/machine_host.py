@@ -24,8 +24,9 @@ class MachineHost(Protocol):
         Idempotent: a machine that has booted is left alone."""
         ...
 
-    async def stop(self, machine: str) -> None:
-        """Stop every process of ``machine`` and forget it (its directory stays for the logs)."""
+    async def stop(self, machine: str) -> bool:
+        """Stop every process of ``machine`` and remove it, disk included, as a cloud deletes a
+        VM; False when there was nothing left of it (already released)."""
         ...
 
     async def close(self) -> None:
