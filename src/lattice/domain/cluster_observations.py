@@ -7,8 +7,9 @@ hands it over as an :class:`Observations` value, kept in memory per cluster by t
 and asks for a reconcile; the reconcile merges the facts with :func:`merge` into the status it
 writes. Facts are the latest word, not history: a newer one replaces the older.
 
-The agent's status, a failed bootstrap and the runtime flow's steps (phase changes, pivot and
-unpivot steps, as a :class:`lattice.domain.pivot_flow.FlowReport`) go this way
+The agent's status, a failed bootstrap, what a pivot waits for and the runtime flow's steps
+(phase changes, pivot and unpivot steps, as a :class:`lattice.domain.pivot_flow.FlowReport`) go
+this way
 (``docs/architecture.md``, "Status ownership"). A flow report is not a fact that stays: it is
 one transition, applied once by the reconcile that writes it and then withdrawn by the
 controller.
@@ -22,7 +23,7 @@ import attrs
 from attrs import frozen
 
 from lattice.domain import agent, models, pivot_flow
-from lattice.domain.models import Phase
+from lattice.domain.models import Phase, PivotStep
 
 
 @frozen
@@ -35,6 +36,9 @@ class Observations:
     bootstrap_error: str | None = None
     """Why the agent could not apply the bootstrap payload, the last time it was sent; None:
     nothing failed since the last success (or since this process started)."""
+    pivot_wait: tuple[str, ...] = ()
+    """What Cluster API must settle before the cell's driver exports the cluster for its pivot
+    (clusterctl's preflight blockers); (): the driver is not waiting on it."""
     flow: pivot_flow.FlowReport | None = None
     """The step of the runtime flow the cell's driver reached and waits to see written; None:
     none pending."""
@@ -77,6 +81,14 @@ def with_bootstrap(observations: Observations, error: str | None) -> Observation
     return attrs.evolve(observations, bootstrap_error=error)
 
 
+def with_pivot_wait(observations: Observations, blockers: tuple[str, ...]) -> Observations | None:
+    """``observations`` with what the pivot now waits for (``()``: nothing); None when that
+    changes nothing."""
+    if observations.pivot_wait == blockers:
+        return None
+    return attrs.evolve(observations, pivot_wait=blockers)
+
+
 def with_flow(observations: Observations, report: pivot_flow.FlowReport | None) -> Observations | None:
     """``observations`` with ``report`` pending (None: withdrawn); None when that changes
     nothing. Reports are compared by identity: two reports of the same step are two steps."""
@@ -90,9 +102,22 @@ def merge(
 ) -> models.LatticeClusterStatus:
     """``status`` with the facts of ``observations``; what was not observed stays as written.
     A failed bootstrap shows while the cluster is ``Bootstrapping``
-    (:func:`lattice.domain.pivot_flow.bootstrap_failed`); after, it is history."""
+    (:func:`lattice.domain.pivot_flow.bootstrap_failed`), a pivot's wait for Cluster API while
+    it is about to export (:func:`lattice.domain.pivot_flow.pivot_waiting`); after, they are
+    history."""
     if observations.agent is not None and status.agent != observations.agent:
         status = attrs.evolve(status, agent=observations.agent)
     if observations.bootstrap_error is not None and status.phase is Phase.BOOTSTRAPPING:
         status = pivot_flow.bootstrap_failed(status, observations.bootstrap_error, now)
+    if observations.pivot_wait and waiting_to_export(status):
+        status = pivot_flow.pivot_waiting(status, observations.pivot_wait, now)
     return status
+
+
+def waiting_to_export(status: models.LatticeClusterStatus) -> bool:
+    """Whether a pivot's wait for Cluster API shows on ``status``: pivoting, before the export."""
+    return (
+        status.phase is Phase.PIVOTING
+        and status.pivot is not None
+        and status.pivot.step is PivotStep.EXPORTING
+    )

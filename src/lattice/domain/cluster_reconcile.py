@@ -239,9 +239,13 @@ def _with_observations(
     """``plan`` writing the observed facts too (:func:`cluster_observations.merge`); a Warning
     Event when a failed bootstrap's message is new."""
     source = raw.get("status") if plan.status is None else plan.status
-    if observations.bootstrap_error is None and (
-        observations.agent is None
-        or (isinstance(source, dict) and source.get("agent") == _agent_dict(observations.agent))
+    if (
+        observations.bootstrap_error is None
+        and not observations.pivot_wait
+        and (
+            observations.agent is None
+            or (isinstance(source, dict) and source.get("agent") == _agent_dict(observations.agent))
+        )
     ):
         return plan  # nothing to merge (the usual pass): no parse of the status
     written = _current_status(raw if plan.status is None else {"status": plan.status})
@@ -253,7 +257,20 @@ def _with_observations(
     bootstrap_failed = observations.bootstrap_error is not None and merged.phase is Phase.BOOTSTRAPPING
     if bootstrap_failed and merged.message != stored.message:
         events = (*events, EventSpec("Warning", "BootstrapFailed", merged.message or ""))
+    if (
+        observations.pivot_wait
+        and cluster_observations.waiting_to_export(merged)
+        and not _pivot_waiting(stored)
+    ):
+        events = (*events, EventSpec("Normal", "PivotWaiting", merged.message or ""))
     return attrs.evolve(plan, status=_status_plan(raw, merged), events=events)
+
+
+def _pivot_waiting(status: models.LatticeClusterStatus) -> bool:
+    """Whether ``status`` (as stored) already says the pivot waits for Cluster API: one Event
+    when the wait starts, not one per change of what it waits for."""
+    pivoted = next((c for c in status.conditions if c.type == conditions.PIVOTED), None)
+    return pivoted is not None and pivoted.reason == pivot_flow.PIVOT_WAIT_REASON
 
 
 @functools.lru_cache(maxsize=1024)

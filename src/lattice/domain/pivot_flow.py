@@ -196,6 +196,43 @@ def pivot_step(
     )
 
 
+PIVOT_WAIT_SHOWN = 3
+"""How many of Cluster API's blockers a waiting pivot names in the status (the rest counted)."""
+PIVOT_WAIT_REASON = "WaitingForClusterAPI"
+
+
+def pivot_waiting(
+    status: models.LatticeClusterStatus, blockers: tuple[str, ...], now: dt.datetime
+) -> models.LatticeClusterStatus:
+    """The cell's driver waits for Cluster API before the export, because clusterctl's preflight
+    would refuse the cluster now (:func:`lattice.domain.capi_reports.move_blockers`): the status
+    says on what. Not an attempt: nothing is paused or exported yet."""
+    if (
+        status.phase is not Phase.PIVOTING
+        or status.pivot is None
+        or status.pivot.step is not PivotStep.EXPORTING
+    ):
+        raise StepRejected("not about to export")
+    if not blockers:
+        raise StepRejected("nothing to wait for")
+    shown = "; ".join(blockers[:PIVOT_WAIT_SHOWN])
+    if len(blockers) > PIVOT_WAIT_SHOWN:
+        shown += f"; and {len(blockers) - PIVOT_WAIT_SHOWN} more"
+    return attrs.evolve(
+        status,
+        message=f"pivot waits for Cluster API: {shown}",
+        conditions=_condition(
+            status,
+            conditions.PIVOTED,
+            ConditionStatus.FALSE,
+            PIVOT_WAIT_REASON,
+            f"clusterctl's move preflight would refuse the cluster now: {shown}",
+            now,
+            status.observed_generation,
+        ),
+    )
+
+
 def pivot_failed(
     status: models.LatticeClusterStatus, error: str, now: dt.datetime
 ) -> models.LatticeClusterStatus:

@@ -4,7 +4,8 @@ real API server, and an agent with a certificate of that CA dials it on loopback
 
 What the agent does with a command is its own ports' business (the recording doubles of
 :mod:`lattice.testing.agents`, which fail on demand); the stream, the hub, the driver and the
-status owner are the real ones. Here the agent cannot apply the bootstrap payload, then can."""
+status owner are the real ones. Here the agent cannot apply the bootstrap payload, then can; the
+pivot then waits for Cluster API (no controllers run here), and says so."""
 
 from __future__ import annotations
 
@@ -96,3 +97,23 @@ async def test_a_bootstrap_the_agent_cannot_apply_is_shown_and_retried_until_it_
             assert bootstrapped["status"] == "True"
             assert len(applier.applied) == 1, "the payload reached the agent once it could apply it"
             assert all(applier.applied[0])
+
+            # No Cluster API controllers run here, so clusterctl's preflight would refuse the
+            # cluster: the pivot waits, and the status and an Event say on what.
+            waiting = await eventually(
+                lambda: status(lambda s: s.get("message", "").startswith("pivot waits for Cluster API")),
+                what="the pivot's wait shown",
+            )
+            assert waiting["message"] == (
+                "pivot waits for Cluster API: Cluster boot-1: the control plane is not initialized yet; "
+                "Cluster boot-1: the infrastructure is not provisioned yet"
+            )
+            assert waiting["pivot"] == {"step": "Exporting", "attempt": 1}
+            pivoted = next(c for c in waiting["conditions"] if c["type"] == "Pivoted")
+            assert (pivoted["status"], pivoted["reason"]) == ("False", "WaitingForClusterAPI")
+
+            async def told() -> bool:
+                events = await asyncio.to_thread(events_of, cp, "boot-1")
+                return any(e["reason"] == "PivotWaiting" for e in events)
+
+            await eventually(told, what="a PivotWaiting Event")

@@ -218,6 +218,77 @@ def test_a_bootstrap_outcome_that_changes_nothing_is_not_news() -> None:
     assert cluster_observations.with_bootstrap(failed, None) == cluster_observations.NOTHING
 
 
+# --------------------------------------------------------------------------- a pivot waiting for CAPI
+
+
+def _about_to_export(step: PivotStep = PivotStep.EXPORTING) -> dict[str, Any]:
+    raw = _provisioning()
+    raw["status"]["phase"] = "Pivoting"
+    raw["status"]["pivot"] = {"step": step.value, "attempt": 1}
+    return raw
+
+
+BLOCKERS = (
+    "Cluster w1: the control plane is not initialized yet",
+    "Machine w1-md-0-a: no Node yet",
+    "Machine w1-md-0-b: no Node yet",
+    "Machine w1-md-0-c: no Node yet",
+)
+
+
+def test_what_a_pivot_waits_for_is_shown_with_one_event_when_the_wait_starts() -> None:
+    raw = _about_to_export()
+    plan = plan_cluster(raw, desired(raw), CELL, NOW, observations=Observations(pivot_wait=BLOCKERS[:2]))
+    assert plan.status is not None
+    shown = "Cluster w1: the control plane is not initialized yet; Machine w1-md-0-a: no Node yet"
+    assert plan.status["phase"] == "Pivoting"
+    assert plan.status["message"] == f"pivot waits for Cluster API: {shown}"
+    (condition,) = [c for c in plan.status["conditions"] if c["type"] == "Pivoted"]
+    assert (condition["status"], condition["reason"]) == ("False", "WaitingForClusterAPI")
+    assert condition["message"] == f"clusterctl's move preflight would refuse the cluster now: {shown}"
+    assert [(e.type, e.reason, e.message) for e in plan.events] == [
+        ("Normal", "PivotWaiting", f"pivot waits for Cluster API: {shown}")
+    ]
+    raw = with_status(raw, plan)
+    later = NOW + dt.timedelta(seconds=30)
+    # The same wait: nothing to write. What it waits for changes: written, no second Event;
+    # beyond three blockers, the rest are counted.
+    assert (
+        plan_cluster(
+            raw, desired(raw), CELL, later, observations=Observations(pivot_wait=BLOCKERS[:2])
+        ).status
+        is None
+    )
+    more = plan_cluster(raw, desired(raw), CELL, later, observations=Observations(pivot_wait=BLOCKERS))
+    assert more.status is not None
+    assert more.status["message"].endswith("Machine w1-md-0-b: no Node yet; and 1 more")
+    assert not [e for e in more.events if e.reason == "PivotWaiting"]
+
+
+@pytest.mark.parametrize("step", [PivotStep.TRANSFERRING, PivotStep.IMPORTING, PivotStep.DELETING_SOURCE])
+def test_a_pivot_wait_is_history_once_the_export_is_done(step: PivotStep) -> None:
+    raw = _about_to_export(step)
+    waiting = Observations(pivot_wait=BLOCKERS)
+    assert plan_cluster(raw, desired(raw), CELL, NOW, observations=waiting) == plan_cluster(
+        raw, desired(raw), CELL, NOW
+    )
+
+
+def test_a_pivot_wait_outside_a_pivot_is_refused_and_not_news_when_unchanged() -> None:
+    with pytest.raises(pivot_flow.StepRejected, match="not about to export"):
+        pivot_flow.pivot_waiting(models.LatticeClusterStatus(), BLOCKERS, NOW)
+    exporting = models.LatticeClusterStatus(
+        phase=models.Phase.PIVOTING, pivot=models.PivotStatus(step=PivotStep.EXPORTING, attempt=1)
+    )
+    with pytest.raises(pivot_flow.StepRejected, match="nothing to wait for"):
+        pivot_flow.pivot_waiting(exporting, (), NOW)
+    assert cluster_observations.with_pivot_wait(cluster_observations.NOTHING, ()) is None
+    waiting = cluster_observations.with_pivot_wait(cluster_observations.NOTHING, BLOCKERS)
+    assert waiting == Observations(pivot_wait=BLOCKERS)
+    assert cluster_observations.with_pivot_wait(waiting, BLOCKERS) is None
+    assert cluster_observations.with_pivot_wait(waiting, ()) == cluster_observations.NOTHING
+
+
 # --------------------------------------------------------------------------- the driver's steps
 
 FlowReport = pivot_flow.FlowReport

@@ -204,9 +204,11 @@ class CellCoordinator:
             else ()
         )
         plan = pivot_policy.pivot_plan(status.pivot, blockers)
-        if plan.wait_for:
-            # Not an attempt: clusterctl's preflight would refuse; wait for CAPI instead.
+        # Not an attempt: clusterctl's preflight would refuse; wait for CAPI instead, and say on
+        # what (the status's owner shows it; logged when it changes).
+        if self.controller.observe_pivot_wait(name, plan.wait_for) and plan.wait_for:
             log.info("pivot waits for Cluster API", extra={"cluster": name, "blockers": list(plan.wait_for)})
+        if plan.wait_for:
             await asyncio.sleep(RETRY_DELAY_S)
             return
         try:

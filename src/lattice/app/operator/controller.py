@@ -269,6 +269,13 @@ class ClusterController:
         ``Bootstrapping`` (message, ``Bootstrapped=False``, a Warning Event when it is new)."""
         return self._observe(name, cluster_observations.with_bootstrap(self.observations(name), error))
 
+    def observe_pivot_wait(self, name: str, blockers: tuple[str, ...]) -> bool:
+        """The cell's driver waits for Cluster API before exporting cluster ``name`` for its pivot
+        (``blockers``: clusterctl's preflight would refuse; ``()``: it no longer waits). The
+        reconcile shows it while the pivot is about to export (message, ``Pivoted=False``
+        ``WaitingForClusterAPI``, an Event when the wait starts). False when nothing changed."""
+        return self._observe(name, cluster_observations.with_pivot_wait(self.observations(name), blockers))
+
     async def observe_flow(self, name: str, report: pivot_flow.FlowReport) -> bool:
         """The cell's driver reached ``report``'s step of cluster ``name``'s runtime flow: queue
         ``name`` and return once a reconcile has written a status with the step applied (True),
