@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from attrs import frozen
@@ -143,6 +143,15 @@ def revocation_reason(cluster: str, issued_at: datetime, revoked_at: datetime | 
         f"the certificate of cluster {cluster!r} (issued {_rfc3339(issued_at)}) was revoked at "
         f"{_rfc3339(revoked_at)}: the cluster must register again with a new token"
     )
+
+
+def prunable_revocations(
+    revoked: Mapping[str, datetime], now: datetime, longest_validity: timedelta
+) -> tuple[str, ...]:
+    """The clusters whose revocation no longer covers a certificate that can be valid: every
+    certificate it refuses was issued up to the revocation, so it expired within
+    ``longest_validity`` of it (the TLS handshake refuses it from then on)."""
+    return tuple(sorted(cluster for cluster, at in revoked.items() if at + longest_validity < now))
 
 
 def parse_revocations(data: Mapping[str, Any]) -> tuple[dict[str, datetime], list[FieldError]]:

@@ -112,3 +112,28 @@ async def test_the_cli_names_a_bad_cluster_and_an_unreachable_cell(
     )
     assert code == 1
     assert "cannot write lattice-system/lattice-agent-revocations" in capsys.readouterr().err
+
+
+async def test_entries_that_can_no_longer_refuse_a_valid_certificate_are_pruned_and_none_is_lost(
+    api: Kr8sKube,
+) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    cell = ConfigMapRevocations(api)
+    await cell.revoke("gone-long-ago", now - dt.timedelta(days=32))  # its certificates expired
+    await cell.revoke("gone-today", now)
+    await api.merge_patch(REF, {"data": {"broken": "yesterday"}})  # named at refresh, never pruned
+    await cell.refresh()
+    assert await cell.prune(now - dt.timedelta(days=2)) == ()  # 30 days and a day's grace: not yet
+
+    # Another writer (the CLI, another replica) revokes after the cell's read: the prune's write,
+    # made with the resourceVersion it read, is refused, and nothing is lost.
+    await ConfigMapRevocations(api).revoke("gone-meanwhile", now - dt.timedelta(days=40))
+    assert await cell.prune(now) == ()
+    assert set((await api.get(REF))["data"]) == {"gone-long-ago", "gone-today", "broken", "gone-meanwhile"}
+
+    await cell.refresh()
+    assert await cell.prune(now) == ("gone-long-ago", "gone-meanwhile")
+    assert set((await api.get(REF))["data"]) == {"gone-today", "broken"}
+    assert set(cell.revoked) == {"gone-today"}
+    await cell.refresh()
+    assert await cell.prune(now) == ()

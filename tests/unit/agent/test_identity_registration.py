@@ -231,3 +231,23 @@ def test_stored_revocations_are_parsed_and_every_bad_entry_is_named() -> None:
     )
     assert list(revoked) == ["w1"]
     assert sorted(".".join(map(str, e.path)) for e in errors) == ["data.W_4", "data.w2", "data.w3", "data.w5"]
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["w1", "w2", "w3", "w4"]),
+        st.integers(min_value=-90 * 86400, max_value=90 * 86400).map(lambda s: dt.timedelta(seconds=s)),
+    )
+)
+def test_a_revocation_is_prunable_exactly_once_nothing_it_refuses_can_be_valid(
+    ages: dict[str, dt.timedelta],
+) -> None:
+    now = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    validity = dt.timedelta(days=31)
+    revoked = {cluster: now - age for cluster, age in ages.items()}
+    pruned = ident.prunable_revocations(revoked, now, validity)
+    assert list(pruned) == sorted(pruned)
+    for cluster, at in revoked.items():
+        # The longest-lived certificate it refuses: issued at the revocation itself.
+        still_valid = at + validity >= now
+        assert (cluster in pruned) is not still_valid

@@ -374,6 +374,7 @@ class CellRuntime:
         async def enforce_revocations() -> None:
             await self.revocations.refresh()
             hub.close_revoked()
+            await self.revocations.prune(self.controller.clock.now())
 
         self._tasks.append(
             asyncio.create_task(
