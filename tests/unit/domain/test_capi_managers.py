@@ -42,8 +42,8 @@ def test_only_kcp_has_flags_of_its_own_its_etcd_timeouts() -> None:
         "capi-controller-manager": (),
         "capi-kubeadm-bootstrap-controller-manager": (),
         "capi-kubeadm-control-plane-controller-manager": (
-            "--etcd-dial-timeout-duration=3s",
-            "--etcd-call-timeout-duration=3s",
+            "--etcd-dial-timeout-duration=1s",
+            "--etcd-call-timeout-duration=1s",
         ),
     }
 
