@@ -486,6 +486,11 @@ class ControlPlane:
             f"--service-account-signing-key-file={self._pki('sa.key')}",
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
+            # On SIGTERM, end open watches after 1 s rather than wait for them: with the default
+            # (0, untracked) an API server whose clients still watch (the kubelet stand-in, the
+            # Cluster API managers' caches of a workload cluster) does not exit within 10 s, and
+            # each stop waited out APISERVER_GRACE before its SIGKILL.
+            "--shutdown-watch-termination-grace-period=1s",
             "--profiling=false",
         ]
 

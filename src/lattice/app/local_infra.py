@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -220,8 +221,12 @@ class LocalInfraProvider:
     async def _release(self, local_machine: Obj, plan: local_infra.Release) -> None:
         # A second pass over the same deletion (another event before the finalizer's removal
         # reached the cache) finds nothing left: no second log line or Event.
+        started = time.monotonic()
         if plan.stop and await self.host.stop(plan.machine):
-            log.info("machine stopped", extra={"machine": plan.machine})
+            log.info(
+                "machine stopped",
+                extra={"machine": plan.machine, "seconds": round(time.monotonic() - started, 3)},
+            )
             self._event(
                 local_machine, "Normal", "Stopped", "machine stopped: its LocalMachine is being deleted"
             )
