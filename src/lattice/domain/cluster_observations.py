@@ -9,9 +9,8 @@ writes. Facts are the latest word, not history: a newer one replaces the older.
 
 The agent's status, a failed bootstrap, what a pivot waits for and the runtime flow's steps
 (phase changes, pivot and unpivot steps, as a :class:`lattice.domain.pivot_flow.FlowReport`) go
-this way
-(``docs/architecture.md``, "Status ownership"). A flow report is not a fact that stays: it is
-one transition, applied once by the reconcile that writes it and then withdrawn by the
+this way (``docs/architecture.md``, "Status ownership"). A flow report is not a fact that stays:
+it is one transition, applied once by the reconcile that writes it and then withdrawn by the
 controller.
 """
 

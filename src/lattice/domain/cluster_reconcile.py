@@ -237,7 +237,8 @@ def _with_observations(
     raw: Mapping[str, Any], plan: Plan, observations: cluster_observations.Observations, now: dt.datetime
 ) -> Plan:
     """``plan`` writing the observed facts too (:func:`cluster_observations.merge`); a Warning
-    Event when a failed bootstrap's message is new."""
+    Event when a failed bootstrap's message is new, a Normal one when a pivot starts waiting for
+    Cluster API."""
     source = raw.get("status") if plan.status is None else plan.status
     if (
         observations.bootstrap_error is None
