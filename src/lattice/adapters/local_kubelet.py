@@ -38,7 +38,7 @@ import httpx
 
 from lattice.adapters.addons_bundle import locate_addons
 from lattice.adapters.binaries import BinariesNotBuiltError, Toolchain
-from lattice.adapters.controlplane import ControlPlane, ManagedProcess, clean_env, free_port
+from lattice.adapters.controlplane import ControlPlane, ManagedProcess, clean_env, free_port, stop_together
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.adapters.pod_image import ImageError, UnpackedImage, unpack
 from lattice.domain import conditions, kubeadm_node, local_pods, yaml_text
@@ -144,8 +144,9 @@ class LocalKubelet:
         self._status(Phase.CONTROL_PLANE_READY)
 
     def stop_static_pods(self) -> None:
-        for pod in self.pods.values():
-            pod.process.stop(10.0)
+        # All at once, one wait for them all (each pod's program shuts down gracefully: the
+        # child's operator stops its Cluster API managers); then the control plane, in order.
+        stop_together([pod.process for pod in self.pods.values()], 10.0)
         self.pods.clear()
         if self.control_plane is not None:
             self.control_plane.stop()
