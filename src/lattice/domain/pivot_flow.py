@@ -317,6 +317,35 @@ def pivot_succeeded(status: models.LatticeClusterStatus, now: dt.datetime) -> mo
     )
 
 
+def pivot_cancelled(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
+    """The cluster was deleted while its pivot had not exported anything (step ``Exporting``,
+    waiting for Cluster API or about to start an attempt, the source unpaused by the cell's
+    driver): every object is still on this cell, so the pivot ends and the deletion goes on
+    here, as for a cluster never pivoted. Once an export has been sent, a deletion waits for the
+    pivot to finish and then takes the objects back instead."""
+    if (
+        status.phase is not Phase.PIVOTING
+        or status.pivot is None
+        or status.pivot.step is not PivotStep.EXPORTING
+    ):
+        raise StepRejected("no pivot that has not exported anything")
+    message = "deleted before its pivot exported anything: deleting its Cluster API objects here"
+    return attrs.evolve(
+        status,
+        phase=Phase.DELETING,
+        message=message,
+        conditions=_condition(
+            status,
+            conditions.PIVOTED,
+            ConditionStatus.FALSE,
+            "PivotCancelled",
+            message,
+            now,
+            status.observed_generation,
+        ),
+    )
+
+
 def pivoted_away(status: models.LatticeClusterStatus) -> bool:
     """Whether the cluster manages itself now (this cell keeps only a record of it)."""
     return status.pivot is not None and status.pivot.step is PivotStep.COMPLETE
@@ -451,6 +480,7 @@ class FlowStep(enum.Enum):
     PIVOT_STEP = "PivotStep"
     PIVOT_FAILED = "PivotFailed"
     PIVOT_SUCCEEDED = "PivotSucceeded"
+    PIVOT_CANCELLED = "PivotCancelled"
     UNPIVOT_REQUESTED = "UnpivotRequested"
     UNPIVOT_WAITING = "UnpivotWaiting"
     UNPIVOT_IMPORTED = "UnpivotImported"
@@ -460,6 +490,9 @@ class FlowStep(enum.Enum):
 BEFORE_DELETION = frozenset({FlowStep.AGENT_CONNECTED, FlowStep.BOOTSTRAP_COMPLETED})
 """Steps that stop at a deletion; pivot and unpivot steps go on (a deletion waits for the pivot
 to finish, and the unpivot is the deletion)."""
+
+ONLY_AT_DELETION = frozenset({FlowStep.PIVOT_CANCELLED})
+"""Steps only a deletion brings: a pivot that has exported nothing is cancelled by it."""
 
 
 @frozen
@@ -491,6 +524,8 @@ def apply_report(
     step = report.step
     if deleting and step in BEFORE_DELETION:
         raise StepRejected(f"{name} is being deleted")
+    if not deleting and step in ONLY_AT_DELETION:
+        raise StepRejected(f"{name} is not being deleted")
     if step is FlowStep.AGENT_CONNECTED:
         return agent_connected(status, now)
     if step is FlowStep.BOOTSTRAP_COMPLETED:
@@ -503,6 +538,8 @@ def apply_report(
         return pivot_failed(status, report.error, now)
     if step is FlowStep.PIVOT_SUCCEEDED:
         return pivot_succeeded(status, now)
+    if step is FlowStep.PIVOT_CANCELLED:
+        return pivot_cancelled(status, now)
     if step is FlowStep.UNPIVOT_REQUESTED:
         return unpivot_requested(status, name, now)
     if step is FlowStep.UNPIVOT_WAITING:

@@ -38,6 +38,9 @@ class Action(enum.Enum):
     """Send the bootstrap payload to the agent."""
     PIVOT = "Pivot"
     """Run (or resume) the pivot."""
+    CANCEL_PIVOT = "CancelPivot"
+    """Deleted before the pivot exported anything: unpause the source, end the pivot; the
+    reconciler then deletes the objects here."""
 
 
 @frozen
@@ -51,11 +54,19 @@ def next_action(status: models.LatticeClusterStatus, *, deleting: bool, connecte
     deletionTimestamp; ``connected``: its agent's stream is open on this cell.
 
     Exactly one action for every status. A deleted, self-managing child is unpivoted whether or
-    not its agent is here (the unpivot says why it waits); everything else needs the agent."""
+    not its agent is here (the unpivot says why it waits), and a pivot that has exported nothing
+    yet is cancelled by a deletion; everything else needs the agent."""
     if deleting and pivot_flow.pivoted_away(status):
         if pivot_flow.unpivot_done(status):
             return Decision(Action.STOP, "the objects are back; the reconciler deletes them")
         return Decision(Action.UNPIVOT, "a self-managing child is deleted: take its objects back")
+    if (
+        deleting
+        and status.phase is Phase.PIVOTING
+        and status.pivot is not None
+        and status.pivot.step is PivotStep.EXPORTING
+    ):
+        return Decision(Action.CANCEL_PIVOT, "deleted before the pivot exported anything")
     if not connected:
         return Decision(Action.STOP, "the agent is not connected")
     if status.phase is Phase.PROVISIONING:

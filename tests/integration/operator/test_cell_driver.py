@@ -5,7 +5,8 @@ real API server, and an agent with a certificate of that CA dials it on loopback
 What the agent does with a command is its own ports' business (the recording doubles of
 :mod:`lattice.testing.agents`, which fail on demand); the stream, the hub, the driver and the
 status owner are the real ones. Here the agent cannot apply the bootstrap payload, then can; the
-pivot then waits for Cluster API (no controllers run here), and says so."""
+pivot then waits for Cluster API (no controllers run here), and says so; deleted then, the
+cluster's pivot is cancelled and it is deleted here."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from lattice.adapters import pki, tls
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.cell_role import CellSettings, load_or_create_ca
-from lattice.ports.kube import ResourceRef
+from lattice.ports import kube
 from lattice.testing import agents as agent_doubles
 from tests.integration.agent.conftest import running_agent
 from tests.integration.conftest import events_of
@@ -119,9 +120,19 @@ async def test_a_bootstrap_the_agent_cannot_apply_is_shown_and_retried_until_it_
 
             await eventually(told, what="a PivotWaiting Event")
 
-    # Left as found for the session's other tests. Not by deleting it through the operator: a
-    # deletion waits for a pivot in progress to finish, and this one waits for Cluster API for
-    # ever (docs/lifecycle.md, "Not done yet").
-    await api.merge_patch(lc_ref("boot-1"), {"metadata": {"finalizers": None}})
-    await api.delete(lc_ref("boot-1"))
-    await api.delete(ResourceRef("v1", "Namespace", "capi-boot-1"))
+            # Deleted while its pivot waits: nothing left this cell, so the pivot is cancelled
+            # and the cluster deleted here, as one never pivoted (it used to wait for the pivot,
+            # which waits for Cluster API for ever here).
+            await api.delete(lc_ref("boot-1"))
+
+            async def gone() -> bool:
+                try:
+                    await api.get(lc_ref("boot-1"))
+                except kube.NotFound:
+                    return True
+                return False
+
+            await eventually(gone, within=60, what="boot-1 deleted")
+            namespaces = {n["metadata"]["name"]: n for n in (await api.list("v1", "Namespace")).items}
+            left = namespaces.get("capi-boot-1")
+            assert left is None or left["metadata"].get("deletionTimestamp"), "its namespace goes too"

@@ -49,11 +49,16 @@ def test_every_status_leads_to_exactly_one_next_action(
     decision = pivot_policy.next_action(status, deleting=deleting, connected=connected)
     assert isinstance(decision.action, Action)
     assert decision.reason
-    # Only a deleted, self-managing child is driven without its agent (the unpivot says why).
+    # Only a deleted child is driven without its agent: a self-managing one is unpivoted (the
+    # unpivot says why it waits), a pivot that exported nothing is cancelled.
     if not connected and decision.action is not Action.STOP:
-        assert decision.action is Action.UNPIVOT
+        assert decision.action in (Action.UNPIVOT, Action.CANCEL_PIVOT)
         assert deleting
+    if decision.action is Action.UNPIVOT:
         assert pivot_flow.pivoted_away(status)
+    if decision.action is Action.CANCEL_PIVOT:
+        assert deleting
+        assert pivot_flow.pivot_cancelled(status, NOW).phase is Phase.DELETING
     # A step the driver takes is one the status transition accepts.
     if decision.action is Action.CONNECT:
         assert pivot_flow.agent_connected(status, NOW).phase is Phase.BOOTSTRAPPING
@@ -93,6 +98,22 @@ def test_every_status_leads_to_exactly_one_next_action(
             True,
             Action.PIVOT,
         ),
+        (
+            models.LatticeClusterStatus(
+                phase=Phase.PIVOTING, pivot=models.PivotStatus(PivotStep.EXPORTING, 1)
+            ),
+            False,
+            True,
+            Action.PIVOT,
+        ),
+        (
+            models.LatticeClusterStatus(
+                phase=Phase.PIVOTING, pivot=models.PivotStatus(PivotStep.EXPORTING, 2)
+            ),
+            True,
+            False,
+            Action.CANCEL_PIVOT,
+        ),
         (models.LatticeClusterStatus(phase=Phase.PIVOTING), False, True, Action.STOP),
         (pivot_flow.imported_status(), False, True, Action.STOP),
         (pivot_flow.imported_status(), True, False, Action.UNPIVOT),
@@ -115,6 +136,8 @@ def test_every_status_leads_to_exactly_one_next_action(
         "bootstrap",
         "bootstrap-while-deleting",
         "pivot-goes-on-when-deleted",
+        "pivot-about-to-export",
+        "deleted-before-the-export-is-cancelled-even-without-agent",
         "pivoting-without-pivot-status",
         "ready",
         "deleted-child-without-agent-is-unpivoted",

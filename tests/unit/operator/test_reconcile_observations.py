@@ -318,6 +318,10 @@ TRANSITIONS: dict[
         FlowReport(FlowStep.PIVOT_SUCCEEDED),
         lambda s: pivot_flow.pivot_succeeded(s, NOW),
     ),
+    FlowStep.PIVOT_CANCELLED: (
+        FlowReport(FlowStep.PIVOT_CANCELLED),
+        lambda s: pivot_flow.pivot_cancelled(s, NOW),
+    ),
     FlowStep.UNPIVOT_REQUESTED: (
         FlowReport(FlowStep.UNPIVOT_REQUESTED),
         lambda s: pivot_flow.unpivot_requested(s, "w1", NOW),
@@ -372,6 +376,8 @@ def test_a_report_applies_exactly_the_transition_it_names(
     got = outcome(lambda: pivot_flow.apply_report(status, report, name="w1", deleting=deleting, now=NOW))
     if deleting and step in pivot_flow.BEFORE_DELETION:
         assert got == "rejected"  # bootstrap steps stop at a deletion; the others go on
+    elif not deleting and step in pivot_flow.ONLY_AT_DELETION:
+        assert got == "rejected"  # only a deletion cancels a pivot
     else:
         assert got == outcome(lambda: transition(status))
 
@@ -445,6 +451,44 @@ def test_a_bootstrap_step_stops_at_a_deletion_and_a_pivot_step_goes_on() -> None
     assert plan.status["pivot"]["step"] == "Complete"
     # The deletion's own pass on the pivoted child: wait for the objects to come back.
     assert plan.unpivot
+
+
+def test_a_deletion_before_the_export_cancels_the_pivot_and_deletes_here() -> None:
+    raw = deleting(_about_to_export())
+    objects = desired(raw)
+    # The owner's own pass: a deletion waits for a pivot in progress...
+    waiting = plan_cluster(raw, objects, CELL, NOW)
+    assert waiting.delete == ()
+    assert waiting.status is not None
+    assert waiting.status["phase"] == "Pivoting"
+    # ...until the driver, which unpaused the source, reports the pivot cancelled: the same pass
+    # writes it and starts the deletion, as for a cluster never pivoted.
+    cancelled = FlowReport(FlowStep.PIVOT_CANCELLED)
+    plan = plan_cluster(raw, objects, CELL, NOW, observations=Observations(flow=cancelled))
+    assert plan.flow == cluster_reconcile.FlowOutcome(cancelled)
+    assert plan.status is not None
+    assert plan.status["phase"] == "Deleting"
+    pivoted_condition = next(c for c in plan.status["conditions"] if c["type"] == "Pivoted")
+    assert (pivoted_condition["status"], pivoted_condition["reason"]) == ("False", "PivotCancelled")
+    assert pivoted_condition["message"] == (
+        "deleted before its pivot exported anything: deleting its Cluster API objects here"
+    )
+    deleting_condition = next(c for c in plan.status["conditions"] if c["type"] == "Deleting")
+    assert deleting_condition["reason"] == "DeletingCapiObjects"
+    assert [k.kind for k in plan.delete] == ["Cluster"]
+    # Once an export went out, the pivot is not cancelled: it finishes, then the objects come back.
+    transferring = FlowReport(FlowStep.PIVOT_CANCELLED)
+    late = plan_cluster(
+        deleting(_about_to_export(PivotStep.TRANSFERRING)),
+        objects,
+        CELL,
+        NOW,
+        observations=Observations(flow=transferring),
+    )
+    assert late.flow == cluster_reconcile.FlowOutcome(
+        transferring, rejected="no pivot that has not exported anything"
+    )
+    assert late.delete == ()
 
 
 def test_a_step_waits_for_the_finalizer() -> None:

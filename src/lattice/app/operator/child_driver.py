@@ -166,6 +166,15 @@ class CellCoordinator:
                     await self._bootstrap(name)
                 elif action is Action.PIVOT:
                     await self._pivot(name, raw, status)
+                elif action is Action.CANCEL_PIVOT:
+                    # The source is unpaused first (an interrupted export may have left it
+                    # paused, and Cluster API does not delete a paused Cluster); the owner's
+                    # pass that writes the step then starts the deletion.
+                    await self._set_paused(models.capi_namespace(name), name, paused=False)
+                    self.controller.observe_pivot_wait(name, ())
+                    if not await self._report(name, FlowReport(FlowStep.PIVOT_CANCELLED)):
+                        return
+                    log.info("pivot cancelled: deleted before anything was exported", extra={"cluster": name})
                 else:
                     return
         except asyncio.CancelledError:
