@@ -92,6 +92,7 @@ class Plan:
     requeue_after: float | None = None
     ignored: str | None = None  # why this object is not this operator's business
     unpivot: bool = False  # a pivoted child is deleted: the cell must take its objects back
+    cancel_pivot: bool = False  # deleted before its pivot exported anything: the cell cancels it
     revoke_agent: bool = False  # the cluster is gone: its agent's certificates are revoked first
     flow: FlowOutcome | None = None  # what became of the pending flow report; None: not decided here
 
@@ -699,6 +700,7 @@ def _plan_wait(
     *,
     phase: Phase = Phase.DELETING,
     unpivot: bool = False,
+    cancel_pivot: bool = False,
 ) -> Plan:
     """Deletion waits (for a pivot, for the child, for an administrator); the status says why."""
     conds = conditions.set_condition(
@@ -718,6 +720,7 @@ def _plan_wait(
         events=events,
         requeue_after=UNPIVOT_RECHECK_S,
         unpivot=unpivot,
+        cancel_pivot=cancel_pivot,
     )
 
 
@@ -746,7 +749,9 @@ def _plan_delete(
     if name == context.self_name:
         return _plan_delete_self(raw, status, finalizers, generation, now, context)
     if status.phase is Phase.PIVOTING:
-        # The objects may be on either side: finish the pivot, then take them back.
+        # The objects may be on either side: finish the pivot, then take them back. Before the
+        # export they are all here: the cell's driver (woken, even without the agent) cancels
+        # the pivot, and the pass that writes that deletes them as for a cluster never pivoted.
         return _plan_wait(
             raw,
             status,
@@ -755,6 +760,7 @@ def _plan_delete(
             generation,
             now,
             phase=Phase.PIVOTING,
+            cancel_pivot=status.pivot is not None and status.pivot.step is models.PivotStep.EXPORTING,
         )
     if pivot_flow.pivoted_away(status) and not pivot_flow.unpivot_done(status):
         if status.unpivot is not None:  # the cell's driver owns the Deleting condition now

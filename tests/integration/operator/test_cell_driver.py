@@ -120,19 +120,23 @@ async def test_a_bootstrap_the_agent_cannot_apply_is_shown_and_retried_until_it_
 
             await eventually(told, what="a PivotWaiting Event")
 
-            # Deleted while its pivot waits: nothing left this cell, so the pivot is cancelled
-            # and the cluster deleted here, as one never pivoted (it used to wait for the pivot,
-            # which waits for Cluster API for ever here).
-            await api.delete(lc_ref("boot-1"))
+        # Its agent gone, then deleted while its pivot waits: nothing left this cell, so the
+        # cell's driver, woken by the deletion, cancels the pivot and the cluster is deleted here,
+        # as one never pivoted (it used to wait for the pivot, which waits for Cluster API for
+        # ever here).
+        await eventually(
+            lambda: status(lambda s: (s.get("agent") or {}).get("connected") is False), what="the agent gone"
+        )
+        await api.delete(lc_ref("boot-1"))
 
-            async def gone() -> bool:
-                try:
-                    await api.get(lc_ref("boot-1"))
-                except kube.NotFound:
-                    return True
-                return False
+        async def gone() -> bool:
+            try:
+                await api.get(lc_ref("boot-1"))
+            except kube.NotFound:
+                return True
+            return False
 
-            await eventually(gone, within=60, what="boot-1 deleted")
-            namespaces = {n["metadata"]["name"]: n for n in (await api.list("v1", "Namespace")).items}
-            left = namespaces.get("capi-boot-1")
-            assert left is None or left["metadata"].get("deletionTimestamp"), "its namespace goes too"
+        await eventually(gone, within=60, what="boot-1 deleted")
+        namespaces = {n["metadata"]["name"]: n for n in (await api.list("v1", "Namespace")).items}
+        left = namespaces.get("capi-boot-1")
+        assert left is None or left["metadata"].get("deletionTimestamp"), "its namespace goes too"

@@ -461,6 +461,7 @@ def test_a_deletion_before_the_export_cancels_the_pivot_and_deletes_here() -> No
     assert waiting.delete == ()
     assert waiting.status is not None
     assert waiting.status["phase"] == "Pivoting"
+    assert waiting.cancel_pivot  # the cell's driver is woken to cancel it, agent or not
     # ...until the driver, which unpaused the source, reports the pivot cancelled: the same pass
     # writes it and starts the deletion, as for a cluster never pivoted.
     cancelled = FlowReport(FlowStep.PIVOT_CANCELLED)
@@ -489,6 +490,7 @@ def test_a_deletion_before_the_export_cancels_the_pivot_and_deletes_here() -> No
         transferring, rejected="no pivot that has not exported anything"
     )
     assert late.delete == ()
+    assert not late.cancel_pivot
 
 
 def test_a_step_waits_for_the_finalizer() -> None:

@@ -408,8 +408,8 @@ class ClusterController:
                 return plan.requeue_after
             # Finalizer in place: carry on in this same pass instead of a queue round trip.
             plan = self._plan(raw, name)
-        if plan.unpivot and self.on_unpivot is not None:
-            self.on_unpivot(name)
+        if (plan.unpivot or plan.cancel_pivot) and self.on_unpivot is not None:
+            self.on_unpivot(name)  # wakes the cell's driver of ``name``
         if not plan.writes and not plan.events:
             self._flow_decided(name, plan, written=True)  # the step changed nothing, or was rejected
             return plan.requeue_after
