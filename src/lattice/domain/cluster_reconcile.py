@@ -138,7 +138,13 @@ def plan_cluster(
     plan = _with_observations(base, plan, observations, now)
     if base is not raw and plan.status is None and base.get("status") != raw.get("status"):
         plan = attrs.evolve(plan, status=base.get("status"))
-    return plan if outcome is None else attrs.evolve(plan, flow=outcome)
+    if outcome is None:
+        return plan
+    if outcome.rejected is None and outcome.report.step is pivot_flow.FlowStep.PIVOT_CANCELLED:
+        # The step moved the phase to Deleting itself, so the deletion's own Event does not come.
+        cancelled = EventSpec("Normal", "PivotCancelled", pivot_flow.PIVOT_CANCELLED_MESSAGE)
+        plan = attrs.evolve(plan, events=(cancelled, *plan.events))
+    return attrs.evolve(plan, flow=outcome)
 
 
 def _with_flow(

@@ -317,6 +317,9 @@ def pivot_succeeded(status: models.LatticeClusterStatus, now: dt.datetime) -> mo
     )
 
 
+PIVOT_CANCELLED_MESSAGE = "deleted before its pivot exported anything: deleting its Cluster API objects here"
+
+
 def pivot_cancelled(status: models.LatticeClusterStatus, now: dt.datetime) -> models.LatticeClusterStatus:
     """The cluster was deleted while its pivot had not exported anything (step ``Exporting``,
     waiting for Cluster API or about to start an attempt, the source unpaused by the cell's
@@ -329,7 +332,7 @@ def pivot_cancelled(status: models.LatticeClusterStatus, now: dt.datetime) -> mo
         or status.pivot.step is not PivotStep.EXPORTING
     ):
         raise StepRejected("no pivot that has not exported anything")
-    message = "deleted before its pivot exported anything: deleting its Cluster API objects here"
+    message = PIVOT_CANCELLED_MESSAGE
     return attrs.evolve(
         status,
         phase=Phase.DELETING,

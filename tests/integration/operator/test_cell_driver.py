@@ -137,6 +137,9 @@ async def test_a_bootstrap_the_agent_cannot_apply_is_shown_and_retried_until_it_
             return False
 
         await eventually(gone, within=60, what="boot-1 deleted")
+        reasons = [e["reason"] for e in await asyncio.to_thread(events_of, cp, "boot-1")]
+        assert "PivotCancelled" in reasons
+        assert "Deleted" in reasons
         namespaces = {n["metadata"]["name"]: n for n in (await api.list("v1", "Namespace")).items}
         left = namespaces.get("capi-boot-1")
         assert left is None or left["metadata"].get("deletionTimestamp"), "its namespace goes too"

@@ -477,6 +477,7 @@ def test_a_deletion_before_the_export_cancels_the_pivot_and_deletes_here() -> No
     deleting_condition = next(c for c in plan.status["conditions"] if c["type"] == "Deleting")
     assert deleting_condition["reason"] == "DeletingCapiObjects"
     assert [k.kind for k in plan.delete] == ["Cluster"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "PivotCancelled")]
     # Once an export went out, the pivot is not cancelled: it finishes, then the objects come back.
     transferring = FlowReport(FlowStep.PIVOT_CANCELLED)
     late = plan_cluster(
