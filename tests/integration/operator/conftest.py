@@ -51,6 +51,15 @@ def lc_ref(name: str) -> ResourceRef:
     return ResourceRef("lattice.dev/v1alpha1", "LatticeCluster", name)
 
 
+async def absent(api: Kr8sKube, name: str) -> bool:
+    """Whether the LatticeCluster ``name`` is gone (a probe for :func:`eventually`)."""
+    try:
+        await api.get(lc_ref(name))
+    except kube.NotFound:
+        return True
+    return False
+
+
 async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 30.0, what: str = "") -> T:
     """Poll ``probe`` until it returns a truthy value; fail with ``what`` after ``within`` s."""
     deadline = time.monotonic() + within

@@ -21,11 +21,10 @@ from lattice.adapters import pki, tls
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.cell_role import CellSettings, load_or_create_ca
-from lattice.ports import kube
 from lattice.testing import agents as agent_doubles
 from tests.integration.agent.conftest import running_agent
 from tests.integration.conftest import events_of
-from tests.integration.operator.conftest import cluster, eventually, lc_ref, operator
+from tests.integration.operator.conftest import absent, cluster, eventually, lc_ref, operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -129,14 +128,7 @@ async def test_a_bootstrap_the_agent_cannot_apply_is_shown_and_retried_until_it_
         )
         await api.delete(lc_ref("boot-1"))
 
-        async def gone() -> bool:
-            try:
-                await api.get(lc_ref("boot-1"))
-            except kube.NotFound:
-                return True
-            return False
-
-        await eventually(gone, within=60, what="boot-1 deleted")
+        await eventually(lambda: absent(api, "boot-1"), within=60, what="boot-1 deleted")
         reasons = [e["reason"] for e in await asyncio.to_thread(events_of, cp, "boot-1")]
         assert "PivotCancelled" in reasons
         assert "Deleted" in reasons

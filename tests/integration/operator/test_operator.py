@@ -23,6 +23,7 @@ from lattice.ports import kube
 from lattice.testing.fixtures import ControlPlaneFactory
 from tests.integration.conftest import events_of
 from tests.integration.operator.conftest import (
+    absent,
     capi_objects,
     cluster,
     eventually,
@@ -119,15 +120,7 @@ async def test_unchanged_spec_makes_no_writes(cell_control_plane: ControlPlane) 
         assert after == before
         assert (await api.get(lc_ref("steady-1")))["metadata"]["resourceVersion"] == lc_before
         await api.delete(lc_ref("steady-1"))
-        await eventually(lambda: _absent(api, "steady-1"), what="deleted")
-
-
-async def _absent(api: Kr8sKube, name: str) -> bool:
-    try:
-        await api.get(lc_ref(name))
-    except kube.NotFound:
-        return True
-    return False
+        await eventually(lambda: absent(api, "steady-1"), what="deleted")
 
 
 async def test_invalid_spec_fails_with_the_fields_named(cell_control_plane: ControlPlane) -> None:
@@ -151,7 +144,7 @@ async def test_invalid_spec_fails_with_the_fields_named(cell_control_plane: Cont
         await api.merge_patch(lc_ref("bad-1"), {"spec": {"networking": {"services": ["172.20.0.0/16"]}}})
         await eventually(lambda: _phase_is(api, "bad-1", "Provisioning"), what="recovery")
         await api.delete(lc_ref("bad-1"))
-        await eventually(lambda: _absent(api, "bad-1"), what="deleted")
+        await eventually(lambda: absent(api, "bad-1"), what="deleted")
 
 
 async def _phase_is(api: Kr8sKube, name: str, expected: str) -> bool:
@@ -322,7 +315,7 @@ async def test_a_cell_revokes_a_deleted_childs_agent_certificates(
         await eventually(lambda: _observed(api, "gone-1", 1), what="first reconcile")
         before = dt.datetime.now(dt.UTC).replace(microsecond=0)
         await api.delete(lc_ref("gone-1"))
-        await eventually(lambda: _absent(api, "gone-1"), what="deleted")
+        await eventually(lambda: absent(api, "gone-1"), what="deleted")
         revocations = ConfigMapRevocations(api)
         await revocations.refresh()
         assert revocations.revoked["gone-1"] >= before

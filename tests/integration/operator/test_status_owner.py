@@ -19,9 +19,8 @@ from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.controller import ClusterController
 from lattice.domain import cluster_reconcile, models
 from lattice.domain.pivot_flow import FlowReport, FlowStep
-from lattice.ports import kube
 from tests.integration.conftest import events_of
-from tests.integration.operator.conftest import CELL, cluster, eventually, lc_ref
+from tests.integration.operator.conftest import CELL, absent, cluster, eventually, lc_ref
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -137,14 +136,7 @@ async def test_the_controller_writes_the_observed_agent(
     await eventually(deleting, what="the deletion seen")
     assert not await controller.observe_flow("owned-1", FlowReport(FlowStep.BOOTSTRAP_COMPLETED))
 
-    async def gone() -> bool:
-        try:
-            await api.get(lc_ref("owned-1"))
-        except kube.NotFound:
-            return True
-        return False
-
-    await eventually(gone, within=120, what="the cluster deleted")
+    await eventually(lambda: absent(api, "owned-1"), within=120, what="the cluster deleted")
 
     async def forgotten() -> bool:
         return controller.clusters.get(None, "owned-1") is None
