@@ -22,7 +22,7 @@ import attrs
 from attrs import frozen
 
 from lattice.domain import agent, models, pivot_flow
-from lattice.domain.models import Phase, PivotStep
+from lattice.domain.models import Phase
 
 
 @frozen
@@ -108,15 +108,6 @@ def merge(
         status = attrs.evolve(status, agent=observations.agent)
     if observations.bootstrap_error is not None and status.phase is Phase.BOOTSTRAPPING:
         status = pivot_flow.bootstrap_failed(status, observations.bootstrap_error, now)
-    if observations.pivot_wait and waiting_to_export(status):
+    if observations.pivot_wait and pivot_flow.before_export(status):
         status = pivot_flow.pivot_waiting(status, observations.pivot_wait, now)
     return status
-
-
-def waiting_to_export(status: models.LatticeClusterStatus) -> bool:
-    """Whether a pivot's wait for Cluster API shows on ``status``: pivoting, before the export."""
-    return (
-        status.phase is Phase.PIVOTING
-        and status.pivot is not None
-        and status.pivot.step is PivotStep.EXPORTING
-    )

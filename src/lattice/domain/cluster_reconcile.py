@@ -265,11 +265,7 @@ def _with_observations(
     bootstrap_failed = observations.bootstrap_error is not None and merged.phase is Phase.BOOTSTRAPPING
     if bootstrap_failed and merged.message != stored.message:
         events = (*events, EventSpec("Warning", "BootstrapFailed", merged.message or ""))
-    if (
-        observations.pivot_wait
-        and cluster_observations.waiting_to_export(merged)
-        and not _pivot_waiting(stored)
-    ):
+    if observations.pivot_wait and pivot_flow.before_export(merged) and not _pivot_waiting(stored):
         events = (*events, EventSpec("Normal", "PivotWaiting", merged.message or ""))
     return attrs.evolve(plan, status=_status_plan(raw, merged), events=events)
 
@@ -766,7 +762,7 @@ def _plan_delete(
             generation,
             now,
             phase=Phase.PIVOTING,
-            cancel_pivot=status.pivot is not None and status.pivot.step is models.PivotStep.EXPORTING,
+            cancel_pivot=pivot_flow.before_export(status),
         )
     if pivot_flow.pivoted_away(status) and not pivot_flow.unpivot_done(status):
         if status.unpivot is not None:  # the cell's driver owns the Deleting condition now

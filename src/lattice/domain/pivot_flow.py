@@ -196,6 +196,16 @@ def pivot_step(
     )
 
 
+def before_export(status: models.LatticeClusterStatus) -> bool:
+    """Whether ``status`` is a pivot that has exported nothing yet (step ``Exporting``: waiting
+    for Cluster API, or about to start an attempt): every object is still on this cell."""
+    return (
+        status.phase is Phase.PIVOTING
+        and status.pivot is not None
+        and status.pivot.step is PivotStep.EXPORTING
+    )
+
+
 PIVOT_WAIT_SHOWN = 3
 """How many of Cluster API's blockers a waiting pivot names in the status (the rest counted)."""
 PIVOT_WAIT_REASON = "WaitingForClusterAPI"
@@ -207,11 +217,7 @@ def pivot_waiting(
     """The cell's driver waits for Cluster API before the export, because clusterctl's preflight
     would refuse the cluster now (:func:`lattice.domain.capi_reports.move_blockers`): the status
     says on what. Not an attempt: nothing is paused or exported yet."""
-    if (
-        status.phase is not Phase.PIVOTING
-        or status.pivot is None
-        or status.pivot.step is not PivotStep.EXPORTING
-    ):
+    if not before_export(status):
         raise StepRejected("not about to export")
     if not blockers:
         raise StepRejected("nothing to wait for")
@@ -326,11 +332,7 @@ def pivot_cancelled(status: models.LatticeClusterStatus, now: dt.datetime) -> mo
     driver): every object is still on this cell, so the pivot ends and the deletion goes on
     here, as for a cluster never pivoted. Once an export has been sent, a deletion waits for the
     pivot to finish and then takes the objects back instead."""
-    if (
-        status.phase is not Phase.PIVOTING
-        or status.pivot is None
-        or status.pivot.step is not PivotStep.EXPORTING
-    ):
+    if not before_export(status):
         raise StepRejected("no pivot that has not exported anything")
     message = PIVOT_CANCELLED_MESSAGE
     return attrs.evolve(

@@ -60,12 +60,7 @@ def next_action(status: models.LatticeClusterStatus, *, deleting: bool, connecte
         if pivot_flow.unpivot_done(status):
             return Decision(Action.STOP, "the objects are back; the reconciler deletes them")
         return Decision(Action.UNPIVOT, "a self-managing child is deleted: take its objects back")
-    if (
-        deleting
-        and status.phase is Phase.PIVOTING
-        and status.pivot is not None
-        and status.pivot.step is PivotStep.EXPORTING
-    ):
+    if deleting and pivot_flow.before_export(status):
         return Decision(Action.CANCEL_PIVOT, "deleted before the pivot exported anything")
     if not connected:
         return Decision(Action.STOP, "the agent is not connected")

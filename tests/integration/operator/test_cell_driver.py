@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from lattice.adapters import pki, tls
+from lattice.adapters import tls
 from lattice.adapters.controlplane import ControlPlane, free_port
 from lattice.adapters.kube_kr8s import Kr8sKube
 from lattice.app.operator.cell_role import CellSettings, load_or_create_ca
 from lattice.testing import agents as agent_doubles
-from tests.integration.agent.conftest import running_agent
+from tests.integration.agent.conftest import Pki, running_agent
 from tests.integration.conftest import events_of
 from tests.integration.operator.conftest import absent, cluster, eventually, lc_ref, operator
 
@@ -32,16 +31,11 @@ REFUSAL = "applying Namespace lattice-system: forbidden by the test's agent"
 
 
 def agent_identity(state_dir: Path, name: str) -> tls.TlsFiles:
-    """What registration gives a child: its own key, a certificate the cell's CA signed for it,
-    and the bundle that verifies the cell."""
-    ca = load_or_create_ca(state_dir / "pki")  # the operator created it at start
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = ca.sign_agent_csr(pki.csr_to_pem(pki.new_csr(key, name)).decode(), name)
-    folder = state_dir.parent / f"agent-{name}"
-    folder.mkdir()
-    (folder / "tls.crt").write_text(cert)
-    pki.write_private_file(folder / "tls.key", pki.key_to_pem(key))
-    return tls.TlsFiles(cert=folder / "tls.crt", key=folder / "tls.key", ca=state_dir / "pki" / "ca.crt")
+    """What registration gives a child: its own key, a certificate the cell's CA signed for it
+    (the CA the operator created at start), and the bundle that verifies the cell."""
+    pki_dir = state_dir / "pki"
+    server = tls.TlsFiles(cert=pki_dir / "server.crt", key=pki_dir / "server.key", ca=pki_dir / "ca.crt")
+    return Pki(load_or_create_ca(pki_dir), state_dir.parent, server).agent_files(name)
 
 
 async def test_a_bootstrap_the_agent_cannot_apply_is_shown_and_retried_until_it_can(
